@@ -1,0 +1,51 @@
+import { Type, type Static } from "@sinclair/typebox";
+
+/**
+ * `[inference]` section of config/miner.toml (raw form, as written in the file).
+ * The engine compiles it with {@link compileInferenceConfig}.
+ */
+export const InferenceConfigSchema = Type.Object(
+  {
+    /** "auto" tries CUDA on each chosen GPU and falls back to CPU, logging why; "cuda" refuses to start without it. Default "auto". */
+    execution_provider: Type.Union([Type.Literal("auto"), Type.Literal("cuda"), Type.Literal("cpu")], { default: "auto" }),
+    /** Directory holding model folders (`<models_dir>/<name>/config.json …`). Default "models" (relative to the working directory). */
+    models_dir: Type.String({ default: "models" }),
+    /** Model folder names to load at start. Default ["tiny-gpt2"]. */
+    models: Type.Array(Type.String({ minLength: 1 }), { default: ["tiny-gpt2"] }),
+    /** Threads inside one operator (onnxruntime intraOpNumThreads); 0 = onnxruntime's choice. Default 0. */
+    intra_op_threads: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
+    /** Threads across operators (interOpNumThreads); 0 = onnxruntime's choice. Default 0. */
+    inter_op_threads: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
+    /** onnxruntime graph optimisation level. Default "all". */
+    graph_optimization_level: Type.Union(
+      [Type.Literal("disabled"), Type.Literal("basic"), Type.Literal("extended"), Type.Literal("all")],
+      { default: "all" },
+    ),
+  },
+  { additionalProperties: false, default: {} },
+);
+
+export type InferenceConfigRaw = Static<typeof InferenceConfigSchema>;
+
+export interface InferenceConfig {
+  executionProvider: "auto" | "cuda" | "cpu";
+  /** GPU device ids to run on (from the miner's GPU selection); empty on a CPU host. */
+  deviceIds: number[];
+  modelsDir: string;
+  models: string[];
+  intraOpThreads: number;
+  interOpThreads: number;
+  graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
+}
+
+export function compileInferenceConfig(raw: InferenceConfigRaw, deviceIds: number[]): InferenceConfig {
+  return {
+    executionProvider: raw.execution_provider,
+    deviceIds,
+    modelsDir: raw.models_dir,
+    models: raw.models,
+    intraOpThreads: raw.intra_op_threads,
+    interOpThreads: raw.inter_op_threads,
+    graphOptimizationLevel: raw.graph_optimization_level,
+  };
+}
