@@ -1,0 +1,491 @@
+import { Type, type Static, type TSchema } from "@sinclair/typebox";
+import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
+import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generation.js";
+
+/**
+ * The miner protocol: every WebSocket frame in both directions, as one TypeBox schema per frame
+ * (which also yields its TypeScript type), and one validating parser per direction.
+ *
+ * Frames are JSON text objects tagged with `type`. The connection lives at `/v1/miners/connect`,
+ * authenticated with `Authorization: Bearer <miner key>` at the upgrade.
+ *
+ * Conversation:
+ *
+ *   miner                                   coordinator
+ *   hello {protocol_version, …, in_flight} ─▶
+ *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused}
+ *                                            (or error {fatal: true} and close)
+ *   pull {free_slots}                     ─▶
+ *                                         ◀─ assign {job, attempt, lease_token, lease_expires_at}
+ *                                            (zero or more, now or when matching jobs arrive; never
+ *                                            more than the last pull's free_slots in total)
+ *   started {job_id, attempt, lease_token} ─▶
+ *   progress {…, tokens, max_tokens, tokens_per_s} ─▶   (throttled; renews the lease)
+ *   heartbeat {in_flight, free_slots}     ─▶   (every heartbeat_ms; renews every listed lease)
+ *   result_chunk {…, seq, data} × n       ─▶   (only for outputs over RESULT_INLINE_MAX_BYTES)
+ *   result {…, output | chunks, sha256}   ─▶
+ *                                         ◀─ ack {job_id, attempt, of: "result", status}
+ *   fail {…, code, message, retryable}    ─▶
+ *                                         ◀─ ack {…, of: "fail", status}
+ *                                         ◀─ cancel {job_id, attempt, reason}
+ *   fail {…, code: "cancelled"}           ─▶   (the cancel's acknowledgement, within one decode step)
+ *   released {…, reason}                  ─▶   (a job handed back unfinished, e.g. on drain)
+ *                                         ◀─ ack {…, of: "released", status}
+ *                                         ◀─ drain {reason}   (stop pulling on this connection)
+ *   error {code, message, fatal}         ◀─▶   (a bad frame; fatal ones are followed by a close)
+ *
+ * Every job-scoped frame a miner sends carries the fencing triple (job_id, attempt, lease_token);
+ * the coordinator acts on it only if the triple still holds the lease, and otherwise answers
+ * `ack` with status "stale" (for result/fail/released) or ignores it (progress/started).
+ *
+ * Results: `sha256` is the lowercase hex SHA-256 of the output's UTF-8 bytes. An output of at most
+ * RESULT_INLINE_MAX_BYTES UTF-8 bytes travels inline in `result.output`. A larger one is sent as
+ * `result_chunk` frames with `seq` 0…n-1, each `data` the base64 of at most RESULT_CHUNK_BYTES
+ * bytes of the UTF-8 output (chunks may split a multi-byte character; the bytes are joined
+ * before decoding), followed by `result` with `chunks: n` and no `output`. The coordinator
+ * joins the chunks in `seq` order, checks the byte count and sha256, and answers ack "invalid"
+ * (the miner may resend) when they do not match.
+ *
+ * Fail codes the miner uses: "cancelled" (after a cancel frame), "timed_out" (timeout_seconds
+ * ran out), "model_unavailable", "engine_error", "engine_crashed", "invalid_assignment".
+ */
+
+/** Largest frame either side accepts, in bytes of JSON text. Larger ones are refused. */
+export const MAX_FRAME_BYTES = 1024 * 1024;
+/** Outputs up to this many UTF-8 bytes go inline in `result.output`; larger ones in chunks. */
+export const RESULT_INLINE_MAX_BYTES = 64 * 1024;
+/** Raw bytes per `result_chunk` (base64 makes it 4/3 larger on the wire). */
+export const RESULT_CHUNK_BYTES = 192 * 1024;
+/** Most chunks one result may have (256 × 192 KiB = 48 MiB). */
+export const RESULT_MAX_CHUNKS = 256;
+/** Longest prompt an assign carries, in UTF-16 code units; JSON-escaped it still fits a frame. */
+export const MAX_PROMPT_CHARS = 128 * 1024;
+
+const Id = Type.String({ minLength: 1, maxLength: 128 });
+const Attempt = Type.Integer({ minimum: 1 });
+const LeaseToken = Type.String({ minLength: 1, maxLength: 256 });
+const Count = Type.Integer({ minimum: 0 });
+const Sha256Hex = Type.String({ pattern: "^[0-9a-f]{64}$" });
+const IsoTime = Type.String({ minLength: 1, maxLength: 64, description: "ISO 8601 time" });
+const Code = Type.String({ minLength: 1, maxLength: 64 });
+const Message = Type.String({ maxLength: 2048 });
+
+const strict = { additionalProperties: false } as const;
+
+/** The fencing triple that names one attempt's lease. */
+export const LeaseRefSchema = Type.Object({ job_id: Id, attempt: Attempt, lease_token: LeaseToken }, strict);
+export type LeaseRef = Static<typeof LeaseRefSchema>;
+
+export const GpuInfoSchema = Type.Object(
+  {
+    /** nvidia-smi index (CUDA device id). */
+    index: Type.Integer({ minimum: 0 }),
+    /** As the driver reports it, e.g. "NVIDIA GeForce RTX 4090"; matched with gpuMatches(). */
+    name: Type.String({ minLength: 1, maxLength: 256 }),
+    vram_total_mb: Count,
+    vram_free_mb: Count,
+  },
+  strict,
+);
+export type GpuInfo = Static<typeof GpuInfoSchema>;
+
+/** A job the miner still holds after a reconnect: running, or finished with its result unacknowledged. */
+export const InFlightSchema = Type.Object(
+  {
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    /** "running", or "finished" when a result/fail waits to be resent. */
+    state: Type.Union([Type.Literal("running"), Type.Literal("finished")]),
+  },
+  strict,
+);
+export type InFlight = Static<typeof InFlightSchema>;
+
+/** ResolvedGenerationParameters (src/protocol/generation.ts) as a schema: every default filled in. */
+export const ResolvedGenerationParametersSchema = Type.Object(
+  {
+    max_new_tokens: Type.Integer({
+      minimum: GENERATION_BOUNDS.max_new_tokens.min,
+      maximum: GENERATION_BOUNDS.max_new_tokens.max,
+    }),
+    temperature: Type.Number({ minimum: GENERATION_BOUNDS.temperature.min, maximum: GENERATION_BOUNDS.temperature.max }),
+    top_k: Type.Integer({ minimum: GENERATION_BOUNDS.top_k.min, maximum: GENERATION_BOUNDS.top_k.max }),
+    top_p: Type.Number({ minimum: GENERATION_BOUNDS.top_p.min, maximum: GENERATION_BOUNDS.top_p.max }),
+    repetition_penalty: Type.Number({
+      minimum: GENERATION_BOUNDS.repetition_penalty.min,
+      maximum: GENERATION_BOUNDS.repetition_penalty.max,
+    }),
+    stop: Type.Array(Type.String({ minLength: 1, maxLength: GENERATION_BOUNDS.stop.maxLength }), {
+      maxItems: GENERATION_BOUNDS.stop.maxItems,
+    }),
+    seed: Type.Integer({ minimum: GENERATION_BOUNDS.seed.min, maximum: GENERATION_BOUNDS.seed.max }),
+  },
+  strict,
+);
+// Compile-time check that the schema and the shared interface stay the same shape.
+const _paramsShape: ResolvedGenerationParameters = {} as Static<typeof ResolvedGenerationParametersSchema>;
+void _paramsShape;
+
+export const AssignedJobSchema = Type.Object(
+  {
+    job_id: Id,
+    model: Type.String({ minLength: 1, maxLength: 128 }),
+    prompt: Type.String({ maxLength: MAX_PROMPT_CHARS }),
+    parameters: ResolvedGenerationParametersSchema,
+    /** Bound on the run, counted by the miner from when it receives the assign. */
+    timeout_seconds: Type.Integer({ minimum: 1 }),
+  },
+  strict,
+);
+export type AssignedJob = Static<typeof AssignedJobSchema>;
+
+export const FinishReasonSchema = Type.Union([
+  Type.Literal("length"),
+  Type.Literal("eos"),
+  Type.Literal("stop"),
+  Type.Literal("cancelled"),
+]);
+
+export const UsageSchema = Type.Object({ prompt_tokens: Count, completion_tokens: Count }, strict);
+export const TimingSchema = Type.Object(
+  {
+    time_to_first_token_ms: Type.Number({ minimum: 0 }),
+    tokens_per_second: Type.Number({ minimum: 0 }),
+    total_ms: Type.Number({ minimum: 0 }),
+  },
+  strict,
+);
+
+// ---------------------------------------------------------------- miner → coordinator
+
+export const HelloFrameSchema = Type.Object(
+  {
+    type: Type.Literal("hello"),
+    protocol_version: Type.Integer({ minimum: 1 }),
+    miner_name: Type.String({ minLength: 1, maxLength: 128 }),
+    /** The miner's software version (package.json). */
+    version: Type.String({ minLength: 1, maxLength: 64 }),
+    /** GPUs the miner uses (after config selection); empty for a CPU miner. */
+    gpus: Type.Array(GpuInfoSchema, { maxItems: 64 }),
+    /** Models it can serve (names as in a job's `model`). */
+    models: Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { maxItems: 256 }),
+    /** Total concurrent jobs it runs at most. */
+    slots: Type.Integer({ minimum: 0, maximum: 4096 }),
+    in_flight: Type.Array(InFlightSchema, { maxItems: 4096 }),
+  },
+  strict,
+);
+
+export const PullFrameSchema = Type.Object(
+  { type: Type.Literal("pull"), free_slots: Type.Integer({ minimum: 0, maximum: 4096 }) },
+  strict,
+);
+
+export const StartedFrameSchema = Type.Object(
+  { type: Type.Literal("started"), job_id: Id, attempt: Attempt, lease_token: LeaseToken },
+  strict,
+);
+
+export const ProgressFrameSchema = Type.Object(
+  {
+    type: Type.Literal("progress"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    tokens: Count,
+    max_tokens: Count,
+    tokens_per_s: Type.Number({ minimum: 0 }),
+  },
+  strict,
+);
+
+export const HeartbeatFrameSchema = Type.Object(
+  {
+    type: Type.Literal("heartbeat"),
+    /** Leases the miner still holds (running or with an unacknowledged result); each is renewed. */
+    in_flight: Type.Array(InFlightSchema, { maxItems: 4096 }),
+    free_slots: Type.Integer({ minimum: 0, maximum: 4096 }),
+  },
+  strict,
+);
+
+export const ResultChunkFrameSchema = Type.Object(
+  {
+    type: Type.Literal("result_chunk"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    seq: Type.Integer({ minimum: 0, maximum: RESULT_MAX_CHUNKS - 1 }),
+    /** base64 of at most RESULT_CHUNK_BYTES bytes of the UTF-8 output. */
+    data: Type.String({ maxLength: Math.ceil(RESULT_CHUNK_BYTES / 3) * 4, pattern: "^[A-Za-z0-9+/]*={0,2}$" }),
+  },
+  strict,
+);
+
+export const ResultFrameSchema = Type.Object(
+  {
+    type: Type.Literal("result"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    /** The generated text, when it is at most RESULT_INLINE_MAX_BYTES UTF-8 bytes. */
+    output: Type.Optional(Type.String()),
+    /** Number of result_chunk frames sent before this one, when `output` is absent. */
+    chunks: Type.Optional(Type.Integer({ minimum: 1, maximum: RESULT_MAX_CHUNKS })),
+    /** UTF-8 byte length of the whole output. */
+    output_bytes: Count,
+    sha256: Sha256Hex,
+    finish_reason: FinishReasonSchema,
+    usage: UsageSchema,
+    timing: TimingSchema,
+  },
+  strict,
+);
+
+export const FailFrameSchema = Type.Object(
+  {
+    type: Type.Literal("fail"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    code: Code,
+    message: Message,
+    /** Whether another attempt (on any miner) could succeed. */
+    retryable: Type.Boolean(),
+  },
+  strict,
+);
+
+export const ReleasedFrameSchema = Type.Object(
+  {
+    type: Type.Literal("released"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    /** "draining" (grace period over), "shutdown", … */
+    reason: Code,
+  },
+  strict,
+);
+
+// ---------------------------------------------------------------- coordinator → miner
+
+export const WelcomeFrameSchema = Type.Object(
+  {
+    type: Type.Literal("welcome"),
+    miner_id: Id,
+    heartbeat_ms: Type.Integer({ minimum: 100 }),
+    lease_ttl_ms: Type.Integer({ minimum: 100 }),
+    /** hello.in_flight entries whose leases still hold; the miner keeps running them. */
+    resumed: Type.Array(Type.Object({ ...LeaseRefSchema.properties, lease_expires_at: IsoTime }, strict), {
+      maxItems: 4096,
+    }),
+    /** hello.in_flight entries the miner must drop (lease lost, job cancelled or finished). */
+    refused: Type.Array(Type.Object({ job_id: Id, attempt: Attempt, reason: Code }, strict), { maxItems: 4096 }),
+  },
+  strict,
+);
+
+export const AssignFrameSchema = Type.Object(
+  {
+    type: Type.Literal("assign"),
+    job: AssignedJobSchema,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    lease_expires_at: IsoTime,
+  },
+  strict,
+);
+
+export const CancelFrameSchema = Type.Object(
+  {
+    type: Type.Literal("cancel"),
+    job_id: Id,
+    attempt: Attempt,
+    /** "cancelled" (by the client), "timed_out", "lease_lost", … */
+    reason: Code,
+  },
+  strict,
+);
+
+export const ACK_STATUSES = ["committed", "duplicate", "stale", "invalid"] as const;
+export type AckStatus = (typeof ACK_STATUSES)[number];
+
+export const AckFrameSchema = Type.Object(
+  {
+    type: Type.Literal("ack"),
+    job_id: Id,
+    attempt: Attempt,
+    /** Which miner frame this acknowledges. */
+    of: Type.Union([Type.Literal("result"), Type.Literal("fail"), Type.Literal("released")]),
+    /**
+     * committed: recorded now. duplicate: the same was recorded before (no-op).
+     * stale: the attempt no longer holds the lease; discard it. invalid: chunks/sha256/size did
+     * not match; the miner may resend.
+     */
+    status: Type.Union([Type.Literal("committed"), Type.Literal("duplicate"), Type.Literal("stale"), Type.Literal("invalid")]),
+    message: Type.Optional(Message),
+  },
+  strict,
+);
+
+export const DrainFrameSchema = Type.Object(
+  { type: Type.Literal("drain"), reason: Type.Optional(Code) },
+  strict,
+);
+
+/** Sent by either side. `fatal: true` means the sender closes the connection next. */
+export const ErrorFrameSchema = Type.Object(
+  { type: Type.Literal("error"), code: Code, message: Message, fatal: Type.Boolean() },
+  strict,
+);
+
+export type HelloFrame = Static<typeof HelloFrameSchema>;
+export type PullFrame = Static<typeof PullFrameSchema>;
+export type StartedFrame = Static<typeof StartedFrameSchema>;
+export type ProgressFrame = Static<typeof ProgressFrameSchema>;
+export type HeartbeatFrame = Static<typeof HeartbeatFrameSchema>;
+export type ResultChunkFrame = Static<typeof ResultChunkFrameSchema>;
+export type ResultFrame = Static<typeof ResultFrameSchema>;
+export type FailFrame = Static<typeof FailFrameSchema>;
+export type ReleasedFrame = Static<typeof ReleasedFrameSchema>;
+export type WelcomeFrame = Static<typeof WelcomeFrameSchema>;
+export type AssignFrame = Static<typeof AssignFrameSchema>;
+export type CancelFrame = Static<typeof CancelFrameSchema>;
+export type AckFrame = Static<typeof AckFrameSchema>;
+export type DrainFrame = Static<typeof DrainFrameSchema>;
+export type ErrorFrame = Static<typeof ErrorFrameSchema>;
+
+export type MinerFrame =
+  | HelloFrame
+  | PullFrame
+  | StartedFrame
+  | ProgressFrame
+  | HeartbeatFrame
+  | ResultChunkFrame
+  | ResultFrame
+  | FailFrame
+  | ReleasedFrame
+  | ErrorFrame;
+
+export type CoordinatorFrame = WelcomeFrame | AssignFrame | CancelFrame | AckFrame | DrainFrame | ErrorFrame;
+
+export const MINER_FRAME_SCHEMAS = {
+  hello: HelloFrameSchema,
+  pull: PullFrameSchema,
+  started: StartedFrameSchema,
+  progress: ProgressFrameSchema,
+  heartbeat: HeartbeatFrameSchema,
+  result_chunk: ResultChunkFrameSchema,
+  result: ResultFrameSchema,
+  fail: FailFrameSchema,
+  released: ReleasedFrameSchema,
+  error: ErrorFrameSchema,
+} as const;
+
+export const COORDINATOR_FRAME_SCHEMAS = {
+  welcome: WelcomeFrameSchema,
+  assign: AssignFrameSchema,
+  cancel: CancelFrameSchema,
+  ack: AckFrameSchema,
+  drain: DrainFrameSchema,
+  error: ErrorFrameSchema,
+} as const;
+
+export type MinerFrameType = keyof typeof MINER_FRAME_SCHEMAS;
+export type CoordinatorFrameType = keyof typeof COORDINATOR_FRAME_SCHEMAS;
+
+// ---------------------------------------------------------------- parsing
+
+/** Why a frame was refused; `code` is stable and goes into the error frame sent back. */
+export interface FrameError {
+  code: "frame_too_large" | "frame_not_json" | "frame_unknown_type" | "frame_invalid";
+  message: string;
+  /** The frame's `type` when it could be read. */
+  type?: string;
+}
+
+export type ParseResult<F> = { ok: true; frame: F } | { ok: false; error: FrameError };
+
+function compileAll<T extends Record<string, TSchema>>(schemas: T): Map<string, TypeCheck<TSchema>> {
+  return new Map(Object.entries(schemas).map(([k, s]) => [k, TypeCompiler.Compile(s)]));
+}
+
+const minerChecks = compileAll(MINER_FRAME_SCHEMAS);
+const coordinatorChecks = compileAll(COORDINATOR_FRAME_SCHEMAS);
+
+/** Raw WebSocket message data as `ws` delivers it, or already-decoded text. */
+export type RawFrame = string | Buffer | ArrayBuffer | Buffer[];
+
+function rawText(raw: RawFrame): { text: string; bytes: number } {
+  if (typeof raw === "string") return { text: raw, bytes: Buffer.byteLength(raw) };
+  const buf = Array.isArray(raw) ? Buffer.concat(raw) : Buffer.isBuffer(raw) ? raw : Buffer.from(raw);
+  return { text: buf.toString("utf8"), bytes: buf.length };
+}
+
+function semanticCheck(frame: { type: string } & Record<string, unknown>): string | undefined {
+  if (frame.type === "result") {
+    const hasOutput = frame.output !== undefined;
+    const hasChunks = frame.chunks !== undefined;
+    if (hasOutput === hasChunks) return "result needs exactly one of output or chunks";
+    if (hasOutput && Buffer.byteLength(frame.output as string) > RESULT_INLINE_MAX_BYTES) {
+      return `inline output over ${RESULT_INLINE_MAX_BYTES} bytes must be sent in chunks`;
+    }
+  }
+  return undefined;
+}
+
+function parseWith<F>(checks: Map<string, TypeCheck<TSchema>>, raw: RawFrame | object): ParseResult<F> {
+  let value: unknown = raw;
+  if (typeof raw === "string" || Buffer.isBuffer(raw) || raw instanceof ArrayBuffer || Array.isArray(raw)) {
+    const { text, bytes } = rawText(raw as RawFrame);
+    if (bytes > MAX_FRAME_BYTES) {
+      return { ok: false, error: { code: "frame_too_large", message: `frame of ${bytes} bytes is over ${MAX_FRAME_BYTES}` } };
+    }
+    try {
+      value = JSON.parse(text) as unknown;
+    } catch {
+      return { ok: false, error: { code: "frame_not_json", message: "frame is not valid JSON" } };
+    }
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { ok: false, error: { code: "frame_invalid", message: "frame must be a JSON object" } };
+  }
+  const type = (value as Record<string, unknown>).type;
+  if (typeof type !== "string") {
+    return { ok: false, error: { code: "frame_invalid", message: "frame has no string `type`" } };
+  }
+  const check = checks.get(type);
+  if (check === undefined) {
+    return {
+      ok: false,
+      error: { code: "frame_unknown_type", message: `unknown frame type "${type.slice(0, 64)}"`, type: type.slice(0, 64) },
+    };
+  }
+  if (!check.Check(value)) {
+    const first = check.Errors(value).First();
+    const where = first === undefined ? "" : `${first.path || "/"}: ${first.message}`;
+    return { ok: false, error: { code: "frame_invalid", message: `invalid ${type} frame: ${where}`, type } };
+  }
+  const semantic = semanticCheck(value as { type: string } & Record<string, unknown>);
+  if (semantic !== undefined) {
+    return { ok: false, error: { code: "frame_invalid", message: `invalid ${type} frame: ${semantic}`, type } };
+  }
+  return { ok: true, frame: value as F };
+}
+
+/** Validates a frame the coordinator received from a miner (raw WebSocket data or a parsed object). */
+export function parseMinerFrame(raw: RawFrame | object): ParseResult<MinerFrame> {
+  return parseWith<MinerFrame>(minerChecks, raw);
+}
+
+/** Validates a frame the miner received from the coordinator (raw WebSocket data or a parsed object). */
+export function parseCoordinatorFrame(raw: RawFrame | object): ParseResult<CoordinatorFrame> {
+  return parseWith<CoordinatorFrame>(coordinatorChecks, raw);
+}
+
+/** JSON text of a frame; both sides send only through this so a frame never exceeds the cap unnoticed. */
+export function encodeFrame(frame: MinerFrame | CoordinatorFrame): string {
+  return JSON.stringify(frame);
+}
