@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "commander";
 import { AppError, toAppError } from "../common/errors.js";
 import { packageVersion } from "../common/package-info.js";
+import { registerModelsCommand } from "./commands/models.js";
 
 /**
  * The one CLI binary. Each subcommand lives in `src/bin/commands/<name>.ts` and exports a
@@ -15,7 +16,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [];
+const registrations: ((p: Command) => void)[] = [registerModelsCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 

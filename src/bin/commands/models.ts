@@ -1,0 +1,108 @@
+import { existsSync, readdirSync } from "node:fs";
+import path from "node:path";
+import { InvalidArgumentError, type Command } from "commander";
+import { ModelError, toAppError } from "../../common/errors.js";
+import { buildModel } from "../../inference/models/build-model.js";
+import { loadModelInfo } from "../../inference/models/model-info.js";
+import { RECIPES, recipeNames } from "../../inference/models/recipes.js";
+
+/**
+ * `aitbc models build|list|pull`: make the built-in random-weight GPT-2 models, show what a
+ * models folder holds (and whether each folder is a valid layout), fetch real exports.
+ */
+export function registerModelsCommand(program: Command): void {
+  const models = program.command("models").description("build, list and pull GPT-2 models (Hugging Face optimum ONNX layout)");
+
+  models
+    .command("build")
+    .description(`build a built-in model with seeded random weights (${recipeNames().join(", ")})`)
+    .argument("<name>", "recipe name")
+    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .option("--seed <n>", "weight seed (same seed, same bytes)", parseSeed)
+    .option("--force", "replace an existing model folder", false)
+    .action(async (name: string, opts: { modelsDir: string; seed?: number; force: boolean }) => {
+      const recipe = RECIPES[name];
+      if (recipe === undefined) {
+        throw new ModelError("unknown_recipe", `no built-in model named ${name} (known: ${recipeNames().join(", ")})`, { name });
+      }
+      const started = Date.now();
+      const result = await buildModel(recipe, path.join(opts.modelsDir, name), {
+        ...(opts.seed === undefined ? {} : { seed: opts.seed }),
+        force: opts.force,
+      });
+      const seconds = ((Date.now() - started) / 1000).toFixed(1);
+      process.stdout.write(
+        `built ${name} in ${result.dir}: ${formatCount(result.parameters)} parameters, ${formatBytes(result.sizeBytes)}, seed ${result.seed}, ${seconds} s\n`,
+      );
+    });
+
+  models
+    .command("list")
+    .description("list model folders with their size and whether their layout is valid")
+    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .option("--json", "print JSON instead of a table", false)
+    .action((opts: { modelsDir: string; json: boolean }) => {
+      const rows = listModels(opts.modelsDir);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        return;
+      }
+      if (rows.length === 0) {
+        process.stdout.write(`no models in ${path.resolve(opts.modelsDir)} (try: aitbc models build tiny-gpt2)\n`);
+        return;
+      }
+      const table = [["NAME", "PARAMETERS", "SIZE", "LAYOUT"], ...rows.map((r) => [r.name, r.parameters === null ? "-" : formatCount(r.parameters), r.sizeBytes === null ? "-" : formatBytes(r.sizeBytes), r.layout])];
+      const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+      for (const row of table) process.stdout.write(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join("  ")}\n`);
+    });
+}
+
+export interface ModelListRow {
+  name: string;
+  parameters: number | null;
+  sizeBytes: number | null;
+  /** "ok", or the reason the folder is refused. */
+  layout: string;
+}
+
+/** One row per model folder (hidden and in-progress temporary folders are skipped). */
+export function listModels(modelsDir: string): ModelListRow[] {
+  if (!existsSync(modelsDir)) return [];
+  return readdirSync(modelsDir, { withFileTypes: true })
+    .filter((e) => e.isDirectory() && !e.name.startsWith(".") && !/\.(tmp|old)-\d+-[0-9a-f]+$/.test(e.name))
+    .map((e) => e.name)
+    .sort()
+    .map((name) => {
+      try {
+        const info = loadModelInfo(path.join(modelsDir, name));
+        return { name, parameters: info.parameters, sizeBytes: info.sizeBytes, layout: "ok" };
+      } catch (err) {
+        return { name, parameters: null, sizeBytes: null, layout: `invalid: ${toAppError(err).message}` };
+      }
+    });
+}
+
+function parseSeed(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError("the seed must be an integer from 0 to 4294967295");
+  return n;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(1)} ${units[i]}`;
+}
+
+function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}

@@ -1,0 +1,104 @@
+import { OnnxGraph, OnnxType } from "./onnx-graph.js";
+import type { Gpt2Config, NamedTensor } from "./gpt2-weights.js";
+
+/** ONNX opset of the graphs we build (LayerNormalization needs 17). */
+export const GPT2_OPSET = 17;
+
+/** Replaces masked attention scores (torch.finfo(float32).min, as transformers does); a replacement, not an addition, so a fully masked row stays finite. */
+const MASK_VALUE = -3.4028234663852886e38;
+
+/**
+ * GPT-2 as one ONNX graph in the layout of optimum's `decoder_model_merged.onnx`, minus the
+ * `use_cache_branch` If: a past of length 0 is simply an empty tensor, so one graph serves
+ * both the prompt and every decode step.
+ *
+ * Inputs: input_ids int64 [B,S], attention_mask int64 [B,P+S] (0 = padding, so left padding
+ * works), position_ids int64 [B,S], past_key_values.{i}.key|value float32 [B,H,P,D].
+ * Outputs: logits float32 [B,S,V], present.{i}.key|value float32 [B,H,P+S,D].
+ *
+ * Math follows Hugging Face's GPT2LMHeadModel: pre-LayerNorm (eps 1e-5), Conv1D weights
+ * [in,out], scores / √D, bottom-right causal mask combined with attention_mask, gelu_new,
+ * final ln_f and an lm_head tied to wte.
+ */
+export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[]): OnnxGraph {
+  const g = new OnnxGraph("gpt2", GPT2_OPSET);
+  const byName = new Map(weights.map((w) => [w.name, w]));
+  const w = (name: string): string => {
+    const t = byName.get(name);
+    if (t === undefined) throw new Error(`missing weight ${name}`);
+    return g.floatInit(name, t.dims, t.data);
+  };
+  const e = c.nEmbd;
+  const h = c.nHead;
+  const d = e / h;
+  if (!Number.isInteger(d)) throw new Error("n_embd must be a multiple of n_head");
+
+  const inputIds = g.input("input_ids", OnnxType.INT64, ["batch_size", "sequence_length"]);
+  const attentionMask = g.input("attention_mask", OnnxType.INT64, ["batch_size", "past_sequence_length + sequence_length"]);
+  const positionIds = g.input("position_ids", OnnxType.INT64, ["batch_size", "sequence_length"]);
+  const pastDims = ["batch_size", h, "past_sequence_length", d];
+  const presentDims = ["batch_size", h, "past_sequence_length + sequence_length", d];
+  for (let i = 0; i < c.nLayer; i++) {
+    g.input(`past_key_values.${i}.key`, OnnxType.FLOAT, pastDims);
+    g.input(`past_key_values.${i}.value`, OnnxType.FLOAT, pastDims);
+  }
+  g.output("logits", OnnxType.FLOAT, ["batch_size", "sequence_length", c.vocabSize]);
+  for (let i = 0; i < c.nLayer; i++) {
+    g.output(`present.${i}.key`, OnnxType.FLOAT, presentDims);
+    g.output(`present.${i}.value`, OnnxType.FLOAT, presentDims);
+  }
+
+  const zero = g.int64Init("const_zero", [], [0]);
+  const one = g.int64Init("const_one", [], [1]);
+  const axis1 = g.int64Init("const_axes_1", [1], [1]);
+  const axes12 = g.int64Init("const_axes_1_2", [2], [1, 2]);
+  const headsShape = g.int64Init("const_shape_heads", [4], [0, 0, h, d]);
+  const mergeShape = g.int64Init("const_shape_merge", [3], [0, 0, e]);
+  const sqrtD = g.floatInit("const_sqrt_head_dim", [], Float32Array.of(Math.sqrt(d)));
+  const maskValue = g.floatInit("const_mask_value", [], Float32Array.of(MASK_VALUE));
+  const half = g.floatInit("const_half", [], Float32Array.of(0.5));
+  const onef = g.floatInit("const_one_f", [], Float32Array.of(1));
+  const three = g.floatInit("const_three", [], Float32Array.of(3));
+  const geluC = g.floatInit("const_gelu_coeff", [], Float32Array.of(0.044715));
+  const geluK = g.floatInit("const_sqrt_2_over_pi", [], Float32Array.of(Math.sqrt(2 / Math.PI)));
+
+  // allowed[b,0,q,k] = attention_mask[b,k] && k <= P + q, where P = total - S.
+  const seqLen = g.op("Gather", [g.op("Shape", [inputIds]), one], { axis: 0 });
+  const totalLen = g.op("Gather", [g.op("Shape", [attentionMask]), one], { axis: 0 });
+  const pastLen = g.op("Sub", [totalLen, seqLen]);
+  const keyPos = g.op("Range", [zero, totalLen, one]);
+  const queryPos = g.op("Unsqueeze", [g.op("Range", [pastLen, totalLen, one]), axis1]);
+  const causal = g.op("LessOrEqual", [keyPos, queryPos]);
+  const padding = g.op("Unsqueeze", [g.op("Cast", [attentionMask], { to: OnnxType.BOOL }), axes12]);
+  const allowed = g.op("And", [causal, padding]);
+
+  const wte = w("transformer.wte.weight");
+  let x = g.op("Add", [g.op("Gather", [wte, inputIds], { axis: 0 }), g.op("Gather", [w("transformer.wpe.weight"), positionIds], { axis: 0 })]);
+
+  const layerNorm = (input: string, prefix: string): string =>
+    g.op("LayerNormalization", [input, w(`${prefix}.weight`), w(`${prefix}.bias`)], { axis: -1, epsilon: { float: 1e-5 } });
+  const conv1d = (input: string, prefix: string): string => g.op("Add", [g.op("MatMul", [input, w(`${prefix}.weight`)]), w(`${prefix}.bias`)]);
+  const splitHeads = (t: string): string => g.op("Transpose", [g.op("Reshape", [t, headsShape])], { perm: [0, 2, 1, 3] });
+
+  for (let i = 0; i < c.nLayer; i++) {
+    const p = `transformer.h.${i}`;
+    const qkv = conv1d(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`);
+    const [q, k, v] = g.node("Split", [qkv], { count: 3, attributes: { axis: 2 } }).map(splitHeads) as [string, string, string];
+    const key = g.op("Concat", [`past_key_values.${i}.key`, k], { axis: 2 }, `present.${i}.key`);
+    const value = g.op("Concat", [`past_key_values.${i}.value`, v], { axis: 2 }, `present.${i}.value`);
+    const scores = g.op("Div", [g.op("MatMul", [q, g.op("Transpose", [key], { perm: [0, 1, 3, 2] })]), sqrtD]);
+    const probs = g.op("Softmax", [g.op("Where", [allowed, scores, maskValue])], { axis: -1 });
+    const context = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [probs, value])], { perm: [0, 2, 1, 3] }), mergeShape]);
+    x = g.op("Add", [x, conv1d(context, `${p}.attn.c_proj`)]);
+
+    const fc = conv1d(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`);
+    // gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+    const inner = g.op("Mul", [geluK, g.op("Add", [fc, g.op("Mul", [geluC, g.op("Pow", [fc, three])])])]);
+    const gelu = g.op("Mul", [g.op("Mul", [half, fc]), g.op("Add", [onef, g.op("Tanh", [inner])])]);
+    x = g.op("Add", [x, conv1d(gelu, `${p}.mlp.c_proj`)]);
+  }
+  const final = layerNorm(x, "transformer.ln_f");
+  // Tied lm_head: logits = ln_f(x) · wteᵀ (onnxruntime folds the Transpose once at load).
+  g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");
+  return g;
+}
