@@ -1,0 +1,86 @@
+import type { Command } from "commander";
+import { createLogger, type LogLevel } from "../../common/logger.js";
+import { computeSlots, loadMinerConfig } from "../../miner/config.js";
+import { createEngine } from "../../miner/engine-factory.js";
+import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
+import { Miner } from "../../miner/miner.js";
+
+/**
+ * `aitbc miner --config config/miner.toml`: the miner daemon. The first SIGTERM/SIGINT drains
+ * (no new jobs, running ones get [miner] drain_grace, the rest are handed back); a second one
+ * exits at once. Exit code 0 after a clean drain.
+ */
+export function registerMinerCommand(program: Command): void {
+  program
+    .command("miner")
+    .description("run the miner daemon: detect GPUs, connect to the coordinator, run jobs")
+    .option("-c, --config <file>", "miner config file", "config/miner.toml")
+    .option("--coordinator <url>", "coordinator URL (overrides [coordinator] url)")
+    .option("--key-file <file>", "file holding the miner key (overrides [coordinator] key_file)")
+    .option("--name <name>", "miner name (overrides [miner] name)")
+    .option("--cpu", "run as a CPU miner even when GPUs are present")
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "info")
+    .action(async (opts: MinerCommandOptions, cmd: Command) => {
+      const explicit = cmd.getOptionValueSource("config") === "cli";
+      const config = loadMinerConfig({
+        file: opts.config,
+        optional: !explicit,
+        requireKey: true,
+        overrides: {
+          "coordinator.url": opts.coordinator,
+          "coordinator.key_file": opts.keyFile,
+          "miner.name": opts.name,
+          "gpus.mode": opts.cpu === true ? "cpu" : undefined,
+        },
+      });
+      const log = createLogger({ level: opts.logLevel as LogLevel, name: "miner" });
+      const detection = await detectGpus({ gpus: config.gpus });
+      for (const problem of detection.problems) log.warn({ problem }, "gpu detection");
+      const gpus = selectedGpus(detection);
+      log.info({ gpus: gpus.map((g) => `${g.index}:${g.name}`), slots: computeSlots(config.miner, gpus.length) }, "gpus selected");
+      const engine = await createEngine(
+        config,
+        gpus.map((g) => g.index),
+        log,
+      );
+      const miner = new Miner({ config, engine, gpus, log });
+
+      let signals = 0;
+      const onSignal = (signal: NodeJS.Signals): void => {
+        signals++;
+        if (signals > 1) {
+          log.warn({ signal }, "second signal: exiting now");
+          process.exit(signal === "SIGINT" ? 130 : 143);
+        }
+        log.info({ signal }, "signal: draining");
+        void miner.stop();
+      };
+      process.on("SIGTERM", onSignal);
+      process.on("SIGINT", onSignal);
+      const stopped = new Promise<void>((resolve) => {
+        miner.on("state", ({ to }) => {
+          if (to === "stopped") resolve();
+        });
+      });
+      try {
+        await miner.start();
+      } catch (err) {
+        await miner.stop({ graceMs: 0 });
+        throw err;
+      }
+      await stopped;
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      log.info("miner stopped");
+      log.flush();
+    });
+}
+
+interface MinerCommandOptions {
+  config: string;
+  coordinator?: string;
+  keyFile?: string;
+  name?: string;
+  cpu?: boolean;
+  logLevel: string;
+}

@@ -1,0 +1,244 @@
+import { EventEmitter } from "node:events";
+import WebSocket from "ws";
+import { Backoff } from "../common/backoff.js";
+import type { Logger } from "../common/logger.js";
+import {
+  MAX_FRAME_BYTES,
+  encodeFrame,
+  parseCoordinatorFrame,
+  type CoordinatorFrame,
+  type HeartbeatFrame,
+  type HelloFrame,
+  type MinerFrame,
+  type WelcomeFrame,
+} from "../protocol/frames.js";
+
+/**
+ * The miner's WebSocket client. It dials the gateway with `Authorization: Bearer <miner key>`,
+ * sends `hello` (built fresh each time, so a reconnect reports the jobs still in flight), waits
+ * for `welcome`, then sends `heartbeat` frames (and a WebSocket ping) every `heartbeat_ms` the
+ * welcome names. Every received frame is validated; a bad one is answered with an error frame
+ * and, after MAX_BAD_FRAMES in a row, the connection is dropped. When the connection ends for
+ * any reason other than close(), it reconnects after a jittered backoff (see Backoff: 0.5 s,
+ * 1 s, 2 s, … 30 s bounds by default) that resets once a welcome arrives.
+ *
+ * Events: "connecting" {attempt}, "welcome" WelcomeFrame, "frame" CoordinatorFrame (every frame
+ * after the welcome: assign, cancel, ack, drain, error), "disconnected" {code, reason}.
+ */
+const MAX_BAD_FRAMES = 3;
+/** Pings unanswered in a row before the connection is taken for dead. */
+const MAX_MISSED_PONGS = 2;
+
+export interface MinerConnectionOptions {
+  /** Full ws(s) URL of the gateway. */
+  url: string;
+  /** Miner key; sent only in the upgrade's Authorization header, never logged. */
+  key: string;
+  log: Logger;
+  hello: () => HelloFrame;
+  heartbeat: () => HeartbeatFrame;
+  /** Time for the upgrade plus the welcome, ms. */
+  connectTimeoutMs: number;
+  backoff?: Backoff;
+}
+
+export interface MinerConnectionEvents {
+  connecting: [{ attempt: number }];
+  welcome: [WelcomeFrame];
+  frame: [CoordinatorFrame];
+  disconnected: [{ code: number; reason: string }];
+}
+
+export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
+  private ws: WebSocket | undefined;
+  private welcomed = false;
+  private closing = false;
+  private started = false;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private connectTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private badFrames = 0;
+  private missedPongs = 0;
+  private awaitingPong = false;
+  private attempts = 0;
+  private closed: Promise<void> | undefined;
+  private readonly backoff: Backoff;
+  private readonly log: Logger;
+
+  constructor(private readonly options: MinerConnectionOptions) {
+    super();
+    this.backoff = options.backoff ?? new Backoff();
+    this.log = options.log.child({ component: "connection" });
+  }
+
+  /** True between a welcome and the end of that connection. */
+  get ready(): boolean {
+    return this.welcomed && this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  /** Connects, and keeps reconnecting until close(). */
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.connect();
+  }
+
+  /** Sends a frame if the connection is ready; false otherwise (the caller decides what to keep). */
+  send(frame: MinerFrame): boolean {
+    if (!this.ready && frame.type !== "hello") return false;
+    return this.write(frame);
+  }
+
+  /** Closes for good: no more reconnects. Idempotent. */
+  close(): Promise<void> {
+    if (this.closed !== undefined) return this.closed;
+    this.closing = true;
+    clearTimeout(this.reconnectTimer);
+    const ws = this.ws;
+    this.closed = new Promise<void>((resolve) => {
+      if (ws === undefined || ws.readyState === WebSocket.CLOSED) {
+        resolve();
+        return;
+      }
+      const force = setTimeout(() => ws.terminate(), 2_000);
+      ws.once("close", () => {
+        clearTimeout(force);
+        resolve();
+      });
+      if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
+      else ws.close(1000, "miner stopping");
+    });
+    return this.closed;
+  }
+
+  private write(frame: MinerFrame): boolean {
+    const ws = this.ws;
+    if (ws === undefined || ws.readyState !== WebSocket.OPEN) return false;
+    const text = encodeFrame(frame);
+    if (Buffer.byteLength(text) > MAX_FRAME_BYTES) {
+      this.log.error({ type: frame.type }, "frame over the size limit not sent");
+      return false;
+    }
+    ws.send(text);
+    return true;
+  }
+
+  private connect(): void {
+    if (this.closing) return;
+    this.attempts++;
+    this.emit("connecting", { attempt: this.attempts });
+    this.log.info({ url: this.options.url, attempt: this.attempts }, "connecting to coordinator");
+    const ws = new WebSocket(this.options.url, {
+      headers: { Authorization: `Bearer ${this.options.key}` },
+      handshakeTimeout: this.options.connectTimeoutMs,
+      maxPayload: MAX_FRAME_BYTES,
+    });
+    this.ws = ws;
+    this.welcomed = false;
+    this.badFrames = 0;
+    this.connectTimer = setTimeout(() => {
+      this.log.warn("no welcome in time: dropping the connection");
+      ws.terminate();
+    }, this.options.connectTimeoutMs);
+
+    ws.on("open", () => {
+      this.write(this.options.hello());
+    });
+    ws.on("message", (data, isBinary) => {
+      this.missedPongs = 0;
+      if (isBinary) {
+        this.badFrame(ws, "frame_invalid", "binary frames are not part of the protocol");
+        return;
+      }
+      this.onMessage(ws, data);
+    });
+    ws.on("pong", () => {
+      this.awaitingPong = false;
+      this.missedPongs = 0;
+    });
+    ws.on("unexpected-response", (_req, res) => {
+      this.log.error({ status: res.statusCode }, "coordinator refused the connection");
+      ws.terminate();
+    });
+    ws.on("error", (err) => {
+      this.log.warn({ err: err.message }, "connection error");
+    });
+    ws.on("close", (code, reasonBuf) => {
+      const reason = reasonBuf.toString("utf8");
+      clearTimeout(this.connectTimer);
+      clearInterval(this.heartbeatTimer);
+      const wasWelcomed = this.welcomed;
+      this.welcomed = false;
+      if (this.ws === ws) this.ws = undefined;
+      this.log.info({ code, reason, wasWelcomed }, "disconnected from coordinator");
+      this.emit("disconnected", { code, reason });
+      if (!this.closing) {
+        const delay = this.backoff.next();
+        this.log.info({ delayMs: delay }, "reconnecting after backoff");
+        this.reconnectTimer = setTimeout(() => this.connect(), delay);
+      }
+    });
+  }
+
+  private onMessage(ws: WebSocket, data: WebSocket.RawData): void {
+    const parsed = parseCoordinatorFrame(data);
+    if (!parsed.ok) {
+      this.badFrame(ws, parsed.error.code, parsed.error.message);
+      return;
+    }
+    this.badFrames = 0;
+    const frame = parsed.frame;
+    if (!this.welcomed) {
+      if (frame.type === "welcome") {
+        clearTimeout(this.connectTimer);
+        this.welcomed = true;
+        this.backoff.reset();
+        this.startHeartbeats(ws, frame.heartbeat_ms);
+        this.log.info({ minerId: frame.miner_id, heartbeatMs: frame.heartbeat_ms }, "welcomed by coordinator");
+        this.emit("welcome", frame);
+      } else if (frame.type === "error") {
+        this.log.error({ code: frame.code, message: frame.message, fatal: frame.fatal }, "coordinator refused hello");
+        if (frame.fatal) ws.close(1000, "refused");
+      } else {
+        this.badFrame(ws, "frame_unexpected", `${frame.type} before welcome`);
+      }
+      return;
+    }
+    if (frame.type === "welcome") {
+      this.badFrame(ws, "frame_unexpected", "second welcome");
+      return;
+    }
+    if (frame.type === "error") {
+      this.log.warn({ code: frame.code, message: frame.message, fatal: frame.fatal }, "coordinator sent an error");
+    }
+    this.emit("frame", frame);
+  }
+
+  private badFrame(ws: WebSocket, code: string, message: string): void {
+    this.badFrames++;
+    const fatal = this.badFrames >= MAX_BAD_FRAMES;
+    this.log.warn({ code, badFrames: this.badFrames }, "invalid frame from coordinator");
+    this.write({ type: "error", code, message: message.slice(0, 2048), fatal });
+    if (fatal) ws.close(1008, "too many invalid frames");
+  }
+
+  private startHeartbeats(ws: WebSocket, intervalMs: number): void {
+    clearInterval(this.heartbeatTimer);
+    this.awaitingPong = false;
+    this.missedPongs = 0;
+    this.heartbeatTimer = setInterval(() => {
+      if (ws.readyState !== WebSocket.OPEN) return;
+      if (this.awaitingPong) {
+        this.missedPongs++;
+        if (this.missedPongs >= MAX_MISSED_PONGS) {
+          this.log.warn({ missed: this.missedPongs }, "coordinator stopped answering pings: dropping the connection");
+          ws.terminate();
+          return;
+        }
+      }
+      this.awaitingPong = true;
+      ws.ping();
+      this.write(this.options.heartbeat());
+    }, intervalMs);
+  }
+}
