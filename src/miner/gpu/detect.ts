@@ -59,8 +59,8 @@ export interface DetectOptions {
 export const execRunner: CommandRunner = (command, args, { timeoutMs }) =>
   new Promise((resolve, reject) => {
     execFile(command, args, { timeout: timeoutMs, windowsHide: true, maxBuffer: 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err !== null && (err as NodeJS.ErrnoException).code === "ENOENT") {
-        reject(err as Error);
+      if (err !== null && err.code === "ENOENT") {
+        reject(Object.assign(new Error(err.message), { code: "ENOENT" }));
         return;
       }
       const code = err === null ? 0 : typeof err.code === "number" ? err.code : null;
