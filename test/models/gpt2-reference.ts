@@ -75,7 +75,8 @@ export function referenceForward(s: RefShape, w: Map<string, NamedTensor>, ids: 
         const max = Math.max(...scores);
         const ex = scores.map((v) => (v === -Infinity ? 0 : Math.exp(v - max)));
         const sum = ex.reduce((a, v) => a + v, 0);
-        for (let i = 0; i < d; i++) context.push(ex.reduce((a, pr, j) => a + (pr / sum) * kv.values[l]![h]![j]![i]!, 0));
+        // A query that may see nothing (a padding position) gets a zero context; its outputs are never used.
+        for (let i = 0; i < d; i++) context.push(sum === 0 ? 0 : ex.reduce((a, pr, j) => (pr === 0 ? a : a + (pr / sum) * kv.values[l]![h]![j]![i]!), 0));
       }
       const attn = conv1d(context, get(`${p}.attn.c_proj.weight`), get(`${p}.attn.c_proj.bias`));
       const x1 = x.map((v, i) => v + attn[i]!);

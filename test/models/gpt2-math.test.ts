@@ -1,0 +1,172 @@
+import { readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
+import * as ort from "onnxruntime-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ONNX_MODEL_PATH } from "../../src/inference/models/build-model.js";
+import { gpt2ParameterCount, initGpt2Weights, type NamedTensor } from "../../src/inference/models/gpt2-weights.js";
+import { RECIPES } from "../../src/inference/models/recipes.js";
+import { emptyKv, referenceForward, type RefKv } from "./gpt2-reference.js";
+import { buildTinyModel, TINY } from "./tiny-model.js";
+
+const C = TINY.config;
+const D = C.nEmbd / C.nHead;
+const TOLERANCE = 1e-4;
+
+let session: ort.InferenceSession;
+let weights: Map<string, NamedTensor>;
+let modelDir: string;
+let cleanup: () => void;
+
+beforeAll(async () => {
+  ({ modelDir, cleanup } = await buildTinyModel());
+  session = await ort.InferenceSession.create(path.join(modelDir, ONNX_MODEL_PATH));
+  weights = new Map(initGpt2Weights(C, TINY.init, TINY.defaultSeed).map((t) => [t.name, t]));
+});
+afterAll(async () => {
+  await session.release();
+  cleanup();
+});
+
+const int64 = (rows: number[][]): ort.Tensor => new ort.Tensor("int64", BigInt64Array.from(rows.flat().map(BigInt)), [rows.length, rows[0]!.length]);
+
+type Past = Record<string, ort.Tensor>;
+
+function emptyPast(batch: number): Past {
+  const past: Past = {};
+  for (let i = 0; i < C.nLayer; i++) {
+    for (const part of ["key", "value"]) past[`past_key_values.${i}.${part}`] = new ort.Tensor("float32", new Float32Array(0), [batch, C.nHead, 0, D]);
+  }
+  return past;
+}
+
+async function runOrt(ids: number[][], mask: number[][], positions: number[][], past: Past): Promise<{ logits: Float32Array; dims: readonly number[]; next: Past }> {
+  const out = await session.run({ input_ids: int64(ids), attention_mask: int64(mask), position_ids: int64(positions), ...past });
+  const next: Past = {};
+  for (let i = 0; i < C.nLayer; i++) {
+    for (const part of ["key", "value"]) next[`past_key_values.${i}.${part}`] = out[`present.${i}.${part}`]!;
+  }
+  return { logits: out.logits!.data as Float32Array, dims: out.logits!.dims, next };
+}
+
+/** Max |ort - ref| over the rows of one batch entry. */
+function maxDiff(ort: Float32Array, batchIndex: number, seqLen: number, ref: number[][], rows: number[]): number {
+  let m = 0;
+  for (const t of rows) {
+    const base = (batchIndex * seqLen + t) * C.vocabSize;
+    for (let v = 0; v < C.vocabSize; v++) m = Math.max(m, Math.abs(ort[base + v]! - ref[t]![v]!));
+  }
+  return m;
+}
+
+describe("tiny-gpt2 ONNX graph vs an independent TypeScript GPT-2 forward pass", () => {
+  it("agrees on a prompt, single-token steps and a multi-token chunk over a KV cache", async () => {
+    const kv: RefKv = emptyKv(C);
+    const prompt = [15496, 995, 11, 428, 318];
+    let r = await runOrt([prompt], [prompt.map(() => 1)], [[0, 1, 2, 3, 4]], emptyPast(1));
+    expect(r.dims).toEqual([1, 5, C.vocabSize]);
+    let ref = referenceForward(C, weights, prompt, [0, 1, 2, 3, 4], kv);
+    expect(maxDiff(r.logits, 0, 5, ref, [0, 1, 2, 3, 4])).toBeLessThan(TOLERANCE);
+
+    // Past length 5, then 6: one token each.
+    for (const [tok, pos] of [[402, 5], [11571, 6]] as const) {
+      r = await runOrt([[tok]], [Array.from({ length: pos + 1 }, () => 1)], [[pos]], r.next);
+      ref = referenceForward(C, weights, [tok], [pos], kv);
+      expect(maxDiff(r.logits, 0, 1, ref, [0])).toBeLessThan(TOLERANCE);
+    }
+    expect(r.next["past_key_values.0.key"]!.dims).toEqual([1, C.nHead, 7, D]);
+
+    // Past length 7, three new tokens at once (bottom-right causal mask).
+    r = await runOrt([[12, 17, 0]], [Array.from({ length: 10 }, () => 1)], [[7, 8, 9]], r.next);
+    ref = referenceForward(C, weights, [12, 17, 0], [7, 8, 9], kv);
+    expect(maxDiff(r.logits, 0, 3, ref, [0, 1, 2])).toBeLessThan(TOLERANCE);
+  });
+
+  it("agrees at positions far from 0", async () => {
+    const ids = [50256, 1000, 2000, 3000];
+    const positions = [1000, 1001, 1002, 1023];
+    const r = await runOrt([ids], [[1, 1, 1, 1]], [positions], emptyPast(1));
+    const ref = referenceForward(C, weights, ids, positions, emptyKv(C));
+    expect(maxDiff(r.logits, 0, 4, ref, [0, 1, 2, 3])).toBeLessThan(TOLERANCE);
+  });
+
+  it("handles a left-padded batch: padding is masked, padded rows stay finite, the cache carries the mask", async () => {
+    // Row 0 is 5 real tokens; row 1 is 2 pads then 3 real tokens (positions as transformers computes them).
+    const ids = [
+      [464, 2068, 7586, 21831, 18045],
+      [50256, 50256, 40, 588, 340],
+    ];
+    const mask = [
+      [1, 1, 1, 1, 1],
+      [0, 0, 1, 1, 1],
+    ];
+    const positions = [
+      [0, 1, 2, 3, 4],
+      [1, 1, 0, 1, 2],
+    ];
+    const r = await runOrt(ids, mask, positions, emptyPast(2));
+    expect(r.logits.every(Number.isFinite)).toBe(true);
+    const kv0 = emptyKv(C);
+    const kv1 = emptyKv(C);
+    expect(maxDiff(r.logits, 0, 5, referenceForward(C, weights, ids[0]!, positions[0]!, kv0), [0, 1, 2, 3, 4])).toBeLessThan(TOLERANCE);
+    const ref1 = referenceForward(C, weights, ids[1]!, positions[1]!, kv1, mask[1]);
+    expect(maxDiff(r.logits, 1, 5, ref1, [2, 3, 4])).toBeLessThan(TOLERANCE);
+
+    // Next step for both rows with past length 5; the pads stay masked through the cache.
+    const step = await runOrt([[13], [13]], [[...mask[0]!, 1], [...mask[1]!, 1]], [[5], [3]], r.next);
+    expect(maxDiff(step.logits, 0, 1, referenceForward(C, weights, [13], [5], kv0), [0])).toBeLessThan(TOLERANCE);
+    expect(maxDiff(step.logits, 1, 1, referenceForward(C, weights, [13], [3], kv1, [...mask[1]!, 1]), [0])).toBeLessThan(TOLERANCE);
+  });
+
+  it("keeps the top two logits apart, so greedy decoding does not hinge on rounding", async () => {
+    const ids = [15496, 995, 11, 428, 318, 402, 11571, 12, 17, 0, 1212, 318, 257, 1332, 13, 198];
+    const r = await runOrt([ids], [ids.map(() => 1)], [ids.map((_, i) => i)], emptyPast(1));
+    const gaps = ids.map((_, t) => {
+      const row = Array.from(r.logits.subarray(t * C.vocabSize, (t + 1) * C.vocabSize)).sort((a, b) => b - a);
+      return row[0]! - row[1]!;
+    });
+    const wide = gaps.filter((g) => g > 1e-2).length;
+    expect(wide).toBeGreaterThanOrEqual(ids.length - 1);
+  });
+});
+
+describe("model builder", () => {
+  it("is deterministic: the same seed gives byte-identical files, another seed other weights", async () => {
+    const a = await buildTinyModel(7);
+    const b = await buildTinyModel(7);
+    const c = await buildTinyModel(8);
+    try {
+      const files = (dir: string): string[] => readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.relative(dir, path.join(e.parentPath, e.name))).sort();
+      expect(files(a.modelDir)).toEqual(files(b.modelDir));
+      for (const f of files(a.modelDir)) expect(readFileSync(path.join(a.modelDir, f)).equals(readFileSync(path.join(b.modelDir, f)))).toBe(true);
+      expect(readFileSync(path.join(a.modelDir, ONNX_MODEL_PATH)).equals(readFileSync(path.join(c.modelDir, ONNX_MODEL_PATH)))).toBe(false);
+    } finally {
+      a.cleanup();
+      b.cleanup();
+      c.cleanup();
+    }
+  });
+
+  it("writes config.json with what transformers needs for gpt2", () => {
+    const cfg = JSON.parse(readFileSync(path.join(modelDir, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(cfg).toMatchObject({
+      model_type: "gpt2",
+      architectures: ["GPT2LMHeadModel"],
+      n_layer: C.nLayer,
+      n_head: C.nHead,
+      n_embd: C.nEmbd,
+      n_positions: C.nPositions,
+      n_ctx: C.nPositions,
+      vocab_size: 50257,
+      bos_token_id: 50256,
+      eos_token_id: 50256,
+    });
+    const tok = JSON.parse(readFileSync(path.join(modelDir, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+    expect(tok).toMatchObject({ model_max_length: C.nPositions, eos_token: "<|endoftext|>", bos_token: "<|endoftext|>", unk_token: "<|endoftext|>" });
+  });
+
+  it("counts parameters like gpt2-small (124,439,808) and like the weights it writes", () => {
+    expect(gpt2ParameterCount(RECIPES["gpt2-124m-random"]!.config)).toBe(124_439_808);
+    const total = [...weights.values()].reduce((s, t) => s + t.data.length, 0);
+    expect(gpt2ParameterCount(C)).toBe(total);
+  });
+});
