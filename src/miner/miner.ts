@@ -191,7 +191,7 @@ export class Miner extends EventEmitter<MinerEvents> {
     switch (frame.type) {
       case "assign":
         if (this.intakeOpen()) this.runner.assign(frame);
-        else this.runner.handBack(frame, this.current === "draining" ? "draining" : "not_ready");
+        else this.runner.handBack(frame, this.current === "draining" ? "draining" : this.intakePaused ? "coordinator_drain" : "not_ready");
         return;
       case "cancel":
         this.runner.cancel(frame);
