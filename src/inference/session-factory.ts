@@ -1,0 +1,70 @@
+import * as ort from "onnxruntime-node";
+import { AppError, errorMessage } from "../common/errors.js";
+
+/** Where a session should run: a CUDA device or the CPU. */
+export type DeviceRequest = { kind: "cuda"; deviceId: number } | { kind: "cpu" };
+
+export interface SessionSettings {
+  executionProvider: "auto" | "cuda" | "cpu";
+  /** 0 = onnxruntime's choice. */
+  intraOpThreads: number;
+  /** 0 = onnxruntime's choice. */
+  interOpThreads: number;
+  graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
+}
+
+export interface CreatedSession {
+  session: ort.InferenceSession;
+  /** "cuda:0", "cpu", … where it actually runs. */
+  device: string;
+  /** Why CUDA was asked for and the session runs on the CPU instead. */
+  fallbackReason?: string;
+}
+
+/**
+ * Creates an onnxruntime session on the requested device. onnxruntime-node throws at session
+ * creation when the CUDA provider cannot load (there is no silent fallback in Node), so with
+ * execution_provider "auto" the error is caught and the session is created on the CPU with
+ * the reason attached; with "cuda" the error is raised as `cuda_unavailable`.
+ */
+export async function createSession(modelPath: string, device: DeviceRequest, settings: SessionSettings): Promise<CreatedSession> {
+  const base = sessionOptions(settings);
+  if (device.kind === "cpu") {
+    return { session: await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ["cpu"] }), device: "cpu" };
+  }
+  try {
+    const session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: [{ name: "cuda", deviceId: device.deviceId }] });
+    return { session, device: `cuda:${device.deviceId}` };
+  } catch (err) {
+    const reason = cudaFailureReason(errorMessage(err));
+    if (settings.executionProvider === "cuda") {
+      throw new AppError("cuda_unavailable", "the CUDA execution provider cannot be loaded", { details: { device_id: device.deviceId, reason }, cause: err });
+    }
+    const session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ["cpu"] });
+    return { session, device: "cpu", fallbackReason: reason };
+  }
+}
+
+function sessionOptions(settings: SessionSettings): ort.InferenceSession.SessionOptions {
+  return {
+    graphOptimizationLevel: settings.graphOptimizationLevel,
+    executionMode: "sequential",
+    ...(settings.intraOpThreads > 0 ? { intraOpNumThreads: settings.intraOpThreads } : {}),
+    ...(settings.interOpThreads > 0 ? { interOpNumThreads: settings.interOpThreads } : {}),
+  };
+}
+
+/**
+ * A one-line reason from onnxruntime's provider-loading error, which arrives with ANSI colour
+ * codes and a C++ source location: names the library that failed and why when it can.
+ */
+export function cudaFailureReason(message: string): string {
+  // eslint-disable-next-line no-control-regex
+  const plain = message.replace(/\u001b\[[0-9;]*m/g, "");
+  const lib = /Failed to load library (\S+) with error: (.*?)(?:\n|$)/.exec(plain);
+  if (lib) return `failed to load ${lib[1] ?? ""}: ${(lib[2] ?? "").trim()}`;
+  const missing = /(\S+\.so[.\d]*): cannot open shared object file/.exec(plain);
+  if (missing) return `${missing[1] ?? ""}: cannot open shared object file`;
+  const first = plain.split("\n").find((l) => l.trim().length > 0) ?? plain;
+  return first.trim().slice(0, 300);
+}
