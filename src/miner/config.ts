@@ -60,8 +60,6 @@ export const MinerConfigSchema = Type.Object(
         drain_grace: Duration("30s", "drain grace period"),
         /** Least time between two progress frames of one job. Default "500ms". */
         progress_interval: Duration("500ms", "progress throttle"),
-        /** Heartbeat interval used until the coordinator's welcome says otherwise. Default "10s". */
-        heartbeat: Duration("10s", "default heartbeat interval"),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -130,7 +128,6 @@ export interface MinerConfig {
     maxConcurrentPerGpu: number;
     drainGraceMs: number;
     progressIntervalMs: number;
-    heartbeatMs: number;
   };
   gpus: {
     mode: "auto" | "cpu";
@@ -187,11 +184,6 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
       maxConcurrentPerGpu: raw.miner.max_concurrent_per_gpu,
       drainGraceMs: dur("miner.drain_grace", raw.miner.drain_grace),
       progressIntervalMs: dur("miner.progress_interval", raw.miner.progress_interval),
-      heartbeatMs: compileField(file, "miner.heartbeat", () => {
-        const ms = parseDuration(raw.miner.heartbeat);
-        if (ms < 100) throw new Error("must be at least 100ms");
-        return ms;
-      }),
     },
     gpus: {
       mode: raw.gpus.mode,

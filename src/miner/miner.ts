@@ -158,6 +158,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       gpus: this.options.gpus,
       models: this.options.engine.models().map((m) => m.name),
       slots: this.slots,
+      free_slots: this.runner.freeSlots,
       in_flight: this.runner.inFlight(),
     };
   }

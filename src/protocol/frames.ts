@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
 import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generation.js";
@@ -15,10 +16,9 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *   hello {protocol_version, …, in_flight} ─▶
  *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused}
  *                                            (or error {fatal: true} and close)
- *   pull {free_slots}                     ─▶
+ *   pull {free_slots}                     ─▶   (after each welcome and whenever a slot frees up)
  *                                         ◀─ assign {job, attempt, lease_token, lease_expires_at}
- *                                            (zero or more, now or when matching jobs arrive; never
- *                                            more than the last pull's free_slots in total)
+ *                                            (zero or more, now or when matching jobs arrive)
  *   started {job_id, attempt, lease_token} ─▶
  *   progress {…, tokens, max_tokens, tokens_per_s} ─▶   (throttled; renews the lease)
  *   heartbeat {in_flight, free_slots}     ─▶   (every heartbeat_ms; renews every listed lease)
@@ -33,6 +33,14 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *                                         ◀─ ack {…, of: "released", status}
  *                                         ◀─ drain {reason}   (stop pulling on this connection)
  *   error {code, message, fatal}         ◀─▶   (a bad frame; fatal ones are followed by a close)
+ *
+ * Slots: `pull.free_slots` REPLACES the coordinator's count of the miner's free slots; each
+ * assign uses one. Nothing else changes the count: hello.slots/free_slots and
+ * heartbeat.free_slots are informational (status pages, "how many miners could run this").
+ * An assign that arrives when the miner has no free slot (a pull raced a finishing job), while
+ * it drains, or after a coordinator `drain`, is handed straight back with `released` (reason
+ * "no_free_slot", "draining" or "coordinator_drain"); the coordinator requeues it without
+ * counting a failed attempt. `released` reason "shutdown": the drain grace ran out mid-run.
  *
  * Every job-scoped frame a miner sends carries the fencing triple (job_id, attempt, lease_token);
  * the coordinator acts on it only if the triple still holds the lease, and otherwise answers
@@ -172,6 +180,8 @@ export const HelloFrameSchema = Type.Object(
     models: Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { maxItems: 256 }),
     /** Total concurrent jobs it runs at most. */
     slots: Type.Integer({ minimum: 0, maximum: 4096 }),
+    /** Slots free right now (slots minus jobs still running after a reconnect). Informational: the pull that follows the welcome sets the count. */
+    free_slots: Type.Integer({ minimum: 0, maximum: 4096 }),
     in_flight: Type.Array(InFlightSchema, { maxItems: 4096 }),
   },
   strict,
@@ -205,6 +215,7 @@ export const HeartbeatFrameSchema = Type.Object(
     type: Type.Literal("heartbeat"),
     /** Leases the miner still holds (running or with an unacknowledged result); each is renewed. */
     in_flight: Type.Array(InFlightSchema, { maxItems: 4096 }),
+    /** Informational (see "Slots" above). */
     free_slots: Type.Integer({ minimum: 0, maximum: 4096 }),
   },
   strict,
@@ -488,4 +499,42 @@ export function parseCoordinatorFrame(raw: RawFrame | object): ParseResult<Coord
 /** JSON text of a frame; both sides send only through this so a frame never exceeds the cap unnoticed. */
 export function encodeFrame(frame: MinerFrame | CoordinatorFrame): string {
   return JSON.stringify(frame);
+}
+
+/**
+ * The output a result frame carries, checked: for chunked results the chunks (any order) must be
+ * seq 0…chunks-1 exactly once, of the same (job_id, attempt, lease_token); the joined UTF-8
+ * bytes must have `output_bytes` length and the `sha256`. The coordinator answers ack "invalid"
+ * when this fails. Pure; shared so both sides agree on the rules.
+ */
+export function assembleResult(
+  result: ResultFrame,
+  chunks: readonly ResultChunkFrame[] = [],
+): { ok: true; output: string; bytes: Buffer } | { ok: false; reason: string } {
+  let bytes: Buffer;
+  if (result.output !== undefined) {
+    if (chunks.length > 0) return { ok: false, reason: "chunks sent for an inline result" };
+    bytes = Buffer.from(result.output, "utf8");
+  } else {
+    const n = result.chunks ?? 0;
+    const bySeq = new Map<number, ResultChunkFrame>();
+    for (const c of chunks) {
+      if (c.job_id !== result.job_id || c.attempt !== result.attempt || c.lease_token !== result.lease_token) {
+        return { ok: false, reason: "chunk of another attempt" };
+      }
+      if (bySeq.has(c.seq)) return { ok: false, reason: `chunk ${c.seq} sent twice` };
+      bySeq.set(c.seq, c);
+    }
+    const parts: Buffer[] = [];
+    for (let seq = 0; seq < n; seq++) {
+      const c = bySeq.get(seq);
+      if (c === undefined) return { ok: false, reason: `chunk ${seq} missing` };
+      parts.push(Buffer.from(c.data, "base64"));
+    }
+    if (bySeq.size !== n) return { ok: false, reason: "more chunks than announced" };
+    bytes = Buffer.concat(parts);
+  }
+  if (bytes.length !== result.output_bytes) return { ok: false, reason: "output_bytes does not match" };
+  if (createHash("sha256").update(bytes).digest("hex") !== result.sha256) return { ok: false, reason: "sha256 does not match" };
+  return { ok: true, output: result.output ?? bytes.toString("utf8"), bytes };
 }

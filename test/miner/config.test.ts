@@ -19,7 +19,7 @@ describe("miner config", () => {
     const c = loadMinerConfig({ file: REPO_CONFIG, env: {} });
     expect(c.coordinator.url).toBe("ws://127.0.0.1:8080/v1/miners/connect");
     expect(c.coordinator.key).toBe("");
-    expect(c.miner).toMatchObject({ maxConcurrent: 0, maxConcurrentPerGpu: 1, drainGraceMs: 30_000, progressIntervalMs: 500, heartbeatMs: 10_000 });
+    expect(c.miner).toMatchObject({ maxConcurrent: 0, maxConcurrentPerGpu: 1, drainGraceMs: 30_000, progressIntervalMs: 500 });
     expect(c.gpus).toMatchObject({ mode: "auto", devices: [], nvidiaSmi: "nvidia-smi", detectTimeoutMs: 10_000, overrides: [] });
     expect(c.inference.models).toEqual(["tiny-gpt2"]);
     expect(c.fakeEngine).toBeUndefined();
@@ -65,7 +65,7 @@ describe("miner config", () => {
   });
 
   it("computes slots per GPU, capped by max_concurrent", () => {
-    const m = { maxConcurrent: 0, maxConcurrentPerGpu: 2, drainGraceMs: 0, progressIntervalMs: 0, heartbeatMs: 100, name: "x" };
+    const m = { maxConcurrent: 0, maxConcurrentPerGpu: 2, drainGraceMs: 0, progressIntervalMs: 0, name: "x" };
     expect(computeSlots(m, 8)).toBe(16);
     expect(computeSlots({ ...m, maxConcurrent: 5 }, 8)).toBe(5);
     expect(computeSlots(m, 0)).toBe(1);

@@ -3,13 +3,16 @@ import { describe, expect, it } from "vitest";
 import {
   MAX_FRAME_BYTES,
   RESULT_INLINE_MAX_BYTES,
+  assembleResult,
   encodeFrame,
   parseCoordinatorFrame,
   parseMinerFrame,
   type AssignFrame,
   type HelloFrame,
+  type ResultChunkFrame,
   type ResultFrame,
 } from "../../src/protocol/frames.js";
+import { resultFrames } from "../../src/miner/job-runner.js";
 
 const hello: HelloFrame = {
   type: "hello",
@@ -19,6 +22,7 @@ const hello: HelloFrame = {
   gpus: [{ index: 0, name: "NVIDIA GeForce RTX 4090", vram_total_mb: 24564, vram_free_mb: 24000 }],
   models: ["tiny-gpt2"],
   slots: 2,
+  free_slots: 1,
   in_flight: [{ job_id: "job_1", attempt: 1, lease_token: "tok", state: "running" }],
 };
 
@@ -99,5 +103,29 @@ describe("frames", () => {
   it("checks assign parameters against the generation bounds", () => {
     const bad = { ...assign, job: { ...assign.job, parameters: { ...assign.job.parameters, temperature: 5 } } };
     expect(parseCoordinatorFrame(bad).ok).toBe(false);
+  });
+});
+
+describe("assembleResult", () => {
+  it("accepts an inline result whose bytes and sha256 match, and refuses a wrong sha256", () => {
+    const r = result("héllo");
+    expect(assembleResult(r)).toMatchObject({ ok: true, output: "héllo" });
+    expect(assembleResult({ ...r, sha256: "0".repeat(64) })).toEqual({ ok: false, reason: "sha256 does not match" });
+    expect(assembleResult({ ...r, output_bytes: 5 })).toEqual({ ok: false, reason: "output_bytes does not match" });
+  });
+
+  it("joins chunks in seq order and names what is wrong with a bad set", () => {
+    const text = "€".repeat(100_000);
+    const frames = resultFrames(
+      { job_id: "job_1", attempt: 1, lease_token: "tok" },
+      { text, finish_reason: "length", usage: { prompt_tokens: 1, completion_tokens: 1 }, timing: { time_to_first_token_ms: 0, tokens_per_second: 0, total_ms: 0 }, token_ids: [] },
+    );
+    const chunks = frames.filter((f): f is ResultChunkFrame => f.type === "result_chunk");
+    const final = frames.at(-1) as ResultFrame;
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(assembleResult(final, [...chunks].reverse())).toMatchObject({ ok: true, output: text });
+    expect(assembleResult(final, chunks.slice(1))).toEqual({ ok: false, reason: "chunk 0 missing" });
+    expect(assembleResult(final, [...chunks, chunks[0]!])).toEqual({ ok: false, reason: "chunk 0 sent twice" });
+    expect(assembleResult(final, chunks.map((c) => ({ ...c, attempt: 2 })))).toEqual({ ok: false, reason: "chunk of another attempt" });
   });
 });

@@ -83,6 +83,7 @@ describe("Miner against a fake coordinator", () => {
       gpus: [GPU],
       models: ["tiny-gpt2"],
       slots: 2,
+      free_slots: 2,
       in_flight: [],
     });
     const pull = await coordinator.waitForType("pull");
