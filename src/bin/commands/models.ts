@@ -1,9 +1,11 @@
 import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
+import cliProgress from "cli-progress";
 import { InvalidArgumentError, type Command } from "commander";
 import { ModelError, toAppError } from "../../common/errors.js";
 import { buildModel } from "../../inference/models/build-model.js";
 import { loadModelInfo } from "../../inference/models/model-info.js";
+import { pullModel, type PullProgress } from "../../inference/models/pull-model.js";
 import { RECIPES, recipeNames } from "../../inference/models/recipes.js";
 
 /**
@@ -34,6 +36,36 @@ export function registerModelsCommand(program: Command): void {
       process.stdout.write(
         `built ${name} in ${result.dir}: ${formatCount(result.parameters)} parameters, ${formatBytes(result.sizeBytes)}, seed ${result.seed}, ${seconds} s\n`,
       );
+    });
+
+  models
+    .command("pull")
+    .description("download an optimum ONNX export (onnx/decoder_model_merged.onnx + json files) from a Hugging Face-compatible hub")
+    .argument("<repo-id>", 'repo on the hub, e.g. "Xenova/gpt2"')
+    .option("--hub <url>", "hub base URL", process.env.AITBC_HUB_URL ?? "https://huggingface.co")
+    .option("--revision <rev>", "branch, tag or commit", "main")
+    .option("--name <name>", "folder name under the models dir (default: the repo's last segment)")
+    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .option("--force", "replace an existing model folder", false)
+    .action(async (repo: string, opts: { hub: string; revision: string; name?: string; modelsDir: string; force: boolean }) => {
+      const progress = new ProgressReporter(process.stderr);
+      try {
+        const result = await pullModel({
+          repo,
+          hub: opts.hub,
+          revision: opts.revision,
+          modelsDir: opts.modelsDir,
+          force: opts.force,
+          ...(opts.name === undefined ? {} : { name: opts.name }),
+          ...(process.env.HF_TOKEN === undefined ? {} : { token: process.env.HF_TOKEN }),
+          onProgress: (p) => progress.update(p),
+        });
+        progress.stop();
+        const { info } = result;
+        process.stdout.write(`pulled ${repo} into ${info.dir}: ${formatCount(info.parameters)} parameters, ${formatBytes(info.sizeBytes)}, ${result.files.length} files verified\n`);
+      } finally {
+        progress.stop();
+      }
     });
 
   models
@@ -80,6 +112,44 @@ export function listModels(modelsDir: string): ModelListRow[] {
         return { name, parameters: null, sizeBytes: null, layout: `invalid: ${toAppError(err).message}` };
       }
     });
+}
+
+/** A cli-progress bar per file on a terminal; plain lines (start, each quarter, done) otherwise. */
+class ProgressReporter {
+  private bar: cliProgress.SingleBar | undefined;
+  private file: string | undefined;
+  private lastQuarter = -1;
+
+  constructor(private readonly out: NodeJS.WriteStream) {}
+
+  update(p: PullProgress): void {
+    if (p.file !== this.file) {
+      this.stop();
+      this.file = p.file;
+      this.lastQuarter = -1;
+      if (this.out.isTTY) {
+        this.bar = new cliProgress.SingleBar(
+          { stream: this.out, format: `${p.file} [{bar}] {percentage}% | {value_h}/{total_h}`, formatValue: (v, _o, type) => (type === "value" || type === "total" ? formatBytes(v) : String(v)) },
+          cliProgress.Presets.shades_classic,
+        );
+        this.bar.start(p.total, p.received, { value_h: formatBytes(p.received), total_h: formatBytes(p.total) });
+      }
+    }
+    if (this.bar !== undefined) {
+      this.bar.update(p.received, { value_h: formatBytes(p.received), total_h: formatBytes(p.total) });
+      if (p.done !== undefined) this.stop();
+      return;
+    }
+    const quarter = p.total === 0 ? 4 : Math.floor((p.received / p.total) * 4);
+    if (p.done !== undefined) this.out.write(`${p.file}: ${p.done} (${formatBytes(p.total)}, verified)\n`);
+    else if (quarter > this.lastQuarter) this.out.write(`${p.file}: ${quarter * 25}% of ${formatBytes(p.total)}\n`);
+    this.lastQuarter = Math.max(this.lastQuarter, quarter);
+  }
+
+  stop(): void {
+    this.bar?.stop();
+    this.bar = undefined;
+  }
 }
 
 function parseSeed(value: string): number {
