@@ -38,7 +38,7 @@ export function registerMinerCommand(program: Command): void {
       for (const problem of detection.problems) log.warn({ problem }, "gpu detection");
       const gpus = selectedGpus(detection);
       log.info({ gpus: gpus.map((g) => `${g.index}:${g.name}`), slots: computeSlots(config.miner, gpus.length) }, "gpus selected");
-      const engine = await createEngine(
+      const engine = createEngine(
         config,
         gpus.map((g) => g.index),
         log,
