@@ -151,3 +151,15 @@ describe("detectGpus", () => {
     expect(selectedGpus(d)).toEqual([]);
   });
 });
+
+describe("detectGpus with a stalled systeminformation", () => {
+  it("gives up on it after detect_timeout and still reports nvidia-smi's GPUs", async () => {
+    const d = await detectGpus({
+      gpus: gpusConfig({ detectTimeoutMs: 50 }),
+      runner: recorded("1x-rtx4090.txt"),
+      graphics: () => new Promise(() => undefined),
+    });
+    expect(selectedGpus(d).map((g) => g.name)).toEqual(["NVIDIA GeForce RTX 4090"]);
+    expect(d.problems).toContain("systeminformation could not list graphics controllers");
+  });
+});

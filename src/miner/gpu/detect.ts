@@ -134,7 +134,14 @@ export async function detectGpus(options: DetectOptions): Promise<GpuDetection> 
   const graphics = options.graphics === undefined ? systeminformationGraphics : options.graphics;
   if (graphics !== null) {
     try {
-      const controllers = await graphics();
+      // systeminformation shells out to lspci and friends; a wedged host must not stall start-up.
+      let timer: NodeJS.Timeout | undefined;
+      const controllers = await Promise.race([
+        graphics(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error("timeout")), config.detectTimeoutMs);
+        }),
+      ]).finally(() => clearTimeout(timer));
       others = controllers
         .filter((c) => !(isNvidia(c.vendor) && nvidia.length > 0))
         .map((c) => ({ vendor: c.vendor, model: c.model, vramMb: c.vram }));
