@@ -270,7 +270,9 @@ export class JobRunner {
 
   private async execute(job: TrackedJob, frame: AssignFrame): Promise<void> {
     const { ref, log } = job;
-    const timer = setTimeout(() => this.abort(job, "timed_out", "timeout_seconds"), frame.job.timeout_seconds * 1000);
+    // setTimeout overflows past 2^31-1 ms (~24.8 days) and would fire at once.
+    const timeoutMs = Math.min(frame.job.timeout_seconds * 1000, 2 ** 31 - 1);
+    const timer = setTimeout(() => this.abort(job, "timed_out", "timeout_seconds"), timeoutMs);
     const interval = this.options.progressIntervalMs;
     let lastProgress = -Infinity;
     log.info({ model: frame.job.model, maxTokens: frame.job.parameters.max_new_tokens }, "job started");

@@ -130,3 +130,13 @@ describe("JobRunner", () => {
     expect(sent.filter((f) => f.type === "result")).toHaveLength(1);
   });
 });
+
+describe("JobRunner timeouts", () => {
+  it("does not time out at once when timeout_seconds is beyond setTimeout's range", async () => {
+    const { r, sent } = await runner();
+    r.assign(assignFrame("job_forever", { timeout_seconds: 10 ** 9 }));
+    await r.allDone();
+    expect(sent.find((f) => f.type === "fail")).toBeUndefined();
+    expect(sent.find((f) => f.type === "result")).toMatchObject({ job_id: "job_forever", finish_reason: "length" });
+  });
+});
