@@ -116,6 +116,7 @@ describe("pullModel against a local hub", () => {
 
   it("names an unknown repo and refuses to overwrite an installed model", async () => {
     expect((await failure(pullModel({ repo: "nobody/nothing", hub: hub.url, modelsDir }))).code).toBe("pull_not_found");
+    expect((await failure(pullModel({ repo: REPO, hub: hub.url, modelsDir, name: "../escape" }))).code).toBe("pull_bad_name");
     await pullModel({ repo: REPO, hub: hub.url, modelsDir, name: "mine" });
     expect((await failure(pullModel({ repo: REPO, hub: hub.url, modelsDir, name: "mine" }))).code).toBe("model_exists");
     await pullModel({ repo: REPO, hub: hub.url, modelsDir, name: "mine", force: true });

@@ -82,6 +82,7 @@ export async function pullModel(options: PullOptions): Promise<PullResult> {
   const repo = options.repo.replace(/^\/+|\/+$/g, "");
   if (!/^[\w.-]+(\/[\w.-]+)?$/.test(repo)) throw new ModelError("pull_bad_repo", "the repo id must look like owner/name", { repo });
   const name = options.name ?? repo.split("/").pop() ?? repo;
+  if (!/^[\w][\w.-]*$/.test(name)) throw new ModelError("pull_bad_name", "the model name may use letters, digits, '.', '_' and '-' only", { name });
   const modelsDir = path.resolve(options.modelsDir);
   const target = path.join(modelsDir, name);
   if (existsSync(target) && options.force !== true) throw new ModelError("model_exists", "the model folder already exists (use --force to replace it)", { dir: target });
