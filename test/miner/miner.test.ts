@@ -168,7 +168,7 @@ describe("Miner against a fake coordinator", () => {
   it("reconnects after a dropped connection and resumes the running job with its lease", async () => {
     const { coordinator, miner, states } = await setup({ tokensPerSecond: 40 });
     await coordinator.waitForType("pull");
-    const assign = coordinator.enqueue({ job_id: "job_resume", parameters: { max_new_tokens: 30, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: 1 } });
+    const assign = coordinator.enqueue({ job_id: "job_resume", parameters: { max_new_tokens: 60, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: 1 } });
     await coordinator.waitForType("progress");
     coordinator.drop();
     const hello2 = await coordinator.waitFor((r) => r.conn === 2 && r.frame.type === "hello");
