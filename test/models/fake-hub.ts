@@ -20,6 +20,8 @@ export interface FakeHub {
   cutNext(file: string, bytes: number): void;
   /** The next `times` responses for `file` have one byte flipped. */
   corruptNext(file: string, times: number): void;
+  /** Redirects for LFS files carry a wrong X-Linked-ETag (while set). */
+  wrongLinkedEtag: boolean;
   close(): Promise<void>;
 }
 
@@ -38,6 +40,14 @@ export async function startFakeHub(repo: string, modelDir: string, revision = "m
   const cuts = new Map<string, number>();
   const corrupt = new Map<string, number>();
   const requests: FakeHub["requests"] = [];
+  const hub: FakeHub = {
+    url: "",
+    requests,
+    cutNext: (file, bytes) => cuts.set(file, bytes),
+    corruptNext: (file, times) => corrupt.set(file, times),
+    wrongLinkedEtag: false,
+    close: () => Promise.resolve(),
+  };
 
   const send = (req: http.IncomingMessage, res: http.ServerResponse, file: string, body: Buffer): void => {
     requests.push({ path: file, range: req.headers.range });
@@ -89,7 +99,8 @@ export async function startFakeHub(repo: string, modelDir: string, revision = "m
         return;
       }
       if (isLfs(file)) {
-        res.writeHead(302, { location: `/cdn/${encodeURIComponent(file)}`, "x-linked-etag": `"${sha256(body)}"`, "x-linked-size": String(body.length) }).end();
+        const etag = hub.wrongLinkedEtag ? sha256(Buffer.from("something else")) : sha256(body);
+        res.writeHead(302, { location: `/cdn/${encodeURIComponent(file)}`, "x-linked-etag": `"${etag}"`, "x-linked-size": String(body.length) }).end();
         return;
       }
       send(req, res, file, body);
@@ -107,15 +118,11 @@ export async function startFakeHub(repo: string, modelDir: string, revision = "m
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    cutNext: (file, bytes) => cuts.set(file, bytes),
-    corruptNext: (file, times) => corrupt.set(file, times),
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  hub.url = `http://127.0.0.1:${port}`;
+  hub.close = () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return hub;
 }

@@ -107,6 +107,18 @@ describe("pullModel against a local hub", () => {
     hub.corruptNext("tokenizer.json", 0);
   });
 
+  it("refuses an LFS file whose X-Linked-ETag disagrees with the listing", async () => {
+    hub.wrongLinkedEtag = true;
+    try {
+      const err = await failure(pullModel({ repo: REPO, hub: hub.url, modelsDir }));
+      expect(err.code).toBe("pull_checksum_mismatch");
+      expect(err.message).toMatch(/X-Linked-ETag/);
+      expect(existsSync(path.join(modelsDir, "tiny-gpt2"))).toBe(false);
+    } finally {
+      hub.wrongLinkedEtag = false;
+    }
+  });
+
   it("checks free disk space before downloading", async () => {
     const err = await failure(pullModel({ repo: REPO, hub: hub.url, modelsDir, freeBytes: () => 1_000_000 }));
     expect(err.code).toBe("insufficient_disk");
