@@ -251,7 +251,10 @@ async function fetchFollowing(url: string, headers: Record<string, string>): Pro
     const location = response.headers.get("location");
     if (response.status >= 300 && response.status < 400 && location !== null) {
       await response.body?.cancel();
-      current = new URL(location, current).toString();
+      const next = new URL(location, current);
+      // The token is for the hub only, never for the storage host it redirects to.
+      if (next.origin !== new URL(current).origin) headers = Object.fromEntries(Object.entries(headers).filter(([k]) => k !== "authorization"));
+      current = next.toString();
       continue;
     }
     return { response, linkedEtag };
