@@ -1,9 +1,7 @@
 import { parentPort } from "node:worker_threads";
 import { ModelError, toAppError } from "../common/errors.js";
-import { runGeneration, type LoadedModel } from "./decode-loop.js";
-import { loadModelInfo } from "./models/model-info.js";
+import { runDecode, type DecodeModel } from "./decode-loop.js";
 import { createSession } from "./session-factory.js";
-import { Tokenizer } from "./tokenizer.js";
 import type { FromWorker, GenerateMessage, LoadMessage, LoadedModelSummary, ToWorker, WireError } from "./worker-protocol.js";
 
 /**
@@ -13,7 +11,7 @@ import type { FromWorker, GenerateMessage, LoadMessage, LoadedModelSummary, ToWo
 const port = parentPort;
 if (port === null) throw new Error("inference-worker must run in a worker thread");
 
-const models = new Map<string, LoadedModel>();
+const models = new Map<string, DecodeModel>();
 let queue: Promise<void> = Promise.resolve();
 
 function send(message: FromWorker): void {
@@ -28,24 +26,10 @@ function wire(err: unknown): WireError {
 async function load(msg: LoadMessage): Promise<void> {
   const summaries: LoadedModelSummary[] = [];
   try {
-    for (const { name, dir } of msg.models) {
-      const info = loadModelInfo(dir);
-      if (info.kvType !== "float32") throw new ModelError("model_unsupported", "the model has a float16 KV cache, which this engine does not run", { model: name });
-      const tokenizer = await Tokenizer.load(dir);
-      const created = await createSession(info.onnxPath, msg.device, msg.settings);
-      models.set(name, {
-        name,
-        session: created.session,
-        encode: (text) => tokenizer.encode(text),
-        decode: (ids) => tokenizer.decode(ids),
-        nLayer: info.nLayer,
-        nHead: info.nHead,
-        headDim: info.headDim,
-        nPositions: info.nPositions,
-        vocabSize: info.vocabSize,
-        eosTokenId: tokenizer.eosTokenId,
-      });
-      summaries.push({ name, device: created.device, nPositions: info.nPositions, ...(created.fallbackReason === undefined ? {} : { fallbackReason: created.fallbackReason }) });
+    for (const spec of msg.models) {
+      const created = await createSession(spec.onnxPath, msg.device, msg.settings);
+      models.set(spec.name, { ...spec, session: created.session });
+      summaries.push({ name: spec.name, device: created.device, ...(created.fallbackReason === undefined ? {} : { fallbackReason: created.fallbackReason }) });
     }
   } catch (err) {
     await release();
@@ -60,10 +44,14 @@ async function generate(msg: GenerateMessage): Promise<void> {
   try {
     const model = models.get(msg.model);
     if (model === undefined) throw new ModelError("model_not_loaded", "the model is not loaded by this engine", { model: msg.model });
-    const result = await runGeneration(model, msg.prompt, msg.params, {
-      cancelled: () => Atomics.load(flag, 0) !== 0,
-      onToken: (e) => send({ type: "token", id: msg.id, ...e }),
-    });
+    const result = await runDecode(
+      model,
+      { promptIds: msg.promptIds, maxTokens: msg.maxTokens, seed: msg.seed, ...msg.sampling },
+      {
+        cancelled: () => Atomics.load(flag, 0) !== 0,
+        onToken: (tokenId, count) => send({ type: "token", id: msg.id, tokenId, count }),
+      },
+    );
     send({ type: "done", id: msg.id, result });
   } catch (err) {
     send({ type: "failed", id: msg.id, error: wire(err) });

@@ -2,12 +2,16 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
-import { AppError, ConfigError } from "../common/errors.js";
+import { AppError, ConfigError, ModelError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
 import type { InferenceConfig } from "./config.js";
+import type { DecodeResult } from "./decode-loop.js";
 import type { Engine, EngineModelInfo, GenerateRequest, GenerateResult } from "./engine.js";
+import { loadModelInfo, type ModelInfo } from "./models/model-info.js";
 import type { DeviceRequest, SessionSettings } from "./session-factory.js";
-import type { FromWorker, LoadedModelSummary, ToWorker, WireError, WorkerGenerationResult } from "./worker-protocol.js";
+import { TextAssembler } from "./text-assembler.js";
+import { Tokenizer } from "./tokenizer.js";
+import type { FromWorker, LoadedModelSummary, ToWorker, WireError, WorkerModelSpec } from "./worker-protocol.js";
 
 export interface OnnxEngineOptions {
   log: Logger;
@@ -15,13 +19,21 @@ export interface OnnxEngineOptions {
 
 /*
  * Lifecycle: "new" → initialize() → "loading" → "ready" → close() → "closing" → "closed".
- * A failed initialize() closes what it started and leaves "closed"; close() is idempotent.
+ * A failed initialize() closes what it started and ends "closed"; close() is idempotent.
  */
 type EngineState = "new" | "loading" | "ready" | "closing" | "closed";
 
+interface LoadedModel {
+  info: ModelInfo;
+  tokenizer: Tokenizer;
+}
+
 interface Pending {
   request: GenerateRequest;
-  /** Set to 1 to make the worker stop this generation before its next step. */
+  text: TextAssembler;
+  maxTokens: number;
+  promptTokens: number;
+  /** Set to 1 to make the worker stop before its next step. */
   cancel: Int32Array;
   startedAt: number;
   firstTokenAt: number | undefined;
@@ -30,16 +42,16 @@ interface Pending {
 }
 
 /**
- * One worker thread per device: each CUDA device id in the config (or the CPU), each holding
- * a session for every configured model, loaded once and shared by all requests on it.
+ * One worker thread per device (each CUDA device id in the config, or the CPU), holding a
+ * session for every configured model, loaded once and shared by all requests on that device.
  */
 class DeviceWorker {
   readonly worker: Worker;
   readonly pending = new Map<number, Pending>();
   models: LoadedModelSummary[] = [];
-  private loaded: { resolve: (m: LoadedModelSummary[]) => void; reject: (e: AppError) => void } | undefined;
-  private closed: (() => void) | undefined;
   exited = false;
+  private loading: { resolve: (m: LoadedModelSummary[]) => void; reject: (e: AppError) => void } | undefined;
+  private onExit: (() => void) | undefined;
 
   constructor(
     readonly device: DeviceRequest,
@@ -50,16 +62,14 @@ class DeviceWorker {
     this.worker.on("error", (err) => this.failAll(new AppError("engine_worker_failed", "the inference worker failed", { retryable: true, cause: err })));
     this.worker.on("exit", (code) => {
       this.exited = true;
-      this.closed?.();
-      if (this.pending.size > 0 || this.loaded !== undefined) {
-        this.failAll(new AppError("engine_worker_failed", "the inference worker exited", { retryable: true, details: { exit_code: code } }));
-      }
+      this.onExit?.();
+      this.failAll(new AppError("engine_worker_failed", "the inference worker exited", { retryable: true, details: { exit_code: code } }));
     });
   }
 
-  load(models: { name: string; dir: string }[], settings: SessionSettings): Promise<LoadedModelSummary[]> {
+  load(models: WorkerModelSpec[], settings: SessionSettings): Promise<LoadedModelSummary[]> {
     return new Promise((resolve, reject) => {
-      this.loaded = { resolve, reject };
+      this.loading = { resolve, reject };
       this.post({ type: "load", models, device: this.device, settings });
     });
   }
@@ -70,7 +80,8 @@ class DeviceWorker {
 
   async close(graceMs: number): Promise<void> {
     if (this.exited) return;
-    const exited = new Promise<void>((resolve) => (this.closed = resolve));
+    for (const p of this.pending.values()) Atomics.store(p.cancel, 0, 1);
+    const exited = new Promise<void>((resolve) => (this.onExit = resolve));
     this.post({ type: "close" });
     const timer = setTimeout(() => void this.worker.terminate(), graceMs);
     await exited;
@@ -81,29 +92,21 @@ class DeviceWorker {
     switch (msg.type) {
       case "loaded":
         this.models = msg.models;
-        this.loaded?.resolve(msg.models);
-        this.loaded = undefined;
+        this.loading?.resolve(msg.models);
+        this.loading = undefined;
         return;
       case "load_failed":
-        this.loaded?.reject(fromWire(msg.error));
-        this.loaded = undefined;
+        this.loading?.reject(fromWire(msg.error));
+        this.loading = undefined;
         return;
-      case "token": {
-        const p = this.pending.get(msg.id);
-        if (p === undefined) return;
-        p.firstTokenAt ??= performance.now();
-        try {
-          p.request.onToken?.({ delta: msg.delta, tokens: msg.tokens, maxTokens: msg.maxTokens, tokensPerSecond: msg.tokensPerSecond });
-        } catch (err) {
-          this.log.warn({ err }, "token callback threw");
-        }
+      case "token":
+        this.onToken(msg.id, msg.tokenId, msg.count);
         return;
-      }
       case "done": {
         const p = this.pending.get(msg.id);
         if (p === undefined) return;
         this.pending.delete(msg.id);
-        p.resolve(toResult(msg.result, p));
+        p.resolve(finish(msg.result, p));
         return;
       }
       case "failed": {
@@ -118,9 +121,25 @@ class DeviceWorker {
     }
   }
 
+  private onToken(id: number, tokenId: number, count: number): void {
+    const p = this.pending.get(id);
+    // Tokens the worker made after a stop sequence was seen (it stops within a step) are dropped.
+    if (p === undefined || p.text.stoppedAtToken !== undefined) return;
+    const now = performance.now();
+    p.firstTokenAt ??= now;
+    const delta = p.text.push(tokenId, count, count >= p.maxTokens);
+    if (p.text.stoppedAtToken !== undefined) Atomics.store(p.cancel, 0, 1);
+    const seconds = (now - p.firstTokenAt) / 1000;
+    try {
+      p.request.onToken?.({ delta, tokens: count, maxTokens: p.maxTokens, tokensPerSecond: seconds > 0 ? (count - 1) / seconds : 0 });
+    } catch (err) {
+      this.log.warn({ err }, "token callback threw");
+    }
+  }
+
   private failAll(err: AppError): void {
-    this.loaded?.reject(err);
-    this.loaded = undefined;
+    this.loading?.reject(err);
+    this.loading = undefined;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
   }
@@ -129,6 +148,13 @@ class DeviceWorker {
 /**
  * The real engine: onnxruntime-node sessions in worker threads (session.run blocks the thread
  * it runs on), GPT-2-class models in Hugging Face optimum layout, CUDA with CPU fallback.
+ * Tokenizing, detokenizing and stop sequences happen here on the main thread; workers turn
+ * prompt ids into token ids.
+ *
+ * Context length: a prompt of n_positions tokens or more is refused (`prompt_too_long`, 422);
+ * otherwise max_new_tokens is clamped to n_positions − prompt tokens (TokenEvent.maxTokens
+ * shows the clamp) and reaching it ends with "length". An empty prompt starts from the
+ * end-of-text token, as GPT-2 does for unconditional generation.
  *
  * The miner creates it from its config:
  * `new OnnxEngine(compileInferenceConfig(raw.inference, selectedGpuIds), { log })`, then
@@ -137,6 +163,7 @@ class DeviceWorker {
 export class OnnxEngine implements Engine {
   private state: EngineState = "new";
   private workers: DeviceWorker[] = [];
+  private readonly loaded = new Map<string, LoadedModel>();
   private initializing: Promise<void> | undefined;
   private nextId = 1;
   private readonly log: Logger;
@@ -154,46 +181,56 @@ export class OnnxEngine implements Engine {
   }
 
   models(): EngineModelInfo[] {
-    const byName = new Map<string, EngineModelInfo>();
-    for (const w of this.workers) {
-      for (const m of w.models) {
-        const known = byName.get(m.name);
-        if (known === undefined) byName.set(m.name, { name: m.name, device: m.device, n_positions: m.nPositions });
-        else known.device = `${known.device},${m.device}`;
-      }
+    const out: EngineModelInfo[] = [];
+    for (const [name, m] of this.loaded) {
+      const devices = this.workers.flatMap((w) => w.models.filter((s) => s.name === name).map((s) => s.device));
+      out.push({ name, device: devices.join(","), n_positions: m.info.nPositions });
     }
-    return [...byName.values()];
+    return out;
   }
 
   generate(request: GenerateRequest): Promise<GenerateResult> {
     if (this.state !== "ready") return Promise.reject(new AppError("engine_not_ready", "the engine is not initialized", { retryable: true }));
+    const model = this.loaded.get(request.model);
     const candidates = this.workers.filter((w) => w.models.some((m) => m.name === request.model));
-    if (candidates.length === 0) {
-      return Promise.reject(new AppError("model_not_loaded", "the model is not loaded by this engine", { status: 422, details: { model: request.model } }));
+    if (model === undefined || candidates.length === 0) {
+      return Promise.reject(new ModelError("model_not_loaded", "the model is not loaded by this engine", { model: request.model }));
     }
+    const startedAt = performance.now();
+    let promptIds = model.tokenizer.encode(request.prompt);
+    if (promptIds.length === 0) promptIds = [model.tokenizer.eosTokenId];
+    const nPositions = model.info.nPositions;
+    if (promptIds.length >= nPositions) {
+      return Promise.reject(new ModelError("prompt_too_long", "the prompt does not fit the model's context", { prompt_tokens: promptIds.length, n_positions: nPositions }));
+    }
+    const maxTokens = Math.min(request.params.max_new_tokens, nPositions - promptIds.length);
     // Least busy device first: generations on one device run one after another.
     const worker = candidates.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
     const cancelFlag = new SharedArrayBuffer(4);
-    const flag = new Int32Array(cancelFlag);
+    const cancel = new Int32Array(cancelFlag);
     const signal = request.signal;
-    const onAbort = (): void => void Atomics.store(flag, 0, 1);
+    const onAbort = (): void => void Atomics.store(cancel, 0, 1);
     if (signal?.aborted) onAbort();
     signal?.addEventListener("abort", onAbort, { once: true });
+    const { temperature, top_k, top_p, repetition_penalty, seed, stop } = request.params;
+    const text = new TextAssembler((ids) => model.tokenizer.decode(ids), model.tokenizer.eosTokenId, stop);
 
     return new Promise<GenerateResult>((resolve, reject) => {
-      worker.pending.set(id, { request, cancel: flag, startedAt: performance.now(), firstTokenAt: undefined, resolve, reject });
-      worker.post({ type: "generate", id, model: request.model, prompt: request.prompt, params: request.params, cancelFlag });
+      worker.pending.set(id, { request, text, maxTokens, promptTokens: promptIds.length, cancel, startedAt, firstTokenAt: undefined, resolve, reject });
+      worker.post({ type: "generate", id, model: request.model, promptIds, maxTokens, sampling: { temperature, top_k, top_p, repetition_penalty }, seed, cancelFlag });
     }).finally(() => signal?.removeEventListener("abort", onAbort));
   }
 
   async close(): Promise<void> {
     if (this.state === "closed" || this.state === "closing") return;
+    if (this.state === "loading") await this.initializing?.catch(() => undefined);
+    // A failed initialize() has already closed everything.
+    if ((this.state as EngineState) === "closed") return;
     this.state = "closing";
-    // Stop what is running: a closing engine must not hold the process for a long generation.
-    for (const w of this.workers) for (const p of w.pending.values()) Atomics.store(p.cancel, 0, 1);
     await Promise.all(this.workers.map((w) => w.close(5_000)));
     this.workers = [];
+    this.loaded.clear();
     this.state = "closed";
     this.log.info("engine closed");
   }
@@ -206,18 +243,27 @@ export class OnnxEngine implements Engine {
       interOpThreads: this.config.interOpThreads,
       graphOptimizationLevel: this.config.graphOptimizationLevel,
     };
-    const models = this.config.models.map((name) => ({ name, dir: path.resolve(this.config.modelsDir, name) }));
     try {
+      const specs: WorkerModelSpec[] = [];
+      for (const name of this.config.models) {
+        const info = loadModelInfo(path.resolve(this.config.modelsDir, name));
+        if (info.kvType !== "float32") throw new ModelError("model_unsupported", "the model has a float16 KV cache, which this engine does not run", { model: name });
+        const tokenizer = await Tokenizer.load(info.dir);
+        this.loaded.set(name, { info, tokenizer });
+        const { onnxPath, nLayer, nHead, headDim, vocabSize } = info;
+        specs.push({ name, onnxPath, nLayer, nHead, headDim, vocabSize, eosTokenId: tokenizer.eosTokenId });
+      }
       for (const device of this.devices()) {
         const worker = new DeviceWorker(device, this.log);
         this.workers.push(worker);
-        const loaded = await worker.load(models, settings);
-        for (const m of loaded) {
+        const models = await worker.load(specs, settings);
+        for (const m of models) {
           if (m.fallbackReason !== undefined) this.log.warn({ model: m.name, device: deviceName(device), reason: m.fallbackReason }, "CUDA unavailable, running on the CPU");
           this.log.info({ model: m.name, device: m.device }, "model loaded");
         }
         // Several GPUs that all fell back would each hold a CPU copy competing for the same cores: keep one.
-        if (loaded.every((m) => m.device === "cpu") && this.workers.slice(0, -1).some((w) => w.models.every((m) => m.device === "cpu"))) {
+        const onCpu = (w: DeviceWorker): boolean => w.models.every((m) => m.device === "cpu");
+        if (onCpu(worker) && this.workers.slice(0, -1).some(onCpu)) {
           this.workers.pop();
           await worker.close(5_000);
         }
@@ -225,6 +271,7 @@ export class OnnxEngine implements Engine {
     } catch (err) {
       await Promise.all(this.workers.map((w) => w.close(5_000)));
       this.workers = [];
+      this.loaded.clear();
       this.state = "closed";
       throw err;
     }
@@ -247,19 +294,22 @@ function deviceName(d: DeviceRequest): string {
   return d.kind === "cpu" ? "cpu" : `cuda:${d.deviceId}`;
 }
 
-function toResult(r: WorkerGenerationResult, p: Pending): GenerateResult {
-  const now = performance.now();
-  const completion = r.tokenIds.length;
+function finish(r: DecodeResult, p: Pending): GenerateResult {
+  const stoppedAt = p.text.stoppedAtToken;
+  // Cancelled without a stop: the held-back text is still part of what was generated.
+  if (stoppedAt === undefined && r.finishReason === "cancelled") p.text.end(r.tokenIds.length);
+  const tokenIds = stoppedAt === undefined ? r.tokenIds : r.tokenIds.slice(0, stoppedAt);
+  const completion = tokenIds.length;
   return {
-    text: r.text,
-    finish_reason: r.finishReason,
-    usage: { prompt_tokens: r.promptTokens, completion_tokens: completion },
+    text: p.text.result,
+    finish_reason: p.text.finishReason(r.finishReason),
+    usage: { prompt_tokens: p.promptTokens, completion_tokens: completion },
     timing: {
       time_to_first_token_ms: p.firstTokenAt === undefined ? 0 : p.firstTokenAt - p.startedAt,
-      tokens_per_second: r.decodeSeconds > 0 ? (completion - 1) / r.decodeSeconds : 0,
-      total_ms: now - p.startedAt,
+      tokens_per_second: r.decodeSeconds > 0 && completion > 1 ? (r.tokenIds.length - 1) / r.decodeSeconds : 0,
+      total_ms: performance.now() - p.startedAt,
     },
-    token_ids: r.tokenIds,
+    token_ids: tokenIds,
   };
 }
 
@@ -269,13 +319,12 @@ function fromWire(e: WireError): AppError {
 
 /**
  * The worker file sits next to this module: compiled .js under dist/ in production, .ts under
- * vitest and tsx, where the worker needs tsx's loader to run TypeScript.
+ * vitest and tsx. Node 20 does not apply `--import tsx` from a worker's execArgv to its entry
+ * module, so for .ts a small bootstrap registers tsx's loader in the worker first.
  */
 function spawnWorker(): Worker {
   const self = import.meta.url;
   if (!self.endsWith(".ts")) return new Worker(new URL("./inference-worker.js", self), { execArgv: [] });
-  // Node 20 does not apply `--import tsx` from a worker's execArgv to its entry module, so a
-  // small bootstrap registers tsx's loader in the worker and then imports the TypeScript file.
   const tsxApi = pathToFileURL(path.join(path.dirname(createRequire(self).resolve("tsx/package.json")), "dist", "esm", "api", "index.mjs")).href;
   const entry = new URL("./inference-worker.ts", self).href;
   const bootstrap = `import(${JSON.stringify(tsxApi)}).then((api) => { api.register(); return import(${JSON.stringify(entry)}); });`;

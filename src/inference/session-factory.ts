@@ -1,5 +1,6 @@
 import * as ort from "onnxruntime-node";
 import { AppError, errorMessage } from "../common/errors.js";
+import { checkCudaProvider, describeCudaProviderProblem } from "./cuda-provider.js";
 
 /** Where a session should run: a CUDA device or the CPU. */
 export type DeviceRequest = { kind: "cuda"; deviceId: number } | { kind: "cpu" };
@@ -33,10 +34,12 @@ export async function createSession(modelPath: string, device: DeviceRequest, se
     return { session: await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ["cpu"] }), device: "cpu" };
   }
   try {
-    const session = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: [{ name: "cuda", deviceId: device.deviceId }] });
+    // onnxruntime's own log would print the provider error in colour on stderr; it is reported here instead.
+    const session = await ort.InferenceSession.create(modelPath, { ...base, logSeverityLevel: 4, executionProviders: [{ name: "cuda", deviceId: device.deviceId }] });
     return { session, device: `cuda:${device.deviceId}` };
   } catch (err) {
-    const reason = cudaFailureReason(errorMessage(err));
+    const missing = describeCudaProviderProblem(checkCudaProvider());
+    const reason = missing === "" ? cudaFailureReason(errorMessage(err)) : missing;
     if (settings.executionProvider === "cuda") {
       throw new AppError("cuda_unavailable", "the CUDA execution provider cannot be loaded", { details: { device_id: device.deviceId, reason }, cause: err });
     }

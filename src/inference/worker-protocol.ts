@@ -1,22 +1,34 @@
-import type { ResolvedGenerationParameters } from "../protocol/generation.js";
-import type { FinishReason } from "./engine.js";
+import type { DecodeResult } from "./decode-loop.js";
+import type { SamplingParams } from "./sampling.js";
 import type { DeviceRequest, SessionSettings } from "./session-factory.js";
 
 /**
  * Messages between OnnxEngine (main thread) and an inference worker. One worker owns one
- * device and every configured model's session on it; it runs one generation at a time
- * (session.run blocks its thread) and queues the rest.
+ * device and a session for every configured model on it; it runs one generation at a time
+ * (session.run blocks its thread) and queues the rest. Workers see token ids only: the
+ * tokenizer (transformers.js, whose own onnxruntime binding cannot load in a second thread)
+ * stays on the main thread.
  *
  * main → worker: load (once) → generate* → close
  * worker → main: loaded | load_failed; per generate: token* then done | failed; closed
  *
  * Cancellation does not travel as a message (the worker's thread is busy in session.run):
  * each generate carries a SharedArrayBuffer flag that the main thread sets and the worker
- * reads between decode steps.
+ * reads before every decode step.
  */
+export interface WorkerModelSpec {
+  name: string;
+  onnxPath: string;
+  nLayer: number;
+  nHead: number;
+  headDim: number;
+  vocabSize: number;
+  eosTokenId: number;
+}
+
 export interface LoadMessage {
   type: "load";
-  models: { name: string; dir: string }[];
+  models: WorkerModelSpec[];
   device: DeviceRequest;
   settings: SessionSettings;
 }
@@ -25,9 +37,11 @@ export interface GenerateMessage {
   type: "generate";
   id: number;
   model: string;
-  prompt: string;
-  params: ResolvedGenerationParameters;
-  /** Int32Array(1) over this buffer: non-zero once the caller aborts. */
+  promptIds: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed: number;
+  /** Int32Array(1) over this buffer: non-zero once the caller aborts or a stop sequence is seen. */
   cancelFlag: SharedArrayBuffer;
 }
 
@@ -40,7 +54,6 @@ export type ToWorker = LoadMessage | GenerateMessage | CloseMessage;
 export interface LoadedModelSummary {
   name: string;
   device: string;
-  nPositions: number;
   fallbackReason?: string;
 }
 
@@ -51,20 +64,10 @@ export interface WireError {
   details?: Record<string, unknown>;
 }
 
-export interface WorkerGenerationResult {
-  text: string;
-  finishReason: FinishReason;
-  tokenIds: number[];
-  promptTokens: number;
-  maxTokens: number;
-  /** Seconds between the first and the last generated token (0 for one token). */
-  decodeSeconds: number;
-}
-
 export type FromWorker =
   | { type: "loaded"; models: LoadedModelSummary[] }
   | { type: "load_failed"; error: WireError }
-  | { type: "token"; id: number; delta: string; tokens: number; maxTokens: number; tokensPerSecond: number }
-  | { type: "done"; id: number; result: WorkerGenerationResult }
+  | { type: "token"; id: number; tokenId: number; count: number }
+  | { type: "done"; id: number; result: DecodeResult }
   | { type: "failed"; id: number; error: WireError }
   | { type: "closed" };

@@ -1,0 +1,186 @@
+import { execFile } from "node:child_process";
+import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { AppError } from "../../src/common/errors.js";
+import type { GenerateResult, TokenEvent } from "../../src/inference/engine.js";
+import { OnnxEngine } from "../../src/inference/onnx-engine.js";
+import { MODELS_DIR, capturingLogger, engineConfig, greedy } from "./engine-fixture.js";
+
+const run = promisify(execFile);
+
+describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
+  let engine: OnnxEngine;
+  beforeAll(async () => {
+    engine = new OnnxEngine(engineConfig(), { log: capturingLogger().log });
+    await engine.initialize();
+  });
+  afterAll(() => engine.close());
+
+  it("lists the loaded model and where it runs", () => {
+    expect(engine.models()).toEqual([{ name: "tiny-gpt2", device: "cpu", n_positions: 1024 }]);
+  });
+
+  it("greedy output equals transformers.js's text-generation pipeline token for token", async () => {
+    const cases = [
+      { prompt: "Hello world", max_new_tokens: 1 },
+      { prompt: "The quick brown fox", max_new_tokens: 8 },
+      { prompt: "In 1999, the committee said", max_new_tokens: 24 },
+      { prompt: "Café, naïve — 日本語!", max_new_tokens: 40 },
+    ];
+    const script = path.resolve(import.meta.dirname, "xenova-generate.mjs");
+    const child = run(process.execPath, [script, JSON.stringify({ modelsDir: MODELS_DIR, model: "tiny-gpt2", cases })], { maxBuffer: 16 << 20 });
+    const ours: GenerateResult[] = [];
+    for (const c of cases) ours.push(await engine.generate({ model: "tiny-gpt2", prompt: c.prompt, params: greedy(c.max_new_tokens) }));
+    const theirs = (JSON.parse((await child).stdout) as { results: { text: string; ids: number[] }[] }).results;
+    cases.forEach((c, i) => {
+      expect(ours[i]!.token_ids).toEqual(theirs[i]!.ids);
+      expect(ours[i]!.token_ids).toHaveLength(c.max_new_tokens);
+      expect(c.prompt + ours[i]!.text).toBe(theirs[i]!.text);
+      expect(ours[i]!.finish_reason).toBe("length");
+    });
+  });
+
+  it("streams one event per token whose deltas add up to the text, with usage and timing", async () => {
+    const events: TokenEvent[] = [];
+    const r = await engine.generate({ model: "tiny-gpt2", prompt: "Once upon a time", params: greedy(12), onToken: (e) => events.push(e) });
+    expect(events.map((e) => e.tokens)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(events.every((e) => e.maxTokens === 12)).toBe(true);
+    expect(events.map((e) => e.delta).join("")).toBe(r.text);
+    expect(r.usage).toEqual({ prompt_tokens: 4, completion_tokens: 12 });
+    expect(r.timing.time_to_first_token_ms).toBeGreaterThan(0);
+    expect(r.timing.tokens_per_second).toBeGreaterThan(0);
+    expect(r.timing.total_ms).toBeGreaterThanOrEqual(r.timing.time_to_first_token_ms);
+  });
+
+  it("seeded sampling is reproducible and depends on the seed", async () => {
+    const params = { max_new_tokens: 20, temperature: 1, top_k: 50, top_p: 0.95, repetition_penalty: 1.1, stop: [], seed: 42 };
+    const a = await engine.generate({ model: "tiny-gpt2", prompt: "Seeds", params });
+    const b = await engine.generate({ model: "tiny-gpt2", prompt: "Seeds", params });
+    const c = await engine.generate({ model: "tiny-gpt2", prompt: "Seeds", params: { ...params, seed: 43 } });
+    expect(b.token_ids).toEqual(a.token_ids);
+    expect(b.text).toBe(a.text);
+    expect(c.token_ids).not.toEqual(a.token_ids);
+  });
+
+  it("a stop sequence cuts the text exactly before its first occurrence", async () => {
+    const full = await engine.generate({ model: "tiny-gpt2", prompt: "Hello world", params: greedy(30) });
+    // A stop sequence taken from the middle of the greedy output, spanning a token boundary.
+    const stop = full.text.slice(7, 13);
+    const events: TokenEvent[] = [];
+    const r = await engine.generate({ model: "tiny-gpt2", prompt: "Hello world", params: greedy(30, { stop: [stop] }), onToken: (e) => events.push(e) });
+    expect(r.finish_reason).toBe("stop");
+    expect(r.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
+    expect(events.map((e) => e.delta).join("")).toBe(r.text);
+    expect(r.usage.completion_tokens).toBeLessThan(30);
+  });
+
+  it("cancelling through an AbortSignal ends with 'cancelled' and what was generated", async () => {
+    const controller = new AbortController();
+    const events: TokenEvent[] = [];
+    const r = await engine.generate({
+      model: "tiny-gpt2",
+      prompt: "A long story",
+      params: greedy(1000),
+      signal: controller.signal,
+      onToken: (e) => {
+        events.push(e);
+        if (e.tokens === 5) controller.abort();
+      },
+    });
+    expect(r.finish_reason).toBe("cancelled");
+    expect(r.usage.completion_tokens).toBeGreaterThanOrEqual(5);
+    expect(r.usage.completion_tokens).toBeLessThan(1000 - 4);
+    expect(r.token_ids).toHaveLength(events.length);
+    expect(r.text.startsWith(events.map((e) => e.delta).join(""))).toBe(true);
+  });
+
+  it("an already aborted signal generates nothing", async () => {
+    const r = await engine.generate({ model: "tiny-gpt2", prompt: "x", params: greedy(10), signal: AbortSignal.abort() });
+    expect(r).toMatchObject({ finish_reason: "cancelled", text: "", token_ids: [] });
+  });
+
+  it("keeps the event loop free: timers fire between token events", async () => {
+    const order: string[] = [];
+    const timer = setInterval(() => order.push("tick"), 1);
+    try {
+      await engine.generate({ model: "tiny-gpt2", prompt: "Tick tock", params: greedy(300), onToken: () => order.push("token") });
+    } finally {
+      clearInterval(timer);
+    }
+    const first = order.indexOf("token");
+    const last = order.lastIndexOf("token");
+    expect(order.slice(first, last).filter((x) => x === "tick").length).toBeGreaterThan(0);
+  });
+
+  it("clamps max_new_tokens to the context and refuses a prompt that does not fit", async () => {
+    // Each " a" is one token: 1020 prompt tokens leave room for 4 in a 1024-position model.
+    const r = await engine.generate({ model: "tiny-gpt2", prompt: " a".repeat(1020), params: greedy(50) });
+    expect(r.usage).toEqual({ prompt_tokens: 1020, completion_tokens: 4 });
+    expect(r.finish_reason).toBe("length");
+    await expect(engine.generate({ model: "tiny-gpt2", prompt: " a".repeat(1024), params: greedy(5) })).rejects.toMatchObject({ code: "prompt_too_long" });
+  });
+
+  it("refuses a model it has not loaded", async () => {
+    await expect(engine.generate({ model: "nope", prompt: "x", params: greedy(1) })).rejects.toMatchObject({ code: "model_not_loaded" });
+  });
+});
+
+describe("OnnxEngine sessions and lifecycle", () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), "aitbc-engine-"));
+    cpSync(path.join(MODELS_DIR, "tiny-gpt2"), path.join(dir, "tiny-gpt2"), { recursive: true });
+    cpSync(path.join(MODELS_DIR, "tiny-gpt2"), path.join(dir, "tiny-copy"), { recursive: true });
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("auto falls back to the CPU when CUDA cannot load, and logs why", async () => {
+    const { log, records } = capturingLogger();
+    const engine = new OnnxEngine(engineConfig({ executionProvider: "auto", deviceIds: [0], modelsDir: dir, models: ["tiny-gpt2", "tiny-copy"] }), { log });
+    try {
+      await engine.initialize();
+      expect(engine.models().map((m) => [m.name, m.device])).toEqual([
+        ["tiny-gpt2", "cpu"],
+        ["tiny-copy", "cpu"],
+      ]);
+      const fallback = records.filter((r) => r.msg === "CUDA unavailable, running on the CPU");
+      expect(fallback).toHaveLength(2);
+      expect(fallback[0]).toMatchObject({ device: "cuda:0", model: "tiny-gpt2" });
+      expect(String(fallback[0]!.reason)).toMatch(/libonnxruntime_providers|not found|shared/);
+      // Both models serve, each from its own session.
+      const [a, b] = await Promise.all([
+        engine.generate({ model: "tiny-gpt2", prompt: "Hi", params: greedy(5) }),
+        engine.generate({ model: "tiny-copy", prompt: "Hi", params: greedy(5) }),
+      ]);
+      expect(b.token_ids).toEqual(a.token_ids);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("cuda refuses to start without the CUDA provider", async () => {
+    const engine = new OnnxEngine(engineConfig({ executionProvider: "cuda", deviceIds: [0], modelsDir: dir }), { log: capturingLogger().log });
+    const err = (await engine.initialize().catch((e: unknown) => e)) as AppError;
+    expect(err.code).toBe("cuda_unavailable");
+    expect(String(err.details?.reason)).not.toBe("");
+    await engine.close();
+  });
+
+  it("close releases the workers, is idempotent, and generate fails afterwards", async () => {
+    const engine = new OnnxEngine(engineConfig({ modelsDir: dir }), { log: capturingLogger().log });
+    await engine.initialize();
+    await engine.initialize();
+    await engine.close();
+    await engine.close();
+    await expect(engine.generate({ model: "tiny-gpt2", prompt: "x", params: greedy(1) })).rejects.toMatchObject({ code: "engine_not_ready" });
+  });
+
+  it("a missing model fails initialize with the model error", async () => {
+    const engine = new OnnxEngine(engineConfig({ modelsDir: dir, models: ["absent"] }), { log: capturingLogger().log });
+    await expect(engine.initialize()).rejects.toMatchObject({ code: "model_not_found" });
+    await engine.close();
+  });
+});
