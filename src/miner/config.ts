@@ -89,6 +89,8 @@ export const MinerConfigSchema = Type.Object(
         models: Type.Array(Type.String({ minLength: 1 }), { default: [] }),
         /** Throw an engine error after this many tokens; 0 = never. Default 0. */
         fail_after_tokens: Type.Integer({ minimum: 0, default: 0 }),
+        /** The engine "dies" after this many tokens: the job fails with engine_worker_failed and every later call fails too, as when onnxruntime's worker thread is gone; 0 = never. Default 0. */
+        crash_after_tokens: Type.Integer({ minimum: 0, default: 0 }),
         /** Stop producing tokens after this many (abort still works); 0 = never. Default 0. */
         hang_after_tokens: Type.Integer({ minimum: 0, default: 0 }),
         /** Kill the whole process (exit code 70) after this many tokens; 0 = never. Default 0. */
@@ -107,6 +109,7 @@ export interface FakeEngineOptions {
   tokensPerSecond: number;
   models: string[];
   failAfterTokens: number;
+  crashAfterTokens: number;
   hangAfterTokens: number;
   exitAfterTokens: number;
 }
@@ -198,6 +201,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
           tokensPerSecond: fake.tokens_per_second,
           models: fake.models.length > 0 ? fake.models : raw.inference.models,
           failAfterTokens: fake.fail_after_tokens,
+          crashAfterTokens: fake.crash_after_tokens,
           hangAfterTokens: fake.hang_after_tokens,
           exitAfterTokens: fake.exit_after_tokens,
         }

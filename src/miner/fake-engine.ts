@@ -31,6 +31,7 @@ function hashString(s: string): number {
 export class FakeEngine implements Engine {
   private initialized = false;
   private closed = false;
+  private dead = false;
 
   constructor(private readonly options: FakeEngineOptions) {}
 
@@ -45,6 +46,7 @@ export class FakeEngine implements Engine {
 
   async generate(request: GenerateRequest): Promise<GenerateResult> {
     if (!this.initialized || this.closed) throw new AppError("engine_not_ready", "engine is not initialized");
+    if (this.dead) throw new AppError("engine_worker_failed", "the fake engine crashed earlier", { retryable: true });
     if (!this.options.models.includes(request.model)) {
       throw new AppError("model_unavailable", "model is not loaded", { details: { model: request.model } });
     }
@@ -86,6 +88,10 @@ export class FakeEngine implements Engine {
       }
       if (o.failAfterTokens > 0 && i >= o.failAfterTokens) {
         throw new AppError("engine_error", "fake engine failure injected", { retryable: true });
+      }
+      if (o.crashAfterTokens > 0 && i >= o.crashAfterTokens) {
+        this.dead = true;
+        throw new AppError("engine_worker_failed", "fake engine crash injected", { retryable: true });
       }
       if (o.exitAfterTokens > 0 && i >= o.exitAfterTokens) {
         // Simulates the whole miner process dying mid-job (OOM kill, segfault in a native op).

@@ -55,6 +55,8 @@ export interface JobRunnerOptions {
   progressIntervalMs: number;
   /** Called when a running job ends (its slot is free again). */
   onSlotFreed?: () => void;
+  /** Called with the code when the engine fails a job (not for cancel/timeout/release). */
+  onEngineError?: (code: string) => void;
   /** Called when a job's final frame was acknowledged (or dropped) and it is no longer tracked. */
   onSettled?: () => void;
 }
@@ -278,6 +280,7 @@ export class JobRunner {
     log.info({ model: frame.job.model, maxTokens: frame.job.parameters.max_new_tokens }, "job started");
     this.options.send({ type: "started", ...ref });
     let final: MinerFrame[];
+    let engineError: string | undefined;
     try {
       const result = await this.options.engine.generate({
         model: frame.job.model,
@@ -308,6 +311,7 @@ export class JobRunner {
         const e = toAppError(err);
         log.error({ code: e.code }, "engine failed the job");
         final = [{ type: "fail", ...ref, code: e.code, message: e.message.slice(0, 2048), retryable: e.retryable }];
+        engineError = e.code;
       }
     } finally {
       clearTimeout(timer);
@@ -317,6 +321,7 @@ export class JobRunner {
     if (final.length === 0) this.jobs.delete(jobKey(ref.job_id, ref.attempt));
     else this.sendFinal(job);
     this.notifyIdle();
+    if (engineError !== undefined) this.options.onEngineError?.(engineError);
     this.options.onSlotFreed?.();
     if (final.length === 0) this.options.onSettled?.();
   }

@@ -38,7 +38,16 @@ export interface MinerOptions {
 
 export interface MinerEvents {
   state: [{ from: MinerState; to: MinerState }];
+  /** The engine failed for good; the miner is stopping itself. */
+  fatal: [{ code: string }];
 }
+
+/**
+ * Engine errors after which the engine cannot run anything more (its worker thread is gone):
+ * the miner stops, handing back its jobs, so that systemd restarts it with a fresh engine,
+ * instead of failing every job it pulls.
+ */
+const FATAL_ENGINE_CODES = new Set(["engine_worker_failed", "engine_not_ready"]);
 
 /** How long stop() waits for acknowledgements of the last results before closing. */
 const FINAL_ACK_WAIT_MS = 5_000;
@@ -51,6 +60,8 @@ export class Miner extends EventEmitter<MinerEvents> {
   /** Set by a coordinator `drain` frame; cleared by the next welcome. */
   private intakePaused = false;
   private stopping: Promise<void> | undefined;
+  /** Set when the miner stopped itself because the engine died; the CLI exits non-zero. */
+  fatalError: string | undefined;
   readonly slots: number;
 
   constructor(private readonly options: MinerOptions) {
@@ -65,6 +76,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       slots: this.slots,
       progressIntervalMs: config.miner.progressIntervalMs,
       onSlotFreed: () => this.pull(),
+      onEngineError: (code) => this.onEngineError(code),
     });
     this.connection = new MinerConnection({
       url: config.coordinator.url,
@@ -175,6 +187,15 @@ export class Miner extends EventEmitter<MinerEvents> {
     if (!this.intakeOpen()) return;
     const free = this.runner.freeSlots;
     if (free > 0) this.connection.send({ type: "pull", free_slots: free });
+  }
+
+  private onEngineError(code: string): void {
+    if (!FATAL_ENGINE_CODES.has(code) || this.fatalError !== undefined) return;
+    this.fatalError = code;
+    this.log.error({ code }, "engine is unusable: stopping the miner");
+    this.emit("fatal", { code });
+    // Whatever is still running on a dead engine will not finish: hand it back now.
+    void this.stop({ graceMs: 0 });
   }
 
   private onWelcome(w: WelcomeFrame): void {

@@ -105,6 +105,23 @@ describe("aitbc miner", () => {
     expect(stdout).not.toContain(coordinator.key);
   });
 
+  it("exits 1 when the engine dies, after reporting the job as retryable", async () => {
+    const coordinator = await FakeCoordinator.start();
+    coordinators.push(coordinator);
+    const m = run(["miner", "--coordinator", coordinator.url, "--cpu"], {
+      AITBC_MINER_COORDINATOR_KEY: coordinator.key,
+      AITBC_MINER_FAKE_ENGINE_ENABLED: "true",
+      AITBC_MINER_FAKE_ENGINE_CRASH_AFTER_TOKENS: "2",
+    });
+    children.push(m.child);
+    await coordinator.waitForType("pull", () => true, 20_000);
+    coordinator.enqueue({ job_id: "job_dies" });
+    const { code, stderr } = await m.exit;
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^aitbc: the inference engine failed/);
+    expect(coordinator.frames("fail")).toMatchObject([{ job_id: "job_dies", code: "engine_worker_failed", retryable: true }]);
+  });
+
   it("exits at once on a second SIGTERM during the drain", async () => {
     const { coordinator, child, exit } = await startMiner("10m");
     child.kill("SIGTERM");

@@ -46,6 +46,7 @@ async function runner(options: { slots?: number; failAfterTokens?: number } = {}
     tokensPerSecond: 1000,
     models: ["tiny-gpt2"],
     failAfterTokens: options.failAfterTokens ?? 0,
+    crashAfterTokens: 0,
     hangAfterTokens: 0,
     exitAfterTokens: 0,
   });

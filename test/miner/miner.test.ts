@@ -239,6 +239,27 @@ describe("Miner against a fake coordinator", () => {
   });
 });
 
+describe("Miner with a dead engine", () => {
+  it("reports the failed job as retryable, hands back the rest and stops itself", async () => {
+    const { coordinator, miner, states } = await setup({
+      tokensPerSecond: 100,
+      raw: (raw) => {
+        raw.fake_engine.crash_after_tokens = 3;
+      },
+    });
+    const fatal = new Promise<{ code: string }>((resolve) => miner.once("fatal", resolve));
+    await coordinator.waitForType("pull");
+    coordinator.enqueue({ job_id: "job_crash" });
+    const fail = await coordinator.waitForType("fail");
+    expect(fail).toMatchObject({ job_id: "job_crash", code: "engine_worker_failed", retryable: true });
+    expect(await fatal).toEqual({ code: "engine_worker_failed" });
+    await until(() => miner.state === "stopped");
+    expect(miner.fatalError).toBe("engine_worker_failed");
+    expect(states.slice(-2)).toEqual(["draining", "stopped"]);
+    expect(coordinator.frames("started")).toHaveLength(1);
+  });
+});
+
 describe("Miner.stop", () => {
   it("lets a running job finish within the grace period, then stops", async () => {
     const { coordinator, miner, states } = await setup({ tokensPerSecond: 100 });

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { AppError } from "../../common/errors.js";
 import { createLogger, type LogLevel } from "../../common/logger.js";
 import { computeSlots, loadMinerConfig } from "../../miner/config.js";
 import { createEngine } from "../../miner/engine-factory.js";
@@ -73,6 +74,9 @@ export function registerMinerCommand(program: Command): void {
       process.off("SIGINT", onSignal);
       log.info("miner stopped");
       log.flush();
+      if (miner.fatalError !== undefined) {
+        throw new AppError(miner.fatalError, "the inference engine failed; the miner stopped (see the log)");
+      }
     });
 }
 
