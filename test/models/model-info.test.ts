@@ -8,6 +8,7 @@ import { ModelError } from "../../src/common/errors.js";
 import { ONNX_MODEL_PATH } from "../../src/inference/models/build-model.js";
 import { gpt2ParameterCount } from "../../src/inference/models/gpt2-weights.js";
 import { loadModelInfo } from "../../src/inference/models/model-info.js";
+import { OnnxGraph, OnnxType } from "../../src/inference/models/onnx-graph.js";
 import { buildTinyModel, TINY } from "./tiny-model.js";
 
 const CLI = path.resolve("dist/bin/aitbc.js");
@@ -71,6 +72,28 @@ describe("loadModelInfo", () => {
     expect(info.outputNames).toEqual(["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]);
     // The ONNX file alone is 4 bytes per parameter plus the graph.
     expect(info.sizeBytes).toBeGreaterThan(info.parameters * 4);
+  });
+
+  it("accepts the I/O of an optimum export: use_cache_branch, no position_ids, float16 cache", () => {
+    // Only the graph signature matters to the validator, so the graph has I/O and no nodes.
+    const dir = broken("optimum-like", (d) => {
+      const g = new OnnxGraph("optimum", 14);
+      g.input("input_ids", OnnxType.INT64, ["batch_size", "sequence_length"]);
+      g.input("attention_mask", OnnxType.INT64, ["batch_size", "attention_mask_sequence_length"]);
+      for (let i = 0; i < 2; i++) {
+        for (const part of ["key", "value"]) g.input(`past_key_values.${i}.${part}`, OnnxType.FLOAT16, ["batch_size", 4, "past_sequence_length", 8]);
+      }
+      g.input("use_cache_branch", OnnxType.BOOL, [1]);
+      g.output("logits", OnnxType.FLOAT16, ["batch_size", "sequence_length", 50257]);
+      for (let i = 0; i < 2; i++) {
+        for (const part of ["key", "value"]) g.output(`present.${i}.${part}`, OnnxType.FLOAT16, ["batch_size", 4, "past_sequence_length + 1", 8]);
+      }
+      writeFileSync(path.join(d, ONNX_MODEL_PATH), Buffer.concat(g.encode({ name: "optimum", version: "1" }).parts));
+    });
+    const info = loadModelInfo(dir);
+    expect(info.kvType).toBe("float16");
+    expect(info.inputNames).toContain("use_cache_branch");
+    expect(info.inputNames).not.toContain("position_ids");
   });
 
   it.each([

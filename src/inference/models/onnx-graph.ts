@@ -1,7 +1,7 @@
 import { ProtoWriter } from "./proto-writer.js";
 
 /** ONNX TensorProto.DataType values this project uses. */
-export const OnnxType = { FLOAT: 1, INT64: 7, BOOL: 9 } as const;
+export const OnnxType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 export type OnnxElemType = (typeof OnnxType)[keyof typeof OnnxType];
 
 /** A dimension is a fixed size or a symbolic name ("batch_size"). */
