@@ -100,7 +100,11 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
         resolve();
         return;
       }
-      const force = setTimeout(() => ws.terminate(), 2_000);
+      // A peer that never completes the close handshake must not hold up shutdown.
+      const force = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 2_000);
       ws.once("close", () => {
         clearTimeout(force);
         resolve();
