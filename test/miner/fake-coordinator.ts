@@ -102,6 +102,11 @@ export class FakeCoordinator {
     this.socket?.terminate();
   }
 
+  /** Stops reading from the current connection: pings go unanswered, as with a hung host. */
+  stopReading(): void {
+    (this.socket as unknown as { _socket?: { pause(): void } } | undefined)?._socket?.pause();
+  }
+
   frames<T extends MinerFrame["type"]>(type: T): Extract<MinerFrame, { type: T }>[] {
     return this.received.filter((r) => r.frame.type === type).map((r) => r.frame as Extract<MinerFrame, { type: T }>);
   }
