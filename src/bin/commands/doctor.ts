@@ -1,0 +1,175 @@
+import { execFileSync } from "node:child_process";
+import { existsSync, readdirSync, statfsSync } from "node:fs";
+import path from "node:path";
+import type { Command } from "commander";
+import { errorMessage, toAppError } from "../../common/errors.js";
+import { checkCudaProvider, describeCudaProviderProblem } from "../../inference/cuda-provider.js";
+import { loadModelInfo, type ModelInfo } from "../../inference/models/model-info.js";
+import { createSession } from "../../inference/session-factory.js";
+
+/** What one check found: "warn" is worth knowing but does not make the host unhealthy. */
+export interface CheckResult {
+  status: "ok" | "warn" | "fail";
+  summary: string;
+  details?: string[];
+}
+
+/** What checks may look at; filled by earlier checks (GPUs seen, valid models) for later ones. */
+interface DoctorContext {
+  modelsDir: string;
+  gpus: string[];
+  models: ModelInfo[];
+}
+
+interface DoctorCheck {
+  name: string;
+  run(ctx: DoctorContext): Promise<CheckResult> | CheckResult;
+}
+
+const MIN_FREE_BYTES = 1 << 30;
+
+/**
+ * The checks, in order. Adding one is adding an entry: it reads the context, may extend it
+ * for later checks, and returns ok / warn / fail with a one-line summary.
+ */
+const CHECKS: DoctorCheck[] = [
+  {
+    name: "gpus",
+    run(ctx) {
+      let out: string;
+      try {
+        out = execFileSync("nvidia-smi", ["--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"], {
+          encoding: "utf8",
+          stdio: ["ignore", "pipe", "pipe"],
+          timeout: 15_000,
+        });
+      } catch (err) {
+        const reason = (err as NodeJS.ErrnoException).code === "ENOENT" ? "nvidia-smi not found" : `nvidia-smi failed: ${firstLine(errorMessage(err))}`;
+        return { status: "warn", summary: `no NVIDIA GPU seen (${reason}); the miner runs on the CPU` };
+      }
+      ctx.gpus = out.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+      if (ctx.gpus.length === 0) return { status: "warn", summary: "nvidia-smi lists no GPU; the miner runs on the CPU" };
+      return { status: "ok", summary: `${ctx.gpus.length} GPU(s)`, details: ctx.gpus };
+    },
+  },
+  {
+    name: "models",
+    run(ctx) {
+      if (!existsSync(ctx.modelsDir)) return { status: "fail", summary: `models dir ${ctx.modelsDir} does not exist (aitbc models build tiny-gpt2)` };
+      const details: string[] = [];
+      let bad = 0;
+      for (const entry of readdirSync(ctx.modelsDir, { withFileTypes: true })) {
+        if (!entry.isDirectory()) continue;
+        try {
+          const info = loadModelInfo(path.join(ctx.modelsDir, entry.name));
+          ctx.models.push(info);
+          details.push(`${info.name}: ok (${info.nLayer} layers, ${info.nEmbd} wide, ${(info.sizeBytes / 1e6).toFixed(0)} MB)`);
+        } catch (err) {
+          bad++;
+          details.push(`${entry.name}: ${toAppError(err).message}`);
+        }
+      }
+      if (ctx.models.length === 0) return { status: "fail", summary: "no valid model (aitbc models build tiny-gpt2)", details };
+      return { status: bad > 0 ? "warn" : "ok", summary: `${ctx.models.length} valid model(s)${bad > 0 ? `, ${bad} invalid` : ""}`, details };
+    },
+  },
+  {
+    name: "onnxruntime-cpu",
+    async run(ctx) {
+      const model = smallest(ctx.models);
+      if (model === undefined) return { status: "warn", summary: "skipped: no valid model to load" };
+      try {
+        const { session } = await createSession(model.onnxPath, { kind: "cpu" }, settings("cpu"));
+        await session.release();
+        return { status: "ok", summary: `a CPU session loads (${model.name})` };
+      } catch (err) {
+        return { status: "fail", summary: `a CPU session does not load: ${firstLine(errorMessage(err))}` };
+      }
+    },
+  },
+  {
+    name: "cuda-provider",
+    async run(ctx) {
+      const check = checkCudaProvider();
+      const problem = describeCudaProviderProblem(check);
+      const needed = ctx.gpus.length > 0;
+      const details = [...check.missingFiles.map((f) => `missing ${path.join(check.dir, f)}`), ...check.missingLibraries.map((l) => `not found by the loader: ${l}`)];
+      if (problem !== "") return { status: needed ? "fail" : "warn", summary: problem, details };
+      const model = smallest(ctx.models);
+      if (!needed || model === undefined) return { status: needed ? "warn" : "ok", summary: "CUDA provider libraries installed; no GPU or model to try them on" };
+      try {
+        const { session, device } = await createSession(model.onnxPath, { kind: "cuda", deviceId: 0 }, settings("cuda"));
+        await session.release();
+        return { status: "ok", summary: `CUDA provider loads (${model.name} on ${device})` };
+      } catch (err) {
+        const e = toAppError(err);
+        return { status: "fail", summary: `CUDA provider does not load: ${String(e.details?.reason ?? e.message)}` };
+      }
+    },
+  },
+  {
+    name: "disk",
+    run(ctx) {
+      const dir = existsSync(ctx.modelsDir) ? ctx.modelsDir : ".";
+      const s = statfsSync(dir);
+      const free = s.bavail * s.bsize;
+      const summary = `${(free / 2 ** 30).toFixed(1)} GiB free under ${path.resolve(dir)}`;
+      return { status: free < MIN_FREE_BYTES ? "warn" : "ok", summary };
+    },
+  },
+];
+
+/**
+ * `aitbc doctor`: is this host ready to mine? GPUs seen, models valid, onnxruntime loads on the
+ * CPU and (where there is a GPU) with the CUDA provider, naming the missing library when not;
+ * disk space. Exit code 0 when nothing failed, 1 otherwise.
+ */
+export function registerDoctorCommand(program: Command): void {
+  program
+    .command("doctor")
+    .description("check this host: GPUs, CUDA provider, models, disk (exit 0 healthy, 1 not)")
+    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .option("--json", "print JSON instead of text", false)
+    .action(async (opts: { modelsDir: string; json: boolean }) => {
+      const results = await runDoctor(opts.modelsDir);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ healthy: healthy(results), checks: results }, null, 2)}\n`);
+      } else {
+        for (const r of results) {
+          process.stdout.write(`${r.status.toUpperCase().padEnd(4)}  ${r.name.padEnd(16)} ${r.summary}\n`);
+          for (const d of r.details ?? []) process.stdout.write(`      ${"".padEnd(16)} ${d}\n`);
+        }
+      }
+      process.exitCode = healthy(results) ? 0 : 1;
+    });
+}
+
+export async function runDoctor(modelsDir: string): Promise<(CheckResult & { name: string })[]> {
+  const ctx: DoctorContext = { modelsDir, gpus: [], models: [] };
+  const results: (CheckResult & { name: string })[] = [];
+  for (const check of CHECKS) {
+    try {
+      results.push({ name: check.name, ...(await check.run(ctx)) });
+    } catch (err) {
+      results.push({ name: check.name, status: "fail", summary: `check failed: ${firstLine(errorMessage(err))}` });
+    }
+  }
+  return results;
+}
+
+function healthy(results: CheckResult[]): boolean {
+  return results.every((r) => r.status !== "fail");
+}
+
+function smallest(models: ModelInfo[]): ModelInfo | undefined {
+  return [...models].sort((a, b) => a.sizeBytes - b.sizeBytes)[0];
+}
+
+function settings(ep: "cpu" | "cuda") {
+  return { executionProvider: ep, intraOpThreads: 1, interOpThreads: 1, graphOptimizationLevel: "basic" } as const;
+}
+
+function firstLine(s: string): string {
+  // eslint-disable-next-line no-control-regex
+  return (s.replace(/\u001b\[[0-9;]*m/g, "").split("\n")[0] ?? "").trim();
+}
