@@ -1,0 +1,216 @@
+import path from "node:path";
+import { Type, type Static } from "@sinclair/typebox";
+import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
+import { parseDuration, parseSize } from "../common/duration.js";
+import type { LogLevel } from "../common/logger.js";
+
+/**
+ * config/coordinator.toml: the raw schema (as written in the file, human units) and its
+ * compiled form {@link CoordinatorConfig} (milliseconds, bytes, resolved paths).
+ * Environment variables: AITBC_COORDINATOR_<SECTION>_<KEY>, e.g. AITBC_COORDINATOR_SERVER_PORT.
+ */
+const Duration = (def: string, description: string) =>
+  Type.Union([Type.String(), Type.Number({ minimum: 0 })], { default: def, description });
+const Size = (def: string, description: string) =>
+  Type.Union([Type.String(), Type.Integer({ minimum: 0 })], { default: def, description });
+
+const section = { additionalProperties: false, default: {} } as const;
+
+export const CoordinatorConfigSchema = Type.Object(
+  {
+    server: Type.Object(
+      {
+        /** Address to listen on. Default "127.0.0.1". */
+        host: Type.String({ default: "127.0.0.1" }),
+        /** TCP port; 0 picks a free one. Default 8080. */
+        port: Type.Integer({ minimum: 0, maximum: 65535, default: 8080 }),
+        /** Largest request body; larger ones get 413. Default "1MiB". */
+        body_limit: Size("1MiB", "request body limit"),
+        /** Public base URL printed in hints (e.g. behind a proxy). Default "" = http://host:port. */
+        public_url: Type.String({ default: "" }),
+      },
+      section,
+    ),
+    storage: Type.Object(
+      {
+        /** Directory for the SQLite database and stored results (relative to the working directory). Default "data". */
+        data_dir: Type.String({ default: "data" }),
+      },
+      section,
+    ),
+    log: Type.Object(
+      {
+        /** fatal | error | warn | info | debug | trace | silent. Default "info". */
+        level: Type.Union(
+          ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
+          { default: "info" },
+        ),
+      },
+      section,
+    ),
+    limits: Type.Object(
+      {
+        /** Requests per key in the short window (the API reference: 60/minute). Default 60. */
+        requests_per_minute: Type.Integer({ minimum: 1, default: 60 }),
+        /** Requests per key in the long window (the API reference: 1000/hour). Default 1000. */
+        requests_per_hour: Type.Integer({ minimum: 1, default: 1000 }),
+        /** Length of the short window (tests shorten it). Default "1m". */
+        minute_window: Duration("1m", "short rate-limit window"),
+        /** Length of the long window. Default "1h". */
+        hour_window: Duration("1h", "long rate-limit window"),
+        /** Jobs one tenant may have queued at once; more get 429. Default 1000. */
+        max_queued_jobs_per_tenant: Type.Integer({ minimum: 1, default: 1000 }),
+        /** Largest file accepted by POST /v1/files. Default "1MiB". */
+        max_file_size: Size("1MiB", "upload size cap"),
+        /** Largest prompt (input string or file), in characters. Default 131072. */
+        max_input_chars: Type.Integer({ minimum: 1, maximum: 131072, default: 131072 }),
+        /** Largest `limit` of list and history pages. Default 100. */
+        max_page_size: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+        /** Largest `timeout_seconds` a job may ask for. Default 86400. */
+        max_timeout_seconds: Type.Integer({ minimum: 1, default: 86400 }),
+      },
+      section,
+    ),
+    scheduler: Type.Object(
+      {
+        /** A lease not renewed (progress/heartbeat) for this long expires and the job is requeued. Default "30s". */
+        lease_ttl: Duration("30s", "lease time to live"),
+        /** How often miners send heartbeats (told in the welcome). Default "10s". */
+        heartbeat: Duration("10s", "miner heartbeat interval"),
+        /** Attempts a job gets (lost leases and retryable failures count) before it fails. Default 3. */
+        max_attempts: Type.Integer({ minimum: 1, maximum: 100, default: 3 }),
+        /** A queued job no miner picked up within this time ends `expired`. Default "24h". */
+        queue_ttl: Duration("24h", "queue time to live"),
+        /** How often the reaper looks for expired leases, timeouts and queue expiry. Default "1s". */
+        reap_interval: Duration("1s", "reaper interval"),
+        /** Delay before a requeued job may be assigned again (grows with failures). Default "1s". */
+        requeue_backoff: Duration("1s", "requeue backoff"),
+        /** Default `timeout_seconds` of a job that sets none. Default 3600. */
+        default_timeout_seconds: Type.Integer({ minimum: 1, default: 3600 }),
+      },
+      section,
+    ),
+    estimates: Type.Object(
+      {
+        /** Assumed decode speed of a model until miners report one, tokens/s. Default 20. */
+        default_tokens_per_second: Type.Number({ exclusiveMinimum: 0, default: 20 }),
+        /** Per-model decode speed, tokens/s, e.g. { "tiny-gpt2" = 400 }. Default {}. */
+        tokens_per_second: Type.Record(Type.String(), Type.Number({ exclusiveMinimum: 0 }), { default: {} }),
+        /** Fixed overhead per job (queueing, load, upload), seconds. Default 2. */
+        overhead_seconds: Type.Number({ minimum: 0, default: 2 }),
+      },
+      section,
+    ),
+    pricing: Type.Object(
+      {
+        /** Price per 1000 generated tokens (max_new_tokens), by model; "default" for the rest. Default { default = 0.002 }. */
+        per_1k_tokens: Type.Record(Type.String(), Type.Number({ minimum: 0 }), { default: { default: 0.002 } }),
+        /** Price per GPU-hour of estimated run time, by requested gpu_type; "default" when a GPU type is requested but not listed. Default {}. */
+        per_gpu_hour: Type.Record(Type.String(), Type.Number({ minimum: 0 }), { default: {} }),
+      },
+      section,
+    ),
+    tenants: Type.Record(
+      Type.String(),
+      Type.Object(
+        {
+          /** Buckets this tenant may name in `output_config.destination` ("s3://bucket/prefix"). Default []. */
+          s3_buckets: Type.Array(Type.String({ minLength: 3, maxLength: 63 }), { default: [] }),
+        },
+        { additionalProperties: false },
+      ),
+      { default: {}, description: "Per-tenant settings, [tenants.<name>]." },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type CoordinatorConfigRaw = Static<typeof CoordinatorConfigSchema>;
+
+export interface CoordinatorConfig {
+  file: string | undefined;
+  server: { host: string; port: number; bodyLimit: number; publicUrl: string };
+  dataDir: string;
+  logLevel: LogLevel;
+  limits: {
+    perMinute: number;
+    perHour: number;
+    minuteWindowMs: number;
+    hourWindowMs: number;
+    maxQueuedPerTenant: number;
+    maxFileBytes: number;
+    maxInputChars: number;
+    maxPageSize: number;
+    maxTimeoutSeconds: number;
+  };
+  scheduler: {
+    leaseTtlMs: number;
+    heartbeatMs: number;
+    maxAttempts: number;
+    queueTtlMs: number;
+    reapIntervalMs: number;
+    requeueBackoffMs: number;
+    defaultTimeoutSeconds: number;
+  };
+  estimates: { defaultTokensPerSecond: number; tokensPerSecond: Record<string, number>; overheadSeconds: number };
+  pricing: { per1kTokens: Record<string, number>; perGpuHour: Record<string, number> };
+  tenants: Record<string, { s3Buckets: string[] }>;
+}
+
+export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string | undefined): CoordinatorConfig {
+  const d = (key: string, v: string | number): number => compileField(file, key, () => parseDuration(v));
+  const s = (key: string, v: string | number): number => compileField(file, key, () => parseSize(v));
+  return {
+    file,
+    server: {
+      host: raw.server.host,
+      port: raw.server.port,
+      bodyLimit: s("server.body_limit", raw.server.body_limit),
+      publicUrl: raw.server.public_url,
+    },
+    dataDir: path.resolve(raw.storage.data_dir),
+    logLevel: raw.log.level as LogLevel,
+    limits: {
+      perMinute: raw.limits.requests_per_minute,
+      perHour: raw.limits.requests_per_hour,
+      minuteWindowMs: d("limits.minute_window", raw.limits.minute_window),
+      hourWindowMs: d("limits.hour_window", raw.limits.hour_window),
+      maxQueuedPerTenant: raw.limits.max_queued_jobs_per_tenant,
+      maxFileBytes: s("limits.max_file_size", raw.limits.max_file_size),
+      maxInputChars: raw.limits.max_input_chars,
+      maxPageSize: raw.limits.max_page_size,
+      maxTimeoutSeconds: raw.limits.max_timeout_seconds,
+    },
+    scheduler: {
+      leaseTtlMs: d("scheduler.lease_ttl", raw.scheduler.lease_ttl),
+      heartbeatMs: d("scheduler.heartbeat", raw.scheduler.heartbeat),
+      maxAttempts: raw.scheduler.max_attempts,
+      queueTtlMs: d("scheduler.queue_ttl", raw.scheduler.queue_ttl),
+      reapIntervalMs: d("scheduler.reap_interval", raw.scheduler.reap_interval),
+      requeueBackoffMs: d("scheduler.requeue_backoff", raw.scheduler.requeue_backoff),
+      defaultTimeoutSeconds: raw.scheduler.default_timeout_seconds,
+    },
+    estimates: {
+      defaultTokensPerSecond: raw.estimates.default_tokens_per_second,
+      tokensPerSecond: raw.estimates.tokens_per_second,
+      overheadSeconds: raw.estimates.overhead_seconds,
+    },
+    pricing: { per1kTokens: raw.pricing.per_1k_tokens, perGpuHour: raw.pricing.per_gpu_hour },
+    tenants: Object.fromEntries(Object.entries(raw.tenants).map(([k, v]) => [k, { s3Buckets: v.s3_buckets }])),
+  };
+}
+
+/** Loads config/coordinator.toml (optional when not named), environment and flag overrides. */
+export function loadCoordinatorConfig(
+  file: string | undefined,
+  options: Pick<LoadConfigOptions, "env" | "overrides"> & { optional?: boolean } = {},
+): CoordinatorConfig {
+  const loaded = loadConfig(CoordinatorConfigSchema, {
+    file,
+    optional: options.optional ?? false,
+    envPrefix: "COORDINATOR",
+    ...(options.env === undefined ? {} : { env: options.env }),
+    ...(options.overrides === undefined ? {} : { overrides: options.overrides }),
+  });
+  return compileCoordinatorConfig(loaded.config, file);
+}

@@ -1,0 +1,165 @@
+import { Type, type Static } from "@sinclair/typebox";
+import { GenerationParametersSchema } from "./generation.js";
+import { JOB_STATES, PRIORITIES } from "./version.js";
+
+/**
+ * The client REST API's bodies (spec/client-api-reference.md), one TypeBox schema each: fastify
+ * validates with them, the TypeScript types come from them, and so does /openapi.json.
+ */
+const JobId = Type.String({ pattern: "^job_[A-Za-z0-9]{1,64}$", description: "A job id, e.g. job_abc123" });
+const IsoTime = Type.String({ format: "date-time" });
+const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()]);
+
+export const JobStateSchema = Type.Union(JOB_STATES.map((s) => Type.Literal(s)));
+export const PrioritySchema = Type.Union(PRIORITIES.map((p) => Type.Literal(p)), { default: "normal" });
+
+export const OUTPUT_FORMATS = ["json", "text"] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+
+export const OutputConfigSchema = Type.Object(
+  {
+    /** "local" (the coordinator's data dir) or "s3://bucket/prefix" (bucket allowed for the tenant). */
+    destination: Type.String({ minLength: 1, maxLength: 1024, default: "local" }),
+    format: Type.Union(OUTPUT_FORMATS.map((f) => Type.Literal(f)), { default: "json" }),
+  },
+  { additionalProperties: false },
+);
+
+export const RequirementsSchema = Type.Object(
+  {
+    /** GPU model, matched loosely: "v100" matches "Tesla V100-SXM2-16GB". */
+    gpu_type: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    /** GPUs on one miner that satisfy the rest. */
+    gpu_count: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    /** VRAM per GPU, GB. */
+    min_vram_gb: Type.Optional(Type.Number({ minimum: 0, maximum: 4096 })),
+  },
+  { additionalProperties: false },
+);
+export type Requirements = Static<typeof RequirementsSchema>;
+
+export const SubmitJobBodySchema = Type.Object(
+  {
+    model: Type.String({ minLength: 1, maxLength: 128, pattern: "^[A-Za-z0-9][A-Za-z0-9._/-]*$" }),
+    /** The prompt, or the id of a file uploaded with POST /v1/files ("file_…"). */
+    input: Type.String({ minLength: 1, maxLength: 131072 }),
+    output_config: Type.Optional(OutputConfigSchema),
+    requirements: Type.Optional(RequirementsSchema),
+    priority: Type.Optional(PrioritySchema),
+    timeout_seconds: Type.Optional(Type.Integer({ minimum: 1 })),
+    parameters: Type.Optional(GenerationParametersSchema),
+  },
+  { additionalProperties: false },
+);
+export type SubmitJobBody = Static<typeof SubmitJobBodySchema>;
+
+export const SubmitJobResponseSchema = Type.Object({
+  job_id: Type.String(),
+  estimated_cost: Type.Number(),
+  estimated_time_seconds: Type.Number(),
+  status: JobStateSchema,
+});
+export type SubmitJobResponse = Static<typeof SubmitJobResponseSchema>;
+
+export const JobResultSchema = Type.Object({
+  /** Where to fetch it: GET /v1/jobs/{id}/download. */
+  download_url: Type.String(),
+  format: Type.String(),
+  sha256: Type.String(),
+  bytes: Type.Integer(),
+  finish_reason: Type.String(),
+  usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() }),
+  tokens_per_second: Type.Number(),
+  destination: Type.String(),
+});
+
+export const JobErrorSchema = Type.Object({ code: Type.String(), message: Type.String() });
+
+export const JobStatusSchema = Type.Object({
+  job_id: Type.String(),
+  status: JobStateSchema,
+  model: Type.String(),
+  /** 0–100: generated tokens of max_new_tokens while running; 100 when completed. */
+  progress: Type.Number(),
+  miner_id: Nullable(Type.String()),
+  created_at: IsoTime,
+  started_at: Nullable(IsoTime),
+  completed_at: Nullable(IsoTime),
+  result: Nullable(JobResultSchema),
+  priority: Type.String(),
+  attempt: Type.Integer(),
+  cancel_requested: Type.Boolean(),
+  error: Nullable(JobErrorSchema),
+  /** For queued jobs: connected miners that could run it now (0 says why it waits). */
+  eligible_miners: Type.Optional(Type.Integer()),
+  /** For queued jobs: jobs ahead of it. */
+  queue_position: Type.Optional(Type.Integer()),
+  parameters: Type.Record(Type.String(), Type.Unknown()),
+  requirements: Type.Record(Type.String(), Type.Unknown()),
+  output_config: Type.Object({ destination: Type.String(), format: Type.String() }),
+  timeout_seconds: Type.Integer(),
+});
+export type JobStatus = Static<typeof JobStatusSchema>;
+
+export const JobSummarySchema = Type.Object({
+  job_id: Type.String(),
+  status: JobStateSchema,
+  model: Type.String(),
+  progress: Type.Number(),
+  created_at: IsoTime,
+  completed_at: Nullable(IsoTime),
+});
+
+export const ListJobsQuerySchema = Type.Object(
+  {
+    status: Type.Optional(JobStateSchema),
+    limit: Type.Optional(Type.Integer({ minimum: 1, default: 20 })),
+    cursor: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+export const ListJobsResponseSchema = Type.Object({
+  jobs: Type.Array(JobSummarySchema),
+  total: Type.Integer(),
+  has_more: Type.Boolean(),
+  /** Pass as `cursor` for the next page; null on the last one. */
+  next_cursor: Nullable(Type.String()),
+});
+
+export const HistoryQuerySchema = Type.Object(
+  {
+    /** First day (YYYY-MM-DD, UTC) or an ISO time, inclusive. */
+    from: Type.String({ minLength: 1, maxLength: 64 }),
+    /** Last day (YYYY-MM-DD, UTC, the whole day) or an ISO time, inclusive. */
+    to: Type.String({ minLength: 1, maxLength: 64 }),
+    limit: Type.Optional(Type.Integer({ minimum: 1, default: 50 })),
+    cursor: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+export const CancelResponseSchema = Type.Object({
+  job_id: Type.String(),
+  status: JobStateSchema,
+  cancel_requested: Type.Boolean(),
+});
+
+export const FileResponseSchema = Type.Object({
+  file_id: Type.String(),
+  bytes: Type.Integer(),
+  sha256: Type.String(),
+  created_at: IsoTime,
+});
+
+export const JobIdParamsSchema = Type.Object({ job_id: JobId });
+
+export const ProblemSchema = Type.Object({
+  type: Type.String(),
+  title: Type.String(),
+  status: Type.Integer(),
+  code: Type.String(),
+  detail: Type.String(),
+  retryable: Type.Optional(Type.Boolean()),
+  errors: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
+});
