@@ -12,7 +12,7 @@ export const InferenceConfigSchema = Type.Object(
     models_dir: Type.String({ default: "models" }),
     /** Model folder names to load at start. Default ["tiny-gpt2"]. */
     models: Type.Array(Type.String({ minLength: 1 }), { default: ["tiny-gpt2"] }),
-    /** Threads inside one operator (onnxruntime intraOpNumThreads); 0 = onnxruntime's choice. Default 0. */
+    /** Threads inside one operator (onnxruntime intraOpNumThreads); 0 = one per CPU the process may use. Default 0. */
     intra_op_threads: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
     /** Threads across operators (interOpNumThreads); 0 = onnxruntime's choice. Default 0. */
     inter_op_threads: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
