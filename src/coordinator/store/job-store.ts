@@ -1,0 +1,215 @@
+import type { ResolvedGenerationParameters } from "../../protocol/generation.js";
+import type { GpuInfo } from "../../protocol/frames.js";
+import type { Requirements } from "../../protocol/jobs.js";
+import type { JobState, Priority } from "../../protocol/version.js";
+
+/**
+ * The job store: every durable fact of the coordinator behind domain verbs. SQLite is the
+ * embedded default; a PostgreSQL store implements the same interface and passes the same
+ * contract suite (test/coordinator/job-store-contract.ts).
+ *
+ * Lifecycle (DESIGN.md §3):
+ *
+ *   queued ──claimNextJob──▶ assigned ──markRunning──▶ running ──commitResult──▶ completed
+ *     │  ▲                     │                         │
+ *     │  └── lease expired / retryable fail / released ──┘ (attempt budget left)
+ *     │                        └── budget spent ─▶ failed
+ *     ├── requestCancel ─▶ cancelled        (assigned/running: cancel_requested, then cancelled
+ *     └── queue TTL ─▶ expired               when the miner acknowledges or the lease expires)
+ *                              running past timeout_seconds ─▶ timed_out
+ *
+ * Every verb is atomic. `attempt` is the fencing counter: bumped on each claim, never reused;
+ * a (job, attempt, lease_token) triple is what every miner-side verb must match. `failures`
+ * counts lost leases and retryable failures against `max_attempts`; a miner handing a job back
+ * (`releaseLease`) does not burn the budget. Each state change appends a row to the job's event
+ * log in the same transaction.
+ */
+export interface JobRecord {
+  id: string;
+  tenant: string;
+  model: string;
+  input: string;
+  inputFileId: string | null;
+  outputFormat: "json" | "text";
+  destination: string;
+  requirements: Requirements;
+  priority: Priority;
+  timeoutSeconds: number;
+  parameters: ResolvedGenerationParameters;
+  status: JobState;
+  /** 0–100. */
+  progress: number;
+  minerId: string | null;
+  attempt: number;
+  failures: number;
+  maxAttempts: number;
+  leaseToken: string | null;
+  leaseExpiresAt: number | null;
+  cancelRequested: boolean;
+  createdAt: number;
+  assignedAt: number | null;
+  /** When the first attempt started running. */
+  startedAt: number | null;
+  /** When the current attempt started running (timeouts count from here). */
+  attemptStartedAt: number | null;
+  completedAt: number | null;
+  /** Earliest time a requeued job may be assigned again. */
+  notBefore: number;
+  result: StoredResult | null;
+  error: { code: string; message: string } | null;
+  estimatedCost: number;
+  estimatedTimeSeconds: number;
+}
+
+export interface StoredResult {
+  sha256: string;
+  bytes: number;
+  /** Path of the output under the result store. */
+  location: string;
+  finishReason: string;
+  usage: { prompt_tokens: number; completion_tokens: number };
+  tokensPerSecond: number;
+  attempt: number;
+}
+
+export interface NewJob {
+  tenant: string;
+  model: string;
+  input: string;
+  inputFileId: string | null;
+  outputFormat: "json" | "text";
+  destination: string;
+  requirements: Requirements;
+  priority: Priority;
+  timeoutSeconds: number;
+  parameters: ResolvedGenerationParameters;
+  maxAttempts: number;
+  estimatedCost: number;
+  estimatedTimeSeconds: number;
+  /** Idempotency-Key header and a hash of the request it came with. */
+  idempotency?: { key: string; requestHash: string };
+}
+
+export interface LeaseRef {
+  jobId: string;
+  attempt: number;
+  leaseToken: string;
+}
+
+export interface MinerCapabilities {
+  minerId: string;
+  gpus: GpuInfo[];
+  models: string[];
+}
+
+export interface Assignment {
+  job: JobRecord;
+  attempt: number;
+  leaseToken: string;
+  leaseExpiresAt: number;
+}
+
+export type CommitOutcome = "committed" | "duplicate" | "stale";
+
+export type FailOutcome = "requeued" | "failed" | "cancelled" | "timed_out" | "stale";
+
+export interface JobEvent {
+  jobId: string;
+  seq: number;
+  type: string;
+  data: Record<string, unknown>;
+  at: number;
+}
+
+export interface Page<T> {
+  items: T[];
+  total: number;
+  nextCursor: string | null;
+}
+
+export interface ApiKeyRecord {
+  id: string;
+  kind: "client" | "miner";
+  name: string;
+  tenant: string;
+  createdAt: number;
+  revokedAt: number | null;
+}
+
+export interface FileRecord {
+  id: string;
+  tenant: string;
+  bytes: number;
+  sha256: string;
+  createdAt: number;
+  content: string;
+}
+
+/** What one reaper pass did, for logs, metrics and telling miners to stop. */
+export interface ReapedJob {
+  jobId: string;
+  attempt: number;
+  minerId: string | null;
+  outcome: "requeued" | "failed" | "cancelled" | "timed_out" | "expired";
+}
+
+export type CancelOutcome =
+  | { outcome: "cancelled"; job: JobRecord }
+  | { outcome: "cancel_requested"; job: JobRecord }
+  | { outcome: "conflict"; job: JobRecord };
+
+export interface JobStore {
+  // --- client side
+  /** Commits a new job; with an idempotency key already used for the same request, returns that job (created: false). */
+  createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }>;
+  /** The tenant's job, or null (also for another tenant's). */
+  getJob(tenant: string, jobId: string): Promise<JobRecord | null>;
+  listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>>;
+  /** Finished jobs whose completion time is in [from, to]. */
+  listHistory(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Promise<Page<JobRecord>>;
+  requestCancel(tenant: string, jobId: string, now: number): Promise<CancelOutcome | null>;
+  countQueued(filter: { tenant?: string; model?: string }): Promise<number>;
+  /** Queued jobs created before this one that would be picked first (same or higher priority). */
+  queuePosition(job: JobRecord): Promise<number>;
+  createFile(tenant: string, content: string, sha256: string, now: number): Promise<FileRecord>;
+  getFile(tenant: string, fileId: string): Promise<FileRecord | null>;
+  listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]>;
+
+  // --- miner side (fenced by the lease triple)
+  getJobById(jobId: string): Promise<JobRecord | null>;
+  /** Leases the best queued job this miner can run (priority, then age), or null. */
+  claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null>;
+  markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean>;
+  /** Extends the lease (and records progress) only if the triple still holds it. */
+  renewLease(
+    ref: LeaseRef,
+    now: number,
+    leaseTtlMs: number,
+    progress?: number,
+  ): Promise<{ renewed: boolean; cancelRequested: boolean }>;
+  commitResult(ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome>;
+  failAttempt(
+    ref: LeaseRef,
+    failure: { code: string; message: string; retryable: boolean },
+    now: number,
+    requeueBackoffMs: number,
+  ): Promise<FailOutcome>;
+  /** The miner hands the job back unfinished (drain): requeued without burning the attempt budget. */
+  releaseLease(ref: LeaseRef, now: number): Promise<"requeued" | "cancelled" | "stale">;
+  /** Expired leases: cancel-requested → cancelled; else requeued (backoff) or failed when the budget is spent. */
+  reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]>;
+  expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]>;
+  /** Running attempts past their job's timeout_seconds → timed_out. */
+  timeOutRunning(now: number): Promise<ReapedJob[]>;
+  /** Jobs this miner holds a lease on (assigned or running). */
+  listLeasedBy(minerId: string): Promise<JobRecord[]>;
+
+  // --- keys
+  createKey(kind: "client" | "miner", name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }>;
+  /** The key's record when it is valid, of that kind, and not revoked; else null. */
+  authenticate(rawKey: string, kind: "client" | "miner"): Promise<ApiKeyRecord | null>;
+  listKeys(): Promise<ApiKeyRecord[]>;
+  revokeKey(id: string, now: number): Promise<boolean>;
+
+  close(): Promise<void>;
+}

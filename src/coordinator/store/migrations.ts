@@ -1,0 +1,80 @@
+/**
+ * Schema migrations, applied in order inside a transaction each and recorded in
+ * schema_migrations. Never edit a shipped migration: append a new one.
+ * Times are integer milliseconds since the epoch (UTC).
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input TEXT NOT NULL,
+    input_file_id TEXT,
+    output_format TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    requirements TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    priority_rank INTEGER NOT NULL,
+    timeout_seconds INTEGER NOT NULL,
+    parameters TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    miner_id TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    lease_token TEXT,
+    lease_expires_at INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    assigned_at INTEGER,
+    started_at INTEGER,
+    attempt_started_at INTEGER,
+    completed_at INTEGER,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    estimated_cost REAL NOT NULL,
+    estimated_time_seconds REAL NOT NULL,
+    idempotency_key TEXT,
+    request_hash TEXT
+  );
+  CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+  CREATE INDEX jobs_queue ON jobs (status, priority_rank DESC, seq);
+  CREATE INDEX jobs_tenant_created ON jobs (tenant, created_at DESC, id DESC);
+  CREATE INDEX jobs_tenant_completed ON jobs (tenant, completed_at DESC, id DESC);
+  CREATE INDEX jobs_leases ON jobs (status, lease_expires_at);
+  CREATE INDEX jobs_miner ON jobs (miner_id, status);
+
+  CREATE TABLE job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq)
+  );
+
+  CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('client', 'miner')),
+    name TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+
+  CREATE TABLE files (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    content TEXT NOT NULL
+  );
+  `,
+];
