@@ -103,7 +103,8 @@ function nextPast(model: DecodeModel, outputs: ort.InferenceSession.OnnxValueMap
   return past;
 }
 
-function buildFeeds(inputNames: Set<string>, stepIds: number[], pastLength: number, past: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+/** Feeds for one step, only those the graph declares (position_ids and use_cache_branch are optional). */
+export function buildFeeds(inputNames: Set<string>, stepIds: number[], pastLength: number, past: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
   const n = stepIds.length;
   const feeds: Record<string, ort.Tensor> = {
     input_ids: new ort.Tensor("int64", BigInt64Array.from(stepIds, (v) => BigInt(v)), [1, n]),
