@@ -66,7 +66,7 @@ async function main(): Promise<number> {
       await cuda.initialize();
     } catch (err) {
       const e = toAppError(err);
-      say(`CUDA session: FAILED (${e.code}): ${String(e.details?.reason ?? e.message)}`);
+      say(`CUDA session: FAILED (${e.code}): ${typeof e.details?.reason === "string" ? e.details.reason : e.message}`);
       return 1;
     }
     say(`CUDA session: loaded on ${cuda.models().map((m) => `${m.name}@${m.device}`).join(", ")}`);

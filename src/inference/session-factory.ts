@@ -65,7 +65,6 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
  * codes and a C++ source location: names the library that failed and why when it can.
  */
 export function cudaFailureReason(message: string): string {
-  // eslint-disable-next-line no-control-regex
   const plain = message.replace(/\u001b\[[0-9;]*m/g, "");
   const lib = /Failed to load library (\S+) with error: (.*?)(?:\n|$)/.exec(plain);
   if (lib) return `failed to load ${lib[1] ?? ""}: ${(lib[2] ?? "").trim()}`;

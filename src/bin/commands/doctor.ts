@@ -103,7 +103,7 @@ const CHECKS: DoctorCheck[] = [
         return { status: "ok", summary: `CUDA provider loads (${model.name} on ${device})` };
       } catch (err) {
         const e = toAppError(err);
-        return { status: "fail", summary: `CUDA provider does not load: ${String(e.details?.reason ?? e.message)}` };
+        return { status: "fail", summary: `CUDA provider does not load: ${typeof e.details?.reason === "string" ? e.details.reason : e.message}` };
       }
     },
   },
@@ -170,6 +170,5 @@ function settings(ep: "cpu" | "cuda") {
 }
 
 function firstLine(s: string): string {
-  // eslint-disable-next-line no-control-regex
   return (s.replace(/\u001b\[[0-9;]*m/g, "").split("\n")[0] ?? "").trim();
 }
