@@ -3,6 +3,10 @@ import * as ort from "onnxruntime-node";
 import { AppError, errorMessage } from "../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "./cuda-provider.js";
 
+// onnxruntime's default logger prints the CUDA provider's load failure in colour on stderr
+// before any session option applies; the engine reports it once, in its own log, instead.
+ort.env.logLevel = "fatal";
+
 /** Where a session should run: a CUDA device or the CPU. */
 export type DeviceRequest = { kind: "cuda"; deviceId: number } | { kind: "cpu" };
 

@@ -28,10 +28,14 @@ describe("runDecode (in process, tiny-gpt2)", () => {
     expect((await runDecode(model, req, { cancelled: () => true, onToken: () => undefined })).tokenIds).toEqual([]);
   });
 
-  it("decoding with the KV cache gives the same ids as re-running the whole sequence each step", async () => {
-    const cached = await runDecode(model, { ...req, maxTokens: 6 }, { cancelled: () => false, onToken: () => undefined });
+  // A short prompt is prefilled in one run, a long one (over 16 tokens) in two.
+  it.each([
+    ["short", [15496, 995]],
+    ["long", Array.from({ length: 40 }, (_, i) => 100 + i * 37)],
+  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s prompt)", async (_name, promptIds) => {
+    const cached = await runDecode(model, { ...req, promptIds, maxTokens: 6 }, { cancelled: () => false, onToken: () => undefined });
     // No cache: every step feeds the whole sequence with an empty past.
-    const ids = [...req.promptIds];
+    const ids = [...promptIds];
     const names = new Set(model.session.inputNames);
     for (let i = 0; i < 6; i++) {
       const past: Record<string, ort.Tensor> = {};
@@ -45,7 +49,7 @@ describe("runDecode (in process, tiny-gpt2)", () => {
       for (let v = 1; v < last.length; v++) if (last[v]! > last[best]!) best = v;
       ids.push(best);
     }
-    expect(cached.tokenIds).toEqual(ids.slice(req.promptIds.length));
+    expect(cached.tokenIds).toEqual(ids.slice(promptIds.length));
   });
 });
 

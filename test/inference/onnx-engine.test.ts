@@ -29,6 +29,8 @@ describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
       { prompt: "The quick brown fox", max_new_tokens: 8 },
       { prompt: "In 1999, the committee said", max_new_tokens: 24 },
       { prompt: "Café, naïve — 日本語!", max_new_tokens: 40 },
+      // Over 16 tokens: prefilled in two runs.
+      { prompt: "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness", max_new_tokens: 16 },
     ];
     const script = path.resolve(import.meta.dirname, "xenova-generate.mjs");
     const child = run(process.execPath, [script, JSON.stringify({ modelsDir: MODELS_DIR, model: "tiny-gpt2", cases })], { maxBuffer: 16 << 20 });
