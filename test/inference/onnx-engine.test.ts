@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AppError } from "../../src/common/errors.js";
 import type { GenerateResult, TokenEvent } from "../../src/inference/engine.js";
 import { OnnxEngine } from "../../src/inference/onnx-engine.js";
+import { generateStream } from "../../src/inference/token-stream.js";
 import { MODELS_DIR, capturingLogger, engineConfig, greedy } from "./engine-fixture.js";
 
 const run = promisify(execFile);
@@ -55,6 +56,15 @@ describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
     expect(r.timing.time_to_first_token_ms).toBeGreaterThan(0);
     expect(r.timing.tokens_per_second).toBeGreaterThan(0);
     expect(r.timing.total_ms).toBeGreaterThanOrEqual(r.timing.time_to_first_token_ms);
+  });
+
+  it("streams the same events as an async iterator", async () => {
+    const stream = generateStream(engine, { model: "tiny-gpt2", prompt: "Once upon a time", params: greedy(6) });
+    const events: TokenEvent[] = [];
+    for await (const e of stream) events.push(e);
+    const r = await stream.result;
+    expect(events.map((e) => e.tokens)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(events.map((e) => e.delta).join("")).toBe(r.text);
   });
 
   it("seeded sampling is reproducible and depends on the seed", async () => {
