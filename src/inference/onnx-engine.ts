@@ -192,10 +192,13 @@ export class OnnxEngine implements Engine {
   generate(request: GenerateRequest): Promise<GenerateResult> {
     if (this.state !== "ready") return Promise.reject(new AppError("engine_not_ready", "the engine is not initialized", { retryable: true }));
     const model = this.loaded.get(request.model);
-    const candidates = this.workers.filter((w) => w.models.some((m) => m.name === request.model));
-    if (model === undefined || candidates.length === 0) {
+    const hosts = this.workers.filter((w) => w.models.some((m) => m.name === request.model));
+    if (model === undefined || hosts.length === 0) {
       return Promise.reject(new ModelError("model_not_loaded", "the model is not loaded by this engine", { model: request.model }));
     }
+    // A worker that died (native crash, out of memory) takes no more work; the miner sees the error and can stop.
+    const candidates = hosts.filter((w) => !w.exited);
+    if (candidates.length === 0) return Promise.reject(new AppError("engine_worker_failed", "the inference worker exited", { retryable: true }));
     const startedAt = performance.now();
     let promptIds = model.tokenizer.encode(request.prompt);
     if (promptIds.length === 0) promptIds = [model.tokenizer.eosTokenId];
