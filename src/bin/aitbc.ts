@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "commander";
 import { AppError, toAppError } from "../common/errors.js";
 import { packageVersion } from "../common/package-info.js";
+import { registerCoordinatorCommand } from "./commands/coordinator.js";
 import { registerDoctorCommand } from "./commands/doctor.js";
 import { registerGenerateCommand } from "./commands/generate.js";
 import { registerGpusCommand } from "./commands/gpus.js";
@@ -20,7 +21,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerMinerCommand, registerModelsCommand];
+const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerMinerCommand, registerModelsCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 

@@ -1,0 +1,67 @@
+import type { Command } from "commander";
+import { createLogger } from "../../common/logger.js";
+import { loadCoordinatorConfig } from "../../coordinator/config.js";
+import { Coordinator } from "../../coordinator/coordinator.js";
+
+/**
+ * `aitbc coordinator --config config/coordinator.toml`: the coordinator (client REST API, miner
+ * gateway, scheduler). SIGTERM/SIGINT stop it in order (miners are told to drain; leases stay in
+ * the store so they resume after a restart); a second signal exits at once.
+ */
+export function registerCoordinatorCommand(program: Command): void {
+  program
+    .command("coordinator")
+    .description("run the coordinator: client REST API, miner gateway and scheduler")
+    .option("-c, --config <file>", "coordinator config file", "config/coordinator.toml")
+    .option("--host <host>", "listen address (overrides [server] host)")
+    .option("--port <port>", "listen port, 0 for any (overrides [server] port)", (v) => Number.parseInt(v, 10))
+    .option("--data-dir <dir>", "data directory (overrides [storage] data_dir)")
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
+    .action(async (opts: { config: string; host?: string; port?: number; dataDir?: string; logLevel?: string }, cmd: Command) => {
+      const config = loadCoordinatorConfig(opts.config, {
+        optional: cmd.getOptionValueSource("config") !== "cli",
+        overrides: {
+          "server.host": opts.host,
+          "server.port": opts.port,
+          "storage.data_dir": opts.dataDir,
+          "log.level": opts.logLevel,
+        },
+      });
+      const log = createLogger({ level: config.logLevel, name: "coordinator" });
+      const coordinator = new Coordinator({ config, log });
+      await runUntilSignal(coordinator, log);
+    });
+}
+
+/** Starts, then waits for SIGTERM/SIGINT and stops; a second signal exits at once. */
+export async function runUntilSignal(
+  service: { start(): Promise<unknown>; stop(): Promise<void> },
+  log: ReturnType<typeof createLogger>,
+): Promise<void> {
+  let signals = 0;
+  let resolveStop: () => void = () => undefined;
+  const stopped = new Promise<void>((resolve) => (resolveStop = resolve));
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      log.warn({ signal }, "second signal: exiting now");
+      process.exit(signal === "SIGINT" ? 130 : 143);
+    }
+    log.info({ signal }, "signal: stopping");
+    void service.stop().then(resolveStop, resolveStop);
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  try {
+    await service.start();
+  } catch (err) {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
+    throw err;
+  }
+  await stopped;
+  process.off("SIGTERM", onSignal);
+  process.off("SIGINT", onSignal);
+  log.info("stopped");
+  log.flush();
+}

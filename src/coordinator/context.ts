@@ -1,0 +1,28 @@
+import type { Logger } from "../common/logger.js";
+import type { Requirements } from "../protocol/jobs.js";
+import type { RateLimiter } from "./auth/rate-limiter.js";
+import type { CoordinatorConfig } from "./config.js";
+import type { ResultStore } from "./results/result-store.js";
+import type { JobEvents } from "./store/job-events.js";
+import type { JobStore } from "./store/job-store.js";
+
+/** Connected miners, as the client API needs to see them ("how many could run this job"). */
+export interface MinerDirectory {
+  eligibleMiners(job: { model: string; requirements: Requirements }): number;
+  connectedMiners(): number;
+}
+
+/** An empty directory: no miner connected (the coordinator before its gateway starts). */
+export const NO_MINERS: MinerDirectory = { eligibleMiners: () => 0, connectedMiners: () => 0 };
+
+/** What the HTTP routes, the gateway and the scheduler share. */
+export interface CoordinatorContext {
+  config: CoordinatorConfig;
+  store: JobStore;
+  results: ResultStore;
+  events: JobEvents;
+  miners: MinerDirectory;
+  limiter: RateLimiter;
+  log: Logger;
+  now: () => number;
+}

@@ -1,0 +1,166 @@
+import path from "node:path";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import swagger from "@fastify/swagger";
+import swaggerUi from "@fastify/swagger-ui";
+import websocket from "@fastify/websocket";
+import { MAX_FRAME_BYTES } from "../protocol/frames.js";
+import { packageVersion } from "../common/package-info.js";
+import type { Logger } from "../common/logger.js";
+import { RateLimiter } from "./auth/rate-limiter.js";
+import type { CoordinatorConfig } from "./config.js";
+import type { CoordinatorContext } from "./context.js";
+import { MINER_GATEWAY_PATH, MinerGateway } from "./gateway/miner-gateway.js";
+import { registerAuth } from "./http/auth-hook.js";
+import { eventsRoute } from "./http/events-route.js";
+import { fileRoutes } from "./http/file-routes.js";
+import { healthRoutes } from "./http/health-routes.js";
+import { jobRoutes } from "./http/job-routes.js";
+import { errorHandler, problem, sendProblem } from "./http/problem.js";
+import { LocalResultStore } from "./results/result-store.js";
+import { JobEvents } from "./store/job-events.js";
+import type { JobStore } from "./store/job-store.js";
+import { SqliteJobStore } from "./store/sqlite-job-store.js";
+
+export interface CoordinatorOptions {
+  config: CoordinatorConfig;
+  log: Logger;
+  /** Clock, for tests. */
+  now?: () => number;
+}
+
+type CoordinatorState = "created" | "starting" | "running" | "stopping" | "stopped";
+
+const PUBLIC = [/^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/, /^\/docs(\/.*)?$/, new RegExp(`^${MINER_GATEWAY_PATH}$`)];
+
+export function databasePath(dataDir: string): string {
+  return path.join(dataDir, "coordinator.db");
+}
+
+/**
+ * The coordinator: job store, result store, client REST API, miner gateway and scheduler in one
+ * process. `start()` opens the store and listens; `stop()` is idempotent and ordered: stop taking
+ * requests, tell miners to drain, stop the reaper, close the store.
+ *
+ *   created ─start()─▶ starting ─▶ running ─stop()─▶ stopping ─▶ stopped
+ */
+export class Coordinator {
+  private state: CoordinatorState = "created";
+  private stopping: Promise<void> | undefined;
+  private appInstance: FastifyInstance | undefined;
+  private ctxInstance: CoordinatorContext | undefined;
+  private gatewayInstance: MinerGateway | undefined;
+  private address = "";
+
+  constructor(private readonly options: CoordinatorOptions) {}
+
+  get url(): string {
+    return this.address;
+  }
+
+  get context(): CoordinatorContext {
+    if (this.ctxInstance === undefined) throw new Error("coordinator not started");
+    return this.ctxInstance;
+  }
+
+  get store(): JobStore {
+    return this.context.store;
+  }
+
+  get gateway(): MinerGateway {
+    if (this.gatewayInstance === undefined) throw new Error("coordinator not started");
+    return this.gatewayInstance;
+  }
+
+  get app(): FastifyInstance {
+    if (this.appInstance === undefined) throw new Error("coordinator not started");
+    return this.appInstance;
+  }
+
+  async start(): Promise<string> {
+    if (this.state !== "created") throw new Error(`coordinator cannot start from ${this.state}`);
+    this.transition("starting");
+    const { config, log } = this.options;
+    const events = new JobEvents();
+    const store = new SqliteJobStore(databasePath(config.dataDir), events);
+    const ctx: CoordinatorContext = {
+      config,
+      store,
+      results: new LocalResultStore(path.join(config.dataDir, "results")),
+      events,
+      miners: { eligibleMiners: () => 0, connectedMiners: () => 0 },
+      limiter: new RateLimiter([
+        { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
+        { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
+      ]),
+      log,
+      now: this.options.now ?? Date.now,
+    };
+    const gateway = new MinerGateway(ctx);
+    ctx.miners = gateway;
+    this.ctxInstance = ctx;
+    this.gatewayInstance = gateway;
+    try {
+      const app = await this.buildApp(ctx, gateway);
+      this.appInstance = app;
+      this.address = await app.listen({ host: config.server.host, port: config.server.port });
+      gateway.start();
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.transition("running");
+    log.info({ url: this.address, dataDir: config.dataDir }, "coordinator listening");
+    return this.address;
+  }
+
+  private async buildApp(ctx: CoordinatorContext, gateway: MinerGateway): Promise<FastifyInstance> {
+    const { config, log } = ctx;
+    const app = Fastify({
+      loggerInstance: log as unknown as FastifyBaseLogger,
+      bodyLimit: config.server.bodyLimit,
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: "array", allErrors: false } },
+      return503OnClosing: true,
+    });
+
+    app.setErrorHandler(errorHandler(log));
+    app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, "not_found", `no route ${request.method} ${request.url.split("?")[0]}`)));
+    await app.register(swagger, {
+      openapi: {
+        openapi: "3.0.3",
+        info: { title: "aitbc-miner coordinator", version: packageVersion(), description: "Client REST API: submit, follow, cancel and download gpt2-class text generation jobs." },
+        components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+        security: [{ bearer: [] }],
+      },
+    });
+    await app.register(swaggerUi, { routePrefix: "/docs" });
+    await app.register(websocket, { options: { maxPayload: MAX_FRAME_BYTES } });
+    registerAuth(app, ctx, (url) => PUBLIC.some((re) => re.test(url)));
+
+    await app.register(healthRoutes(ctx, () => this.state === "running"));
+    await app.register(jobRoutes(ctx));
+    await app.register(eventsRoute(ctx));
+    await app.register(fileRoutes(ctx));
+    await app.register(async (scope) => gateway.register(scope));
+    app.get("/openapi.json", { schema: { hide: true } as Record<string, unknown> }, async () => app.swagger());
+    await app.ready();
+    return app;
+  }
+
+  /** Idempotent: later calls return the first call's promise. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.transition("stopping");
+      await this.gatewayInstance?.stop();
+      await this.appInstance?.close();
+      await this.ctxInstance?.store.close();
+      this.transition("stopped");
+    })();
+    return this.stopping;
+  }
+
+  private transition(to: CoordinatorState): void {
+    const from = this.state;
+    this.state = to;
+    this.options.log.debug({ from, to }, "coordinator state");
+  }
+}

@@ -1,0 +1,105 @@
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "@sinclair/typebox";
+import { NotFoundError } from "../../common/errors.js";
+import { JobIdParamsSchema } from "../../protocol/jobs.js";
+import { isTerminal, type JobState } from "../../protocol/version.js";
+import type { CoordinatorContext } from "../context.js";
+import type { JobEvent } from "../store/job-store.js";
+import type { ProgressEvent } from "../store/job-events.js";
+import { tenantOf } from "./auth-hook.js";
+import { jobView } from "./job-view.js";
+
+const KEEPALIVE_MS = 15_000;
+
+/**
+ * GET /v1/jobs/{id}/events — Server-Sent Events, so a client follows a job without polling:
+ *
+ *   event: snapshot   the job's status now (as GET /v1/jobs/{id})
+ *   event: <state>    id: <seq>; each state change from the job's event log (queued, assigned,
+ *                     running, requeued, cancel_requested, completed, failed, …)
+ *   event: progress   live progress of the running attempt (tokens, max_tokens, tokens/s)
+ *
+ * A reconnecting client sends Last-Event-ID (or ?after=) and gets the changes it missed. The
+ * stream ends after the terminal state.
+ */
+export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
+  return async (app) => {
+    app.get(
+      "/v1/jobs/:job_id/events",
+      {
+        schema: {
+          summary: "Follow a job (Server-Sent Events)",
+          tags: ["jobs"],
+          params: JobIdParamsSchema,
+          querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+        },
+      },
+      async (request, reply) => {
+        const tenant = tenantOf(request);
+        const job = await ctx.store.getJob(tenant, request.params.job_id);
+        if (job === null) throw new NotFoundError("job_not_found", "no such job");
+        const lastId = Number(request.headers["last-event-id"] ?? request.query.after ?? 0);
+        let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
+
+        reply.hijack();
+        const raw = reply.raw;
+        raw.writeHead(200, {
+          "Content-Type": "text/event-stream; charset=utf-8",
+          "Cache-Control": "no-cache, no-transform",
+          Connection: "keep-alive",
+          "X-Accel-Buffering": "no",
+          ...Object.fromEntries(
+            ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map((h) => [h, String(reply.getHeader(h) ?? "")]),
+          ),
+        });
+        const write = (event: string, data: unknown, id?: number): void => {
+          raw.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+        };
+        let ended = false;
+        const end = (): void => {
+          if (ended) return;
+          ended = true;
+          unsubscribe();
+          clearInterval(keepalive);
+          raw.end();
+        };
+        const sendChange = (e: JobEvent): void => {
+          if (ended || e.seq <= after) return;
+          after = e.seq;
+          write(e.type, { job_id: e.jobId, status: e.type, at: new Date(e.at).toISOString(), ...e.data }, e.seq);
+          if (isTerminal(e.type as JobState)) end();
+        };
+        const sendProgress = (p: ProgressEvent): void => {
+          if (ended) return;
+          write("progress", {
+            job_id: p.jobId,
+            attempt: p.attempt,
+            progress: Math.round(p.progress * 10) / 10,
+            tokens: p.tokens,
+            max_tokens: p.maxTokens,
+            tokens_per_second: Math.round(p.tokensPerSecond * 10) / 10,
+          });
+        };
+        // Subscribe first, then replay the log, so nothing falls between the two.
+        const buffered: JobEvent[] = [];
+        let replaying = true;
+        const unsubscribe = ctx.events.onJob(
+          job.id,
+          (e) => (replaying ? buffered.push(e) : sendChange(e)),
+          sendProgress,
+        );
+        const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
+        request.raw.on("close", end);
+
+        write("snapshot", jobView(job));
+        for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
+        replaying = false;
+        for (const e of buffered) sendChange(e);
+        if (!ended && isTerminal(job.status)) {
+          const current = await ctx.store.getJob(tenant, job.id);
+          if (current !== null && isTerminal(current.status)) end();
+        }
+      },
+    );
+  };
+}

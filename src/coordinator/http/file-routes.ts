@@ -1,0 +1,48 @@
+import { createHash } from "node:crypto";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { ValidationError } from "../../common/errors.js";
+import { FileResponseSchema, ProblemSchema } from "../../protocol/jobs.js";
+import type { CoordinatorContext } from "../context.js";
+import { tenantOf } from "./auth-hook.js";
+
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** POST /v1/files: a UTF-8 text file (the raw body) to use as a job's `input` by its file_id. */
+export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
+  return async (app) => {
+    app.removeContentTypeParser(["text/plain"]);
+    app.addContentTypeParser(
+      ["text/plain", "application/octet-stream"],
+      { parseAs: "buffer", bodyLimit: ctx.config.limits.maxFileBytes },
+      (_request, body, done) => done(null, body),
+    );
+    app.post(
+      "/v1/files",
+      {
+        bodyLimit: ctx.config.limits.maxFileBytes,
+        schema: {
+          summary: "Upload a UTF-8 text file to use as a job's input",
+          tags: ["files"],
+          consumes: ["text/plain", "application/octet-stream"],
+          response: { 201: FileResponseSchema, 400: ProblemSchema, 401: ProblemSchema, 413: ProblemSchema, 415: ProblemSchema, 422: ProblemSchema },
+        },
+      },
+      async (request, reply) => {
+        const body = request.body;
+        if (!Buffer.isBuffer(body) || body.length === 0) throw new ValidationError("the file is empty", { field: "body" });
+        let text: string;
+        try {
+          text = decoder.decode(body);
+        } catch {
+          throw new ValidationError("the file is not valid UTF-8 text", { field: "body" });
+        }
+        if (text.length > ctx.config.limits.maxInputChars) {
+          throw new ValidationError(`the file is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "body" });
+        }
+        const sha = createHash("sha256").update(body).digest("hex");
+        const file = await ctx.store.createFile(tenantOf(request), text, sha, ctx.now());
+        return reply.code(201).send({ file_id: file.id, bytes: file.bytes, sha256: file.sha256, created_at: new Date(file.createdAt).toISOString() });
+      },
+    );
+  };
+}

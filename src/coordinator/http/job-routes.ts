@@ -1,0 +1,268 @@
+import { createHash, randomInt } from "node:crypto";
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "@sinclair/typebox";
+import { AppError, ConflictError, NotFoundError, ValidationError } from "../../common/errors.js";
+import { GENERATION_BOUNDS, resolveGenerationParameters } from "../../protocol/generation.js";
+import {
+  CancelResponseSchema,
+  HistoryQuerySchema,
+  JobIdParamsSchema,
+  JobStatusSchema,
+  ListJobsQuerySchema,
+  ListJobsResponseSchema,
+  ProblemSchema,
+  SubmitJobBodySchema,
+  SubmitJobResponseSchema,
+  type SubmitJobBody,
+} from "../../protocol/jobs.js";
+import type { CoordinatorContext } from "../context.js";
+import { estimateJob } from "../estimates.js";
+import { IdempotencyMismatchError, InvalidCursorError } from "../store/sqlite-job-store.js";
+import type { JobRecord, Page } from "../store/job-store.js";
+import { jobSummary, jobView } from "./job-view.js";
+import { tenantOf } from "./auth-hook.js";
+
+const errors = {
+  400: ProblemSchema,
+  401: ProblemSchema,
+  404: ProblemSchema,
+  409: ProblemSchema,
+  422: ProblemSchema,
+  429: ProblemSchema,
+};
+
+const FILE_ID = /^file_[a-z0-9]{1,64}$/;
+const S3_URL = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/;
+
+/** `s3://bucket/prefix`: bucket must be allowed for the tenant; the prefix may not escape. */
+export function checkDestination(ctx: CoordinatorContext, tenant: string, destination: string): void {
+  if (destination === "local") return;
+  const m = S3_URL.exec(destination);
+  if (m === null) {
+    throw new ValidationError('output_config.destination must be "local" or "s3://bucket/prefix"', { field: "output_config.destination" });
+  }
+  const prefix = m[2] ?? "";
+  if (prefix.length > 512 || prefix.split("/").some((seg) => seg === ".." || seg === ".") || /[\0-\x1f\\]/.test(prefix)) {
+    throw new ValidationError("output_config.destination has an unsafe object prefix", { field: "output_config.destination" });
+  }
+  const allowed = ctx.config.tenants[tenant]?.s3Buckets ?? [];
+  if (!allowed.includes(m[1]!)) {
+    throw new AppError("s3_bucket_not_allowed", `bucket "${m[1]}" is not allowed for this API key`, { status: 422 });
+  }
+}
+
+/** `from`/`to` of the history: a day (whole day, UTC) or an ISO time. */
+export function parseRangeBound(value: string, end: boolean, field: string): number {
+  if (/^\d{4}-\d{2}-\d{2}$/.test(value)) {
+    const t = Date.parse(`${value}T00:00:00.000Z`);
+    if (!Number.isNaN(t) && new Date(t).toISOString().startsWith(value)) return end ? t + 86_400_000 - 1 : t;
+  } else if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
+    const t = Date.parse(value);
+    if (!Number.isNaN(t)) return t;
+  }
+  throw new ValidationError(`${field} must be a date (YYYY-MM-DD) or an ISO 8601 time`, { field });
+}
+
+function pageOrThrow<T>(fn: () => Promise<Page<T>>): Promise<Page<T>> {
+  return fn().catch((err: unknown) => {
+    if (err instanceof InvalidCursorError) throw new ValidationError(err.message, { field: "cursor" });
+    throw err;
+  });
+}
+
+function requestHash(body: SubmitJobBody): string {
+  return createHash("sha256").update(JSON.stringify(body)).digest("hex");
+}
+
+export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
+  return async (app) => {
+    app.post(
+      "/v1/jobs",
+      {
+        schema: {
+          summary: "Submit a job",
+          tags: ["jobs"],
+          body: SubmitJobBodySchema,
+          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
+          response: { 201: SubmitJobResponseSchema, 200: SubmitJobResponseSchema, 413: ProblemSchema, ...errors },
+        },
+      },
+      async (request, reply) => {
+        const tenant = tenantOf(request);
+        const body = request.body;
+        const now = ctx.now();
+        let input = body.input;
+        let inputFileId: string | null = null;
+        if (FILE_ID.test(body.input)) {
+          const file = await ctx.store.getFile(tenant, body.input);
+          if (file === null) throw new AppError("file_not_found", `no uploaded file ${body.input}`, { status: 422 });
+          input = file.content;
+          inputFileId = file.id;
+        }
+        if (input.length > ctx.config.limits.maxInputChars) {
+          throw new ValidationError(`input is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "input" });
+        }
+        const destination = body.output_config?.destination ?? "local";
+        checkDestination(ctx, tenant, destination);
+        const timeoutSeconds = body.timeout_seconds ?? ctx.config.scheduler.defaultTimeoutSeconds;
+        if (timeoutSeconds > ctx.config.limits.maxTimeoutSeconds) {
+          throw new ValidationError(`timeout_seconds may be at most ${ctx.config.limits.maxTimeoutSeconds}`, { field: "timeout_seconds" });
+        }
+        const requirements = body.requirements ?? {};
+        const parameters = resolveGenerationParameters(body.parameters, () => randomInt(0, GENERATION_BOUNDS.seed.max));
+        const queued = await ctx.store.countQueued({ tenant });
+        if (queued >= ctx.config.limits.maxQueuedPerTenant) {
+          void reply.header("Retry-After", "10");
+          throw new AppError("queue_full", `this tenant already has ${queued} queued jobs`, { status: 429, retryable: true });
+        }
+        const estimate = estimateJob(
+          ctx.config,
+          { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
+          { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: ctx.miners.eligibleMiners({ model: body.model, requirements }) },
+        );
+        const idem = request.headers["idempotency-key"];
+        let result: { job: JobRecord; created: boolean };
+        try {
+          result = await ctx.store.createJob(
+            {
+              tenant,
+              model: body.model,
+              input,
+              inputFileId,
+              outputFormat: body.output_config?.format ?? "json",
+              destination,
+              requirements,
+              priority: body.priority ?? "normal",
+              timeoutSeconds,
+              parameters,
+              maxAttempts: ctx.config.scheduler.maxAttempts,
+              estimatedCost: estimate.estimatedCost,
+              estimatedTimeSeconds: estimate.estimatedTimeSeconds,
+              ...(idem === undefined ? {} : { idempotency: { key: idem, requestHash: requestHash(body) } }),
+            },
+            now,
+          );
+        } catch (err) {
+          if (err instanceof IdempotencyMismatchError) {
+            throw new ConflictError("idempotency_key_reused", err.message, { job_id: err.jobId });
+          }
+          throw err;
+        }
+        const { job, created } = result;
+        if (created) request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");
+        return reply.code(created ? 201 : 200).send({
+          job_id: job.id,
+          estimated_cost: job.estimatedCost,
+          estimated_time_seconds: job.estimatedTimeSeconds,
+          status: job.status,
+        });
+      },
+    );
+
+    app.get(
+      "/v1/jobs",
+      {
+        schema: { summary: "List jobs", tags: ["jobs"], querystring: ListJobsQuerySchema, response: { 200: ListJobsResponseSchema, ...errors } },
+      },
+      async (request) => {
+        const q = request.query;
+        const limit = Math.min(q.limit ?? 20, ctx.config.limits.maxPageSize);
+        const page = await pageOrThrow(() =>
+          ctx.store.listJobs(tenantOf(request), {
+            limit,
+            ...(q.status === undefined ? {} : { status: q.status }),
+            ...(q.cursor === undefined ? {} : { cursor: q.cursor }),
+          }),
+        );
+        return { jobs: page.items.map(jobSummary), total: page.total, has_more: page.nextCursor !== null, next_cursor: page.nextCursor };
+      },
+    );
+
+    // Registered before /v1/jobs/:job_id; find-my-way also prefers static segments.
+    app.get(
+      "/v1/jobs/history",
+      {
+        schema: { summary: "Finished jobs in a date range", tags: ["jobs"], querystring: HistoryQuerySchema, response: { 200: ListJobsResponseSchema, ...errors } },
+      },
+      async (request) => {
+        const q = request.query;
+        const from = parseRangeBound(q.from, false, "from");
+        const to = parseRangeBound(q.to, true, "to");
+        if (from > to) throw new ValidationError("from must not be after to", { field: "from" });
+        const limit = Math.min(q.limit ?? 50, ctx.config.limits.maxPageSize);
+        const page = await pageOrThrow(() =>
+          ctx.store.listHistory(tenantOf(request), { from, to, limit, ...(q.cursor === undefined ? {} : { cursor: q.cursor }) }),
+        );
+        return { jobs: page.items.map(jobSummary), total: page.total, has_more: page.nextCursor !== null, next_cursor: page.nextCursor };
+      },
+    );
+
+    app.get(
+      "/v1/jobs/:job_id",
+      { schema: { summary: "Job status", tags: ["jobs"], params: JobIdParamsSchema, response: { 200: JobStatusSchema, ...errors } } },
+      async (request) => {
+        const job = await ctx.store.getJob(tenantOf(request), request.params.job_id);
+        if (job === null) throw new NotFoundError("job_not_found", "no such job");
+        if (job.status !== "queued") return jobView(job);
+        return jobView(job, {
+          eligibleMiners: ctx.miners.eligibleMiners(job),
+          queuePosition: await ctx.store.queuePosition(job),
+        });
+      },
+    );
+
+    app.delete(
+      "/v1/jobs/:job_id",
+      { schema: { summary: "Cancel a job", tags: ["jobs"], params: JobIdParamsSchema, response: { 200: CancelResponseSchema, 202: CancelResponseSchema, ...errors } } },
+      async (request, reply) => {
+        const r = await ctx.store.requestCancel(tenantOf(request), request.params.job_id, ctx.now());
+        if (r === null) throw new NotFoundError("job_not_found", "no such job");
+        if (r.outcome === "conflict") {
+          throw new ConflictError("job_finished", `the job is already ${r.job.status}`, { job_id: r.job.id, status: r.job.status });
+        }
+        const body = { job_id: r.job.id, status: r.job.status, cancel_requested: r.job.cancelRequested };
+        return reply.code(r.outcome === "cancelled" ? 200 : 202).send(body);
+      },
+    );
+
+    app.get(
+      "/v1/jobs/:job_id/download",
+      { schema: { summary: "Download the result (JSON or text, per output_config.format)", tags: ["jobs"], params: JobIdParamsSchema } },
+      async (request, reply) => {
+        const job = await ctx.store.getJob(tenantOf(request), request.params.job_id);
+        if (job === null) throw new NotFoundError("job_not_found", "no such job");
+        if (job.status !== "completed" || job.result === null) {
+          throw new ConflictError("job_not_completed", `the job is ${job.status}; a result can be downloaded once it is completed`, {
+            job_id: job.id,
+            status: job.status,
+          });
+        }
+        const bytes = await ctx.results.read(job.result.location);
+        const output = bytes.toString("utf8");
+        if (job.outputFormat === "text") {
+          return reply
+            .type("text/plain; charset=utf-8")
+            .header("Content-Disposition", `attachment; filename="${job.id}.txt"`)
+            .header("Digest", `sha-256=${Buffer.from(job.result.sha256, "hex").toString("base64")}`)
+            .send(output);
+        }
+        return reply
+          .type("application/json; charset=utf-8")
+          .header("Content-Disposition", `attachment; filename="${job.id}.json"`)
+          .send(
+            JSON.stringify({
+              job_id: job.id,
+              model: job.model,
+              output,
+              finish_reason: job.result.finishReason,
+              usage: job.result.usage,
+              sha256: job.result.sha256,
+              parameters: job.parameters,
+              miner_id: job.minerId,
+              completed_at: job.completedAt === null ? null : new Date(job.completedAt).toISOString(),
+            }),
+          );
+      },
+    );
+  };
+}

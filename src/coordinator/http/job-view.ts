@@ -1,0 +1,60 @@
+import type { JobStatus } from "../../protocol/jobs.js";
+import type { JobRecord } from "../store/job-store.js";
+
+export function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
+}
+
+/** The job as GET /v1/jobs/{id} shows it (spec fields first, then ours). */
+export function jobView(job: JobRecord, queued?: { eligibleMiners: number; queuePosition: number }): JobStatus {
+  return {
+    job_id: job.id,
+    status: job.status,
+    model: job.model,
+    progress: Math.round(job.progress * 10) / 10,
+    miner_id: job.minerId,
+    created_at: new Date(job.createdAt).toISOString(),
+    started_at: iso(job.startedAt),
+    completed_at: iso(job.completedAt),
+    result:
+      job.result === null || job.status !== "completed"
+        ? null
+        : {
+            download_url: `/v1/jobs/${job.id}/download`,
+            format: job.outputFormat,
+            sha256: job.result.sha256,
+            bytes: job.result.bytes,
+            finish_reason: job.result.finishReason,
+            usage: job.result.usage,
+            tokens_per_second: job.result.tokensPerSecond,
+            destination: job.destination,
+          },
+    priority: job.priority,
+    attempt: job.attempt,
+    cancel_requested: job.cancelRequested,
+    error: job.error,
+    ...(queued === undefined ? {} : { eligible_miners: queued.eligibleMiners, queue_position: queued.queuePosition }),
+    parameters: { ...job.parameters },
+    requirements: { ...job.requirements },
+    output_config: { destination: job.destination, format: job.outputFormat },
+    timeout_seconds: job.timeoutSeconds,
+  };
+}
+
+export function jobSummary(job: JobRecord): {
+  job_id: string;
+  status: JobRecord["status"];
+  model: string;
+  progress: number;
+  created_at: string;
+  completed_at: string | null;
+} {
+  return {
+    job_id: job.id,
+    status: job.status,
+    model: job.model,
+    progress: Math.round(job.progress * 10) / 10,
+    created_at: new Date(job.createdAt).toISOString(),
+    completed_at: iso(job.completedAt),
+  };
+}

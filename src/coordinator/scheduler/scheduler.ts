@@ -1,0 +1,137 @@
+import type { Logger } from "../../common/logger.js";
+import { errorMessage } from "../../common/errors.js";
+import type { AssignFrame } from "../../protocol/frames.js";
+import type { CoordinatorContext } from "../context.js";
+import type { MinerSession } from "../gateway/miner-session.js";
+import { leaseKey } from "../gateway/miner-session.js";
+import type { ReapedJob } from "../store/job-store.js";
+
+/**
+ * Hands queued jobs to connected miners and keeps leases honest.
+ *
+ * Dispatch: whenever a miner pulls or a job becomes queued, every session with free slots
+ * (credits) claims the best job it can run from the store (priority, then age; matching by
+ * model and GPU requirements inside `claimNextJob`) and gets an `assign`. Runs are coalesced:
+ * a request during a run schedules one more run, never two at once.
+ *
+ * Reaper (every `reap_interval`): expired leases → requeued (attempt+1 on the next claim) or
+ * failed when the attempt budget is spent, or cancelled when a cancel was requested; runs past
+ * `timeout_seconds` → timed_out; queued past the queue TTL → expired. Miners that still hold a
+ * reaped lease are told to stop. After a coordinator start, leases get one TTL of grace before
+ * the reaper touches them, so miners can reconnect and resume.
+ */
+export class Scheduler {
+  private dispatching = false;
+  private again = false;
+  private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
+  private readonly startedAt: number;
+  private readonly log: Logger;
+  private reaping: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly ctx: CoordinatorContext,
+    private readonly sessions: () => Iterable<MinerSession>,
+    private readonly findSession: (minerId: string) => MinerSession | undefined,
+  ) {
+    this.startedAt = ctx.now();
+    this.log = ctx.log.child({ component: "scheduler" });
+  }
+
+  start(): void {
+    this.unsubscribe = this.ctx.events.onChange((e) => {
+      if (e.type === "queued" || e.type === "requeued") this.dispatch();
+      if (e.type === "cancel_requested") {
+        const minerId = typeof e.data.miner_id === "string" ? e.data.miner_id : undefined;
+        const attempt = typeof e.data.attempt === "number" ? e.data.attempt : undefined;
+        if (minerId !== undefined && attempt !== undefined) this.tellStop(minerId, e.jobId, attempt, "cancelled");
+      }
+    });
+    this.timer = setInterval(() => {
+      this.reaping = this.reap().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "reaper pass failed"));
+    }, this.ctx.config.scheduler.reapIntervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.unsubscribe?.();
+    if (this.timer !== undefined) clearInterval(this.timer);
+    await this.reaping;
+  }
+
+  /** Asks for a dispatch run (coalesced). */
+  dispatch(): void {
+    if (this.dispatching) {
+      this.again = true;
+      return;
+    }
+    this.dispatching = true;
+    void this.runDispatch()
+      .catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "dispatch failed"))
+      .finally(() => {
+        this.dispatching = false;
+        if (this.again) {
+          this.again = false;
+          this.dispatch();
+        }
+      });
+  }
+
+  private async runDispatch(): Promise<void> {
+    const { leaseTtlMs } = this.ctx.config.scheduler;
+    let progress = true;
+    // Round-robin: one job per miner per round, so one fast puller does not take the whole queue.
+    while (progress) {
+      progress = false;
+      for (const s of this.sessions()) {
+        if (s.credits <= 0 || s.draining) continue;
+        const a = await this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, this.ctx.now(), leaseTtlMs);
+        if (a === null) continue;
+        const frame: AssignFrame = {
+          type: "assign",
+          job: {
+            job_id: a.job.id,
+            model: a.job.model,
+            prompt: a.job.input,
+            parameters: a.job.parameters,
+            timeout_seconds: a.job.timeoutSeconds,
+          },
+          attempt: a.attempt,
+          lease_token: a.leaseToken,
+          lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
+        };
+        if (!s.send(frame)) {
+          // The socket closed between the claim and the send: give the job straight back.
+          await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
+          continue;
+        }
+        s.credits -= 1;
+        s.leases.add(leaseKey(a.job.id, a.attempt));
+        s.log.info({ jobId: a.job.id, attempt: a.attempt, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
+        progress = true;
+      }
+    }
+  }
+
+  /** One reaper pass; exposed for tests and for a prompt pass at start. */
+  async reap(): Promise<void> {
+    const now = this.ctx.now();
+    const { leaseTtlMs, queueTtlMs, requeueBackoffMs } = this.ctx.config.scheduler;
+    const reaped: ReapedJob[] = [];
+    if (now >= this.startedAt + leaseTtlMs) reaped.push(...(await this.ctx.store.reapExpiredLeases(now, requeueBackoffMs)));
+    reaped.push(...(await this.ctx.store.timeOutRunning(now)));
+    reaped.push(...(await this.ctx.store.expireQueued(now, queueTtlMs)));
+    for (const r of reaped) {
+      this.log.info({ jobId: r.jobId, attempt: r.attempt, minerId: r.minerId, outcome: r.outcome }, "lease reaped");
+      if (r.minerId !== null) this.tellStop(r.minerId, r.jobId, r.attempt, r.outcome === "timed_out" ? "timed_out" : r.outcome === "cancelled" ? "cancelled" : "lease_lost");
+    }
+  }
+
+  /** Tells the miner holding (job, attempt) to stop, if it is connected. */
+  tellStop(minerId: string, jobId: string, attempt: number, reason: string): void {
+    const s = this.findSession(minerId);
+    if (s === undefined) return;
+    s.send({ type: "cancel", job_id: jobId, attempt, reason });
+    s.log.info({ jobId, attempt, reason }, "told miner to stop");
+  }
+}
