@@ -8,6 +8,7 @@ import { registerGenerateCommand } from "./commands/generate.js";
 import { registerGpusCommand } from "./commands/gpus.js";
 import { registerMinerCommand } from "./commands/miner.js";
 import { registerModelsCommand } from "./commands/models.js";
+import { registerUpCommand } from "./commands/up.js";
 
 /**
  * The one CLI binary. Each subcommand lives in `src/bin/commands/<name>.ts` and exports a
@@ -21,7 +22,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerMinerCommand, registerModelsCommand];
+const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 

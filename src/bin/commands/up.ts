@@ -1,0 +1,114 @@
+import { existsSync } from "node:fs";
+import path from "node:path";
+import type { Command } from "commander";
+import { createLogger, type LogLevel } from "../../common/logger.js";
+import { loadCoordinatorConfig } from "../../coordinator/config.js";
+import { Coordinator } from "../../coordinator/coordinator.js";
+import { ensureLocalClientKey, ensureLocalMinerKey } from "../../coordinator/auth/local-key.js";
+import { buildModel } from "../../inference/models/build-model.js";
+import { RECIPES } from "../../inference/models/recipes.js";
+import { loadMinerConfig } from "../../miner/config.js";
+import { createEngine } from "../../miner/engine-factory.js";
+import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
+import { Miner } from "../../miner/miner.js";
+import { runUntilSignal } from "./coordinator.js";
+
+const DEFAULT_MODEL = "tiny-gpt2";
+
+/**
+ * `aitbc up` (what `npm start` runs): the coordinator and a local miner in one process, with the
+ * bundled tiny-gpt2 (built on first start if missing), on the GPU when one works and on CPU
+ * otherwise. Prints the URL, a client key and a ready-to-paste curl. Keys persist in the data
+ * dir, so later starts print the same key.
+ */
+export function registerUpCommand(program: Command): void {
+  program
+    .command("up")
+    .description("run the coordinator and a local miner with tiny-gpt2 (the one-machine setup)")
+    .option("--config <file>", "coordinator config file", "config/coordinator.toml")
+    .option("--miner-config <file>", "miner config file", "config/miner.toml")
+    .option("--port <port>", "listen port, 0 for any", (v) => Number.parseInt(v, 10))
+    .option("--data-dir <dir>", "data directory")
+    .option("--models-dir <dir>", "models directory", "models")
+    .option("--cpu", "run the local miner on CPU even when a GPU is present")
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "warn")
+    .action(async (opts: UpOptions, cmd: Command) => {
+      const config = loadCoordinatorConfig(opts.config, {
+        optional: cmd.getOptionValueSource("config") !== "cli",
+        overrides: { "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel },
+      });
+      const log = createLogger({ level: config.logLevel, name: "aitbc" });
+      const modelsDir = path.resolve(opts.modelsDir);
+      const modelDir = path.join(modelsDir, DEFAULT_MODEL);
+      if (!existsSync(path.join(modelDir, "config.json"))) {
+        process.stderr.write(`building ${DEFAULT_MODEL} in ${modelDir} …\n`);
+        await buildModel(RECIPES[DEFAULT_MODEL]!, modelDir);
+      }
+
+      const coordinator = new Coordinator({ config, log });
+      let miner: Miner | undefined;
+      await runUntilSignal(
+        {
+          start: async () => {
+            const url = await coordinator.start();
+            const clientKey = await ensureLocalClientKey(coordinator.store, config.dataDir);
+            const minerKey = await ensureLocalMinerKey(coordinator.store, config.dataDir);
+            const minerConfig = loadMinerConfig({
+              file: opts.minerConfig,
+              optional: cmd.getOptionValueSource("minerConfig") !== "cli",
+              overrides: {
+                "coordinator.url": url.replace(/^http/, "ws"),
+                "coordinator.key": minerKey.key,
+                "miner.name": "local",
+                "inference.models_dir": modelsDir,
+                "inference.models": [DEFAULT_MODEL],
+                "gpus.mode": opts.cpu === true ? "cpu" : undefined,
+              },
+            });
+            const detection = await detectGpus({ gpus: minerConfig.gpus });
+            const gpus = selectedGpus(detection);
+            const engine = createEngine(minerConfig, gpus.map((g) => g.index), log);
+            miner = new Miner({ config: minerConfig, engine, gpus, log });
+            await miner.start();
+            printBanner(url, clientKey.key, gpus.length);
+          },
+          stop: async () => {
+            await miner?.stop();
+            await coordinator.stop();
+          },
+        },
+        log,
+      );
+    });
+}
+
+function printBanner(url: string, key: string, gpuCount: number): void {
+  const q = (s: string): string => `'${s}'`;
+  const lines = [
+    "",
+    `aitbc is up: coordinator ${url}, local miner with ${DEFAULT_MODEL} on ${gpuCount > 0 ? `${gpuCount} GPU(s)` : "CPU"}`,
+    `API docs:   ${url}/docs`,
+    `client key: ${key}`,
+    "",
+    "Submit a job:",
+    `  curl -s -X POST ${url}/v1/jobs -H ${q(`Authorization: Bearer ${key}`)} -H 'Content-Type: application/json' \\`,
+    `    -d '{"model":"${DEFAULT_MODEL}","input":"The GPU network","parameters":{"max_new_tokens":64,"seed":7}}'`,
+    "Follow it (progress as Server-Sent Events), then download the result:",
+    `  curl -N ${url}/v1/jobs/JOB_ID/events -H ${q(`Authorization: Bearer ${key}`)}`,
+    `  curl -s ${url}/v1/jobs/JOB_ID/download -H ${q(`Authorization: Bearer ${key}`)}`,
+    "",
+    "Ctrl-C stops both (the miner finishes or hands back its jobs first).",
+    "",
+  ];
+  process.stdout.write(`${lines.join("\n")}\n`);
+}
+
+interface UpOptions {
+  config: string;
+  minerConfig: string;
+  port?: number;
+  dataDir?: string;
+  modelsDir: string;
+  cpu?: boolean;
+  logLevel: LogLevel;
+}
