@@ -285,7 +285,7 @@ export class SqliteJobStore implements JobStore {
   // ------------------------------------------------------------------ client side
 
   createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         if (job.idempotency !== undefined) {
           const existing = this.db
@@ -341,6 +341,10 @@ export class SqliteJobStore implements JobStore {
   }
 
   listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return settle(() => this.listJobsNow(tenant, q));
+  }
+
+  private listJobsNow(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Page<JobRecord> {
     const cursor = decodeCursor(q.cursor);
     const where = ["tenant = @tenant"];
     if (q.status !== undefined) where.push("status = @status");
@@ -350,10 +354,14 @@ export class SqliteJobStore implements JobStore {
     const rows = this.db
       .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, id DESC LIMIT @limit`)
       .all(params) as JobRow[];
-    return Promise.resolve(this.page(rows, q.limit, total, (r) => r.created_at));
+    return this.page(rows, q.limit, total, (r) => r.created_at);
   }
 
   listHistory(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return settle(() => this.listHistoryNow(tenant, q));
+  }
+
+  private listHistoryNow(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Page<JobRecord> {
     const cursor = decodeCursor(q.cursor);
     const where = [
       "tenant = @tenant",
@@ -367,7 +375,7 @@ export class SqliteJobStore implements JobStore {
     const rows = this.db
       .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, id DESC LIMIT @limit`)
       .all(params) as JobRow[];
-    return Promise.resolve(this.page(rows, q.limit, total, (r) => r.completed_at ?? 0));
+    return this.page(rows, q.limit, total, (r) => r.completed_at ?? 0);
   }
 
   private page(rows: JobRow[], limit: number, total: number, key: (r: JobRow) => number): Page<JobRecord> {
@@ -382,7 +390,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   requestCancel(tenant: string, jobId: string, now: number): Promise<CancelOutcome | null> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit): CancelOutcome | null => {
         const r = this.row(jobId);
         if (r === undefined || r.tenant !== tenant) return null;
@@ -424,7 +432,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   createFile(tenant: string, content: string, sha: string, now: number): Promise<FileRecord> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx(() => {
         const id = randomId("file_");
         const bytes = Buffer.byteLength(content);
@@ -460,7 +468,7 @@ export class SqliteJobStore implements JobStore {
 
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
     if (miner.models.length === 0) return Promise.resolve(null);
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const marks = miner.models.map(() => "?").join(",");
         const select = this.db.prepare(
@@ -497,7 +505,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref) || r.status !== "assigned") return false;
@@ -519,7 +527,7 @@ export class SqliteJobStore implements JobStore {
     leaseTtlMs: number,
     progress?: number,
   ): Promise<{ renewed: boolean; cancelRequested: boolean }> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx(() => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref)) return { renewed: false, cancelRequested: false };
@@ -532,7 +540,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   commitResult(ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit): CommitOutcome => {
         const r = this.row(ref.jobId);
         if (r === undefined) return "stale";
@@ -555,7 +563,7 @@ export class SqliteJobStore implements JobStore {
     now: number,
     requeueBackoffMs: number,
   ): Promise<FailOutcome> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit): FailOutcome => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref)) return "stale";
@@ -579,7 +587,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   releaseLease(ref: LeaseRef, now: number): Promise<"requeued" | "cancelled" | "stale"> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref)) return "stale";
@@ -594,7 +602,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const rows = this.db
           .prepare("SELECT * FROM jobs WHERE status IN ('assigned','running') AND lease_expires_at < ?")
@@ -619,7 +627,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const rows = this.db.prepare("SELECT * FROM jobs WHERE status = 'queued' AND created_at < ?").all(now - queueTtlMs) as JobRow[];
         return rows.map((r): ReapedJob => {
@@ -633,7 +641,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   timeOutRunning(now: number): Promise<ReapedJob[]> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx((emit) => {
         const rows = this.db
           .prepare("SELECT * FROM jobs WHERE status = 'running' AND attempt_started_at + timeout_seconds * 1000 < ?")
@@ -656,7 +664,7 @@ export class SqliteJobStore implements JobStore {
   // ------------------------------------------------------------------ keys
 
   createKey(kind: "client" | "miner", name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx(() => {
         const id = randomId("", 12);
         const secret = randomBytes(24).toString("base64url");
@@ -683,7 +691,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   revokeKey(id: string, now: number): Promise<boolean> {
-    return Promise.resolve(
+    return settle(() =>
       this.tx(() => this.db.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1),
     );
   }
@@ -694,6 +702,18 @@ export class SqliteJobStore implements JobStore {
       this.db.close();
     }
     return Promise.resolve();
+  }
+}
+
+/**
+ * The verbs run synchronously (better-sqlite3) but promise a result: a throw must become a
+ * rejected promise, not escape before the caller has a promise to catch on.
+ */
+function settle<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
   }
 }
 
