@@ -6,6 +6,7 @@ import { registerCoordinatorCommand } from "./commands/coordinator.js";
 import { registerDoctorCommand } from "./commands/doctor.js";
 import { registerGenerateCommand } from "./commands/generate.js";
 import { registerGpusCommand } from "./commands/gpus.js";
+import { registerKeysCommand } from "./commands/keys.js";
 import { registerMinerCommand } from "./commands/miner.js";
 import { registerModelsCommand } from "./commands/models.js";
 import { registerUpCommand } from "./commands/up.js";
@@ -22,7 +23,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
+const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 
