@@ -245,6 +245,7 @@ export class OnnxEngine implements Engine {
       intraOpThreads: this.config.intraOpThreads,
       interOpThreads: this.config.interOpThreads,
       graphOptimizationLevel: this.config.graphOptimizationLevel,
+      threadSpinning: this.config.threadSpinning ?? true,
     };
     try {
       const specs: WorkerModelSpec[] = [];

@@ -17,6 +17,8 @@ export interface SessionSettings {
   /** 0 = onnxruntime's choice. */
   interOpThreads: number;
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
+  /** intra_op.allow_spinning; default true. */
+  threadSpinning?: boolean;
 }
 
 export interface CreatedSession {
@@ -61,6 +63,7 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
     // leaves half the memory bandwidth unused: decoding is memory-bound, so use every CPU.
     intraOpNumThreads: settings.intraOpThreads > 0 ? settings.intraOpThreads : availableParallelism(),
     ...(settings.interOpThreads > 0 ? { interOpNumThreads: settings.interOpThreads } : {}),
+    ...(settings.threadSpinning === false ? { extra: { session: { "intra_op.allow_spinning": "0" } } } : {}),
   };
 }
 
