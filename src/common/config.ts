@@ -118,7 +118,7 @@ export function loadConfig<S extends TObject>(schema: S, options: LoadConfigOpti
     }
     if (text !== undefined) {
       try {
-        fromFile = parseToml(text) as Json;
+        fromFile = parseToml(text);
       } catch (err) {
         throw new ConfigError(`${file}: not valid TOML: ${errorMessage(err)}`, { file });
       }
@@ -160,7 +160,7 @@ export function loadConfig<S extends TObject>(schema: S, options: LoadConfigOpti
       errors: errors.map((e) => ({ key: e.path, message: e.message })),
     });
   }
-  return { config: merged as Static<S>, sources, file };
+  return { config: merged, sources, file };
 }
 
 /** Runs a compile step and reports its failure as a ConfigError naming the key. */

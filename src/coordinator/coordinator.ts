@@ -141,7 +141,7 @@ export class Coordinator {
     await app.register(eventsRoute(ctx));
     await app.register(fileRoutes(ctx));
     await app.register(async (scope) => gateway.register(scope));
-    app.get("/openapi.json", { schema: { hide: true } as Record<string, unknown> }, async () => app.swagger());
+    app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
     await app.ready();
     return app;
   }
