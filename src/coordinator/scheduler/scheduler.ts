@@ -125,6 +125,13 @@ export class Scheduler {
       this.log.info({ jobId: r.jobId, attempt: r.attempt, minerId: r.minerId, outcome: r.outcome }, "lease reaped");
       if (r.minerId !== null) this.tellStop(r.minerId, r.jobId, r.attempt, r.outcome === "timed_out" ? "timed_out" : r.outcome === "cancelled" ? "cancelled" : "lease_lost");
     }
+    // Requeued jobs wait out their backoff (not_before); nothing else wakes the dispatcher then.
+    for (const s of this.sessions()) {
+      if (s.credits > 0 && !s.draining) {
+        this.dispatch();
+        break;
+      }
+    }
   }
 
   /** Tells the miner holding (job, attempt) to stop, if it is connected. */
