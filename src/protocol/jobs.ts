@@ -162,4 +162,9 @@ export const ProblemSchema = Type.Object({
   detail: Type.String(),
   retryable: Type.Optional(Type.Boolean()),
   errors: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
-});
+  /** The job a 409 is about, and the state it is in. */
+  job_id: Type.Optional(Type.String()),
+  state: Type.Optional(JobStateSchema),
+  /** On 429 and 503: seconds to wait (also in Retry-After). */
+  retry_after_seconds: Type.Optional(Type.Number()),
+}, { additionalProperties: true });

@@ -137,6 +137,8 @@ export function jobStoreContract(name: string, factory: () => Promise<StoreHarne
         } while (cursor !== undefined);
         expect(seen.length).toBe(7);
         expect(new Set(seen)).toEqual(ids);
+        // Ties are broken by submission order: newest submitted first.
+        expect(seen).toEqual([...ids].reverse());
       });
 
       it("lists finished jobs by completion time within [from, to]", async () => {

@@ -218,7 +218,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         const r = await ctx.store.requestCancel(tenantOf(request), request.params.job_id, ctx.now());
         if (r === null) throw new NotFoundError("job_not_found", "no such job");
         if (r.outcome === "conflict") {
-          throw new ConflictError("job_finished", `the job is already ${r.job.status}`, { job_id: r.job.id, status: r.job.status });
+          throw new ConflictError("job_finished", `the job is already ${r.job.status}`, { job_id: r.job.id, state: r.job.status });
         }
         const body = { job_id: r.job.id, status: r.job.status, cancel_requested: r.job.cancelRequested };
         return reply.code(r.outcome === "cancelled" ? 200 : 202).send(body);
@@ -234,7 +234,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         if (job.status !== "completed" || job.result === null) {
           throw new ConflictError("job_not_completed", `the job is ${job.status}; a result can be downloaded once it is completed`, {
             job_id: job.id,
-            status: job.status,
+            state: job.status,
           });
         }
         const bytes = await ctx.results.read(job.result.location);

@@ -35,7 +35,9 @@ const TITLES: Record<number, string> = {
 };
 
 export function problem(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): Problem {
-  return { type: `https://aitbc.dev/problems/${code}`, title: TITLES[status] ?? "Error", status, code, detail, ...extra };
+  // Extra fields come first so that a detail named like a standard member (e.g. a job's
+  // `status`) can never replace the HTTP status or the code.
+  return { ...extra, type: `https://aitbc.dev/problems/${code}`, title: TITLES[status] ?? "Error", status, code, detail };
 }
 
 export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {

@@ -135,17 +135,20 @@ function sha256(text: string): Buffer {
   return createHash("sha256").update(text).digest();
 }
 
-/** Cursors are opaque to clients: base64url of the last row's (sort key, id). */
-function encodeCursor(sortKey: number, id: string): string {
-  return Buffer.from(JSON.stringify([sortKey, id])).toString("base64url");
+/**
+ * Cursors are opaque to clients: base64url of the last row's (sort key, insertion seq). The seq
+ * breaks ties between jobs of the same millisecond in submission order (a random id would not).
+ */
+function encodeCursor(sortKey: number, seq: number): string {
+  return Buffer.from(JSON.stringify([sortKey, seq])).toString("base64url");
 }
 
-function decodeCursor(cursor: string | undefined): [number, string] | undefined {
+function decodeCursor(cursor: string | undefined): [number, number] | undefined {
   if (cursor === undefined) return undefined;
   try {
     const v = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as unknown;
-    if (Array.isArray(v) && v.length === 2 && typeof v[0] === "number" && typeof v[1] === "string") {
-      return [v[0], v[1]];
+    if (Array.isArray(v) && v.length === 2 && Number.isInteger(v[0]) && Number.isInteger(v[1])) {
+      return [v[0] as number, v[1] as number];
     }
   } catch {
     // fall through
@@ -348,11 +351,11 @@ export class SqliteJobStore implements JobStore {
     const cursor = decodeCursor(q.cursor);
     const where = ["tenant = @tenant"];
     if (q.status !== undefined) where.push("status = @status");
-    const params = { tenant, status: q.status ?? null, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cid: cursor?.[1] ?? "" };
+    const params = { tenant, status: q.status ?? null, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
     const total = (this.db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
-    if (cursor !== undefined) where.push("(created_at < @ck OR (created_at = @ck AND id < @cid))");
+    if (cursor !== undefined) where.push("(created_at < @ck OR (created_at = @ck AND seq < @cseq))");
     const rows = this.db
-      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, id DESC LIMIT @limit`)
+      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, seq DESC LIMIT @limit`)
       .all(params) as JobRow[];
     return this.page(rows, q.limit, total, (r) => r.created_at);
   }
@@ -369,11 +372,11 @@ export class SqliteJobStore implements JobStore {
       "status IN ('completed','failed','cancelled','timed_out','expired')",
       "completed_at >= @from AND completed_at <= @to",
     ];
-    const params = { tenant, from: q.from, to: q.to, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cid: cursor?.[1] ?? "" };
+    const params = { tenant, from: q.from, to: q.to, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
     const total = (this.db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
-    if (cursor !== undefined) where.push("(completed_at < @ck OR (completed_at = @ck AND id < @cid))");
+    if (cursor !== undefined) where.push("(completed_at < @ck OR (completed_at = @ck AND seq < @cseq))");
     const rows = this.db
-      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, id DESC LIMIT @limit`)
+      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, seq DESC LIMIT @limit`)
       .all(params) as JobRow[];
     return this.page(rows, q.limit, total, (r) => r.completed_at ?? 0);
   }
@@ -385,7 +388,7 @@ export class SqliteJobStore implements JobStore {
     return {
       items: items.map(toJob),
       total,
-      nextCursor: more && last !== undefined ? encodeCursor(key(last), last.id) : null,
+      nextCursor: more && last !== undefined ? encodeCursor(key(last), last.seq) : null,
     };
   }
 
