@@ -2,6 +2,7 @@
 import { Command, CommanderError } from "commander";
 import { AppError, toAppError } from "../common/errors.js";
 import { packageVersion } from "../common/package-info.js";
+import { registerConfigCommand } from "./commands/config.js";
 import { registerCoordinatorCommand } from "./commands/coordinator.js";
 import { registerDoctorCommand } from "./commands/doctor.js";
 import { registerGenerateCommand } from "./commands/generate.js";
@@ -23,7 +24,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
+const registrations: ((p: Command) => void)[] = [registerConfigCommand, registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 
