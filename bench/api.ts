@@ -1,0 +1,168 @@
+/**
+ * `npm run bench:api`: throughput and latency of the client REST API under load, next to the
+ * framework ceiling on the same machine in the same run.
+ *
+ * - ours: `aitbc coordinator` as a child process over a fresh SQLite data dir (WAL,
+ *   synchronous=FULL, so every submit is a durable commit), rate limits and the per-tenant queue
+ *   cap raised through AITBC_COORDINATOR_* environment variables so the limiter never answers.
+ * - peer: bare fastify (bench/api-peer.ts) in its own child process, constant JSON, no auth,
+ *   no store: the most any fastify route can do here.
+ * - load: autocannon in this process (a second process to both servers).
+ *
+ * Scenarios: GET status (ours: GET /v1/jobs/{id} with auth, store read, rate limiter; peer:
+ * constant JSON) and POST submit (ours: POST /v1/jobs, validated, estimated, committed; peer:
+ * constant 201). Rounds alternate peer and ours so load from other processes falls on both
+ * alike; the table shows the median over rounds, and ends with the ratio ours/peer.
+ *
+ * Both servers log at "warn" (the coordinator's per-request info lines would otherwise measure
+ * pino's stdout). Environment: BENCH_SECONDS (per run, default 5), BENCH_ROUNDS (default 3),
+ * BENCH_CONNECTIONS (default 32).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+import { databasePath } from "../src/coordinator/coordinator.js";
+import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
+
+interface CannonResult {
+  requests: { average: number };
+  latency: { p50: number; p99: number };
+  non2xx: number;
+  errors: number;
+  timeouts: number;
+}
+type Cannon = (opts: Record<string, unknown>) => Promise<CannonResult>;
+const autocannon = createRequire(import.meta.url)("autocannon") as Cannon;
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+
+const SUBMIT_BODY = JSON.stringify({
+  model: "gpt2",
+  input: "Once upon a time",
+  output_config: { destination: "local", format: "json" },
+  requirements: { gpu_type: "v100", gpu_count: 1, min_vram_gb: 16 },
+  priority: "normal",
+  timeout_seconds: 3600,
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function tsx(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+}
+
+async function startPeer(): Promise<{ child: ChildProcess; url: string }> {
+  const child = tsx([path.join(ROOT, "bench/api-peer.ts")]);
+  const lines = createInterface({ input: child.stdout! });
+  for await (const line of lines) {
+    const { port } = JSON.parse(line) as { port: number };
+    return { child, url: `http://127.0.0.1:${port}` };
+  }
+  throw new Error("peer exited before listening");
+}
+
+async function startCoordinator(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
+  const port = await freePort();
+  const child = tsx([path.join(ROOT, "src/bin/aitbc.ts"), "coordinator", "--port", String(port), "--data-dir", dataDir, "--log-level", "warn"], {
+    AITBC_COORDINATOR_LIMITS_REQUESTS_PER_MINUTE: "1000000000",
+    AITBC_COORDINATOR_LIMITS_REQUESTS_PER_HOUR: "1000000000",
+    AITBC_COORDINATOR_LIMITS_MAX_QUEUED_JOBS_PER_TENANT: "1000000000",
+  });
+  child.stdout?.resume();
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`coordinator exited with ${child.exitCode}`);
+    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+    if (ok) return { child, url };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("coordinator did not become ready");
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  await exited;
+}
+
+async function load(url: string, method: "GET" | "POST", headers: Record<string, string>, body?: string): Promise<CannonResult> {
+  const r = await autocannon({ url, method, headers, connections: CONNECTIONS, duration: SECONDS, ...(body === undefined ? {} : { body }) });
+  if (r.non2xx > 0 || r.errors > 0 || r.timeouts > 0) {
+    throw new Error(`${method} ${url}: ${r.non2xx} non-2xx, ${r.errors} errors, ${r.timeouts} timeouts`);
+  }
+  return r;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+async function main(): Promise<void> {
+  const dataDir = await mkdtemp(path.join(tmpdir(), "aitbc-bench-api-"));
+  // The key is made before the coordinator starts, straight in its store (what `aitbc keys create` does).
+  const keyStore = new SqliteJobStore(databasePath(dataDir));
+  const { key } = await keyStore.createKey("client", "bench", "bench", Date.now());
+  await keyStore.close();
+
+  const peer = await startPeer();
+  const ours = await startCoordinator(dataDir);
+  const auth = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+  const results: Record<string, CannonResult[]> = { "status peer": [], "status ours": [], "submit peer": [], "submit ours": [] };
+  try {
+    const first = await fetch(`${ours.url}/v1/jobs`, { method: "POST", headers: auth, body: SUBMIT_BODY });
+    const { job_id: jobId } = (await first.json()) as { job_id: string };
+    // Warm-up (JIT, SQLite page cache) not counted.
+    await autocannon({ url: `${ours.url}/v1/jobs/${jobId}`, headers: auth, connections: CONNECTIONS, duration: 1 });
+    await autocannon({ url: `${peer.url}/peer/${jobId}`, connections: CONNECTIONS, duration: 1 });
+    for (let round = 1; round <= ROUNDS; round++) {
+      process.stderr.write(`round ${round}/${ROUNDS}\n`);
+      results["status peer"]!.push(await load(`${peer.url}/peer/${jobId}`, "GET", {}));
+      results["status ours"]!.push(await load(`${ours.url}/v1/jobs/${jobId}`, "GET", auth));
+      results["submit peer"]!.push(await load(`${peer.url}/peer`, "POST", { "content-type": "application/json" }, SUBMIT_BODY));
+      results["submit ours"]!.push(await load(`${ours.url}/v1/jobs`, "POST", auth, SUBMIT_BODY));
+    }
+  } finally {
+    await stop(ours.child);
+    await stop(peer.child);
+    await rm(dataDir, { recursive: true, force: true });
+  }
+
+  const row = (name: string): { rps: number; p50: number; p99: number } => {
+    const rs = results[name]!;
+    return { rps: median(rs.map((r) => r.requests.average)), p50: median(rs.map((r) => r.latency.p50)), p99: median(rs.map((r) => r.latency.p99)) };
+  };
+  const lines = [
+    `client API under load: ${CONNECTIONS} connections, ${SECONDS}s per run, median of ${ROUNDS} rounds (node ${process.version})`,
+    "",
+    `${"scenario".padEnd(14)}${"req/s".padStart(10)}${"p50 ms".padStart(9)}${"p99 ms".padStart(9)}`,
+  ];
+  for (const name of Object.keys(results)) {
+    const r = row(name);
+    lines.push(`${name.padEnd(14)}${r.rps.toFixed(0).padStart(10)}${r.p50.toFixed(1).padStart(9)}${r.p99.toFixed(1).padStart(9)}`);
+  }
+  const ratio = (kind: string): string => (row(`${kind} ours`).rps / row(`${kind} peer`).rps).toFixed(2);
+  lines.push("", `ratio ours/peer (req/s): status ${ratio("status")}, submit ${ratio("submit")}`);
+  process.stdout.write(`${lines.join("\n")}\n`);
+}
+
+await main();
