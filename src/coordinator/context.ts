@@ -5,6 +5,7 @@ import type { CoordinatorConfig } from "./config.js";
 import type { ResultStore } from "./results/result-store.js";
 import type { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
+import type { CoordinatorMetrics } from "./metrics.js";
 
 /** Connected miners, as the client API needs to see them ("how many could run this job"). */
 export interface MinerDirectory {
@@ -23,6 +24,7 @@ export interface CoordinatorContext {
   events: JobEvents;
   miners: MinerDirectory;
   limiter: RateLimiter;
+  metrics: CoordinatorMetrics;
   log: Logger;
   now: () => number;
 }

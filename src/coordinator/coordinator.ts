@@ -17,6 +17,7 @@ import { healthRoutes } from "./http/health-routes.js";
 import { jobRoutes } from "./http/job-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { LocalResultStore } from "./results/result-store.js";
+import { CoordinatorMetrics } from "./metrics.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import { SqliteJobStore } from "./store/sqlite-job-store.js";
@@ -30,7 +31,7 @@ export interface CoordinatorOptions {
 
 type CoordinatorState = "created" | "starting" | "running" | "stopping" | "stopped";
 
-const PUBLIC = [/^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/, /^\/docs(\/.*)?$/, new RegExp(`^${MINER_GATEWAY_PATH}$`)];
+const PUBLIC = [/^\/metrics$/, /^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/, /^\/docs(\/.*)?$/, new RegExp(`^${MINER_GATEWAY_PATH}$`)];
 
 export function databasePath(dataDir: string): string {
   return path.join(dataDir, "coordinator.db");
@@ -92,11 +93,13 @@ export class Coordinator {
         { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
         { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
       ]),
+      metrics: new CoordinatorMetrics(),
       log,
       now: this.options.now ?? Date.now,
     };
     const gateway = new MinerGateway(ctx);
     ctx.miners = gateway;
+    ctx.metrics.bind({ countByState: () => store.countByState(), miners: () => gateway.miners() });
     this.ctxInstance = ctx;
     this.gatewayInstance = gateway;
     try {
@@ -141,6 +144,9 @@ export class Coordinator {
     await app.register(eventsRoute(ctx));
     await app.register(fileRoutes(ctx));
     await app.register(async (scope) => gateway.register(scope));
+    app.get("/metrics", { schema: { hide: true } }, async (_request, reply) =>
+      reply.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics()),
+    );
     app.get("/openapi.json", { schema: { hide: true } }, async () => app.swagger());
     await app.ready();
     return app;

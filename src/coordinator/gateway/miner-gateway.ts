@@ -67,6 +67,11 @@ export class MinerGateway implements MinerDirectory {
     return this.sessions.size;
   }
 
+  /** Connected miners (for metrics and status). */
+  miners(): MinerSession[] {
+    return [...this.sessions.values()];
+  }
+
   /** Registers the route; @fastify/websocket must already be registered on `app`. */
   register(app: FastifyInstance): void {
     app.get(
@@ -272,6 +277,7 @@ export class MinerGateway implements MinerDirectory {
     s.chunks.delete(k);
     const assembled = assembleResult(f, chunks);
     if (!assembled.ok) {
+      this.ctx.metrics.results.inc({ outcome: "invalid" });
       s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: "invalid", message: assembled.reason });
       return;
     }
@@ -305,6 +311,7 @@ export class MinerGateway implements MinerDirectory {
       if (after?.result?.location !== stored.location) await this.ctx.results.remove(stored.location);
     }
     s.leases.delete(k);
+    this.ctx.metrics.results.inc({ outcome });
     s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: outcome });
     s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome, bytes: stored.bytes }, "result received");
   }

@@ -29,7 +29,8 @@ export function registerAuth(app: FastifyInstance, ctx: CoordinatorContext, isPu
   app.decorateRequest("apiKey", null);
   app.addHook("onRequest", async (request: FastifyRequest, reply: FastifyReply) => {
     const url = request.url.split("?")[0] ?? "";
-    if (isPublic(url)) return;
+    // Only the client API needs a key; any other path is public or answered 404 by the router.
+    if (isPublic(url) || !(url === "/v1" || url.startsWith("/v1/"))) return;
     const token = bearerToken(request.headers.authorization);
     const key = token === undefined ? null : await ctx.store.authenticate(token, "client");
     if (key === null) {
@@ -47,6 +48,7 @@ export function registerAuth(app: FastifyInstance, ctx: CoordinatorContext, isPu
     if (!d.allowed) {
       void reply.header("Retry-After", String(d.retryAfterSeconds));
       request.log.info({ keyId: key.id }, "rate limited");
+      ctx.metrics.rateLimited.inc();
       return sendProblem(
         reply,
         problem(429, "rate_limited", `too many requests for this API key; retry in ${d.retryAfterSeconds} s`, {

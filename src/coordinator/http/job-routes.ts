@@ -149,7 +149,10 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           throw err;
         }
         const { job, created } = result;
-        if (created) request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");
+        if (created) {
+          request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");
+          ctx.metrics.submitted.inc();
+        }
         return reply.code(created ? 201 : 200).send({
           job_id: job.id,
           estimated_cost: job.estimatedCost,

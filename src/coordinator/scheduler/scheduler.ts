@@ -28,6 +28,7 @@ export class Scheduler {
   private readonly startedAt: number;
   private readonly log: Logger;
   private reaping: Promise<void> = Promise.resolve();
+  private readonly dueTimers = new Set<NodeJS.Timeout>();
 
   constructor(
     private readonly ctx: CoordinatorContext,
@@ -41,6 +42,8 @@ export class Scheduler {
   start(): void {
     this.unsubscribe = this.ctx.events.onChange((e) => {
       if (e.type === "queued" || e.type === "requeued") this.dispatch();
+      // A requeued job waits out its backoff (not_before); nothing else would wake dispatch then.
+      if (e.type === "requeued") void this.dispatchWhenDue(e.jobId);
       if (e.type === "cancel_requested") {
         const minerId = typeof e.data.miner_id === "string" ? e.data.miner_id : undefined;
         const attempt = typeof e.data.attempt === "number" ? e.data.attempt : undefined;
@@ -56,6 +59,8 @@ export class Scheduler {
   async stop(): Promise<void> {
     this.unsubscribe?.();
     if (this.timer !== undefined) clearInterval(this.timer);
+    for (const t of this.dueTimers) clearTimeout(t);
+    this.dueTimers.clear();
     await this.reaping;
   }
 
@@ -75,6 +80,24 @@ export class Scheduler {
           this.dispatch();
         }
       });
+  }
+
+  /** Asks for a dispatch run once a requeued job's backoff is over. */
+  private async dispatchWhenDue(jobId: string): Promise<void> {
+    try {
+      const job = await this.ctx.store.getJobById(jobId);
+      if (job === null || job.status !== "queued") return;
+      const waitMs = job.notBefore - this.ctx.now();
+      if (waitMs <= 0) return; // the dispatch asked for with the event can already claim it
+      const t = setTimeout(() => {
+        this.dueTimers.delete(t);
+        this.dispatch();
+      }, waitMs + 1);
+      t.unref();
+      this.dueTimers.add(t);
+    } catch (err) {
+      this.log.error({ err: errorMessage(err), jobId }, "scheduling a dispatch after backoff failed");
+    }
   }
 
   private async runDispatch(): Promise<void> {
@@ -106,6 +129,7 @@ export class Scheduler {
           continue;
         }
         s.credits -= 1;
+        this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
         s.leases.add(leaseKey(a.job.id, a.attempt));
         s.log.info({ jobId: a.job.id, attempt: a.attempt, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
         progress = true;
@@ -123,6 +147,7 @@ export class Scheduler {
     reaped.push(...(await this.ctx.store.expireQueued(now, queueTtlMs)));
     for (const r of reaped) {
       this.log.info({ jobId: r.jobId, attempt: r.attempt, minerId: r.minerId, outcome: r.outcome }, "lease reaped");
+      this.ctx.metrics.reaped.inc({ outcome: r.outcome });
       if (r.minerId !== null) this.tellStop(r.minerId, r.jobId, r.attempt, r.outcome === "timed_out" ? "timed_out" : r.outcome === "cancelled" ? "cancelled" : "lease_lost");
     }
     // Requeued jobs wait out their backoff (not_before); nothing else wakes the dispatcher then.

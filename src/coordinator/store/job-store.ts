@@ -169,6 +169,8 @@ export interface JobStore {
   listHistory(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Promise<Page<JobRecord>>;
   requestCancel(tenant: string, jobId: string, now: number): Promise<CancelOutcome | null>;
   countQueued(filter: { tenant?: string; model?: string }): Promise<number>;
+  /** Jobs of all tenants by state (for metrics). */
+  countByState(): Promise<Partial<Record<JobState, number>>>;
   /** Queued jobs created before this one that would be picked first (same or higher priority). */
   queuePosition(job: JobRecord): Promise<number>;
   createFile(tenant: string, content: string, sha256: string, now: number): Promise<FileRecord>;

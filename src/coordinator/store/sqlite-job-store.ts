@@ -422,6 +422,11 @@ export class SqliteJobStore implements JobStore {
     return Promise.resolve(row.n);
   }
 
+  countByState(): Promise<Partial<Record<JobState, number>>> {
+    const rows = this.db.prepare("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").all() as { status: JobState; n: number }[];
+    return Promise.resolve(Object.fromEntries(rows.map((r) => [r.status, r.n])));
+  }
+
   queuePosition(job: JobRecord): Promise<number> {
     const row = this.db
       .prepare(
