@@ -33,7 +33,7 @@ function leaves(): [string, string, TSchema][] {
   for (const [section, s] of Object.entries(CoordinatorConfigSchema.properties)) {
     const obj = s as TSchema;
     if (obj[Kind] === "Object") {
-      for (const [key, leaf] of Object.entries((obj as TObject).properties)) out.push([section, key, leaf as TSchema]);
+      for (const [key, leaf] of Object.entries((obj as TObject).properties)) out.push([section, key, leaf]);
     } else {
       out.push([section, "", obj]);
     }
