@@ -313,7 +313,10 @@ export class Cluster {
 
   /** The last lines of every child's output, for a failing test's report. */
   tails(lines = 40): string {
-    return this.all.map((p) => `--- ${p.label} ---\n${p.output.split("\n").slice(-lines).join("\n")}`).join("\n");
+    const noise = /"msg":"(incoming request|request completed)"/;
+    return this.all
+      .map((p) => `--- ${p.label} ---\n${p.output.split("\n").filter((l) => !noise.test(l)).slice(-lines).join("\n")}`)
+      .join("\n");
   }
 
   async close(): Promise<void> {

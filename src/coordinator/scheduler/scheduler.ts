@@ -25,7 +25,7 @@ export class Scheduler {
   private again = false;
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
-  private readonly startedAt: number;
+  private startedAt: number;
   private readonly log: Logger;
   private reaping: Promise<void> = Promise.resolve();
   private readonly dueTimers = new Set<NodeJS.Timeout>();
@@ -40,6 +40,9 @@ export class Scheduler {
   }
 
   start(): void {
+    // The grace counts from when miners can reconnect (the server listens), not from construction:
+    // building the app can take longer than a lease TTL on a busy host.
+    this.startedAt = this.ctx.now();
     this.unsubscribe = this.ctx.events.onChange((e) => {
       if (e.type === "queued" || e.type === "requeued") this.dispatch();
       // A requeued job waits out its backoff (not_before); nothing else would wake dispatch then.
