@@ -1,10 +1,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/common/logger.js";
 import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
-import { Coordinator } from "../../src/coordinator/coordinator.js";
+import { Coordinator, databasePath } from "../../src/coordinator/coordinator.js";
 
 /**
  * The client REST API end to end: a real Coordinator on port 0 with a real SQLite file in a
@@ -530,5 +531,27 @@ describe("restart", () => {
     const retried = await call(second.url, "POST", "/v1/jobs", key, SUBMIT, { "idempotency-key": "restart-key" });
     expect(retried.body.job_id).toBe(idem.body.job_id);
     expect((await call(second.url, "GET", "/v1/jobs?limit=100", key)).body.total).toBe(5);
+  });
+});
+
+describe("storage faults", () => {
+  it("answers 503 with Retry-After, not 500, while the database is locked, and recovers", async () => {
+    const s = await startCoordinator();
+    const key = await clientKey(s.coordinator);
+    const queued = await submit(s.url, key);
+    // Another process holding the write lock (e.g. a long `aitbc keys` run or a backup).
+    const other = new Database(databasePath(s.dir));
+    other.exec("BEGIN EXCLUSIVE");
+    try {
+      const a = await call(s.url, "POST", "/v1/jobs", key, SUBMIT);
+      expectProblem(a, 503, "unavailable");
+      expect(Number(a.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+      expect(a.body.retryable).toBe(true);
+    } finally {
+      other.exec("ROLLBACK");
+      other.close();
+    }
+    expect((await call(s.url, "GET", `/v1/jobs/${queued}`, key)).body.status).toBe("queued");
+    await submit(s.url, key);
   });
 });
