@@ -3,6 +3,7 @@ import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { errorMessage } from "../../src/common/errors.js";
 import { databasePath } from "../../src/coordinator/coordinator.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
 
@@ -58,7 +59,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T>, ok: (v: T) 
     }
     await sleep(everyMs);
   }
-  throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}${lastErr === undefined ? "" : ` (${String(lastErr)})`}`);
+  throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}${lastErr === undefined ? "" : ` (${errorMessage(lastErr)})`}`);
 }
 
 export function sleep(ms: number): Promise<void> {
