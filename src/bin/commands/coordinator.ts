@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
 import { loadCoordinatorConfig } from "../../coordinator/config.js";
 import { Coordinator } from "../../coordinator/coordinator.js";
+import { SystemdNotifier } from "../../common/systemd-notify.js";
 
 /**
  * `aitbc coordinator --config config/coordinator.toml`: the coordinator (client REST API, miner
@@ -29,15 +30,27 @@ export function registerCoordinatorCommand(program: Command): void {
       });
       const log = createLogger({ level: config.logLevel, name: "coordinator" });
       const coordinator = new Coordinator({ config, log });
-      await runUntilSignal(coordinator, log);
+      await runUntilSignal(coordinator, log, async () => {
+        const queued = await coordinator.store.countQueued({});
+        return `${coordinator.gateway.connectedMiners()} miners connected, ${queued} jobs queued, listening on ${coordinator.url}`;
+      });
     });
 }
 
-/** Starts, then waits for SIGTERM/SIGINT and stops; a second signal exits at once. */
+/**
+ * Starts, then waits for SIGTERM/SIGINT and stops; a second signal exits at once. Under
+ * systemd (Type=notify) it sends READY=1 once started, a STATUS line every STATUS_EVERY_MS,
+ * WATCHDOG=1 pings when the unit sets WatchdogSec, and STOPPING=1 on the signal.
+ */
+const STATUS_EVERY_MS = 10_000;
+
 export async function runUntilSignal(
   service: { start(): Promise<unknown>; stop(): Promise<void> },
   log: ReturnType<typeof createLogger>,
+  status?: () => Promise<string>,
 ): Promise<void> {
+  const systemd = new SystemdNotifier(log);
+  let statusTimer: NodeJS.Timeout | undefined;
   let signals = 0;
   let resolveStop: () => void = () => undefined;
   const stopped = new Promise<void>((resolve) => (resolveStop = resolve));
@@ -48,6 +61,8 @@ export async function runUntilSignal(
       process.exit(signal === "SIGINT" ? 130 : 143);
     }
     log.info({ signal }, "signal: stopping");
+    if (statusTimer !== undefined) clearInterval(statusTimer);
+    void systemd.stopping();
     void service.stop().then(resolveStop, resolveStop);
   };
   process.on("SIGTERM", onSignal);
@@ -58,6 +73,13 @@ export async function runUntilSignal(
     process.off("SIGTERM", onSignal);
     process.off("SIGINT", onSignal);
     throw err;
+  }
+  if (systemd.enabled) {
+    const line = async (): Promise<string> => (status === undefined ? "running" : status().catch(() => "running"));
+    await systemd.ready(await line());
+    systemd.startWatchdog();
+    statusTimer = setInterval(() => void line().then((text) => systemd.status(text)), STATUS_EVERY_MS);
+    statusTimer.unref();
   }
   await stopped;
   process.off("SIGTERM", onSignal);

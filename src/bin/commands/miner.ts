@@ -5,6 +5,7 @@ import { computeSlots, loadMinerConfig } from "../../miner/config.js";
 import { createEngine } from "../../miner/engine-factory.js";
 import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
 import { Miner } from "../../miner/miner.js";
+import { SystemdNotifier } from "../../common/systemd-notify.js";
 
 /**
  * `aitbc miner --config config/miner.toml`: the miner daemon. The first SIGTERM/SIGINT drains
@@ -58,9 +59,27 @@ export function registerMinerCommand(program: Command): void {
       };
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
+      // Under systemd: READY=1 once first connected, STATUS lines, watchdog pings, STOPPING=1.
+      const systemd = new SystemdNotifier(log);
+      const statusLine = (): string =>
+        `${gpus.length > 0 ? `${gpus.length} GPU${gpus.length === 1 ? "" : "s"}` : "CPU"}, ${miner.running} job${miner.running === 1 ? "" : "s"} running, ${miner.state}`;
+      let announcedReady = false;
+      const statusTimer = setInterval(() => void systemd.status(statusLine()), 10_000);
+      statusTimer.unref();
       const stopped = new Promise<void>((resolve) => {
         miner.on("state", ({ to }) => {
-          if (to === "stopped") resolve();
+          if (to === "ready" && !announcedReady) {
+            announcedReady = true;
+            void systemd.ready(statusLine());
+            systemd.startWatchdog();
+          } else if (to === "draining") {
+            void systemd.stopping();
+          }
+          if (to === "stopped") {
+            clearInterval(statusTimer);
+            systemd.stopWatchdog();
+            resolve();
+          }
         });
       });
       try {
