@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
-import { ValidationError } from "../../common/errors.js";
+import { AppError, ValidationError } from "../../common/errors.js";
 import { FileResponseSchema, ProblemSchema } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
 import { tenantOf } from "./auth-hook.js";
@@ -29,7 +29,11 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
       },
       async (request, reply) => {
         const body = request.body;
-        if (!Buffer.isBuffer(body) || body.length === 0) throw new ValidationError("the file is empty", { field: "body" });
+        // Another registered parser (JSON) gives no Buffer: that is the wrong media type, not an empty file.
+        if (!Buffer.isBuffer(body)) {
+          throw new AppError("unsupported_media_type", "upload the file as text/plain or application/octet-stream", { status: 415 });
+        }
+        if (body.length === 0) throw new ValidationError("the file is empty", { field: "body" });
         let text: string;
         try {
           text = decoder.decode(body);

@@ -47,10 +47,14 @@ export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
 function fromFastifyError(err: FastifyError): Problem | undefined {
   if (err.validation !== undefined) {
     const ctx = err.validationContext ?? "body";
-    const errors = err.validation.map((v) => ({
-      path: `${ctx}${v.instancePath === "" ? "" : v.instancePath}`,
-      message: v.message ?? "is invalid",
-    }));
+    // An unknown property is named in the path, so the client sees which field to drop.
+    const errors = err.validation.map((v) => {
+      const extra = (v.params as { additionalProperty?: unknown } | undefined)?.additionalProperty;
+      return {
+        path: `${ctx}${v.instancePath}${typeof extra === "string" ? `/${extra}` : ""}`,
+        message: v.message ?? "is invalid",
+      };
+    });
     if (ctx === "params") return problem(404, "job_not_found", "no such job");
     if (ctx === "headers") return problem(400, "bad_request", `invalid header: ${errors[0]?.message ?? ""}`, { errors });
     return problem(422, "validation_failed", `${errors[0]?.path ?? ctx} ${errors[0]?.message ?? "is invalid"}`, { errors });
