@@ -68,6 +68,23 @@ describe("failover", () => {
     expect(changes.filter((e) => e === "completed")).toHaveLength(1);
     expect(m.proc.running).toBe(true);
   });
+
+  it("requeues at once, without waiting for the lease, when a miner restarts without the job it held", async () => {
+    // A long lease: only the restarted miner's hello can give the job back this soon.
+    const c = (cluster = await Cluster.start({ AITBC_COORDINATOR_SCHEDULER_LEASE_TTL: "60s" }));
+    const m = await c.startMiner({ name: "phoenix", fakeTokensPerSecond: 20 });
+    const jobId = await c.submit(slowJob);
+    await c.waitForJob(jobId, isRunning, "running with progress");
+    await m.proc.kill("SIGKILL");
+
+    const again = await c.startMiner({ name: "phoenix", fakeTokensPerSecond: 400 });
+    expect(again.minerId).toBe(m.minerId);
+    const done = await c.waitForJob(jobId, (j) => j.status === "completed", "completed", 40_000);
+    expect(done).toMatchObject({ attempt: 2, miner_id: m.minerId });
+    const requeued = (await c.events(jobId)).filter((e) => e.event === "requeued");
+    expect(requeued).toHaveLength(1);
+    expect(requeued[0]!.data).toMatchObject({ reason: "miner_restarted", attempt: 1 });
+  });
 });
 
 async function waitForLog(

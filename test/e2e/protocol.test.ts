@@ -160,6 +160,24 @@ describe("miner protocol against the real coordinator", () => {
     expect(changes.filter((e) => e === "requeued")).toHaveLength(1);
   });
 
+  it("cancels a job whose miner is gone once its lease expires, without requeueing it", async () => {
+    const { m } = await RawMiner.hello(cluster.wsUrl, cluster.minerKey, "raw-gone");
+    m.send({ type: "pull", free_slots: 1 });
+    const jobId = await cluster.submit({ model: "tiny-gpt2", input: "orphan", parameters: { max_new_tokens: 5, seed: 2 } });
+    const a = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === jobId);
+    m.send({ type: "started", job_id: jobId, attempt: a.attempt, lease_token: a.lease_token });
+    await cluster.waitForJob(jobId, (j) => j.status === "running", "running");
+    m.close();
+
+    const del = await cluster.api("DELETE", `/v1/jobs/${jobId}`);
+    expect(del.status).toBe(202);
+    const done = await cluster.waitForJob(jobId, (j) => j.status === "cancelled", "cancelled");
+    expect(done).toMatchObject({ attempt: 1, result: null });
+    const changes = (await cluster.events(jobId)).map((e) => e.event);
+    expect(changes).not.toContain("requeued");
+    expect(changes.at(-1)).toBe("cancelled");
+  });
+
   it("answers bad frames with error frames and closes the connection after three in a row", async () => {
     const { m } = await RawMiner.hello(cluster.wsUrl, cluster.minerKey, "raw-bad");
     open.push(m);
