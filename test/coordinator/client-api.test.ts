@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, unlinkSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
@@ -553,5 +553,21 @@ describe("storage faults", () => {
     }
     expect((await call(s.url, "GET", `/v1/jobs/${queued}`, key)).body.status).toBe("queued");
     await submit(s.url, key);
+  });
+});
+
+describe("our own faults", () => {
+  it("answers 500 as a problem without internals when a committed result's file is gone", async () => {
+    const s = await startCoordinator();
+    const key = await clientKey(s.coordinator);
+    const id = await submit(s.url, key);
+    await complete(s.coordinator, id, "soon lost");
+    const job = await s.coordinator.store.getJobById(id);
+    unlinkSync(path.join(s.dir, "results", job!.result!.location));
+    const a = await call(s.url, "GET", `/v1/jobs/${id}/download`, key);
+    expectProblem(a, 500, "internal");
+    expect(a.text).not.toContain(s.dir); // no file paths leak
+    // The server keeps serving.
+    expect((await call(s.url, "GET", `/v1/jobs/${id}`, key)).status).toBe(200);
   });
 });
