@@ -7,6 +7,7 @@ import { registerCoordinatorCommand } from "./commands/coordinator.js";
 import { registerDoctorCommand } from "./commands/doctor.js";
 import { registerGenerateCommand } from "./commands/generate.js";
 import { registerGpusCommand } from "./commands/gpus.js";
+import { registerJobsCommand } from "./commands/jobs.js";
 import { registerKeysCommand } from "./commands/keys.js";
 import { registerMinerCommand } from "./commands/miner.js";
 import { registerModelsCommand } from "./commands/models.js";
@@ -24,7 +25,7 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerConfigCommand, registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
+const registrations: ((p: Command) => void)[] = [registerConfigCommand, registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerJobsCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
 // Subcommands register here (keep alphabetical).
 for (const register of registrations) register(program);
 
