@@ -465,6 +465,8 @@ describe("public and unknown routes", () => {
     await expectProblem(await h.call("GET", "/v1/nothing"), 404, "not_found");
     await expectProblem(await h.call("GET", "/nothing", { key: null }), 404, "not_found");
     await expectProblem(await h.call("PUT", "/v1/jobs"), 404);
+    // The router's own refusals are problem+json too.
+    await expectProblem(await h.call("GET", "/v1/jobs/%E0%A4%A"), 400, "bad_request");
   });
 });
 
@@ -484,6 +486,12 @@ describe("authentication", () => {
     expect(miner.key).toMatch(/^aitbc_mk_/);
     await expectProblem(await h.call("GET", "/v1/jobs", { key: miner.key }), 401, "unauthorized");
     await expectProblem(await h.call("POST", "/v1/jobs", { key: miner.key, json: { model: "gpt2", input: "x" } }), 401);
+  });
+
+  it("needs a key for a percent-encoded /v1 path too (the router decodes it to the same route)", async () => {
+    await expectProblem(await h.call("GET", "/%761/jobs", { key: null }), 401, "unauthorized");
+    await expectProblem(await h.call("POST", "/%76%31/jobs", { key: null, json: { model: "gpt2", input: "x" } }), 401, "unauthorized");
+    expect((await h.call("GET", "/%761/jobs")).status).toBe(200);
   });
 
   it("says WWW-Authenticate: Bearer on a 401 and checks the key before the body", async () => {
