@@ -103,11 +103,15 @@ function expectProblem(a: Answer, status: number, code: string): void {
 
 const SUBMIT = { model: "gpt2", input: "Once upon a time", parameters: { max_new_tokens: 8 } };
 
-/** Runs a queued job to completion through the store's miner-side verbs. */
-async function complete(c: Coordinator, jobId: string, output: string, now = Date.now()): Promise<void> {
+/**
+ * Runs a queued job to completion through the store's miner-side verbs. The lease is taken at
+ * the real time (the coordinator's reaper runs on it); `completedAt` dates the commit.
+ */
+async function complete(c: Coordinator, jobId: string, output: string, completedAt = Date.now()): Promise<void> {
   const store = c.store;
   const job = await store.getJobById(jobId);
   if (job === null) throw new Error("no such job");
+  const now = Date.now();
   const a = await store.claimNextJob({ minerId: "miner_test", gpus: [], models: [job.model] }, now, 60_000);
   if (a === null || a.job.id !== jobId) throw new Error(`expected to claim ${jobId}`);
   const ref = { jobId, attempt: a.attempt, leaseToken: a.leaseToken };
@@ -116,7 +120,7 @@ async function complete(c: Coordinator, jobId: string, output: string, now = Dat
   const outcome = await store.commitResult(
     ref,
     { ...put, finishReason: "length", usage: { prompt_tokens: 4, completion_tokens: 8 }, tokensPerSecond: 50, attempt: a.attempt },
-    now,
+    completedAt,
   );
   expect(outcome).toBe("committed");
 }
