@@ -1,0 +1,162 @@
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
+import { checkInvariants } from "./invariants.js";
+import { Rig } from "./rig.js";
+
+/**
+ * Fault injection, one fault per test, real processes (coordinator, fake-engine miners behind
+ * test-controlled TCP proxies). Each test ends by stopping everything and checking the delivery
+ * invariants on the SQLite file and result files (invariants.ts).
+ */
+describe("reliability: single faults", () => {
+  let rig: Rig | undefined;
+  const accepted = new Set<string>();
+
+  beforeAll(() => assertBuilt());
+
+  afterEach(async (ctx) => {
+    if (ctx.task.result?.state === "fail" && rig !== undefined) console.error(rig.report());
+    await rig?.close();
+    rig = undefined;
+    accepted.clear();
+  });
+
+  async function submit(r: Rig, body: Record<string, unknown>): Promise<string> {
+    const id = await r.cluster.submit({ model: "tiny-gpt2", ...body });
+    accepted.add(id);
+    r.op(`submitted ${id}`);
+    return id;
+  }
+
+  async function finish(r: Rig): Promise<ReturnType<typeof checkInvariants>> {
+    await r.stopAll();
+    const report = checkInvariants(r.cluster.dataDir, accepted);
+    expect(report.violations).toEqual([]);
+    return report;
+  }
+
+  const isRunning = (j: Record<string, unknown>): boolean => j.status === "running" && (j.progress as number) > 0;
+  const TERMINAL = new Set(["completed", "failed", "cancelled", "timed_out", "expired"]);
+
+  it("a job that crashes every miner ends failed after max_attempts; the other jobs complete", async () => {
+    const r = (rig = await Rig.start({ AITBC_COORDINATOR_SCHEDULER_MAX_ATTEMPTS: "2" }));
+    // One miner's engine dies (the miner stops), the other's process exits, both after 20 tokens;
+    // short jobs (8 tokens) never get there.
+    await r.startMiner({ name: "crashes", tokensPerSecond: 100, env: { AITBC_MINER_FAKE_ENGINE_CRASH_AFTER_TOKENS: "20" } });
+    await r.startMiner({ name: "exits", tokensPerSecond: 100, env: { AITBC_MINER_FAKE_ENGINE_EXIT_AFTER_TOKENS: "20" } });
+    let watching = true;
+    let restarts = 0;
+    // The test plays supervisor: a miner that went down is started again.
+    const supervisor = (async () => {
+      while (watching) {
+        for (const m of r.miners.values()) {
+          if (!m.proc.running && watching) {
+            restarts++;
+            await r.restartMiner(m.name, false);
+          }
+        }
+        await sleep(100);
+      }
+    })();
+    try {
+      const poison = await submit(r, { input: "poison", parameters: { max_new_tokens: 60, seed: 1 } });
+      const others = [];
+      for (let i = 0; i < 3; i++) others.push(await submit(r, { input: `fine ${i}`, parameters: { max_new_tokens: 8, seed: i } }));
+
+      const failed = await r.cluster.waitForJob(poison, (j) => TERMINAL.has(j.status as string), "terminal", 40_000);
+      expect(failed).toMatchObject({ status: "failed", attempt: 2 });
+      for (const id of others) {
+        expect(await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 30_000)).toMatchObject({ status: "completed" });
+      }
+      expect(restarts).toBeGreaterThanOrEqual(1);
+    } finally {
+      watching = false;
+      await supervisor;
+    }
+    const report = await finish(r);
+    expect(report.byStatus).toEqual({ failed: 1, completed: 3 });
+  });
+
+  it("a miner blackholed past its lease: job requeued and finished once by another miner, the late result refused", async () => {
+    const r = (rig = await Rig.start());
+    const slow = await r.startMiner({ name: "cut-off", tokensPerSecond: 20 });
+    const id = await submit(r, { input: "partitioned", parameters: { max_new_tokens: 40, seed: 3 } });
+    const cutOffId = r.cluster.minerId("cut-off");
+    await r.cluster.waitForJob(id, isRunning, "running with progress");
+    slow.proxy.setMode({ kind: "blackhole" });
+    r.op("blackhole cut-off");
+    await r.startMiner({ name: "rescuer", tokensPerSecond: 200 });
+    const rescuerId = r.cluster.minerId("rescuer");
+
+    const done = await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 30_000);
+    expect(done).toMatchObject({ status: "completed", attempt: 2, miner_id: rescuerId });
+    // The cut-off miner finished attempt 1 behind the partition; heal and let its frames arrive.
+    await waitFor(`miner cut-off finished attempt 1`, () => Promise.resolve(slow.proc.output.includes('"msg":"job completed"')), (v) => v, 10_000);
+    slow.proxy.setMode({ kind: "pass" });
+    r.op("heal cut-off");
+    // Its late attempt-1 result is refused: either as a stale result frame, or its lease is
+    // refused at the reconnect's hello (the miner then drops the job).
+    await waitFor(
+      "the late result refused",
+      () =>
+        Promise.resolve(
+          r.coordinatorLogs("result received").some((l) => l.jobId === id && l.attempt === 1 && l.outcome === "stale") ||
+            r.coordinatorLogs("miner connected").some((l) => l.minerId === cutOffId && (l.refused as number) > 0),
+        ),
+      (v) => v,
+      15_000,
+    );
+    expect(await r.cluster.job(id)).toMatchObject({ status: "completed", attempt: 2, miner_id: rescuerId });
+    const report = await finish(r);
+    expect(report.requeues).toBe(1);
+  });
+
+  it("a link delayed less than the lease: no requeue, the same attempt finishes", async () => {
+    const r = (rig = await Rig.start());
+    const m = await r.startMiner({ name: "laggy", tokensPerSecond: 30 });
+    m.proxy.setMode({ kind: "delay", ms: 400 });
+    r.op("delay laggy 400ms");
+    const id = await submit(r, { input: "slow link", parameters: { max_new_tokens: 45, seed: 4 } });
+    const done = await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 30_000);
+    expect(done).toMatchObject({ status: "completed", attempt: 1, miner_id: r.cluster.minerId("laggy") });
+    const report = await finish(r);
+    expect(report.requeues).toBe(0);
+    expect(report.assignments).toBe(1);
+  });
+
+  it("a run past timeout_seconds while heartbeating ends timed_out and the miner stops it", async () => {
+    const r = (rig = await Rig.start());
+    const m = await r.startMiner({ name: "hangs", tokensPerSecond: 50, env: { AITBC_MINER_FAKE_ENGINE_HANG_AFTER_TOKENS: "3" } });
+    const id = await submit(r, { input: "hang", timeout_seconds: 1, parameters: { max_new_tokens: 50, seed: 5 } });
+    const done = await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 20_000);
+    expect(done).toMatchObject({ status: "timed_out", attempt: 1 });
+    expect(done.error).toMatchObject({ code: "timed_out" });
+    // The miner's only slot is free again: it stopped the hung run. A job that stays under the
+    // hang point completes on it.
+    const next = await submit(r, { input: "after", parameters: { max_new_tokens: 2, seed: 6 } });
+    expect(await r.cluster.waitForJob(next, (j) => TERMINAL.has(j.status as string), "terminal", 20_000)).toMatchObject({
+      status: "completed",
+      miner_id: r.cluster.minerId("hangs"),
+    });
+    expect(m.proc.running).toBe(true);
+    const told =
+      r.coordinatorLogs("told miner to stop").some((l) => l.jobId === id && l.reason === "timed_out") ||
+      r.coordinatorLogs("attempt failed").some((l) => l.jobId === id && l.code === "timed_out");
+    expect(told).toBe(true);
+    const report = await finish(r);
+    expect(report.byStatus).toEqual({ timed_out: 1, completed: 1 });
+  });
+
+  it("a job no miner can ever match expires after the queue TTL; a matching one completes", async () => {
+    const r = (rig = await Rig.start({ AITBC_COORDINATOR_SCHEDULER_QUEUE_TTL: "1s" }));
+    await r.startMiner({ name: "cpu-only", tokensPerSecond: 200 });
+    const unmatched = await submit(r, { input: "needs an a100", requirements: { gpu_type: "a100" }, parameters: { max_new_tokens: 4 } });
+    const fine = await submit(r, { input: "any", parameters: { max_new_tokens: 4 } });
+    const expired = await r.cluster.waitForJob(unmatched, (j) => TERMINAL.has(j.status as string), "terminal", 20_000);
+    expect(expired).toMatchObject({ status: "expired", attempt: 0 });
+    expect(expired.error).toMatchObject({ code: "expired" });
+    expect(await r.cluster.waitForJob(fine, (j) => TERMINAL.has(j.status as string), "terminal")).toMatchObject({ status: "completed" });
+    const report = await finish(r);
+    expect(report.byStatus).toEqual({ expired: 1, completed: 1 });
+  });
+});
