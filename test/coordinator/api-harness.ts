@@ -19,10 +19,14 @@ export interface ApiHarness {
   /** Sends a request with `Authorization: Bearer <key>` (or none when key is null). */
   call(method: string, route: string, opts?: { key?: string | null; json?: unknown; body?: RequestInit["body"]; headers?: Record<string, string> }): Promise<Response>;
   newKey(tenant: string, kind?: "client" | "miner"): Promise<{ key: string; id: string }>;
-  /** Claims the job (alone on its model), marks it running. */
-  run(jobId: string, now?: number): Promise<{ jobId: string; attempt: number; leaseToken: string }>;
-  /** Runs the job and commits `output` as its result. */
-  complete(jobId: string, output: string, now?: number): Promise<JobRecord>;
+  /** Claims the job (alone on its model), marks it running, at the real time. */
+  run(jobId: string): Promise<{ jobId: string; attempt: number; leaseToken: string }>;
+  /**
+   * Runs the job and commits `output` as its result. The lease is taken at the real time (the
+   * coordinator's reaper runs on it, and would requeue a lease dated in the past); `completedAt`
+   * dates only the commit.
+   */
+  complete(jobId: string, output: string, completedAt?: number): Promise<JobRecord>;
   stop(): Promise<void>;
 }
 
@@ -59,7 +63,8 @@ export async function startApi(overrides: Record<string, unknown> = {}, dir?: st
     return fetch(`${url}${route}`, { method, headers, ...(body === undefined ? {} : { body }) });
   };
 
-  const run: ApiHarness["run"] = async (jobId, now = Date.now()) => {
+  const run: ApiHarness["run"] = async (jobId) => {
+    const now = Date.now();
     const job = await store.getJobById(jobId);
     if (job === null) throw new Error(`no job ${jobId}`);
     const a = await store.claimNextJob({ minerId: "miner_test", gpus: [], models: [job.model] }, now, 60_000);
@@ -69,8 +74,8 @@ export async function startApi(overrides: Record<string, unknown> = {}, dir?: st
     return ref;
   };
 
-  const complete: ApiHarness["complete"] = async (jobId, output, now = Date.now()) => {
-    const ref = await run(jobId, now);
+  const complete: ApiHarness["complete"] = async (jobId, output, completedAt = Date.now()) => {
+    const ref = await run(jobId);
     const put = await coordinator.context.results.put(jobId, ref.attempt, Buffer.from(output, "utf8"));
     const outcome = await store.commitResult(
       ref,
@@ -83,7 +88,7 @@ export async function startApi(overrides: Record<string, unknown> = {}, dir?: st
         tokensPerSecond: 12.5,
         attempt: ref.attempt,
       },
-      now,
+      completedAt,
     );
     expect(outcome).toBe("committed");
     const job = await store.getJobById(jobId);
