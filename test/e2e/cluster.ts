@@ -137,6 +137,9 @@ export class Cluster {
   constructor(readonly coordinatorEnv: Record<string, string> = {}) {
     this.dir = mkdtempSync(path.join(tmpdir(), "aitbc-e2e-"));
     this.dataDir = path.join(this.dir, "data");
+    // Empty config files: the repo's config/*.toml (edited by others) must not leak into the tests.
+    writeFileSync(path.join(this.dir, "coordinator.toml"), "");
+    writeFileSync(path.join(this.dir, "miner.toml"), "");
   }
 
   get baseUrl(): string {
@@ -175,7 +178,7 @@ export class Cluster {
 
   /** Starts (or restarts) the coordinator on the same port and data dir; resolves once /readyz says ready. */
   async startCoordinator(): Promise<Proc> {
-    const p = this.spawn("coordinator", ["coordinator", "--port", String(this.port), "--data-dir", this.dataDir, "--log-level", "info"], {
+    const p = this.spawn("coordinator", ["coordinator", "-c", path.join(this.dir, "coordinator.toml"), "--port", String(this.port), "--data-dir", this.dataDir, "--log-level", "info"], {
       ...FAST_SCHEDULER,
       ...this.coordinatorEnv,
     });
@@ -207,7 +210,7 @@ export class Cluster {
       ...(o.gpus === undefined ? {} : { AITBC_MINER_GPUS_NVIDIA_SMI: this.fakeNvidiaSmi(o.gpus) }),
       ...o.env,
     };
-    const args = ["miner", "--coordinator", this.baseUrl, "--name", o.name];
+    const args = ["miner", "-c", path.join(this.dir, "miner.toml"), "--coordinator", this.baseUrl, "--name", o.name];
     if (o.gpus === undefined) args.push("--cpu");
     const proc = this.spawn(`miner ${o.name}`, args, env);
     this.miners.set(o.name, proc);

@@ -46,7 +46,7 @@ describe("failover", () => {
     expect(download.body.output.length).toBeGreaterThan(0);
   });
 
-  it("resumes the same attempt when the coordinator is killed and restarted within the lease", async () => {
+  it.each(["SIGKILL", "SIGTERM"] as const)("resumes the same attempt when the coordinator is stopped (%s) and restarted within the lease", async (signal) => {
     const c = (cluster = await Cluster.start());
     const m = await c.startMiner({ name: "steady", fakeTokensPerSecond: 40 });
 
@@ -54,7 +54,7 @@ describe("failover", () => {
     const running = await c.waitForJob(jobId, isRunning, "running with progress");
     expect(running).toMatchObject({ attempt: 1, miner_id: m.minerId });
 
-    await c.coordinator!.kill("SIGKILL");
+    await c.coordinator!.kill(signal);
     await c.startCoordinator();
     // The miner comes back on its own and the new coordinator resumes its lease.
     const coordinator = c.coordinator!;
@@ -67,6 +67,9 @@ describe("failover", () => {
     expect(changes).not.toContain("requeued");
     expect(changes.filter((e) => e === "completed")).toHaveLength(1);
     expect(m.proc.running).toBe(true);
+    // The miner takes new work on the new coordinator (a SIGTERM's drain does not outlive the restart).
+    const next = await c.submit({ ...slowJob, parameters: { max_new_tokens: 5, seed: 8 } });
+    expect(await c.waitForJob(next, (j) => j.status === "completed", "completed")).toMatchObject({ miner_id: m.minerId });
   });
 
   it("requeues at once, without waiting for the lease, when a miner restarts without the job it held", async () => {
