@@ -79,6 +79,13 @@ export const MinerConfigSchema = Type.Object(
       { additionalProperties: false, default: {} },
     ),
     inference: InferenceConfigSchema,
+    metrics: Type.Object(
+      {
+        /** host:port for GET /metrics (Prometheus), e.g. "127.0.0.1:9464"; "" = off. Default "". */
+        listen: Type.String({ default: "" }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     fake_engine: Type.Object(
       {
         /** Use the fake engine (fault-injection tests only): no model files, deterministic text. Default false. */
@@ -140,6 +147,8 @@ export interface MinerConfig {
     overrides: GpuOverride[];
   };
   inference: InferenceConfigRaw;
+  /** host:port of the metrics listener; "" = off. */
+  metricsListen: string;
   /** Set when the fake engine is enabled. */
   fakeEngine: FakeEngineOptions | undefined;
 }
@@ -196,6 +205,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
       overrides: raw.gpus.override,
     },
     inference: raw.inference,
+    metricsListen: raw.metrics.listen,
     fakeEngine: fake.enabled
       ? {
           tokensPerSecond: fake.tokens_per_second,

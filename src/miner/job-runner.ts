@@ -59,6 +59,8 @@ export interface JobRunnerOptions {
   onEngineError?: (code: string) => void;
   /** Called when a job's final frame was acknowledged (or dropped) and it is no longer tracked. */
   onSettled?: () => void;
+  /** Called once per job when it ends, with how it ended (for metrics). */
+  onJobEnded?: (outcome: "completed" | "failed" | "cancelled" | "timed_out" | "released" | "dropped", tokens: number, tokensPerSecond?: number) => void;
 }
 
 export function jobKey(jobId: string, attempt: number): string {
@@ -301,13 +303,16 @@ export class JobRunner {
         },
       });
       final = job.abort === undefined ? resultFrames(ref, result) : this.abortedFrames(job);
+      this.options.onJobEnded?.(job.abort?.kind ?? "completed", result.usage.completion_tokens, job.abort === undefined ? result.timing.tokens_per_second : undefined);
       if (job.abort === undefined) {
         log.info({ tokens: result.usage.completion_tokens, ms: Math.round(result.timing.total_ms) }, "job completed");
       }
     } catch (err) {
       if (job.abort !== undefined) {
         final = this.abortedFrames(job);
+        this.options.onJobEnded?.(job.abort.kind, 0);
       } else {
+        this.options.onJobEnded?.("failed", 0);
         const e = toAppError(err);
         log.error({ code: e.code }, "engine failed the job");
         final = [{ type: "fail", ...ref, code: e.code, message: e.message.slice(0, 2048), retryable: e.retryable }];

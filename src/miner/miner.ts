@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import { Backoff } from "../common/backoff.js";
 import type { Logger } from "../common/logger.js";
 import { packageVersion } from "../common/package-info.js";
+import type { MinerMetrics } from "./miner-metrics.js";
 import type { Engine } from "../inference/engine.js";
 import type { CoordinatorFrame, GpuInfo, HeartbeatFrame, HelloFrame, WelcomeFrame } from "../protocol/frames.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
@@ -34,6 +35,8 @@ export interface MinerOptions {
   /** Software version in hello; default package.json's. */
   version?: string;
   backoff?: Backoff;
+  /** Where job outcomes and engine load time are counted; none by default. */
+  metrics?: MinerMetrics;
 }
 
 export interface MinerEvents {
@@ -77,6 +80,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       progressIntervalMs: config.miner.progressIntervalMs,
       onSlotFreed: () => this.pull(),
       onEngineError: (code) => this.onEngineError(code),
+      onJobEnded: (outcome, tokens, tps) => options.metrics?.jobEnded(outcome, tokens, tps),
     });
     this.connection = new MinerConnection({
       url: config.coordinator.url,
@@ -112,7 +116,9 @@ export class Miner extends EventEmitter<MinerEvents> {
   /** Initializes the engine and starts connecting; resolves once the engine is ready. */
   async start(): Promise<void> {
     if (this.current !== "starting") return;
+    const loadStart = performance.now();
     await this.options.engine.initialize();
+    this.options.metrics?.engineLoadSeconds.set((performance.now() - loadStart) / 1000);
     if (this.current !== "starting") return; // stop() during initialize
     this.log.info(
       { slots: this.slots, gpus: this.options.gpus.length, models: this.options.engine.models().map((m) => m.name) },

@@ -38,7 +38,7 @@ describe("systemd units", () => {
   it("gives the miner only the NVIDIA devices, its key as a credential, and a stop timeout above the drain grace", async () => {
     const text = (await import("node:fs")).readFileSync("systemd/aitbc-miner.service", "utf8");
     expect(text).toContain("DevicePolicy=closed");
-    const allowed = [...text.matchAll(/^DeviceAllow=(\S+)/gm)].map((m) => m[1]!);
+    const allowed = [...text.matchAll(/^DeviceAllow=(\S+)/gm)].map((m) => m[1]);
     expect(allowed.length).toBeGreaterThan(0);
     for (const d of allowed) expect(d).toMatch(/nvidia/);
     expect(text).toMatch(/^LoadCredential=miner\.key:/m);
@@ -65,7 +65,7 @@ describe("SystemdNotifier against a fake NOTIFY_SOCKET", () => {
     const waiters: ((m: string) => void)[] = [];
     let bound: () => void = () => undefined;
     const ready = new Promise<void>((resolve) => (bound = resolve));
-    createInterface({ input: child.stdout! }).on("line", (line) => {
+    createInterface({ input: child.stdout }).on("line", (line) => {
       const obj = JSON.parse(line) as { bound?: string; message?: string };
       if (obj.bound !== undefined) bound();
       if (obj.message !== undefined) {

@@ -5,6 +5,8 @@ import { computeSlots, loadMinerConfig } from "../../miner/config.js";
 import { createEngine } from "../../miner/engine-factory.js";
 import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
 import { Miner } from "../../miner/miner.js";
+import { MinerMetrics } from "../../miner/miner-metrics.js";
+import { execRunner } from "../../miner/gpu/detect.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
 
 /**
@@ -45,7 +47,12 @@ export function registerMinerCommand(program: Command): void {
         gpus.map((g) => g.index),
         log,
       );
-      const miner = new Miner({ config, engine, gpus, log });
+      const metrics: MinerMetrics = new MinerMetrics({
+        running: (): number => miner.running,
+        ...(gpus.length > 0 ? { nvidiaSmi: { command: config.gpus.nvidiaSmi, runner: execRunner } } : {}),
+      });
+      const miner: Miner = new Miner({ config, engine, gpus, log, metrics });
+      if (config.metricsListen !== "") await metrics.listen(config.metricsListen, log);
 
       let signals = 0;
       const onSignal = (signal: NodeJS.Signals): void => {
@@ -78,6 +85,7 @@ export function registerMinerCommand(program: Command): void {
           if (to === "stopped") {
             clearInterval(statusTimer);
             systemd.stopWatchdog();
+            void metrics.close();
             resolve();
           }
         });
