@@ -22,7 +22,7 @@ describe("cancel", () => {
   });
 
   it("stops a running job on the miner; the job ends cancelled, is never requeued, and the miner is free again", async () => {
-    const jobId = await cluster.submit({ model: "tiny-gpt2", input: "stop me", parameters: { max_new_tokens: 200, seed: 3 } });
+    const jobId = await cluster.submit({ model: "tiny-gpt2", input: "stop me", parameters: { max_new_tokens: 2000, seed: 3 } });
     await cluster.waitForJob(jobId, (j) => j.status === "running" && (j.progress as number) > 0, "running with progress");
 
     const del = await cluster.api("DELETE", `/v1/jobs/${jobId}`);

@@ -285,7 +285,7 @@ export class Cluster {
    * Reads the job's SSE stream from the start until it ends (after the terminal state) or
    * `timeoutMs`; returns every event. With a finished job this is its whole event log.
    */
-  async events(id: string, timeoutMs = 30_000): Promise<SseEvent[]> {
+  async events(id: string, timeoutMs = 30_000, onEvent?: (e: SseEvent) => void): Promise<SseEvent[]> {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), timeoutMs);
     const out: SseEvent[] = [];
@@ -304,7 +304,10 @@ export class Cluster {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
           const e = parseSse(block);
-          if (e !== undefined) out.push(e);
+          if (e !== undefined) {
+            out.push(e);
+            onEvent?.(e);
+          }
         }
       }
     } catch (err) {

@@ -16,7 +16,6 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
   beforeAll(async () => {
     assertBuilt();
     cluster = await Cluster.start();
-    await cluster.startMiner({ name: "cpu-rig" });
   });
 
   afterAll(async (ctx) => {
@@ -28,9 +27,19 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
     const prompt = "The quick brown fox";
     const parameters = { max_new_tokens: 300, seed: 1234, temperature: 0.9, top_k: 50, top_p: 0.9 };
     const jobId = await cluster.submit({ model: "tiny-gpt2", input: prompt, parameters });
+    expect((await cluster.job(jobId)).status).toBe("queued");
 
-    // Follow the job on its SSE stream from the start; it ends after the terminal state.
-    const events: SseEvent[] = await cluster.events(jobId, 60_000);
+    // Follow the job on its SSE stream (it ends after the terminal state). The miner starts only
+    // once the stream is open, so no live progress event can pass before the test listens.
+    let subscribed: () => void = () => undefined;
+    const open = new Promise<void>((resolve) => (subscribed = resolve));
+    const stream = cluster.events(jobId, 90_000, (e) => {
+      if (e.event === "snapshot") subscribed();
+    });
+    await open;
+    // Progress every 10 ms: tiny-gpt2 decodes fast on a CPU and there must be several updates.
+    await cluster.startMiner({ name: "cpu-rig", env: { AITBC_MINER_MINER_PROGRESS_INTERVAL: "10ms" } });
+    const events: SseEvent[] = await stream;
     const kinds = events.map((e) => e.event);
     expect(kinds[0]).toBe("snapshot");
     expect(kinds).toContain("running");

@@ -23,7 +23,8 @@ describe("failover", () => {
 
   it("requeues a killed miner's job after the lease and the other miner completes it (attempt 2, one result)", async () => {
     const c = (cluster = await Cluster.start());
-    const m1 = await c.startMiner({ name: "rig-a", fakeTokensPerSecond: 20 });
+    // rig-a stops producing tokens after 20 (still heartbeating): it holds the job until it is killed.
+    const m1 = await c.startMiner({ name: "rig-a", fakeTokensPerSecond: 40, env: { AITBC_MINER_FAKE_ENGINE_HANG_AFTER_TOKENS: "20" } });
     const jobId = await c.submit(slowJob);
     const running = await c.waitForJob(jobId, isRunning, "running with progress");
     expect(running).toMatchObject({ attempt: 1, miner_id: m1.minerId });
