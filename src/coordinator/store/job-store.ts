@@ -189,6 +189,7 @@ export interface JobStore {
     leaseTtlMs: number,
     progress?: number,
   ): Promise<{ renewed: boolean; cancelRequested: boolean }>;
+  /** Compare-and-set on (job, attempt, token); a cancel-requested job ends cancelled instead ("stale": the result is not kept). */
   commitResult(ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome>;
   failAttempt(
     ref: LeaseRef,

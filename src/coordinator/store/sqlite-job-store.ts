@@ -177,24 +177,39 @@ export class SqliteJobStore implements JobStore {
     readonly events: JobEvents = new JobEvents(),
   ) {
     if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
-    this.db = new Database(file, { timeout: 2_000 });
+    // A short busy timeout: better-sqlite3 waits synchronously, so a lock held by another
+    // process (a backup, `aitbc keys`) would stall the event loop for this long; past it the
+    // request gets 503 + Retry-After instead.
+    this.db = new Database(file, { timeout: 250 });
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
     this.migrate();
   }
 
+  /** Prepared statements, compiled once per SQL text (preparing dominated cheap reads). */
+  private readonly statements = new Map<string, Database.Statement>();
+
+  private sql(text: string): Database.Statement {
+    let stmt = this.statements.get(text);
+    if (stmt === undefined) {
+      stmt = this.db.prepare(text);
+      this.statements.set(text, stmt);
+    }
+    return stmt;
+  }
+
   private migrate(): void {
     this.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)");
     const applied = new Set(
-      (this.db.prepare("SELECT version FROM schema_migrations").all() as { version: number }[]).map((r) => r.version),
+      (this.sql("SELECT version FROM schema_migrations").all() as { version: number }[]).map((r) => r.version),
     );
     for (const [i, sql] of MIGRATIONS.entries()) {
       const version = i + 1;
       if (applied.has(version)) continue;
       this.db.transaction(() => {
         this.db.exec(sql);
-        this.db.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(version, Date.now());
+        this.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(version, Date.now());
       })();
     }
   }
@@ -223,7 +238,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   private row(jobId: string): JobRow | undefined {
-    return this.db.prepare("SELECT * FROM jobs WHERE id = ?").get(jobId) as JobRow | undefined;
+    return this.sql("SELECT * FROM jobs WHERE id = ?").get(jobId) as JobRow | undefined;
   }
 
   private mustRow(jobId: string): JobRow {
@@ -352,7 +367,7 @@ export class SqliteJobStore implements JobStore {
     const where = ["tenant = @tenant"];
     if (q.status !== undefined) where.push("status = @status");
     const params = { tenant, status: q.status ?? null, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
-    const total = (this.db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
+    const total = (this.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
     if (cursor !== undefined) where.push("(created_at < @ck OR (created_at = @ck AND seq < @cseq))");
     const rows = this.db
       .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, seq DESC LIMIT @limit`)
@@ -373,7 +388,7 @@ export class SqliteJobStore implements JobStore {
       "completed_at >= @from AND completed_at <= @to",
     ];
     const params = { tenant, from: q.from, to: q.to, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
-    const total = (this.db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
+    const total = (this.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
     if (cursor !== undefined) where.push("(completed_at < @ck OR (completed_at = @ck AND seq < @cseq))");
     const rows = this.db
       .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, seq DESC LIMIT @limit`)
@@ -403,7 +418,7 @@ export class SqliteJobStore implements JobStore {
         }
         if (r.status === "assigned" || r.status === "running") {
           if (r.cancel_requested === 0) {
-            this.db.prepare("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").run(jobId);
+            this.sql("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").run(jobId);
             emit({ jobId, type: "cancel_requested", at: now, data: { attempt: r.attempt, miner_id: r.miner_id } });
           }
           return { outcome: "cancel_requested", job: toJob(this.mustRow(jobId)) };
@@ -423,7 +438,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   countByState(): Promise<Partial<Record<JobState, number>>> {
-    const rows = this.db.prepare("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").all() as { status: JobState; n: number }[];
+    const rows = this.sql("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").all() as { status: JobState; n: number }[];
     return Promise.resolve(Object.fromEntries(rows.map((r) => [r.status, r.n])));
   }
 
@@ -453,7 +468,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   getFile(tenant: string, fileId: string): Promise<FileRecord | null> {
-    const r = this.db.prepare("SELECT * FROM files WHERE id = ? AND tenant = ?").get(fileId, tenant) as
+    const r = this.sql("SELECT * FROM files WHERE id = ? AND tenant = ?").get(fileId, tenant) as
       | { id: string; tenant: string; bytes: number; sha256: string; created_at: number; content: string }
       | undefined;
     return Promise.resolve(
@@ -479,7 +494,7 @@ export class SqliteJobStore implements JobStore {
     return settle(() =>
       this.tx((emit) => {
         const marks = miner.models.map(() => "?").join(",");
-        const select = this.db.prepare(
+        const select = this.sql(
           `SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ? AND model IN (${marks})
              AND (priority_rank < ? OR (priority_rank = ? AND seq > ?))
            ORDER BY priority_rank DESC, seq ASC LIMIT ${CLAIM_BATCH}`,
@@ -559,6 +574,12 @@ export class SqliteJobStore implements JobStore {
             : "stale";
         }
         if (!this.holds(r, ref)) return "stale";
+        // The client was told its cancel was accepted (202): the cancel wins over a result that
+        // arrives before the miner stopped, so a job never completes behind an accepted cancel.
+        if (r.cancel_requested === 1) {
+          this.finish(r, "cancelled", now, emit, { error: { code: "cancelled", message: "cancelled by the client" } });
+          return "stale";
+        }
         this.finish(r, "completed", now, emit, { result: { ...result, attempt: ref.attempt } });
         return "committed";
       }),
@@ -637,7 +658,7 @@ export class SqliteJobStore implements JobStore {
   expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]> {
     return settle(() =>
       this.tx((emit) => {
-        const rows = this.db.prepare("SELECT * FROM jobs WHERE status = 'queued' AND created_at < ?").all(now - queueTtlMs) as JobRow[];
+        const rows = this.sql("SELECT * FROM jobs WHERE status = 'queued' AND created_at < ?").all(now - queueTtlMs) as JobRow[];
         return rows.map((r): ReapedJob => {
           this.finish(r, "expired", now, emit, {
             error: { code: "expired", message: "no miner could run the job before the queue TTL ran out" },
@@ -665,7 +686,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   listLeasedBy(minerId: string): Promise<JobRecord[]> {
-    const rows = this.db.prepare("SELECT * FROM jobs WHERE miner_id = ? AND status IN ('assigned','running')").all(minerId) as JobRow[];
+    const rows = this.sql("SELECT * FROM jobs WHERE miner_id = ? AND status IN ('assigned','running')").all(minerId) as JobRow[];
     return Promise.resolve(rows.map(toJob));
   }
 
@@ -688,19 +709,19 @@ export class SqliteJobStore implements JobStore {
   authenticate(rawKey: string, kind: "client" | "miner"): Promise<ApiKeyRecord | null> {
     const m = /^aitbc_(ck|mk)_([a-z0-9]{12})_([A-Za-z0-9_-]{32})$/.exec(rawKey);
     if (m === null || (m[1] === "ck") !== (kind === "client")) return Promise.resolve(null);
-    const row = this.db.prepare("SELECT * FROM api_keys WHERE id = ?").get(m[2]) as KeyRow | undefined;
+    const row = this.sql("SELECT * FROM api_keys WHERE id = ?").get(m[2]) as KeyRow | undefined;
     if (row === undefined || row.kind !== kind || row.revoked_at !== null) return Promise.resolve(null);
     return Promise.resolve(timingSafeEqual(row.secret_hash, sha256(m[3]!)) ? toKey(row) : null);
   }
 
   listKeys(): Promise<ApiKeyRecord[]> {
-    const rows = this.db.prepare("SELECT * FROM api_keys ORDER BY created_at, id").all() as KeyRow[];
+    const rows = this.sql("SELECT * FROM api_keys ORDER BY created_at, id").all() as KeyRow[];
     return Promise.resolve(rows.map(toKey));
   }
 
   revokeKey(id: string, now: number): Promise<boolean> {
     return settle(() =>
-      this.tx(() => this.db.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1),
+      this.tx(() => this.sql("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1),
     );
   }
 
