@@ -18,11 +18,12 @@ export const InferenceConfigSchema = Type.Object(
     inter_op_threads: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
     /**
      * Let onnxruntime's intra-op threads spin while waiting for work (intra_op.allow_spinning).
-     * Fastest on a host the miner has to itself; turn off when other busy processes share the
-     * CPUs, where spinning threads collapse throughput (measured 79 → 12 tokens/s on 2 shared
-     * vCPUs). Default true.
+     * Fastest on a host the miner has to itself; with other busy processes on the CPUs spinning
+     * threads collapse throughput (measured 79 → 12 tokens/s on 2 shared vCPUs, and 13.0 → 4.9
+     * tokens/s for gpt2-124m at load average 15). "auto" spins only when the 1-minute load
+     * average is below the CPU count less one half when the session is created. Default "auto".
      */
-    thread_spinning: Type.Boolean({ default: true }),
+    thread_spinning: Type.Union([Type.Boolean(), Type.Literal("auto")], { default: "auto" }),
     /** onnxruntime graph optimisation level. Default "all". */
     graph_optimization_level: Type.Union(
       [Type.Literal("disabled"), Type.Literal("basic"), Type.Literal("extended"), Type.Literal("all")],
@@ -43,8 +44,8 @@ export interface InferenceConfig {
   intraOpThreads: number;
   interOpThreads: number;
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
-  /** Default true (see `thread_spinning`). */
-  threadSpinning?: boolean;
+  /** Default "auto" (see `thread_spinning`). */
+  threadSpinning?: boolean | "auto";
 }
 
 export function compileInferenceConfig(raw: InferenceConfigRaw, deviceIds: number[]): InferenceConfig {

@@ -245,7 +245,7 @@ export class OnnxEngine implements Engine {
       intraOpThreads: this.config.intraOpThreads,
       interOpThreads: this.config.interOpThreads,
       graphOptimizationLevel: this.config.graphOptimizationLevel,
-      threadSpinning: this.config.threadSpinning ?? true,
+      threadSpinning: this.config.threadSpinning ?? "auto",
     };
     try {
       const specs: WorkerModelSpec[] = [];

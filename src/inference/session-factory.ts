@@ -1,4 +1,4 @@
-import { availableParallelism } from "node:os";
+import { availableParallelism, loadavg } from "node:os";
 import * as ort from "onnxruntime-node";
 import { AppError, errorMessage } from "../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "./cuda-provider.js";
@@ -17,8 +17,8 @@ export interface SessionSettings {
   /** 0 = onnxruntime's choice. */
   interOpThreads: number;
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
-  /** intra_op.allow_spinning; default true. */
-  threadSpinning?: boolean;
+  /** intra_op.allow_spinning; "auto" (the default) decides with {@link resolveThreadSpinning}. */
+  threadSpinning?: boolean | "auto";
 }
 
 export interface CreatedSession {
@@ -63,8 +63,18 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
     // leaves half the memory bandwidth unused: decoding is memory-bound, so use every CPU.
     intraOpNumThreads: settings.intraOpThreads > 0 ? settings.intraOpThreads : availableParallelism(),
     ...(settings.interOpThreads > 0 ? { interOpNumThreads: settings.interOpThreads } : {}),
-    ...(settings.threadSpinning === false ? { extra: { session: { "intra_op.allow_spinning": "0" } } } : {}),
+    ...(!resolveThreadSpinning(settings.threadSpinning) ? { extra: { session: { "intra_op.allow_spinning": "0" } } } : {}),
   };
+}
+
+/**
+ * Whether onnxruntime's intra-op threads should spin. "auto": only when the CPUs are mostly
+ * idle (1-minute load average below the CPU count less one half), because spinning threads
+ * fight other busy processes for the cores and decoding then slows down several times.
+ */
+export function resolveThreadSpinning(setting: boolean | "auto" | undefined, load = loadavg()[0] ?? 0, cpus = availableParallelism()): boolean {
+  if (setting === true || setting === false) return setting;
+  return load < cpus - 0.5;
 }
 
 /**
