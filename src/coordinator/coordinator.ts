@@ -123,6 +123,9 @@ export class Coordinator {
       bodyLimit: config.server.bodyLimit,
       ajv: { customOptions: { removeAdditional: false, coerceTypes: "array", allErrors: false } },
       return503OnClosing: true,
+      // A bad percent-encoding or an over-long path parameter is answered by the router itself;
+      // without this it would be plain JSON instead of problem+json.
+      frameworkErrors: (err, request, reply) => void errorHandler(log)(err, request, reply),
     });
 
     app.setErrorHandler(errorHandler(log));

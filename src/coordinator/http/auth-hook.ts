@@ -28,7 +28,9 @@ export function bearerToken(header: string | undefined): string | undefined {
 export function registerAuth(app: FastifyInstance, ctx: CoordinatorContext, isPublic: (url: string) => boolean): void {
   app.decorateRequest("apiKey", null);
   app.addHook("onRequest", async (request: FastifyRequest, reply: FastifyReply) => {
-    const url = request.url.split("?")[0] ?? "";
+    // The router decodes the path (`/%761/jobs` is `/v1/jobs`), so judge the route it matched;
+    // the raw path only for a request no route matched (answered 404, or 401 under /v1/).
+    const url = request.routeOptions.url ?? request.url.split("?")[0] ?? "";
     // Only the client API needs a key; any other path is public or answered 404 by the router.
     if (isPublic(url) || !(url === "/v1" || url.startsWith("/v1/"))) return;
     const token = bearerToken(request.headers.authorization);

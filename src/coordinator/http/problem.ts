@@ -68,6 +68,11 @@ function fromFastifyError(err: FastifyError): Problem | undefined {
       return problem(400, "bad_request", "the JSON body is empty");
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
       return problem(400, "bad_request", "Content-Length does not match the body");
+    // Raised by the router before any route runs (see frameworkErrors in coordinator.ts).
+    case "FST_ERR_BAD_URL":
+      return problem(400, "bad_request", "the URL has an invalid percent-encoding");
+    case "FST_ERR_MAX_PARAM_LENGTH":
+      return problem(404, "job_not_found", "no such job");
     default:
       break;
   }
