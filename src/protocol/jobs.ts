@@ -19,8 +19,8 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 export const OutputConfigSchema = Type.Object(
   {
     /** "local" (the coordinator's data dir) or "s3://bucket/prefix" (bucket allowed for the tenant). */
-    destination: Type.String({ minLength: 1, maxLength: 1024, default: "local" }),
-    format: Type.Union(OUTPUT_FORMATS.map((f) => Type.Literal(f)), { default: "json" }),
+    destination: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, default: "local" })),
+    format: Type.Optional(Type.Union(OUTPUT_FORMATS.map((f) => Type.Literal(f)), { default: "json" })),
   },
   { additionalProperties: false },
 );
