@@ -8,7 +8,8 @@ import { Rig } from "./rig.js";
  * test-controlled TCP proxies). Each test ends by stopping everything and checking the delivery
  * invariants on the SQLite file and result files (invariants.ts).
  */
-describe("reliability: single faults", () => {
+// Real processes on a shared 2-core CI box: generous limits, the waits inside have their own deadlines.
+describe("reliability: single faults", { timeout: 120_000 }, () => {
   let rig: Rig | undefined;
   const accepted = new Set<string>();
 

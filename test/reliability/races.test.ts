@@ -8,7 +8,8 @@ import { Rig } from "./rig.js";
  * SIGKILLed during a storm of idempotent submits, and a chaos run. Each test ends by stopping
  * everything and checking the delivery invariants (invariants.ts).
  */
-describe("reliability: races and chaos", () => {
+// Real processes on a shared 2-core CI box: generous limits, the waits inside have their own deadlines.
+describe("reliability: races and chaos", { timeout: 120_000 }, () => {
   let rig: Rig | undefined;
 
   beforeAll(() => assertBuilt());
