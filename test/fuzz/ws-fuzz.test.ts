@@ -35,6 +35,8 @@ let before: JobRecord[] = [];
 const tried: Record<string, number> = {};
 /** How the random frames were classified (invalid by code, valid by type), for the summary. */
 const classes = new Map<string, number>();
+/** FUZZ_SCALE=10 for a deeper local run; FUZZ_SEED replays a reported seed. */
+const SCALE = Number(process.env.FUZZ_SCALE ?? 1);
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
 
 class FuzzMiner {
@@ -248,7 +250,7 @@ function count(name: string): void {
   tried[name] = (tried[name] ?? 0) + 1;
 }
 
-describe("miner gateway under fuzzed frames", () => {
+describe("miner gateway under fuzzed frames", { timeout: 60_000 * SCALE }, () => {
   it("every invalid frame gets an error frame; valid frames for leases it does not hold are stale; no job changes", async () => {
     const m = await FuzzMiner.hello("fuzz-a");
     const chunkKeys = new Set<string>();
@@ -291,7 +293,7 @@ describe("miner gateway under fuzzed frames", () => {
         expect(m.frames.filter((x) => x.type !== "cancel")).toEqual([]);
         m.frames.length = 0;
       }),
-      { numRuns: 300, seed: SEED },
+      { numRuns: 300 * SCALE, seed: SEED },
     );
     m.close();
   });
@@ -308,7 +310,7 @@ describe("miner gateway under fuzzed frames", () => {
         expect(await m.next()).toMatchObject({ type: "error", fatal: true });
         expect((await m.waitClosed()).code).toBe(1008);
       }),
-      { numRuns: 20, seed: SEED },
+      { numRuns: 20 * SCALE, seed: SEED },
     );
   });
 
@@ -332,7 +334,7 @@ describe("miner gateway under fuzzed frames", () => {
         m.send(JSON.stringify(frame));
         expect(await m.next()).toMatchObject({ type: "ack", job_id: lease.jobId, of: type, status: "stale" });
       }),
-      { numRuns: 60, seed: SEED },
+      { numRuns: 60 * SCALE, seed: SEED },
     );
     m.close();
   });
@@ -346,7 +348,7 @@ describe("miner gateway under fuzzed frames", () => {
         expect(await m.next()).toMatchObject({ type: "error", code: "frame_invalid", fatal: false });
         m.send(HEARTBEAT);
       }),
-      { numRuns: 50, seed: SEED },
+      { numRuns: 50 * SCALE, seed: SEED },
     );
     m.close();
 

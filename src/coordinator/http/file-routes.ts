@@ -40,6 +40,8 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         } catch {
           throw new ValidationError("the file is not valid UTF-8 text", { field: "body" });
         }
+        // The decoder drops a leading byte-order mark: a BOM-only file is empty text (an empty prompt).
+        if (text.length === 0) throw new ValidationError("the file is empty", { field: "body" });
         if (text.length > ctx.config.limits.maxInputChars) {
           throw new ValidationError(`the file is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "body" });
         }
