@@ -180,8 +180,8 @@ export class ApiClient {
       });
     } catch (err) {
       if (init.signal?.aborted === true) throw err;
-      const cause = (err as { cause?: { code?: unknown } }).cause;
-      const why = typeof cause?.code === "string" ? cause.code : "network error";
+      const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
+      const why = typeof cause?.code === "string" ? cause.code : typeof cause?.message === "string" ? cause.message : "network error";
       throw new ApiError(0, "unreachable", `cannot reach the coordinator at ${this.baseUrl}: ${why}`, { retryable: true, cause: err });
     }
     if (res.ok) return res;

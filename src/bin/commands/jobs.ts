@@ -395,7 +395,11 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
   try {
     for await (const e of client.followJob(jobId, { signal: controller.signal })) {
       if (quiet) continue;
-      if (e.type === "snapshot") view.state(e.job.status === "queued" ? queuedLine(e.job) : e.job.status, e.job.status);
+      if (e.type === "snapshot") {
+        // The stream's snapshot has no queue facts; the status endpoint says why a job waits.
+        const job = e.job.status === "queued" && e.job.eligible_miners === undefined ? await client.getJob(jobId) : e.job;
+        view.state(job.status === "queued" ? queuedLine(job) : job.status, job.status);
+      }
       else if (e.type === "state") view.state(stateLine(e.state, e.data), e.state);
       else if (e.type === "progress") view.progress(e);
       else view.state(`connection lost, reconnecting in ${(e.delayMs / 1000).toFixed(1)} s`, "reconnecting");
