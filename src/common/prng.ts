@@ -1,6 +1,8 @@
 /**
- * Seeded normal random numbers for model weights: mulberry32 (32-bit state, good enough for
- * weights, tiny and fast) plus Box–Muller. Same seed → same sequence on every platform.
+ * The one seeded PRNG of the project: mulberry32 (32-bit state, tiny and fast; good enough for
+ * sampling tokens and drawing model weights) plus Box–Muller for normals. Same seed → same
+ * sequence on every platform, which is what makes seeded generation and model builds
+ * reproducible.
  */
 export class Prng {
   private state: number;

@@ -1,7 +1,8 @@
 import * as ort from "onnxruntime-node";
 import { ModelError } from "../common/errors.js";
 import type { SamplingParams } from "./sampling.js";
-import { SeededRandom, sampleNextToken } from "./sampling.js";
+import { sampleNextToken } from "./sampling.js";
+import { Prng } from "../common/prng.js";
 
 /** A model's session and the shape its feeds need. */
 export interface DecodeModel {
@@ -41,7 +42,7 @@ export interface DecodeResult {
  * tensors ([1, H, 0, D]). The end-of-text token is kept in `tokenIds` and ends the loop.
  */
 export async function runDecode(model: DecodeModel, req: DecodeRequest, hooks: DecodeHooks): Promise<DecodeResult> {
-  const random = new SeededRandom(req.seed);
+  const random = new Prng(req.seed);
   const inputNames = new Set(model.session.inputNames);
   const seen: number[] = [...req.promptIds];
   const generated: number[] = [];

@@ -1,3 +1,4 @@
+import type { Prng } from "../common/prng.js";
 /**
  * Choosing the next token from one position's logits. Pure functions over Float32Array with a
  * seeded PRNG, so the same seed gives the same output and tests can check the distribution by
@@ -18,24 +19,6 @@ export interface SamplingParams {
 export interface Candidates {
   ids: Int32Array;
   probs: Float64Array;
-}
-
-/** mulberry32: a small, fast 32-bit PRNG; good enough for sampling and fully reproducible. */
-export class SeededRandom {
-  private state: number;
-
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-
-  /** A float in [0, 1). */
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
 }
 
 /**
@@ -102,7 +85,7 @@ export function candidateDistribution(logits: Float32Array, params: Pick<Samplin
 }
 
 /** Draws one id from `candidates` with a uniform number from `random`. */
-export function drawFrom(candidates: Candidates, random: SeededRandom): number {
+export function drawFrom(candidates: Candidates, random: Prng): number {
   const u = random.next();
   let cumulative = 0;
   for (let i = 0; i < candidates.probs.length; i++) {
@@ -117,7 +100,7 @@ export function drawFrom(candidates: Candidates, random: SeededRandom): number {
  * The next token: repetition penalty over `seen` (prompt and generated ids), then greedy when
  * temperature is 0, else a draw from {@link candidateDistribution}. Modifies `logits`.
  */
-export function sampleNextToken(logits: Float32Array, seen: Iterable<number>, params: SamplingParams, random: SeededRandom): number {
+export function sampleNextToken(logits: Float32Array, seen: Iterable<number>, params: SamplingParams, random: Prng): number {
   applyRepetitionPenalty(logits, seen, params.repetition_penalty);
   if (params.temperature <= 0) return argmax(logits);
   return drawFrom(candidateDistribution(logits, params), random);

@@ -1,4 +1,5 @@
 import { AppError } from "../common/errors.js";
+import { Prng } from "../common/prng.js";
 import type { Engine, EngineModelInfo, GenerateRequest, GenerateResult } from "../inference/engine.js";
 import type { FakeEngineOptions } from "./config.js";
 
@@ -9,18 +10,6 @@ import type { FakeEngineOptions } from "./config.js";
  * enabled = true` (or AITBC_MINER_FAKE_ENGINE_ENABLED=true). Never used in production paths.
  */
 const WORDS = ["the", "miner", "ran", "a", "small", "model", "on", "one", "GPU", "and", "it", "worked", "well", "today"];
-
-/** A tiny seeded PRNG (mulberry32) so the same (prompt, seed) gives the same text. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hashString(s: string): number {
   let h = 2166136261;
@@ -53,7 +42,8 @@ export class FakeEngine implements Engine {
     const o = this.options;
     const start = performance.now();
     const stepMs = 1000 / o.tokensPerSecond;
-    const rand = prng(hashString(request.prompt) ^ request.params.seed);
+    const random = new Prng(hashString(request.prompt) ^ request.params.seed);
+    const rand = (): number => random.next();
     const maxTokens = request.params.max_new_tokens;
     const ids: number[] = [];
     let text = "";

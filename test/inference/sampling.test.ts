@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { SeededRandom, applyRepetitionPenalty, argmax, candidateDistribution, drawFrom, sampleNextToken } from "../../src/inference/sampling.js";
+import { Prng } from "../../src/common/prng.js";
+import { applyRepetitionPenalty, argmax, candidateDistribution, drawFrom, sampleNextToken } from "../../src/inference/sampling.js";
 
 const softmax = (xs: number[]): number[] => {
   const m = Math.max(...xs);
@@ -67,15 +68,15 @@ describe("repetition penalty", () => {
 
   it("changes the greedy choice", () => {
     const params = { temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 2 };
-    expect(sampleNextToken(Float32Array.from([2, 1.5, 0]), [0], params, new SeededRandom(1))).toBe(1);
-    expect(sampleNextToken(Float32Array.from([2, 1.5, 0]), [], params, new SeededRandom(1))).toBe(0);
+    expect(sampleNextToken(Float32Array.from([2, 1.5, 0]), [0], params, new Prng(1))).toBe(1);
+    expect(sampleNextToken(Float32Array.from([2, 1.5, 0]), [], params, new Prng(1))).toBe(0);
   });
 });
 
 describe("seeded sampling", () => {
   const params = { temperature: 1, top_k: 0, top_p: 1, repetition_penalty: 1 };
   const draw = (seed: number, n: number): number[] => {
-    const random = new SeededRandom(seed);
+    const random = new Prng(seed);
     return Array.from({ length: n }, () => sampleNextToken(Float32Array.from([2, 1, 0, -1]), [], params, random));
   };
 
@@ -93,7 +94,7 @@ describe("seeded sampling", () => {
 
   it("drawFrom follows the cumulative distribution", () => {
     const candidates = { ids: Int32Array.from([5, 9]), probs: Float64Array.from([0.25, 0.75]) };
-    const fixed = (u: number): SeededRandom => ({ next: () => u }) as unknown as SeededRandom;
+    const fixed = (u: number): Prng => ({ next: () => u }) as unknown as Prng;
     expect(drawFrom(candidates, fixed(0.2))).toBe(5);
     expect(drawFrom(candidates, fixed(0.3))).toBe(9);
     expect(drawFrom(candidates, fixed(0.9999999))).toBe(9);

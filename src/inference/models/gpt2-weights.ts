@@ -1,4 +1,4 @@
-import { Prng, tensorSeed } from "./prng.js";
+import { Prng, tensorSeed } from "../../common/prng.js";
 
 /** The shape of a GPT-2 model, in Hugging Face's config.json terms. */
 export interface Gpt2Config {
