@@ -1,4 +1,5 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { Prng } from "../../src/common/prng.js";
 import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
 import { checkInvariants } from "./invariants.js";
 import { Rig } from "./rig.js";
@@ -22,16 +23,10 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
 
   const TERMINAL = new Set(["completed", "failed", "cancelled", "timed_out", "expired"]);
 
-  /** A seeded PRNG so a failing chaos run can be replayed with the same choices. */
+  /** Seeded, so a failing run can be replayed with the same choices. */
   function prng(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    const p = new Prng(seed);
+    return () => p.next();
   }
 
   /** POSTs until a 2xx, retrying network errors and 5xx with the same Idempotency-Key. */
