@@ -158,6 +158,35 @@ export class Coordinator {
     return app;
   }
 
+  /**
+   * Applies what can change without a restart (SIGHUP): log level, rate limits, estimates and
+   * the price table. Returns the sections that changed; others (ports, data dir, scheduler
+   * timings) need a restart and are left as they are.
+   */
+  reload(next: CoordinatorConfig): string[] {
+    const ctx = this.context;
+    const cur = ctx.config;
+    const changed: string[] = [];
+    const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+    if (cur.logLevel !== next.logLevel) {
+      this.options.log.level = next.logLevel;
+      changed.push("log.level");
+    }
+    if (!same(cur.limits, next.limits)) {
+      ctx.limiter.setWindows([
+        { limit: next.limits.perMinute, windowMs: next.limits.minuteWindowMs },
+        { limit: next.limits.perHour, windowMs: next.limits.hourWindowMs },
+      ]);
+      changed.push("limits");
+    }
+    if (!same(cur.estimates, next.estimates)) changed.push("estimates");
+    if (!same(cur.pricing, next.pricing)) changed.push("pricing");
+    if (!same(cur.tenants, next.tenants)) changed.push("tenants");
+    ctx.config = { ...cur, logLevel: next.logLevel, limits: next.limits, estimates: next.estimates, pricing: next.pricing, tenants: next.tenants };
+    this.options.log.info({ changed }, changed.length === 0 ? "config reloaded: nothing changed" : "config reloaded");
+    return changed;
+  }
+
   /** Idempotent: later calls return the first call's promise. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {

@@ -30,6 +30,19 @@ export function registerCoordinatorCommand(program: Command): void {
       });
       const log = createLogger({ level: config.logLevel, name: "coordinator" });
       const coordinator = new Coordinator({ config, log });
+      // SIGHUP re-reads the file (and environment) and applies what can change while running.
+      const onHup = (): void => {
+        try {
+          const next = loadCoordinatorConfig(opts.config, {
+            optional: cmd.getOptionValueSource("config") !== "cli",
+            overrides: { "server.host": opts.host, "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel },
+          });
+          coordinator.reload(next);
+        } catch (err) {
+          log.error({ err: err instanceof Error ? err.message : String(err) }, "config reload refused; keeping the running config");
+        }
+      };
+      process.on("SIGHUP", onHup);
       await runUntilSignal(coordinator, log, async () => {
         const queued = await coordinator.store.countQueued({});
         return `${coordinator.gateway.connectedMiners()} miners connected, ${queued} jobs queued, listening on ${coordinator.url}`;
