@@ -10,6 +10,7 @@ export interface RawResponse {
   status: number;
   contentType: string;
   text: string;
+  head: boolean;
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
@@ -29,12 +30,12 @@ export function rawRequest(
         const contentType = String(res.headers["content-type"] ?? "");
         if (contentType.startsWith("text/event-stream")) {
           res.destroy();
-          resolve({ status: res.statusCode ?? 0, contentType, text: "" });
+          resolve({ status: res.statusCode ?? 0, contentType, text: "", head: method === "HEAD" });
           return;
         }
         const parts: Buffer[] = [];
         res.on("data", (c: Buffer) => parts.push(c));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, contentType, text: Buffer.concat(parts).toString("utf8") }));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, contentType, text: Buffer.concat(parts).toString("utf8"), head: method === "HEAD" }));
         res.on("error", reject);
       },
     );
@@ -52,6 +53,7 @@ export function expectWellFormed(res: RawResponse, what: string): void {
   expect(res.status, `${what}: ${res.text.slice(0, 300)}`).toBeLessThan(500);
   if (res.status >= 400) {
     expect(res.contentType, `${what}: ${res.status} ${res.text.slice(0, 300)}`).toMatch(/^application\/problem\+json/);
+    if (res.head) return; // A HEAD answer has the headers of the GET and no body.
     const body = JSON.parse(res.text) as { code?: unknown; status?: unknown };
     expect(typeof body.code, what).toBe("string");
     expect(body.status, what).toBe(res.status);

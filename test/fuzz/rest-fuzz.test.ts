@@ -28,8 +28,8 @@ function count(property: string, res: RawResponse): void {
 
 /** FUZZ_SCALE=10 for a deeper local run; FUZZ_SEED replays a reported seed. */
 const SCALE = Number(process.env.FUZZ_SCALE ?? 1);
-const RUNS = Object.fromEntries(Object.entries({ jobs: 300, raw: 200, query: 200, paths: 200, headers: 150, files: 150 }).map(([k, n]) => [k, n * SCALE])) as Record<
-  "jobs" | "raw" | "query" | "paths" | "headers" | "files",
+const RUNS = Object.fromEntries(Object.entries({ jobs: 300, raw: 200, bursts: 30, query: 200, paths: 200, headers: 150, files: 150 }).map(([k, n]) => [k, n * SCALE])) as Record<
+  "jobs" | "raw" | "bursts" | "query" | "paths" | "headers" | "files",
   number
 >;
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
@@ -245,6 +245,30 @@ describe("client REST API under fuzzed input", { timeout: 60_000 * SCALE }, () =
     );
   });
 
+  it("concurrent submissions with one Idempotency-Key: exactly one job, every 200/201 names it, the rest 409", async () => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(validBody, fc.array(fc.boolean(), { minLength: 2, maxLength: 8 }), async (body, sameBody) => {
+        n += 1;
+        const key = `burst-${SEED}-${n}`;
+        const other = { ...body, input: `${String(body.input)} (changed)` };
+        const results = await Promise.all(
+          sameBody.map((same) => rawRequest(h.url, "POST", "/v1/jobs", { ...json(h.key), "idempotency-key": key }, JSON.stringify(same ? body : other))),
+        );
+        for (const res of results) {
+          count("concurrent idempotent submissions", res);
+          expectWellFormed(res, `burst ${key}`);
+          expect([200, 201, 409]).toContain(res.status);
+        }
+        expect(results.filter((r) => r.status === 201)).toHaveLength(1);
+        const ids = new Set(results.filter((r) => r.status < 300).map((r) => (JSON.parse(r.text) as { job_id: string }).job_id));
+        expect(ids.size).toBe(1);
+        for (const r of results) await trackSubmit(r);
+      }),
+      { numRuns: RUNS.bursts, seed: SEED },
+    );
+  });
+
   it("GET /v1/jobs, /v1/jobs/history, /events: random query strings; lists show only this tenant's accepted jobs", async () => {
     const key = fc.constantFrom("status", "limit", "cursor", "from", "to", "after", "", "x", "limit[]", "__proto__", "constructor", "STATUS");
     const value = fc.oneof(
@@ -305,7 +329,7 @@ describe("client REST API under fuzzed input", { timeout: 60_000 * SCALE }, () =
       fc.constantFrom(...[0, 1, 2]).map((i) => [...acceptedJobs][i] ?? "job_none"),
     );
     const suffix = fc.constantFrom("", "/download", "/events", "/", "/download/..", "/%64ownload", "/events%2f");
-    const method = fc.constantFrom("GET", "GET", "DELETE", "POST", "PUT", "PATCH", "OPTIONS");
+    const method = fc.constantFrom("GET", "GET", "DELETE", "POST", "PUT", "PATCH", "OPTIONS", "HEAD");
     const prefix = fc.constantFrom("/v1/jobs/", "/v1/jobs/", "/%761/jobs/", "/v1/jobs//", "/v1/miners/../jobs/", "/V1/jobs/");
     await fc.assert(
       fc.asyncProperty(method, prefix, id, suffix, async (m, p, jobId, s) => {
@@ -407,6 +431,9 @@ describe("client REST API under fuzzed input", { timeout: 60_000 * SCALE }, () =
     } finally {
       db.close();
     }
+    // HEAD of a live event stream answers with the stream's headers and ends (it used to hang).
+    const head = await rawRequest(h.url, "HEAD", `/v1/jobs/${[...acceptedJobs][0] ?? "job_none"}/events`, { authorization: `Bearer ${h.key}` });
+    expect(head).toMatchObject({ status: 200, contentType: expect.stringMatching(/^text\/event-stream/) as unknown });
     // A normal request still works end to end.
     const ok = await rawRequest(h.url, "POST", "/v1/jobs", json(h.key), JSON.stringify({ model: "gpt2", input: "still here" }));
     expect(ok.status).toBe(201);

@@ -52,6 +52,11 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
             ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map((h) => [h, String(reply.getHeader(h) ?? "")]),
           ),
         });
+        // HEAD gets the stream's headers only: Node sends them at end(), so an open stream would hang.
+        if (request.method === "HEAD") {
+          raw.end();
+          return;
+        }
         const write = (event: string, data: unknown, id?: number): void => {
           raw.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
         };
