@@ -18,16 +18,18 @@ function conn(s: Started): string[] {
 }
 
 /** Setup steps go through the ApiClient in-process: each CLI child costs a second of CPU here. */
-async function submitDirect(s: Started, input: string, priority: "low" | "normal" = "normal"): Promise<string> {
-  return (await new ApiClient({ url: s.url, key: s.key }).submitJob({ model: "tiny-gpt2", input, priority })).job_id;
+async function submitDirect(s: Started, input: string, priority: "low" | "normal" = "normal", format: "json" | "text" = "json"): Promise<string> {
+  const body = { model: "tiny-gpt2", input, priority, output_config: { destination: "local", format } };
+  return (await new ApiClient({ url: s.url, key: s.key }).submitJob(body)).job_id;
 }
 
 function json<T = Record<string, unknown>>(text: string): T {
   return JSON.parse(text) as T;
 }
 
-describe("aitbc jobs", () => {
-  it("submit, status, list, download and history with --json", async () => {
+// Each CLI child costs about a second of CPU; on a loaded 2-core machine a test may need minutes.
+describe("aitbc jobs", { timeout: 180_000 }, () => {
+  it("submit passes every flag to the API; status --json and text", async () => {
     const s = await startCoordinator();
     const cwd = tempDir("aitbc-cwd-");
     const sub = await aitbc(
@@ -35,7 +37,7 @@ describe("aitbc jobs", () => {
         "jobs", "submit", "--model", "tiny-gpt2", "--input", "Hello GPU network",
         "--max-new-tokens", "7", "--temperature", "0", "--top-k", "5", "--top-p", "0.5", "--repetition-penalty", "1.2",
         "--stop", "END", "--stop", "\n\n", "--seed", "42", "--priority", "high", "--timeout-seconds", "60",
-        "--format", "text", "--json", ...conn(s),
+        "--gpu-type", "v100", "--gpu-count", "2", "--min-vram-gb", "16", "--format", "text", "--json", ...conn(s),
       ],
       { cwd },
     );
@@ -55,12 +57,18 @@ describe("aitbc jobs", () => {
       timeout_seconds: 60,
       eligible_miners: 0,
       output_config: { destination: "local", format: "text" },
+      requirements: { gpu_type: "v100", gpu_count: 2, min_vram_gb: 16 },
       parameters: { max_new_tokens: 7, temperature: 0, top_k: 5, top_p: 0.5, repetition_penalty: 1.2, stop: ["END", "\n\n"], seed: 42 },
     });
     const human = await aitbc(["jobs", "status", submitted.job_id, ...conn(s)], { cwd });
     expect(human.stdout).toMatch(/^status\s+queued$/m);
     expect(human.stdout).toMatch(/^eligible\s+0 connected miner/m);
+  });
 
+  it("list (filter, pages), download and history", async () => {
+    const s = await startCoordinator();
+    const cwd = tempDir("aitbc-cwd-");
+    const submitted = { job_id: await submitDirect(s, "Hello", "normal", "text") };
     // A second job stays queued, so list --status filters something.
     const other = { job_id: await submitDirect(s, "x", "low") };
 
