@@ -319,13 +319,15 @@ class ProgressView {
 
   constructor(private readonly tty: boolean) {}
 
+  /** A state line; a state repeated (the snapshot, then the same state from the log) shows once. */
   state(line: string, state: string): void {
     if (this.bar !== undefined) {
-      this.bar.update({ state });
+      if (state === "completed") this.bar.update(this.bar.getTotal(), { state });
+      else this.bar.update({ state });
       return;
     }
-    if (line === this.lastState) return;
-    this.lastState = line;
+    if (state === this.lastState) return;
+    this.lastState = state;
     process.stderr.write(`${line}\n`);
   }
 
