@@ -227,6 +227,12 @@ export class MinerGateway implements MinerDirectory {
         return;
       case "result_chunk": {
         const k = leaseKey(frame.job_id, frame.attempt);
+        // Only for a lease this connection holds: chunks are buffered in memory until the
+        // result, so others are dropped (the result that follows them is acked "stale").
+        if (!s.leases.has(k)) {
+          s.log.debug({ jobId: frame.job_id, attempt: frame.attempt }, "result chunk for a lease not held dropped");
+          return;
+        }
         const list = s.chunks.get(k) ?? [];
         if (list.length >= RESULT_MAX_CHUNKS) {
           s.send({ type: "error", code: "frame_invalid", message: "too many result chunks", fatal: false });
