@@ -394,15 +394,14 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
   process.once("SIGINT", onSigint);
   const view = new ProgressView(process.stderr.isTTY === true && !opts.json);
   const quiet = opts.json;
+  let snapshot: JobStatus | undefined;
   try {
     for await (const e of client.followJob(jobId, { signal: controller.signal })) {
       if (quiet) continue;
-      if (e.type === "snapshot") {
-        // The stream's snapshot has no queue facts; the status endpoint says why a job waits.
-        const job = e.job.status === "queued" && e.job.eligible_miners === undefined ? await client.getJob(jobId) : e.job;
-        view.state(job.status === "queued" ? queuedLine(job) : job.status, job.status);
-      }
-      else if (e.type === "state") view.state(stateLine(e.state, e.data), e.state);
+      // The log replays every state from "queued" on, so the snapshot only adds why a job waits
+      // (the stream's snapshot has no queue facts; the status endpoint has).
+      if (e.type === "snapshot") snapshot = e.job.status === "queued" && e.job.eligible_miners === undefined ? await client.getJob(jobId) : e.job;
+      else if (e.type === "state") view.state(e.state === "queued" && snapshot?.status === "queued" ? queuedLine(snapshot) : stateLine(e.state, e.data), e.state);
       else if (e.type === "progress") view.progress(e);
       else view.state(`connection lost, reconnecting in ${(e.delayMs / 1000).toFixed(1)} s`, "reconnecting");
     }
