@@ -2,22 +2,27 @@
 import { Command, CommanderError } from "commander";
 import { AppError, toAppError } from "../common/errors.js";
 import { packageVersion } from "../common/package-info.js";
-import { registerConfigCommand } from "./commands/config.js";
-import { registerCoordinatorCommand } from "./commands/coordinator.js";
-import { registerDoctorCommand } from "./commands/doctor.js";
-import { registerGenerateCommand } from "./commands/generate.js";
-import { registerGpusCommand } from "./commands/gpus.js";
-import { registerJobsCommand } from "./commands/jobs.js";
-import { registerKeysCommand } from "./commands/keys.js";
-import { registerMinerCommand } from "./commands/miner.js";
-import { registerModelsCommand } from "./commands/models.js";
-import { registerUpCommand } from "./commands/up.js";
-
 /**
  * The one CLI binary. Each subcommand lives in `src/bin/commands/<name>.ts` and exports a
  * `register…` function; this file only wires them up and turns failures into a one-line
  * message and an exit code (never a stack trace for a user's mistake).
+ *
+ * Command modules are loaded on demand: `aitbc jobs …` does not pay for loading onnxruntime,
+ * fastify and the miner. Only the top-level help loads them all (to list them).
  */
+type Register = (p: Command) => void;
+const COMMANDS: Record<string, () => Promise<Register>> = {
+  config: async () => (await import("./commands/config.js")).registerConfigCommand,
+  coordinator: async () => (await import("./commands/coordinator.js")).registerCoordinatorCommand,
+  doctor: async () => (await import("./commands/doctor.js")).registerDoctorCommand,
+  generate: async () => (await import("./commands/generate.js")).registerGenerateCommand,
+  gpus: async () => (await import("./commands/gpus.js")).registerGpusCommand,
+  jobs: async () => (await import("./commands/jobs.js")).registerJobsCommand,
+  keys: async () => (await import("./commands/keys.js")).registerKeysCommand,
+  miner: async () => (await import("./commands/miner.js")).registerMinerCommand,
+  models: async () => (await import("./commands/models.js")).registerModelsCommand,
+  up: async () => (await import("./commands/up.js")).registerUpCommand,
+};
 const program = new Command()
   .name("aitbc")
   .description("aitbc-miner: a GPU miner network (coordinator, miner daemon, client CLI)")
@@ -25,9 +30,9 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const registrations: ((p: Command) => void)[] = [registerConfigCommand, registerCoordinatorCommand, registerDoctorCommand, registerGenerateCommand, registerGpusCommand, registerJobsCommand, registerKeysCommand, registerMinerCommand, registerModelsCommand, registerUpCommand];
-// Subcommands register here (keep alphabetical).
-for (const register of registrations) register(program);
+const wanted = process.argv[2];
+const names = wanted !== undefined && Object.hasOwn(COMMANDS, wanted) ? [wanted] : Object.keys(COMMANDS);
+for (const name of names) (await COMMANDS[name]!())(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -24,6 +24,11 @@ const KEEPALIVE_MS = 15_000;
  */
 export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
   return async (app) => {
+    // Open streams, ended when the coordinator closes: clients reconnect with Last-Event-ID.
+    const open = new Set<() => void>();
+    app.addHook("preClose", async () => {
+      for (const end of [...open]) end();
+    });
     app.get(
       "/v1/jobs/:job_id/events",
       {
@@ -64,6 +69,7 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         const end = (): void => {
           if (ended) return;
           ended = true;
+          open.delete(end);
           unsubscribe();
           clearInterval(keepalive);
           raw.end();
@@ -93,6 +99,7 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           (e) => (replaying ? buffered.push(e) : sendChange(e)),
           sendProgress,
         );
+        open.add(end);
         const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
         request.raw.on("close", end);
 
