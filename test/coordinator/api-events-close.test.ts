@@ -8,7 +8,8 @@ describe("event streams and shutdown", () => {
     const res = await h.call("GET", `/v1/jobs/${jobId}/events`);
     expect(res.status).toBe(200);
     const reader = res.body!.getReader();
-    const first = new TextDecoder().decode((await reader.read()).value);
+    const chunk: Uint8Array | undefined = (await reader.read()).value;
+    const first = new TextDecoder().decode(chunk);
     expect(first).toContain("event: snapshot");
 
     const stopped = h.stop().then(() => "stopped" as const);
