@@ -9,6 +9,7 @@ import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { JobStore } from "../../src/coordinator/store/job-store.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
 import { jobStoreContract } from "./job-store-contract.js";
+import { MIGRATIONS } from "../../src/coordinator/store/migrations.js";
 
 jobStoreContract("SqliteJobStore (file in a temp dir)", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "aitbc-store-"));
@@ -67,7 +68,7 @@ describe("SqliteJobStore specifics", () => {
     const db = new Database(file, { readonly: true });
     closers.push(() => db.close());
     const versions = db.prepare("SELECT version FROM schema_migrations ORDER BY version").all() as { version: number }[];
-    expect(versions.map((v) => v.version)).toEqual([1]);
+    expect(versions.map((v) => v.version)).toEqual(MIGRATIONS.map((_, i) => i + 1));
   });
 
   it("a locked database makes a write verb fail with UnavailableError (503) after the busy timeout", async () => {

@@ -77,4 +77,7 @@ export const MIGRATIONS: readonly string[] = [
     content TEXT NOT NULL
   );
   `,
+  `
+  CREATE INDEX jobs_queue_model ON jobs (status, model, priority_rank, seq);
+  `,
 ];

@@ -219,11 +219,9 @@ export class SqliteJobStore implements JobStore {
     if (this.closed) throw new UnavailableError("the job store is closed");
     const pending: JobEvent[] = [];
     const emit = (e: Omit<JobEvent, "seq">): void => {
-      const row = this.db
-        .prepare("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = ?")
+      const row = this.sql("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = ?")
         .get(e.jobId) as { seq: number };
-      this.db
-        .prepare("INSERT INTO job_events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)")
+      this.sql("INSERT INTO job_events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)")
         .run(e.jobId, row.seq, e.type, JSON.stringify(e.data), e.at);
       pending.push({ ...e, seq: row.seq });
     };
@@ -265,8 +263,7 @@ export class SqliteJobStore implements JobStore {
     emit: (e: Omit<JobEvent, "seq">) => void,
     extra: { error?: { code: string; message: string }; result?: StoredResult } = {},
   ): void {
-    this.db
-      .prepare(
+    this.sql(
         `UPDATE jobs SET status = ?, lease_token = NULL, lease_expires_at = NULL, completed_at = ?,
            progress = CASE WHEN ? = 'completed' THEN 100 ELSE progress END,
            result = COALESCE(?, result), error_code = ?, error_message = ?
@@ -290,8 +287,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   private requeue(r: JobRow, now: number, notBefore: number, reason: string, countsAsFailure: boolean, emit: (e: Omit<JobEvent, "seq">) => void): void {
-    this.db
-      .prepare(
+    this.sql(
         `UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, miner_id = NULL,
            progress = 0, attempt_started_at = NULL, not_before = ?, failures = failures + ?
          WHERE id = ?`,
@@ -306,8 +302,7 @@ export class SqliteJobStore implements JobStore {
     return settle(() =>
       this.tx((emit) => {
         if (job.idempotency !== undefined) {
-          const existing = this.db
-            .prepare("SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?")
+          const existing = this.sql("SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?")
             .get(job.tenant, job.idempotency.key) as JobRow | undefined;
           if (existing !== undefined) {
             if (existing.request_hash !== job.idempotency.requestHash) throw new IdempotencyMismatchError(existing.id);
@@ -315,8 +310,7 @@ export class SqliteJobStore implements JobStore {
           }
         }
         const id = randomId("job_");
-        this.db
-          .prepare(
+        this.sql(
             `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
                priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
                cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash)
@@ -369,8 +363,7 @@ export class SqliteJobStore implements JobStore {
     const params = { tenant, status: q.status ?? null, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
     const total = (this.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
     if (cursor !== undefined) where.push("(created_at < @ck OR (created_at = @ck AND seq < @cseq))");
-    const rows = this.db
-      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, seq DESC LIMIT @limit`)
+    const rows = this.sql(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, seq DESC LIMIT @limit`)
       .all(params) as JobRow[];
     return this.page(rows, q.limit, total, (r) => r.created_at);
   }
@@ -390,8 +383,7 @@ export class SqliteJobStore implements JobStore {
     const params = { tenant, from: q.from, to: q.to, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
     const total = (this.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
     if (cursor !== undefined) where.push("(completed_at < @ck OR (completed_at = @ck AND seq < @cseq))");
-    const rows = this.db
-      .prepare(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, seq DESC LIMIT @limit`)
+    const rows = this.sql(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, seq DESC LIMIT @limit`)
       .all(params) as JobRow[];
     return this.page(rows, q.limit, total, (r) => r.completed_at ?? 0);
   }
@@ -429,8 +421,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   countQueued(filter: { tenant?: string; model?: string }): Promise<number> {
-    const row = this.db
-      .prepare(
+    const row = this.sql(
         "SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND (@tenant IS NULL OR tenant = @tenant) AND (@model IS NULL OR model = @model)",
       )
       .get({ tenant: filter.tenant ?? null, model: filter.model ?? null }) as { n: number };
@@ -443,12 +434,13 @@ export class SqliteJobStore implements JobStore {
   }
 
   queuePosition(job: JobRecord): Promise<number> {
-    const row = this.db
-      .prepare(
-        `SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ? AND id != ?
-           AND (priority_rank > ? OR (priority_rank = ? AND (created_at < ? OR (created_at = ? AND seq < (SELECT seq FROM jobs WHERE id = ?)))))`,
+    const row = this.sql(
+        // Jobs the scheduler would pick first: same model, higher priority, or same priority and
+        // submitted earlier (seq). Counted on the jobs_queue_model index alone.
+        `SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ?
+           AND (priority_rank > ? OR (priority_rank = ? AND seq < (SELECT seq FROM jobs WHERE id = ?)))`,
       )
-      .get(job.model, job.id, PRIORITY_RANK[job.priority], PRIORITY_RANK[job.priority], job.createdAt, job.createdAt, job.id) as {
+      .get(job.model, PRIORITY_RANK[job.priority], PRIORITY_RANK[job.priority], job.id) as {
       n: number;
     };
     return Promise.resolve(row.n);
@@ -459,8 +451,7 @@ export class SqliteJobStore implements JobStore {
       this.tx(() => {
         const id = randomId("file_");
         const bytes = Buffer.byteLength(content);
-        this.db
-          .prepare("INSERT INTO files (id, tenant, bytes, sha256, created_at, content) VALUES (?, ?, ?, ?, ?, ?)")
+        this.sql("INSERT INTO files (id, tenant, bytes, sha256, created_at, content) VALUES (?, ?, ?, ?, ?, ?)")
           .run(id, tenant, bytes, sha, now, content);
         return { id, tenant, bytes, sha256: sha, createdAt: now, content };
       }),
@@ -479,8 +470,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]> {
-    const rows = this.db
-      .prepare("SELECT job_id, seq, type, data, at FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq")
+    const rows = this.sql("SELECT job_id, seq, type, data, at FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq")
       .all(jobId, afterSeq) as { job_id: string; seq: number; type: string; data: string; at: number }[];
     return Promise.resolve(
       rows.map((r) => ({ jobId: r.job_id, seq: r.seq, type: r.type, data: JSON.parse(r.data) as Record<string, unknown>, at: r.at })),
@@ -510,8 +500,7 @@ export class SqliteJobStore implements JobStore {
             const attempt = r.attempt + 1;
             const leaseToken = randomBytes(18).toString("base64url");
             const leaseExpiresAt = now + leaseTtlMs;
-            this.db
-              .prepare(
+            this.sql(
                 `UPDATE jobs SET status = 'assigned', attempt = ?, lease_token = ?, lease_expires_at = ?, miner_id = ?,
                    assigned_at = ?, progress = 0 WHERE id = ? AND status = 'queued'`,
               )
@@ -532,8 +521,7 @@ export class SqliteJobStore implements JobStore {
       this.tx((emit) => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref) || r.status !== "assigned") return false;
-        this.db
-          .prepare(
+        this.sql(
             `UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempt_started_at = ?,
                lease_expires_at = ? WHERE id = ?`,
           )
@@ -554,8 +542,7 @@ export class SqliteJobStore implements JobStore {
       this.tx(() => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref)) return { renewed: false, cancelRequested: false };
-        this.db
-          .prepare("UPDATE jobs SET lease_expires_at = MAX(COALESCE(lease_expires_at, 0), ?), progress = COALESCE(?, progress) WHERE id = ?")
+        this.sql("UPDATE jobs SET lease_expires_at = MAX(COALESCE(lease_expires_at, 0), ?), progress = COALESCE(?, progress) WHERE id = ?")
           .run(now + leaseTtlMs, progress === undefined ? null : Math.max(0, Math.min(100, progress)), ref.jobId);
         return { renewed: true, cancelRequested: r.cancel_requested === 1 };
       }),
@@ -633,8 +620,7 @@ export class SqliteJobStore implements JobStore {
   reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]> {
     return settle(() =>
       this.tx((emit) => {
-        const rows = this.db
-          .prepare("SELECT * FROM jobs WHERE status IN ('assigned','running') AND lease_expires_at < ?")
+        const rows = this.sql("SELECT * FROM jobs WHERE status IN ('assigned','running') AND lease_expires_at < ?")
           .all(now) as JobRow[];
         return rows.map((r): ReapedJob => {
           const base = { jobId: r.id, attempt: r.attempt, minerId: r.miner_id };
@@ -672,8 +658,7 @@ export class SqliteJobStore implements JobStore {
   timeOutRunning(now: number): Promise<ReapedJob[]> {
     return settle(() =>
       this.tx((emit) => {
-        const rows = this.db
-          .prepare("SELECT * FROM jobs WHERE status = 'running' AND attempt_started_at + timeout_seconds * 1000 < ?")
+        const rows = this.sql("SELECT * FROM jobs WHERE status = 'running' AND attempt_started_at + timeout_seconds * 1000 < ?")
           .all(now) as JobRow[];
         return rows.map((r): ReapedJob => {
           this.finish(r, "timed_out", now, emit, {
@@ -698,8 +683,7 @@ export class SqliteJobStore implements JobStore {
         const id = randomId("", 12);
         const secret = randomBytes(24).toString("base64url");
         const key = `aitbc_${kind === "client" ? "ck" : "mk"}_${id}_${secret}`;
-        this.db
-          .prepare("INSERT INTO api_keys (id, kind, name, tenant, secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+        this.sql("INSERT INTO api_keys (id, kind, name, tenant, secret_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)")
           .run(id, kind, name, tenant, sha256(secret), now);
         return { record: { id, kind, name, tenant, createdAt: now, revokedAt: null }, key };
       }),
