@@ -110,6 +110,27 @@ export const CoordinatorConfigSchema = Type.Object(
       },
       section,
     ),
+    s3: Type.Object(
+      {
+        /** S3 API endpoint URL (MinIO, s3rver, …). Default "" = AWS for `region`. */
+        endpoint: Type.String({ default: "" }),
+        /** Region the client signs for. Default "us-east-1". */
+        region: Type.String({ minLength: 1, default: "us-east-1" }),
+        /** Access key id. Default "" (then the AWS SDK's own credential chain is used). */
+        access_key_id: Type.String({ default: "" }),
+        /** Secret access key; prefer the environment: AITBC_COORDINATOR_S3_SECRET_ACCESS_KEY. Default "". */
+        secret_access_key: Type.String({ default: "" }),
+        /** Path-style URLs (endpoint/bucket/key) as MinIO and s3rver need; false = virtual-hosted. Default true. */
+        force_path_style: Type.Boolean({ default: true }),
+        /** Tries per upload before the job's result records the failure (a restart tries again). Default 5. */
+        upload_attempts: Type.Integer({ minimum: 1, maximum: 100, default: 5 }),
+        /** First delay between tries; it doubles (with jitter) up to upload_backoff_max. Default "1s". */
+        upload_backoff: Duration("1s", "first upload retry delay"),
+        /** Longest delay between tries. Default "30s". */
+        upload_backoff_max: Duration("30s", "longest upload retry delay"),
+      },
+      section,
+    ),
     tenants: Type.Record(
       Type.String(),
       Type.Object(
@@ -155,6 +176,16 @@ export interface CoordinatorConfig {
   estimates: { defaultTokensPerSecond: number; tokensPerSecond: Record<string, number>; overheadSeconds: number };
   pricing: { per1kTokens: Record<string, number>; perGpuHour: Record<string, number> };
   tenants: Record<string, { s3Buckets: string[] }>;
+  s3: {
+    endpoint: string;
+    region: string;
+    accessKeyId: string;
+    secretAccessKey: string;
+    forcePathStyle: boolean;
+    uploadAttempts: number;
+    uploadBackoffMs: number;
+    uploadBackoffMaxMs: number;
+  };
 }
 
 export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string | undefined): CoordinatorConfig {
@@ -197,6 +228,16 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
     },
     pricing: { per1kTokens: raw.pricing.per_1k_tokens, perGpuHour: raw.pricing.per_gpu_hour },
     tenants: Object.fromEntries(Object.entries(raw.tenants).map(([k, v]) => [k, { s3Buckets: v.s3_buckets }])),
+    s3: {
+      endpoint: raw.s3.endpoint,
+      region: raw.s3.region,
+      accessKeyId: raw.s3.access_key_id,
+      secretAccessKey: raw.s3.secret_access_key,
+      forcePathStyle: raw.s3.force_path_style,
+      uploadAttempts: raw.s3.upload_attempts,
+      uploadBackoffMs: d("s3.upload_backoff", raw.s3.upload_backoff),
+      uploadBackoffMaxMs: d("s3.upload_backoff_max", raw.s3.upload_backoff_max),
+    },
   };
 }
 

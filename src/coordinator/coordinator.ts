@@ -19,6 +19,7 @@ import { jobRoutes } from "./http/job-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { LocalResultStore } from "./results/result-store.js";
 import { CoordinatorMetrics } from "./metrics.js";
+import { S3Uploader } from "./results/s3-uploader.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import { SqliteJobStore } from "./store/sqlite-job-store.js";
@@ -51,6 +52,7 @@ export class Coordinator {
   private appInstance: FastifyInstance | undefined;
   private ctxInstance: CoordinatorContext | undefined;
   private gatewayInstance: MinerGateway | undefined;
+  private uploaderInstance: S3Uploader | undefined;
   private address = "";
 
   constructor(private readonly options: CoordinatorOptions) {}
@@ -71,6 +73,12 @@ export class Coordinator {
   get gateway(): MinerGateway {
     if (this.gatewayInstance === undefined) throw new Error("coordinator not started");
     return this.gatewayInstance;
+  }
+
+  /** Delivers results to s3:// destinations. */
+  get uploader(): S3Uploader {
+    if (this.uploaderInstance === undefined) throw new Error("coordinator not started");
+    return this.uploaderInstance;
   }
 
   get app(): FastifyInstance {
@@ -108,6 +116,9 @@ export class Coordinator {
       this.appInstance = app;
       this.address = await app.listen({ host: config.server.host, port: config.server.port });
       gateway.start();
+      const uploader = new S3Uploader({ config: config.s3, store, results: ctx.results, events, log, now: ctx.now });
+      this.uploaderInstance = uploader;
+      await uploader.start();
     } catch (err) {
       await this.stop();
       throw err;
@@ -193,6 +204,7 @@ export class Coordinator {
       this.transition("stopping");
       await this.gatewayInstance?.stop();
       await this.appInstance?.close();
+      await this.uploaderInstance?.stop();
       await this.ctxInstance?.store.close();
       this.transition("stopped");
     })();

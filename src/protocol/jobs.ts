@@ -70,7 +70,17 @@ export const JobResultSchema = Type.Object({
   finish_reason: Type.String(),
   usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() }),
   tokens_per_second: Type.Number(),
+  /** "local", the requested s3://bucket/prefix while its upload is pending or failed, the object's s3:// URI once uploaded. */
   destination: Type.String(),
+  /** Only for s3:// destinations: pending (not tried yet or retrying), uploaded, or failed (the error; the local copy stays). */
+  upload: Type.Optional(
+    Type.Object({
+      state: Type.Union([Type.Literal("pending"), Type.Literal("uploaded"), Type.Literal("failed")]),
+      uri: Type.Optional(Type.String()),
+      error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+      attempts: Type.Optional(Type.Integer()),
+    }),
+  ),
 });
 
 export const JobErrorSchema = Type.Object({ code: Type.String(), message: Type.String() });

@@ -19,6 +19,7 @@ import type { CoordinatorContext } from "../context.js";
 import { estimateJob } from "../estimates.js";
 import { IdempotencyMismatchError, InvalidCursorError } from "../store/sqlite-job-store.js";
 import type { JobRecord, Page } from "../store/job-store.js";
+import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
 
@@ -240,31 +241,11 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
             state: job.status,
           });
         }
-        const bytes = await ctx.results.read(job.result.location);
-        const output = bytes.toString("utf8");
-        if (job.outputFormat === "text") {
-          return reply
-            .type("text/plain; charset=utf-8")
-            .header("Content-Disposition", `attachment; filename="${job.id}.txt"`)
-            .header("Digest", `sha-256=${Buffer.from(job.result.sha256, "hex").toString("base64")}`)
-            .send(output);
+        const doc = renderResult(job, job.result, await ctx.results.read(job.result.location));
+        if (doc.ext === "txt") {
+          void reply.header("Digest", `sha-256=${Buffer.from(job.result.sha256, "hex").toString("base64")}`);
         }
-        return reply
-          .type("application/json; charset=utf-8")
-          .header("Content-Disposition", `attachment; filename="${job.id}.json"`)
-          .send(
-            JSON.stringify({
-              job_id: job.id,
-              model: job.model,
-              output,
-              finish_reason: job.result.finishReason,
-              usage: job.result.usage,
-              sha256: job.result.sha256,
-              parameters: job.parameters,
-              miner_id: job.minerId,
-              completed_at: job.completedAt === null ? null : new Date(job.completedAt).toISOString(),
-            }),
-          );
+        return reply.type(doc.contentType).header("Content-Disposition", `attachment; filename="${job.id}.${doc.ext}"`).send(doc.body);
       },
     );
   };

@@ -1,8 +1,18 @@
 import type { JobStatus } from "../../protocol/jobs.js";
-import type { JobRecord } from "../store/job-store.js";
+import type { JobRecord, UploadRecord } from "../store/job-store.js";
 
 export function iso(ms: number | null): string | null {
   return ms === null ? null : new Date(ms).toISOString();
+}
+
+function uploadView(u: UploadRecord | undefined): NonNullable<JobStatus["result"]>["upload"] {
+  if (u === undefined) return { state: "pending" };
+  return {
+    state: u.state,
+    ...(u.uri === undefined ? {} : { uri: u.uri }),
+    ...(u.error === undefined ? {} : { error: u.error }),
+    attempts: u.attempts,
+  };
 }
 
 /** The job as GET /v1/jobs/{id} shows it (spec fields first, then ours). */
@@ -27,7 +37,8 @@ export function jobView(job: JobRecord, queued?: { eligibleMiners: number; queue
             finish_reason: job.result.finishReason,
             usage: job.result.usage,
             tokens_per_second: job.result.tokensPerSecond,
-            destination: job.destination,
+            destination: job.result.upload?.uri ?? job.destination,
+            ...(job.destination.startsWith("s3://") ? { upload: uploadView(job.result.upload) } : {}),
           },
     priority: job.priority,
     attempt: job.attempt,

@@ -70,6 +70,20 @@ export interface StoredResult {
   usage: { prompt_tokens: number; completion_tokens: number };
   tokensPerSecond: number;
   attempt: number;
+  /** Delivery to an s3:// destination; absent until the first upload outcome is recorded. */
+  upload?: UploadRecord;
+}
+
+/** Outcome of delivering a result to its s3:// destination (the local copy always stays). */
+export interface UploadRecord {
+  state: "uploaded" | "failed";
+  /** s3://bucket/key of the object, once uploaded. */
+  uri?: string;
+  /** Why the last round of tries failed. */
+  error?: { code: string; message: string };
+  /** Tries in the round that was recorded. */
+  attempts: number;
+  at: number;
 }
 
 export interface NewJob {
@@ -204,6 +218,13 @@ export interface JobStore {
   expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]>;
   /** Running attempts past their job's timeout_seconds → timed_out. */
   timeOutRunning(now: number): Promise<ReapedJob[]>;
+  /**
+   * Records an s3 upload outcome in the completed job's result and appends an `uploaded` or
+   * `upload_failed` event. False when the job is not completed (nothing recorded).
+   */
+  recordUpload(jobId: string, outcome: { uri: string; attempts: number } | { error: { code: string; message: string }; attempts: number }, now: number): Promise<boolean>;
+  /** Completed jobs of all tenants with an s3:// destination whose result is not uploaded yet, oldest first. */
+  listPendingUploads(limit: number): Promise<JobRecord[]>;
   /** Jobs this miner holds a lease on (assigned or running). */
   listLeasedBy(minerId: string): Promise<JobRecord[]>;
 

@@ -22,6 +22,7 @@ import type {
   Page,
   ReapedJob,
   StoredResult,
+  UploadRecord,
 } from "./job-store.js";
 import { JobEvents } from "./job-events.js";
 
@@ -570,6 +571,44 @@ export class SqliteJobStore implements JobStore {
         this.finish(r, "completed", now, emit, { result: { ...result, attempt: ref.attempt } });
         return "committed";
       }),
+    );
+  }
+
+  recordUpload(
+    jobId: string,
+    outcome: { uri: string; attempts: number } | { error: { code: string; message: string }; attempts: number },
+    now: number,
+  ): Promise<boolean> {
+    return settle(() =>
+      this.tx((emit): boolean => {
+        const r = this.row(jobId);
+        if (r?.status !== "completed" || r.result === null) return false;
+        const upload: UploadRecord =
+          "uri" in outcome
+            ? { state: "uploaded", uri: outcome.uri, attempts: outcome.attempts, at: now }
+            : { state: "failed", error: outcome.error, attempts: outcome.attempts, at: now };
+        const result: StoredResult = { ...(JSON.parse(r.result) as StoredResult), upload };
+        this.db.prepare("UPDATE jobs SET result = ? WHERE id = ?").run(JSON.stringify(result), jobId);
+        emit({
+          jobId,
+          type: upload.state === "uploaded" ? "uploaded" : "upload_failed",
+          at: now,
+          data: upload.state === "uploaded" ? { uri: upload.uri, attempts: upload.attempts } : { error: upload.error, attempts: upload.attempts },
+        });
+        return true;
+      }),
+    );
+  }
+
+  listPendingUploads(limit: number): Promise<JobRecord[]> {
+    return settle(() =>
+      (
+        this.sql(
+          `SELECT * FROM jobs WHERE status = 'completed' AND destination LIKE 's3://%' AND result IS NOT NULL
+             AND COALESCE(json_extract(result, '$.upload.state'), '') <> 'uploaded'
+           ORDER BY completed_at, id LIMIT ?`,
+        ).all(limit) as JobRow[]
+      ).map(toJob),
     );
   }
 
