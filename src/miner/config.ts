@@ -5,6 +5,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
 import { ConfigError, errorMessage } from "../common/errors.js";
 import { parseDuration } from "../common/duration.js";
+import type { LogLevel } from "../common/logger.js";
 import { InferenceConfigSchema, type InferenceConfigRaw } from "../inference/config.js";
 
 /**
@@ -79,6 +80,16 @@ export const MinerConfigSchema = Type.Object(
       { additionalProperties: false, default: {} },
     ),
     inference: InferenceConfigSchema,
+    log: Type.Object(
+      {
+        /** fatal | error | warn | info | debug | trace | silent; reloaded on SIGHUP. Default "info". */
+        level: Type.Union(
+          ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
+          { default: "info" },
+        ),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     metrics: Type.Object(
       {
         /** host:port for GET /metrics (Prometheus), e.g. "127.0.0.1:9464"; "" = off. Default "". */
@@ -149,6 +160,7 @@ export interface MinerConfig {
   inference: InferenceConfigRaw;
   /** host:port of the metrics listener; "" = off. */
   metricsListen: string;
+  logLevel: LogLevel;
   /** Set when the fake engine is enabled. */
   fakeEngine: FakeEngineOptions | undefined;
 }
@@ -206,6 +218,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
     },
     inference: raw.inference,
     metricsListen: raw.metrics.listen,
+    logLevel: raw.log.level as LogLevel,
     fakeEngine: fake.enabled
       ? {
           tokensPerSecond: fake.tokens_per_second,

@@ -64,4 +64,24 @@ describe("coordinator SIGHUP reload", () => {
     await waitFor(async () => (log.includes("config reload refused") ? true : undefined), "the refusal log line");
     expect(await list()).toBe(200);
   });
+
+  it("the miner re-reads its log level on SIGHUP", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "aitbc-reload-miner-"));
+    const file = path.join(dir, "miner.toml");
+    writeFileSync(file, '[log]\nlevel = "info"\n');
+    const port = await freePort(); // nothing listens: the miner keeps reconnecting, which is fine here
+    child = spawn(process.execPath, ["dist/bin/aitbc.js", "miner", "-c", file, "--coordinator", `ws://127.0.0.1:${port}`, "--cpu"], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, AITBC_MINER_COORDINATOR_KEY: "aitbc_mk_000000000000_not-a-real-key-but-well-formed0", AITBC_MINER_FAKE_ENGINE_ENABLED: "true" },
+    });
+    let log = "";
+    child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
+    // "miner started" is logged after the signal handlers are installed.
+    await waitFor(async () => (log.includes('"miner started"') ? true : undefined), "the miner to start");
+    expect(log).not.toContain('"level":20');
+    writeFileSync(file, '[log]\nlevel = "debug"\n');
+    child.kill("SIGHUP");
+    await waitFor(async () => (log.includes('"config reloaded"') ? true : undefined), "the reload log line");
+    expect(log).toMatch(/"changed":\["log.level"\]/);
+  });
 });

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { AppError } from "../../common/errors.js";
-import { createLogger, type LogLevel } from "../../common/logger.js";
+import { createLogger } from "../../common/logger.js";
 import { computeSlots, loadMinerConfig } from "../../miner/config.js";
 import { createEngine } from "../../miner/engine-factory.js";
 import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
@@ -23,7 +23,7 @@ export function registerMinerCommand(program: Command): void {
     .option("--key-file <file>", "file holding the miner key (overrides [coordinator] key_file)")
     .option("--name <name>", "miner name (overrides [miner] name)")
     .option("--cpu", "run as a CPU miner even when GPUs are present")
-    .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "info")
+    .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
     .action(async (opts: MinerCommandOptions, cmd: Command) => {
       const explicit = cmd.getOptionValueSource("config") === "cli";
       const config = loadMinerConfig({
@@ -35,9 +35,10 @@ export function registerMinerCommand(program: Command): void {
           "coordinator.key_file": opts.keyFile,
           "miner.name": opts.name,
           "gpus.mode": opts.cpu === true ? "cpu" : undefined,
+          "log.level": opts.logLevel,
         },
       });
-      const log = createLogger({ level: opts.logLevel as LogLevel, name: "miner" });
+      const log = createLogger({ level: config.logLevel, name: "miner" });
       const detection = await detectGpus({ gpus: config.gpus });
       for (const problem of detection.problems) log.warn({ problem }, "gpu detection");
       const gpus = selectedGpus(detection);
@@ -66,6 +67,18 @@ export function registerMinerCommand(program: Command): void {
       };
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
+      // SIGHUP re-reads the config and applies the log level (the rest needs a restart).
+      const onHup = (): void => {
+        try {
+          const next = loadMinerConfig({ file: opts.config, optional: !explicit, overrides: { "log.level": opts.logLevel } });
+          const changed = next.logLevel !== log.level ? ["log.level"] : [];
+          log.level = next.logLevel;
+          log.info({ changed }, "config reloaded");
+        } catch (err) {
+          log.error({ err: err instanceof Error ? err.message : String(err) }, "config reload refused; keeping the running config");
+        }
+      };
+      process.on("SIGHUP", onHup);
       // Under systemd: READY=1 once first connected, STATUS lines, watchdog pings, STOPPING=1.
       const systemd = new SystemdNotifier(log);
       const statusLine = (): string =>
@@ -99,6 +112,7 @@ export function registerMinerCommand(program: Command): void {
       await stopped;
       process.off("SIGTERM", onSignal);
       process.off("SIGINT", onSignal);
+      process.off("SIGHUP", onHup);
       log.info("miner stopped");
       log.flush();
       if (miner.fatalError !== undefined) {
@@ -113,5 +127,5 @@ interface MinerCommandOptions {
   keyFile?: string;
   name?: string;
   cpu?: boolean;
-  logLevel: string;
+  logLevel?: string;
 }
