@@ -6,6 +6,8 @@ import { errorMessage, toAppError } from "../../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "../../inference/cuda-provider.js";
 import { loadModelInfo, type ModelInfo } from "../../inference/models/model-info.js";
 import { createSession } from "../../inference/session-factory.js";
+import { loadMinerConfig } from "../../miner/config.js";
+import { WebSocket } from "ws";
 
 /** What one check found: "warn" is worth knowing but does not make the host unhealthy. */
 export interface CheckResult {
@@ -17,6 +19,8 @@ export interface CheckResult {
 /** What checks may look at; filled by earlier checks (GPUs seen, valid models) for later ones. */
 interface DoctorContext {
   modelsDir: string;
+  /** The miner's coordinator and key, when a miner config (or flags) names them. */
+  coordinator?: { url: string; key: string };
   gpus: string[];
   models: ModelInfo[];
 }
@@ -108,6 +112,26 @@ const CHECKS: DoctorCheck[] = [
     },
   },
   {
+    name: "coordinator",
+    async run(ctx) {
+      if (ctx.coordinator === undefined) return { status: "warn", summary: "no coordinator/miner key configured: not checked (pass -c config/miner.toml or --coordinator and --key-file)" };
+      const { url, key } = ctx.coordinator;
+      const outcome = await new Promise<CheckResult>((resolve) => {
+        const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` }, handshakeTimeout: 5_000 });
+        ws.on("open", () => {
+          ws.close(1000, "doctor");
+          resolve({ status: "ok", summary: `${url} accepts this miner key` });
+        });
+        ws.on("unexpected-response", (_req, res) => {
+          ws.terminate();
+          resolve({ status: "fail", summary: `${url} refused the connection: HTTP ${res.statusCode ?? "?"}${res.statusCode === 401 ? " (the miner key is not valid)" : ""}` });
+        });
+        ws.on("error", (err) => resolve({ status: "fail", summary: `${url} is not reachable: ${firstLine(err.message)}` }));
+      });
+      return outcome;
+    },
+  },
+  {
     name: "disk",
     run(ctx) {
       const dir = existsSync(ctx.modelsDir) ? ctx.modelsDir : ".";
@@ -127,11 +151,20 @@ const CHECKS: DoctorCheck[] = [
 export function registerDoctorCommand(program: Command): void {
   program
     .command("doctor")
-    .description("check this host: GPUs, CUDA provider, models, disk (exit 0 healthy, 1 not)")
+    .description("check this host: GPUs, CUDA provider, models, coordinator and key, disk (exit 0 healthy, 1 not)")
     .option("--models-dir <dir>", "folder that holds model folders", "models")
     .option("--json", "print JSON instead of text", false)
-    .action(async (opts: { modelsDir: string; json: boolean }) => {
-      const results = await runDoctor(opts.modelsDir);
+    .option("-c, --config <file>", "miner config whose coordinator and key to check", "config/miner.toml")
+    .option("--coordinator <url>", "coordinator URL (overrides the config's)")
+    .option("--key-file <file>", "file holding the miner key (overrides the config's)")
+    .action(async (opts: { modelsDir: string; json: boolean; config: string; coordinator?: string; keyFile?: string }, cmd: Command) => {
+      const miner = loadMinerConfig({
+        file: opts.config,
+        optional: cmd.getOptionValueSource("config") !== "cli",
+        overrides: { "coordinator.url": opts.coordinator, "coordinator.key_file": opts.keyFile },
+      });
+      const coordinator = miner.coordinator.key === "" ? undefined : { url: miner.coordinator.url, key: miner.coordinator.key };
+      const results = await runDoctor(opts.modelsDir, coordinator);
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ healthy: healthy(results), checks: results }, null, 2)}\n`);
       } else {
@@ -144,8 +177,8 @@ export function registerDoctorCommand(program: Command): void {
     });
 }
 
-export async function runDoctor(modelsDir: string): Promise<(CheckResult & { name: string })[]> {
-  const ctx: DoctorContext = { modelsDir, gpus: [], models: [] };
+export async function runDoctor(modelsDir: string, coordinator?: { url: string; key: string }): Promise<(CheckResult & { name: string })[]> {
+  const ctx: DoctorContext = { modelsDir, gpus: [], models: [], ...(coordinator === undefined ? {} : { coordinator }) };
   const results: (CheckResult & { name: string })[] = [];
   for (const check of CHECKS) {
     try {
