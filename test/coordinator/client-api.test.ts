@@ -267,6 +267,14 @@ describe("client API", () => {
       expect(b.body.estimated_cost).toBe(a.body.estimated_cost);
       const c = await call(s.url, "POST", "/v1/jobs", key, { ...SUBMIT, input: "something else" }, headers);
       expectProblem(c, 409, "idempotency_key_reused");
+      // The same body serialised in another key order (nested objects too) is the same request.
+      const reordered = { parameters: { max_new_tokens: 8 }, input: SUBMIT.input, model: SUBMIT.model };
+      expect(JSON.stringify(reordered)).not.toBe(JSON.stringify(SUBMIT));
+      const e = await call(s.url, "POST", "/v1/jobs", key, reordered, headers);
+      expect([200, 201]).toContain(e.status);
+      expect(e.body.job_id).toBe(a.body.job_id);
+      const nested = await call(s.url, "POST", "/v1/jobs", key, { ...SUBMIT, parameters: { max_new_tokens: 8, seed: 1 } }, headers);
+      expectProblem(nested, 409, "idempotency_key_reused");
       // Another tenant's identical key is its own.
       const d = await call(s.url, "POST", "/v1/jobs", otherKey, SUBMIT, headers);
       expect(d.status).toBe(201);

@@ -71,8 +71,18 @@ function pageOrThrow<T>(fn: () => Promise<Page<T>>): Promise<Page<T>> {
   });
 }
 
+/**
+ * What an Idempotency-Key is bound to: the body as JSON with every object's keys sorted, so a
+ * retry that serialises the same body in another key order is the same request.
+ */
 function requestHash(body: SubmitJobBody): string {
-  return createHash("sha256").update(JSON.stringify(body)).digest("hex");
+  return createHash("sha256").update(JSON.stringify(body, sortedKeys)).digest("hex");
+}
+
+function sortedKeys(_key: string, value: unknown): unknown {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(Object.keys(record).sort().map((k) => [k, record[k]]));
 }
 
 export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
