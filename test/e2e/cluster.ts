@@ -134,9 +134,13 @@ export class Cluster {
   readonly miners = new Map<string, Proc>();
   private readonly all: Proc[] = [];
 
-  constructor(readonly coordinatorEnv: Record<string, string> = {}) {
+  /** `dataDir`: where the coordinator keeps its state (default: inside the cluster's temp dir). */
+  constructor(
+    readonly coordinatorEnv: Record<string, string> = {},
+    dataDir?: string,
+  ) {
     this.dir = mkdtempSync(path.join(tmpdir(), "aitbc-e2e-"));
-    this.dataDir = path.join(this.dir, "data");
+    this.dataDir = dataDir ?? path.join(this.dir, "data");
     // Empty config files: the repo's config/*.toml (edited by others) must not leak into the tests.
     writeFileSync(path.join(this.dir, "coordinator.toml"), "");
     writeFileSync(path.join(this.dir, "miner.toml"), "");
@@ -151,8 +155,8 @@ export class Cluster {
   }
 
   /** Creates a client key and a miner key in the store, then starts the coordinator. */
-  static async start(coordinatorEnv: Record<string, string> = {}): Promise<Cluster> {
-    const c = new Cluster(coordinatorEnv);
+  static async start(coordinatorEnv: Record<string, string> = {}, options: { dataDir?: string } = {}): Promise<Cluster> {
+    const c = new Cluster(coordinatorEnv, options.dataDir);
     const store = new SqliteJobStore(databasePath(c.dataDir));
     try {
       c.clientKey = (await store.createKey("client", "e2e-client", "default", Date.now())).key;

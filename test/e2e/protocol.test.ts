@@ -1,99 +1,14 @@
-import { createHash } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
-import type { AckFrame, AssignFrame, CoordinatorFrame, ErrorFrame, HelloFrame, MinerFrame, WelcomeFrame } from "../../src/protocol/frames.js";
-import { PROTOCOL_VERSION } from "../../src/protocol/version.js";
-import { Cluster, assertBuilt, waitFor } from "./cluster.js";
+import type { AckFrame, AssignFrame, ErrorFrame } from "../../src/protocol/frames.js";
+import { Cluster, assertBuilt } from "./cluster.js";
+import { RawMiner, isAck, resultFrame } from "./raw-miner.js";
 
 /**
  * The miner protocol against the real coordinator process, with a raw `ws` client playing the
  * miner frame by frame: fencing (a stale attempt's result is refused, a duplicate of the committed
  * one is a no-op), bad frames, and the miner-key check at the upgrade.
  */
-class RawMiner {
-  readonly frames: CoordinatorFrame[] = [];
-  closed: { code: number; reason: string } | undefined;
-
-  private constructor(readonly ws: WebSocket) {
-    ws.on("message", (d: Buffer) => this.frames.push(JSON.parse(d.toString()) as CoordinatorFrame));
-    ws.on("close", (code: number, reason: Buffer) => (this.closed = { code, reason: reason.toString() }));
-  }
-
-  static open(url: string, key: string): Promise<RawMiner> {
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` } });
-      const m = new RawMiner(ws);
-      ws.once("open", () => resolve(m));
-      ws.once("unexpected-response", (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
-      ws.once("error", reject);
-    });
-  }
-
-  /** Connects, says hello as a CPU miner serving tiny-gpt2 and returns the welcome. */
-  static async hello(url: string, key: string, name: string): Promise<{ m: RawMiner; welcome: WelcomeFrame }> {
-    const m = await RawMiner.open(url, key);
-    const hello: HelloFrame = {
-      type: "hello",
-      protocol_version: PROTOCOL_VERSION,
-      miner_name: name,
-      version: "0.0.0-test",
-      gpus: [],
-      models: ["tiny-gpt2"],
-      slots: 1,
-      free_slots: 1,
-      in_flight: [],
-    };
-    m.send(hello);
-    const welcome = await m.next<WelcomeFrame>((f) => f.type === "welcome");
-    return { m, welcome };
-  }
-
-  send(frame: MinerFrame | Record<string, unknown>): void {
-    this.ws.send(JSON.stringify(frame));
-  }
-
-  sendRaw(text: string): void {
-    this.ws.send(text);
-  }
-
-  /** The first frame received (now or later) that matches, removed from the list. */
-  async next<F extends CoordinatorFrame>(match: (f: CoordinatorFrame) => boolean, timeoutMs = 20_000): Promise<F> {
-    const found = await waitFor(
-      "a frame",
-      () => Promise.resolve(this.frames.findIndex(match)),
-      (i) => i >= 0,
-      timeoutMs,
-      20,
-    );
-    return this.frames.splice(found, 1)[0] as F;
-  }
-
-  waitClosed(): Promise<{ code: number; reason: string }> {
-    return waitFor("close", () => Promise.resolve(this.closed), (c) => c !== undefined).then((c) => c!);
-  }
-
-  close(): void {
-    this.ws.terminate();
-  }
-}
-
-function resultFrame(a: AssignFrame, output: string): MinerFrame {
-  return {
-    type: "result",
-    job_id: a.job.job_id,
-    attempt: a.attempt,
-    lease_token: a.lease_token,
-    output,
-    output_bytes: Buffer.byteLength(output),
-    sha256: createHash("sha256").update(output).digest("hex"),
-    finish_reason: "length",
-    usage: { prompt_tokens: 3, completion_tokens: 5 },
-    timing: { time_to_first_token_ms: 1, tokens_per_second: 50, total_ms: 100 },
-  };
-}
-
-const isAck = (jobId: string, attempt: number) => (f: CoordinatorFrame) => f.type === "ack" && f.job_id === jobId && f.attempt === attempt;
-
 describe("miner protocol against the real coordinator", () => {
   let cluster: Cluster;
   const open: RawMiner[] = [];

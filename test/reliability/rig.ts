@@ -38,8 +38,8 @@ export class Rig {
 
   private constructor(readonly cluster: Cluster) {}
 
-  static async start(coordinatorEnv: Record<string, string> = {}): Promise<Rig> {
-    const rig = new Rig(await Cluster.start({ ...RELIABILITY_SCHEDULER, ...coordinatorEnv }));
+  static async start(coordinatorEnv: Record<string, string> = {}, options: { dataDir?: string } = {}): Promise<Rig> {
+    const rig = new Rig(await Cluster.start({ ...RELIABILITY_SCHEDULER, ...coordinatorEnv }, options));
     rig.op("coordinator started");
     return rig;
   }
