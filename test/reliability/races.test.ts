@@ -1,12 +1,17 @@
+import { createHash } from "node:crypto";
+import { readdirSync } from "node:fs";
+import path from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Prng } from "../../src/common/prng.js";
+import type { AckFrame, AssignFrame, WelcomeFrame } from "../../src/protocol/frames.js";
 import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
+import { RawMiner, helloFrame, isAck, resultFrame } from "../e2e/raw-miner.js";
 import { checkInvariants } from "./invariants.js";
 import { Rig } from "./rig.js";
 
 /**
- * Races and crashes under load, real processes: cancel racing completion, the coordinator
- * SIGKILLed during a storm of idempotent submits, and a chaos run. Each test ends by stopping
+ * Races and crashes under load, real processes: one result arriving twice at once, cancel racing
+ * completion, the coordinator SIGKILLed during a storm of idempotent submits, and a chaos run. Each test ends by stopping
  * everything and checking the delivery invariants (invariants.ts).
  */
 // Real processes on a shared 2-core CI box: generous limits, the waits inside have their own deadlines.
@@ -76,6 +81,142 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     );
     return final;
   }
+
+  /**
+   * Plays a miner whose result is in flight when its connection is replaced: the result goes out
+   * on the first connection, and at once a second connection of the same miner says hello
+   * resuming the lease and sends its result too (what a real miner does after a reconnect).
+   * Both copies are in the coordinator together. Returns the acks each connection heard (the
+   * first one may be replaced before its ack, and is then closed with 4000 instead).
+   */
+  async function resultOnTwoConnections(
+    r: Rig,
+    name: string,
+    input: string,
+    outputs: [string, string],
+  ): Promise<{ id: string; a: AssignFrame; firstAck: AckFrame | undefined; firstClose: number | undefined; secondAck: AckFrame; resumed: boolean }> {
+    const c = r.cluster;
+    const { m: first } = await RawMiner.hello(c.wsUrl, c.minerKey, name);
+    const second = await RawMiner.open(c.wsUrl, c.minerKey);
+    try {
+      first.send({ type: "pull", free_slots: 1 });
+      const id = await c.submit({ model: "tiny-gpt2", input, parameters: { max_new_tokens: 5, seed: 1 } });
+      const a = await first.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);
+      first.send({ type: "started", job_id: id, attempt: a.attempt, lease_token: a.lease_token });
+      await c.waitForJob(id, (j) => j.status === "running", "running");
+      // Same tick, no awaits: the second connection is already upgraded, so its hello and
+      // result reach the coordinator while the first copy is being stored.
+      first.send(resultFrame(a, outputs[0]));
+      second.send(helloFrame(name, [{ job_id: id, attempt: a.attempt, lease_token: a.lease_token, state: "finished" }]));
+      second.send(resultFrame(a, outputs[1]));
+      const welcome = await second.next<WelcomeFrame>((f) => f.type === "welcome");
+      const secondAck = await second.next<AckFrame>(isAck(id, a.attempt));
+      // Frames sent before the close arrive before it: once closed, no ack is still on its way.
+      await waitFor("first connection acked or replaced", () => Promise.resolve(first.frames.some(isAck(id, a.attempt)) || first.closed !== undefined), (v) => v);
+      const firstAck = first.frames.find(isAck(id, a.attempt)) as AckFrame | undefined;
+      if (firstAck === undefined) await first.waitClosed();
+      r.op(`${id}: first ${firstAck?.status ?? `closed ${first.closed?.code}`}, second ${secondAck.status} (lease ${welcome.resumed.length > 0 ? "resumed" : "refused"})`);
+      return { id, a, firstAck, firstClose: first.closed?.code, secondAck, resumed: welcome.resumed.length > 0 };
+    } finally {
+      first.close();
+      second.close();
+    }
+  }
+
+  /** Exactly one completed event in the job's log (read back over GET /v1/jobs/{id}/events). */
+  async function expectOneCompletedEvent(r: Rig, id: string): Promise<void> {
+    const changes = (await r.cluster.events(id)).map((e) => e.event);
+    expect(changes.filter((e) => e === "completed"), `${id}: ${changes.join(",")}`).toHaveLength(1);
+  }
+
+  /** The result files left for a job: only the committed one, nothing half-written beside it. */
+  function resultFiles(r: Rig, id: string): string[] {
+    return readdirSync(path.join(r.cluster.dataDir, "results", id)).sort();
+  }
+
+  it("the same result sent twice at once, on one connection and from a reconnect: one commit, one completed event, the copy a no-op", async () => {
+    const r = (rig = await Rig.start());
+    const c = r.cluster;
+    const ids: string[] = [];
+
+    // One connection, the identical frame twice back-to-back: the second is acknowledged as a duplicate.
+    const { m } = await RawMiner.hello(c.wsUrl, c.minerKey, "twice");
+    m.send({ type: "pull", free_slots: 1 });
+    const id = await c.submit({ model: "tiny-gpt2", input: "twice", parameters: { max_new_tokens: 5, seed: 1 } });
+    ids.push(id);
+    const a = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);
+    m.send({ type: "started", job_id: id, attempt: a.attempt, lease_token: a.lease_token });
+    const output = "the one output";
+    const frame = resultFrame(a, output);
+    m.send(frame);
+    m.send(frame);
+    const acks = [await m.next<AckFrame>(isAck(id, a.attempt)), await m.next<AckFrame>(isAck(id, a.attempt))];
+    expect(acks.map((k) => k.status)).toEqual(["committed", "duplicate"]);
+    m.close();
+    expect(await c.job(id)).toMatchObject({ status: "completed", attempt: 1, result: { sha256: createHash("sha256").update(output).digest("hex") } });
+    await expectOneCompletedEvent(r, id);
+
+    // Two connections of the same miner at once, many times over (which copy is stored first varies).
+    const tally: Record<string, number> = {};
+    for (let i = 0; i < 12; i++) {
+      const output = `output ${i}`;
+      const run = await resultOnTwoConnections(r, `resumer-${i}`, `twice ${i}`, [output, output]);
+      ids.push(run.id);
+      const heard = [run.firstAck, run.secondAck].filter((k) => k !== undefined).map((k) => k.status);
+      for (const s of heard) expect(["committed", "duplicate"]).toContain(s);
+      expect(heard.filter((s) => s === "committed").length).toBeLessThanOrEqual(1);
+      // The first connection either heard its ack or was replaced by the second, plainly.
+      if (run.firstAck === undefined) expect(run.firstClose).toBe(4000);
+      const job = await c.job(run.id);
+      expect(job).toMatchObject({ status: "completed", attempt: 1 });
+      const download = await c.api<{ output: string }>("GET", `/v1/jobs/${run.id}/download`);
+      expect(download.body.output).toBe(output);
+      await expectOneCompletedEvent(r, run.id);
+      const key = `first:${run.firstAck?.status ?? "replaced"} second:${run.secondAck.status} lease:${run.resumed ? "resumed" : "refused"}`;
+      tally[key] = (tally[key] ?? 0) + 1;
+    }
+    console.log(`one result on two connections at once (12 jobs): ${JSON.stringify(tally)}`);
+
+    await r.stopAll();
+    for (const j of ids) expect(resultFiles(r, j)).toEqual(["attempt-1.txt"]);
+    const report = checkInvariants(c.dataDir, ids);
+    expect(report.violations).toEqual([]);
+    expect(report.byStatus).toEqual({ completed: 13 });
+    expect(report.assignments).toBe(13);
+  });
+
+  it("two different results for one lease at once: one commits, the other is refused, the stored file is the committed one", async () => {
+    const r = (rig = await Rig.start());
+    const ids: string[] = [];
+    const tally: Record<string, number> = {};
+    for (let i = 0; i < 12; i++) {
+      const outputs: [string, string] = [`first output ${i} `.repeat(200), `second output ${i}`];
+      const run = await resultOnTwoConnections(r, `split-${i}`, `split ${i}`, outputs);
+      ids.push(run.id);
+      const job = await r.cluster.job(run.id);
+      expect(job).toMatchObject({ status: "completed", attempt: 1 });
+      const download = await r.cluster.api<{ output: string }>("GET", `/v1/jobs/${run.id}/download`);
+      // The file served is the one the commit recorded, not the other copy written over it.
+      expect(createHash("sha256").update(download.body.output).digest("hex")).toBe((job.result as { sha256: string }).sha256);
+      const winner = outputs.indexOf(download.body.output);
+      expect(winner).toBeGreaterThanOrEqual(0);
+      // Whichever copy was stored first is the result; the other connection is told stale.
+      const loserAck = winner === 0 ? run.secondAck : run.firstAck;
+      const winnerAck = winner === 0 ? run.firstAck : run.secondAck;
+      if (loserAck !== undefined) expect(loserAck.status).toBe("stale");
+      if (winnerAck !== undefined) expect(winnerAck.status).toBe("committed");
+      await expectOneCompletedEvent(r, run.id);
+      const key = `stored:${winner === 0 ? "first" : "second"} first:${run.firstAck?.status ?? "replaced"} second:${run.secondAck.status}`;
+      tally[key] = (tally[key] ?? 0) + 1;
+    }
+    console.log(`two different results for one lease at once (12 jobs): ${JSON.stringify(tally)}`);
+    await r.stopAll();
+    for (const j of ids) expect(resultFiles(r, j)).toEqual(["attempt-1.txt"]);
+    // Among the invariants: each result file matches the sha256 its commit recorded.
+    const report = checkInvariants(r.cluster.dataDir, ids);
+    expect(report.violations).toEqual([]);
+    expect(report.byStatus).toEqual({ completed: 12 });
+  });
 
   it("cancel racing completion: each job ends in exactly one terminal state and a losing cancel is told 409", async () => {
     const r = (rig = await Rig.start());

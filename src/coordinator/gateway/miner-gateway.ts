@@ -51,6 +51,8 @@ declare module "fastify" {
  */
 export class MinerGateway implements MinerDirectory {
   private readonly sessions = new Map<string, MinerSession>();
+  /** Per job, the tail of the result frames being handled (see oneResultAtATime). */
+  private readonly resultTails = new Map<string, Promise<void>>();
   readonly scheduler: Scheduler;
 
   constructor(private readonly ctx: CoordinatorContext) {
@@ -243,7 +245,7 @@ export class MinerGateway implements MinerDirectory {
         return;
       }
       case "result":
-        return this.result(s, frame, now);
+        return this.result(s, frame);
       case "fail":
         return this.fail(s, frame, now, requeueBackoffMs);
       case "released":
@@ -277,7 +279,24 @@ export class MinerGateway implements MinerDirectory {
     if (r.cancelRequested) this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "cancelled");
   }
 
-  private async result(s: MinerSession, f: ResultFrame, now: number): Promise<void> {
+  /**
+   * Results of one job are handled one at a time, across connections: a miner that reconnects
+   * resends its result while the first copy may still be in flight on the old connection. Storing
+   * and committing are two steps, so without this two copies could both pass the "completed?"
+   * check and the later file would replace the committed one under the same name.
+   */
+  private async oneResultAtATime(jobId: string, fn: () => Promise<void>): Promise<void> {
+    const run = (this.resultTails.get(jobId) ?? Promise.resolve()).then(fn);
+    const tail = run.catch(() => undefined);
+    this.resultTails.set(jobId, tail);
+    try {
+      await run;
+    } finally {
+      if (this.resultTails.get(jobId) === tail) this.resultTails.delete(jobId);
+    }
+  }
+
+  private async result(s: MinerSession, f: ResultFrame): Promise<void> {
     const k = leaseKey(f.job_id, f.attempt);
     const chunks = s.chunks.get(k) ?? [];
     s.chunks.delete(k);
@@ -287,18 +306,29 @@ export class MinerGateway implements MinerDirectory {
       s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: "invalid", message: assembled.reason });
       return;
     }
+    await this.oneResultAtATime(f.job_id, () => this.storeResult(s, f, assembled.bytes));
+  }
+
+  private async storeResult(s: MinerSession, f: ResultFrame, bytes: Buffer): Promise<void> {
+    const now = this.ctx.now();
+    const k = leaseKey(f.job_id, f.attempt);
     const lease = ref(f);
     const current = await this.ctx.store.getJobById(f.job_id);
     if (current === null) {
+      s.leases.delete(k);
       s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: "stale", message: "unknown job" });
       return;
     }
     if (current.status === "completed") {
       const dup = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256;
-      s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: dup ? "duplicate" : "stale" });
+      const outcome = dup ? "duplicate" : "stale";
+      s.leases.delete(k);
+      this.ctx.metrics.results.inc({ outcome });
+      s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: outcome });
+      s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
       return;
     }
-    const stored = await this.ctx.results.put(f.job_id, f.attempt, assembled.bytes);
+    const stored = await this.ctx.results.put(f.job_id, f.attempt, bytes);
     const outcome = await this.ctx.store.commitResult(
       lease,
       {
