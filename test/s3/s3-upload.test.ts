@@ -108,7 +108,7 @@ describe("s3:// destinations", () => {
     }
   });
 
-  it("records a bucket the server refuses; the job stays completed", async () => {
+  it("records a bucket the server refuses without retrying it; the job stays completed", async () => {
     const h = await startApi({ tenants, s3: s3(endpoint) });
     try {
       const id = await submit(h, { output_config: { destination: "s3://missing-bucket/p" } });
@@ -118,6 +118,8 @@ describe("s3:// destinations", () => {
       expect(st.status).toBe("completed");
       expect(st.result?.upload?.state).toBe("failed");
       expect(st.result?.upload?.error?.message).toMatch(/NoSuchBucket/);
+      // A 404 from the server cannot get better by retrying: one attempt of the three allowed.
+      expect(st.result?.upload?.attempts).toBe(1);
     } finally {
       await h.stop();
     }

@@ -102,6 +102,7 @@ export class S3Uploader {
     const uri = `s3://${bucket}/${key}`;
     const backoff = new Backoff({ baseMs: config.uploadBackoffMs, maxMs: config.uploadBackoffMaxMs });
     let lastError = "";
+    let attempts = 0;
     for (let attempt = 1; attempt <= config.uploadAttempts; attempt += 1) {
       if (attempt > 1) {
         try {
@@ -121,20 +122,26 @@ export class S3Uploader {
       } catch (err) {
         if (this.abort.signal.aborted) return null;
         lastError = describe(err);
+        attempts = attempt;
         log.warn({ jobId: job.id, bucket, key, attempt, error: lastError }, "s3 upload failed");
+        if (isPermanent(err)) break;
       }
     }
-    await store.recordUpload(
-      job.id,
-      {
-        error: { code: "s3_upload_failed", message: `upload to ${uri} failed after ${config.uploadAttempts} attempts: ${lastError}` },
-        attempts: config.uploadAttempts,
-      },
-      now(),
-    );
+    const tries = attempts === 1 ? "1 attempt" : `${attempts} attempts`;
+    await store.recordUpload(job.id, { error: { code: "s3_upload_failed", message: `upload to ${uri} failed after ${tries}: ${lastError}` }, attempts }, now());
     log.error({ jobId: job.id, bucket, key }, "s3 upload gave up; the result stays available for download");
     return null;
   }
+}
+
+/**
+ * Whether trying again cannot help: the server answered with a client error (no such bucket,
+ * access denied, bad credentials) other than a timeout (408) or throttling (429). Network
+ * errors and 5xx answers have no such status or a 5xx one and are retried.
+ */
+function isPermanent(err: unknown): boolean {
+  const status = (err as { $metadata?: { httpStatusCode?: unknown } } | null)?.$metadata?.httpStatusCode;
+  return typeof status === "number" && status >= 400 && status < 500 && status !== 408 && status !== 429;
 }
 
 /** A short, key-free description of an SDK or network error. */
