@@ -1,7 +1,7 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
 import { checkInvariants } from "./invariants.js";
-import { Rig } from "./rig.js";
+import { RELIABILITY_SCHEDULER, Rig } from "./rig.js";
 
 /**
  * Fault injection, one fault per test, real processes (coordinator, fake-engine miners behind
@@ -110,6 +110,55 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
     expect(await r.cluster.job(id)).toMatchObject({ status: "completed", attempt: 2, miner_id: rescuerId });
     const report = await finish(r);
     expect(report.requeues).toBe(1);
+  });
+
+  it("the coordinator SIGKILLed mid-job and restarted after one lease TTL, its miner cut off: requeued once after the grace, finished once as attempt 2", async () => {
+    const r = (rig = await Rig.start());
+    const leaseTtlMs = Number.parseInt(RELIABILITY_SCHEDULER.AITBC_COORDINATOR_SCHEDULER_LEASE_TTL!, 10);
+    const stranded = await r.startMiner({ name: "stranded", tokensPerSecond: 20 });
+    const strandedId = r.cluster.minerId("stranded");
+    const id = await submit(r, { input: "outlives its coordinator", parameters: { max_new_tokens: 60, seed: 11 } });
+    expect(await r.cluster.waitForJob(id, isRunning, "running with progress")).toMatchObject({ attempt: 1, miner_id: strandedId });
+
+    // The miner cannot come back: its link is partitioned before the coordinator dies.
+    stranded.proxy.setMode({ kind: "blackhole" });
+    r.op("blackhole stranded");
+    await r.cluster.coordinator!.kill("SIGKILL");
+    r.op("coordinator SIGKILL");
+    // Down for two lease TTLs: the last renewal was before the kill, so the lease is long expired.
+    await sleep(2 * leaseTtlMs);
+    const restartedAt = Date.now();
+    await r.cluster.startCoordinator();
+    r.op("coordinator restarted");
+    await r.startMiner({ name: "rescuer", tokensPerSecond: 200 });
+    const rescuerId = r.cluster.minerId("rescuer");
+
+    const done = await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 30_000);
+    expect(done).toMatchObject({ status: "completed", attempt: 2, miner_id: rescuerId });
+    const events = await r.cluster.events(id);
+    const changes = events.filter((e) => e.event !== "snapshot" && e.event !== "progress");
+    const requeued = changes.filter((e) => e.event === "requeued");
+    expect(requeued).toHaveLength(1);
+    expect(requeued[0]!.data).toMatchObject({ attempt: 1, miner_id: strandedId, reason: "lease_expired" });
+    // The reaper waited out the grace (one TTL from the restart) although the lease had expired
+    // while the coordinator was down: a lower bound, which only a missing grace can break.
+    expect(Date.parse(requeued[0]!.data.at as string)).toBeGreaterThanOrEqual(restartedAt + leaseTtlMs);
+    expect(changes.map((e) => e.event)).toEqual(["queued", "assigned", "running", "requeued", "assigned", "running", "completed"]);
+
+    // Healed, the stranded miner reconnects holding attempt 1: refused at its hello.
+    stranded.proxy.setMode({ kind: "pass" });
+    r.op("heal stranded");
+    const hello = await waitFor(
+      "the stranded miner's hello on the new coordinator",
+      () => Promise.resolve(r.coordinatorLogs("miner connected").find((l) => l.minerId === strandedId)),
+      (l) => l !== undefined,
+      15_000,
+    );
+    expect(hello).toMatchObject({ resumed: 0, refused: 1 });
+    expect(await r.cluster.job(id)).toMatchObject({ status: "completed", attempt: 2, miner_id: rescuerId });
+    const report = await finish(r);
+    expect(report.requeues).toBe(1);
+    expect(report.assignments).toBe(2);
   });
 
   it("a link delayed less than the lease: no requeue, the same attempt finishes", async () => {
