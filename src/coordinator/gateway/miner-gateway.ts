@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { WebSocket } from "ws";
 import type {} from "@fastify/websocket";
-import { errorMessage } from "../../common/errors.js";
+import { UnavailableError, errorMessage } from "../../common/errors.js";
 import {
   RESULT_MAX_CHUNKS,
   assembleResult,
@@ -22,7 +22,7 @@ import { bearerToken } from "../http/auth-hook.js";
 import { problem, sendProblem } from "../http/problem.js";
 import { minerCanRun } from "../scheduler/matching.js";
 import { Scheduler } from "../scheduler/scheduler.js";
-import type { ApiKeyRecord, LeaseRef } from "../store/job-store.js";
+import type { ApiKeyRecord, CommitOutcome, LeaseRef } from "../store/job-store.js";
 import { MinerSession, leaseKey } from "./miner-session.js";
 
 export const MINER_GATEWAY_PATH = "/v1/miners/connect";
@@ -30,6 +30,10 @@ export const MINER_GATEWAY_PATH = "/v1/miners/connect";
 const MAX_BAD_FRAMES = 3;
 /** Time a new connection has to send its hello. */
 const HELLO_TIMEOUT_MS = 10_000;
+/** Close code for "storage unavailable, reconnect later" (RFC 6455 §7.4.1 registry: Try Again Later). */
+const TRY_AGAIN_LATER = 1013;
+/** Frames the miner waits on an answer for; the others are repeated by the next heartbeat anyway. */
+const ANSWERED_FRAMES = new Set<MinerFrame["type"]>(["hello", "result", "fail", "released"]);
 
 declare module "fastify" {
   interface FastifyRequest {
@@ -48,6 +52,11 @@ declare module "fastify" {
  * not requeue anything: the lease expiry does, via the scheduler's reaper. A miner that comes
  * back without a job it held (it restarted) has that attempt failed at once (retryable), so the
  * job is requeued without waiting for the lease.
+ *
+ * When the store cannot write (disk full, database locked) a frame that needs an answer (hello,
+ * result, fail, released) gets none: nothing of it is recorded, and the connection is closed with
+ * 1013 (try again later). The miner reconnects with its backoff and, once welcomed, resends the
+ * final frames not yet acknowledged, so the same attempt is committed when the cause goes.
  */
 export class MinerGateway implements MinerDirectory {
   private readonly sessions = new Map<string, MinerSession>();
@@ -141,7 +150,22 @@ export class MinerGateway implements MinerDirectory {
           if (session === undefined) return reject("frame_invalid", "the first frame must be hello");
           await this.handle(session, frame);
         })
-        .catch((err: unknown) => log.error({ err: errorMessage(err), type: frame.type }, "frame handling failed"));
+        .catch((err: unknown) => {
+          if (!(err instanceof UnavailableError)) {
+            log.error({ err: errorMessage(err), type: frame.type }, "frame handling failed");
+            return;
+          }
+          const jobId = "job_id" in frame ? frame.job_id : undefined;
+          if (!ANSWERED_FRAMES.has(frame.type)) {
+            log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: frame not recorded");
+            return;
+          }
+          log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: miner to retry");
+          if (socket.readyState === socket.OPEN) {
+            socket.send(JSON.stringify({ type: "error", code: "unavailable", message: "storage is temporarily unavailable: reconnect and resend", fatal: true }));
+            socket.close(TRY_AGAIN_LATER, "storage unavailable");
+          }
+        });
       return undefined;
     });
     socket.on("close", (code: number) => {
@@ -170,7 +194,19 @@ export class MinerGateway implements MinerDirectory {
     if (previous !== undefined) previous.close(4000, "replaced by a new connection");
     const session = new MinerSession(minerId, hello.miner_name, hello.gpus, hello.models, hello.slots, socket, slog);
     this.sessions.set(minerId, session);
+    try {
+      await this.resume(session, hello);
+    } catch (err) {
+      // No welcome: the connection is closed next, and no session may outlive it.
+      if (this.sessions.get(minerId) === session) this.sessions.delete(minerId);
+      throw err;
+    }
+    return session;
+  }
 
+  /** Resumes the leases the hello lists, gives up those it forgot, and sends the welcome. */
+  private async resume(session: MinerSession, hello: HelloFrame): Promise<void> {
+    const { minerId, log: slog } = session;
     const { leaseTtlMs, heartbeatMs } = this.ctx.config.scheduler;
     const now = this.ctx.now();
     const welcome: WelcomeFrame = { type: "welcome", miner_id: minerId, heartbeat_ms: heartbeatMs, lease_ttl_ms: leaseTtlMs, resumed: [], refused: [] };
@@ -204,7 +240,6 @@ export class MinerGateway implements MinerDirectory {
       { name: hello.miner_name, gpus: hello.gpus.length, models: hello.models, slots: hello.slots, resumed: welcome.resumed.length, refused: welcome.refused.length },
       "miner connected",
     );
-    return session;
   }
 
   private async handle(s: MinerSession, frame: MinerFrame): Promise<void> {
@@ -329,19 +364,26 @@ export class MinerGateway implements MinerDirectory {
       return;
     }
     const stored = await this.ctx.results.put(f.job_id, f.attempt, bytes);
-    const outcome = await this.ctx.store.commitResult(
-      lease,
-      {
-        sha256: stored.sha256,
-        bytes: stored.bytes,
-        location: stored.location,
-        finishReason: f.finish_reason,
-        usage: f.usage,
-        tokensPerSecond: f.timing.tokens_per_second,
-        attempt: f.attempt,
-      },
-      now,
-    );
+    let outcome: CommitOutcome;
+    try {
+      outcome = await this.ctx.store.commitResult(
+        lease,
+        {
+          sha256: stored.sha256,
+          bytes: stored.bytes,
+          location: stored.location,
+          finishReason: f.finish_reason,
+          usage: f.usage,
+          tokensPerSecond: f.timing.tokens_per_second,
+          attempt: f.attempt,
+        },
+        now,
+      );
+    } catch (err) {
+      // Not committed, and no other copy of this job's result is in flight: no file without its commit.
+      await this.ctx.results.remove(stored.location).catch(() => undefined);
+      throw err;
+    }
     if (outcome === "stale") {
       const after = await this.ctx.store.getJobById(f.job_id);
       if (after?.result?.location !== stored.location) await this.ctx.results.remove(stored.location);

@@ -1,11 +1,14 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
+import { UnavailableError } from "../../common/errors.js";
 
 /**
  * Where outputs live: `<data_dir>/results/<job_id>/attempt-<n>.txt`, written to a temp file,
  * fsynced and renamed before the job store commits the result, so a committed result always
- * has its bytes on disk. A stale attempt's file is removed again.
+ * has its bytes on disk. A stale attempt's file is removed again. A write that fails leaves no
+ * temp file behind; one that fails for want of space (or a read-only or failing disk) is an
+ * UnavailableError, so the miner is asked to send the result again later.
  */
 export interface ResultStore {
   put(jobId: string, attempt: number, output: Buffer): Promise<{ location: string; sha256: string; bytes: number }>;
@@ -18,19 +21,23 @@ export class LocalResultStore implements ResultStore {
 
   async put(jobId: string, attempt: number, output: Buffer): Promise<{ location: string; sha256: string; bytes: number }> {
     if (!/^job_[a-z0-9]+$/.test(jobId)) throw new Error(`refusing a result path for job id ${jobId}`);
-    const dir = path.join(this.root, jobId);
-    await mkdir(dir, { recursive: true });
     const location = path.join(jobId, `attempt-${attempt}.txt`);
     const final = path.join(this.root, location);
     const temp = `${final}.${randomBytes(6).toString("hex")}.tmp`;
-    const handle = await open(temp, "w", 0o640);
     try {
-      await handle.writeFile(output);
-      await handle.sync();
-    } finally {
-      await handle.close();
+      await mkdir(path.dirname(final), { recursive: true });
+      const handle = await open(temp, "w", 0o640);
+      try {
+        await handle.writeFile(output);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, final);
+    } catch (err) {
+      await rm(temp, { force: true }).catch(() => undefined);
+      throw storageError(err);
     }
-    await rename(temp, final);
     return { location, sha256: createHash("sha256").update(output).digest("hex"), bytes: output.length };
   }
 
@@ -47,4 +54,15 @@ export class LocalResultStore implements ResultStore {
     if (!full.startsWith(path.resolve(this.root) + path.sep)) throw new Error("result location outside the result store");
     return full;
   }
+}
+
+/** File system errors that go away with their cause (space freed, the disk back): retry later. */
+const UNAVAILABLE_CODES = new Set(["ENOSPC", "EDQUOT", "EROFS", "EIO", "EMFILE", "ENFILE"]);
+
+function storageError(err: unknown): unknown {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && UNAVAILABLE_CODES.has(code)) {
+    return new UnavailableError("the result store is temporarily unavailable", { retryAfterSeconds: 1, cause: err });
+  }
+  return err;
 }
