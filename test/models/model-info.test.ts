@@ -103,6 +103,7 @@ describe("loadModelInfo", () => {
     ["config.json that is not JSON", (d: string) => writeFileSync(path.join(d, "config.json"), "{ n_layer: 2"), "model_config_invalid", /config\.json is not valid JSON/],
     ["a model type other than gpt2", (d: string) => editConfig(d, { model_type: "llama" }), "model_config_invalid", /model_type/],
     ["no model_max_length", (d: string) => writeFileSync(path.join(d, "tokenizer_config.json"), "{}"), "model_config_invalid", /model_max_length/],
+    ["a weight format it does not know", (d: string) => editConfig(d, { aitbc: { weights: "fp7" } }), "model_config_invalid", /aitbc\.weights must be one of float32, int8/],
     ["n_layer larger than the graph", (d: string) => editConfig(d, { n_layer: 3 }), "model_io_mismatch", /past_key_values\.2\.key/],
     ["n_layer smaller than the graph", (d: string) => editConfig(d, { n_layer: 1 }), "model_io_mismatch", /unexpected input past_key_values\.1\.key/],
     ["n_head that disagrees with the cache shape", (d: string) => editConfig(d, { n_head: 8 }), "model_io_mismatch", /dimension 1 is 4, config\.json implies 8/],
@@ -134,12 +135,25 @@ describe("aitbc models (CLI)", () => {
     const listed = await run(process.execPath, [CLI, "models", "list", "--models-dir", dir, "--json"]);
     const rows = JSON.parse(listed.stdout) as { name: string; parameters: number | null; layout: string }[];
     expect(rows).toEqual([
-      { name: "broken", parameters: null, sizeBytes: null, layout: "invalid: the model folder lacks tokenizer.json" },
-      { name: "tiny-gpt2", parameters: gpt2ParameterCount(TINY.config), sizeBytes: expect.any(Number) as unknown, layout: "ok" },
+      { name: "broken", parameters: null, weights: null, sizeBytes: null, layout: "invalid: the model folder lacks tokenizer.json" },
+      { name: "tiny-gpt2", parameters: gpt2ParameterCount(TINY.config), weights: "float32", sizeBytes: expect.any(Number) as unknown, layout: "ok" },
     ]);
     const table = await run(process.execPath, [CLI, "models", "list", "--models-dir", dir]);
-    expect(table.stdout).toMatch(/^NAME\s+PARAMETERS\s+SIZE\s+LAYOUT$/m);
-    expect(table.stdout).toMatch(/^tiny-gpt2\s+1\.67M\s+7\.\d MiB\s+ok$/m);
+    expect(table.stdout).toMatch(/^NAME\s+PARAMETERS\s+WEIGHTS\s+SIZE\s+LAYOUT$/m);
+    expect(table.stdout).toMatch(/^tiny-gpt2\s+1\.67M\s+float32\s+7\.\d MiB\s+ok$/m);
+  });
+
+  it("builds int8 weights into <recipe>-int8 (or --name) and refuses an unknown format", async () => {
+    const dir = mkdtempSync(path.join(scratch, "cli-int8-"));
+    const built = await run(process.execPath, [CLI, "models", "build", "tiny-gpt2", "--models-dir", dir, "--weights", "int8"]);
+    expect(built.stdout).toMatch(/built tiny-gpt2-int8 .*int8 weights/);
+    await run(process.execPath, [CLI, "models", "build", "tiny-gpt2", "--models-dir", dir, "--weights", "int8", "--name", "small-int8"]);
+    expect(readdirSync(dir).sort()).toEqual(["small-int8", "tiny-gpt2-int8"]);
+    expect(loadModelInfo(path.join(dir, "small-int8")).weights).toBe("int8");
+    const table = await run(process.execPath, [CLI, "models", "list", "--models-dir", dir]);
+    expect(table.stdout).toMatch(/^tiny-gpt2-int8\s+1\.67M\s+int8\s/m);
+    const bad = run(process.execPath, [CLI, "models", "build", "tiny-gpt2", "--models-dir", dir, "--weights", "fp16"]);
+    await expect(bad).rejects.toMatchObject({ stderr: expect.stringMatching(/the weights must be float32 or int8/) as unknown });
   });
 
   it("rejects an unknown recipe", async () => {

@@ -2,7 +2,7 @@ import { closeSync, mkdirSync, openSync, statSync, writeFileSync, writeSync } fr
 import path from "node:path";
 import { packageVersion } from "../../common/package-info.js";
 import { writeDirAtomically } from "./atomic-dir.js";
-import { buildGpt2Graph } from "./gpt2-graph.js";
+import { buildGpt2Graph, type WeightFormat } from "./gpt2-graph.js";
 import { GPT2_TOKENIZER_NOTICE, GPT2_TOKENIZER_NOTICE_FILE } from "./gpt2-notice.js";
 import { GPT2_EOS_TOKEN, gpt2TokenizerJson } from "./gpt2-tokenizer-json.js";
 import { gpt2ParameterCount, initGpt2Weights, type Gpt2Config } from "./gpt2-weights.js";
@@ -17,11 +17,14 @@ export interface BuildOptions {
   seed?: number;
   /** Replace an existing folder. Default false (refuses). */
   force?: boolean;
+  /** How the matmul weights are stored (gpt2-graph.ts). Default "float32". */
+  weights?: WeightFormat;
 }
 
 export interface BuildResult {
   dir: string;
   seed: number;
+  weights: WeightFormat;
   parameters: number;
   sizeBytes: number;
 }
@@ -33,18 +36,19 @@ export interface BuildResult {
  */
 export async function buildModel(recipe: ModelRecipe, outDir: string, options: BuildOptions = {}): Promise<BuildResult> {
   const seed = options.seed ?? recipe.defaultSeed;
+  const weights = options.weights ?? "float32";
   const dir = path.resolve(outDir);
   await writeDirAtomically(dir, options.force ?? false, (tmp) => {
-    writeModelFiles(recipe, seed, tmp);
+    writeModelFiles(recipe, seed, weights, tmp);
     return Promise.resolve();
   });
-  return { dir, seed, parameters: gpt2ParameterCount(recipe.config), sizeBytes: folderBytes(dir) };
+  return { dir, seed, weights, parameters: gpt2ParameterCount(recipe.config), sizeBytes: folderBytes(dir) };
 }
 
-function writeModelFiles(recipe: ModelRecipe, seed: number, dir: string): void {
+function writeModelFiles(recipe: ModelRecipe, seed: number, weights: WeightFormat, dir: string): void {
   const c = recipe.config;
   const json = (name: string, value: unknown): void => writeFileSync(path.join(dir, name), `${JSON.stringify(value, null, 2)}\n`);
-  json("config.json", hfConfig(c, recipe.name, seed));
+  json("config.json", hfConfig(c, recipe.name, seed, weights));
   json("generation_config.json", { _from_model_config: true, bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId });
   json("tokenizer_config.json", {
     add_prefix_space: false,
@@ -59,14 +63,14 @@ function writeModelFiles(recipe: ModelRecipe, seed: number, dir: string): void {
   writeFileSync(path.join(dir, "tokenizer.json"), gpt2TokenizerJson());
   writeFileSync(path.join(dir, GPT2_TOKENIZER_NOTICE_FILE), GPT2_TOKENIZER_NOTICE);
 
-  const graph = buildGpt2Graph(c, initGpt2Weights(c, recipe.init, seed));
+  const graph = buildGpt2Graph(c, initGpt2Weights(c, recipe.init, seed), weights);
   const onnxPath = path.join(dir, ONNX_MODEL_PATH);
   mkdirSync(path.dirname(onnxPath), { recursive: true });
   writeChunks(onnxPath, graph.encode({ name: "aitbc-miner", version: packageVersion() }));
 }
 
 /** config.json as transformers (and transformers.js) expect it for model_type gpt2. */
-function hfConfig(c: Gpt2Config, name: string, seed: number): Record<string, unknown> {
+function hfConfig(c: Gpt2Config, name: string, seed: number, weights: WeightFormat): Record<string, unknown> {
   return {
     _name_or_path: name,
     activation_function: "gelu_new",
@@ -89,7 +93,8 @@ function hfConfig(c: Gpt2Config, name: string, seed: number): Record<string, unk
     tie_word_embeddings: true,
     use_cache: true,
     vocab_size: c.vocabSize,
-    aitbc: { recipe: name, seed, random_weights: true },
+    // Float32 folders keep the key set they always had, so their config.json bytes do not change.
+    aitbc: { recipe: name, seed, random_weights: true, ...(weights === "float32" ? {} : { weights }) },
   };
 }
 

@@ -1,5 +1,19 @@
-import { OnnxGraph, OnnxType } from "./onnx-graph.js";
+import { MS_DOMAIN, OnnxGraph, OnnxType } from "./onnx-graph.js";
 import type { Gpt2Config, NamedTensor } from "./gpt2-weights.js";
+import { int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
+
+/**
+ * How the matmul weights are stored: "float32", or "int8" (block-wise 8-bit, run by
+ * onnxruntime's com.microsoft.MatMulNBits: a quarter of the bytes read per token).
+ */
+export type WeightFormat = "float32" | "int8";
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ["float32", "int8"];
+
+/**
+ * MatMulNBits' accuracy_level 4: activations are quantized to int8 per block as well, so the
+ * CPU runs integer dot products (VNNI/AMX); lower levels dequantize to float and are many times slower.
+ */
+const INT8_ACCURACY_LEVEL = 4;
 
 /** ONNX opset of the graphs we build (LayerNormalization needs 17). */
 export const GPT2_OPSET = 17;
@@ -19,14 +33,32 @@ const MASK_VALUE = -3.4028234663852886e38;
  * Math follows Hugging Face's GPT2LMHeadModel: pre-LayerNorm (eps 1e-5), Conv1D weights
  * [in,out], scores / √D, bottom-right causal mask combined with attention_mask, gelu_new,
  * final ln_f and an lm_head tied to wte.
+ *
+ * With `format` "int8" each Conv1D matmul and the lm_head are MatMulNBits nodes over 8-bit
+ * copies of their weights (quantize-int8.ts; the bias is the node's own input); wte stays
+ * float32 for the embedding lookup. Everything else is identical.
  */
-export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[]): OnnxGraph {
+export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], format: WeightFormat = "float32"): OnnxGraph {
   const g = new OnnxGraph("gpt2", GPT2_OPSET);
   const byName = new Map(weights.map((w) => [w.name, w]));
-  const w = (name: string): string => {
+  const tensor = (name: string): NamedTensor => {
     const t = byName.get(name);
     if (t === undefined) throw new Error(`missing weight ${name}`);
-    return g.floatInit(name, t.dims, t.data);
+    return t;
+  };
+  const w = (name: string): string => g.floatInit(name, tensor(name).dims, tensor(name).data);
+  /** x · W as MatMulNBits over the 8-bit copy of W ([k, n], or [n, k] for "nk"), plus the optional bias. */
+  const int8MatMul = (input: string, name: string, layout: "kn" | "nk", bias?: string, output?: string): string => {
+    const t = tensor(name);
+    const [k, n] = (layout === "kn" ? t.dims : [t.dims[1], t.dims[0]]) as [number, number];
+    const q = quantizeInt8(t.data, k, n, layout);
+    const blocks = k / q.blockSize;
+    const inputs = [input, g.uint8Init(`${name}.int8`, [n, blocks, q.blockSize], q.data), g.floatInit(`${name}.scales`, [n * blocks], q.scales)];
+    inputs.push(g.uint8Init(`${name}.zero_points`, [n * blocks], q.zeroPoints));
+    // Inputs 4 and 5 are g_idx (unused: blocks are in order) and the bias.
+    if (bias !== undefined) inputs.push("", w(bias));
+    const attributes = { K: k, N: n, bits: 8, block_size: q.blockSize, accuracy_level: INT8_ACCURACY_LEVEL };
+    return g.node("MatMulNBits", inputs, { attributes, domain: MS_DOMAIN, ...(output === undefined ? {} : { outputs: [output] }) })[0] as string;
   };
   const e = c.nEmbd;
   const h = c.nHead;
@@ -77,7 +109,10 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[]): OnnxGraph
 
   const layerNorm = (input: string, prefix: string): string =>
     g.op("LayerNormalization", [input, w(`${prefix}.weight`), w(`${prefix}.bias`)], { axis: -1, epsilon: { float: 1e-5 } });
-  const conv1d = (input: string, prefix: string): string => g.op("Add", [g.op("MatMul", [input, w(`${prefix}.weight`)]), w(`${prefix}.bias`)]);
+  const conv1d = (input: string, prefix: string): string =>
+    format === "int8"
+      ? int8MatMul(input, `${prefix}.weight`, "kn", `${prefix}.bias`)
+      : g.op("Add", [g.op("MatMul", [input, w(`${prefix}.weight`)]), w(`${prefix}.bias`)]);
   const splitHeads = (t: string): string => g.op("Transpose", [g.op("Reshape", [t, headsShape])], { perm: [0, 2, 1, 3] });
 
   for (let i = 0; i < c.nLayer; i++) {
@@ -99,6 +134,25 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[]): OnnxGraph
   }
   const final = layerNorm(x, "transformer.ln_f");
   // Tied lm_head: logits = ln_f(x) · wteᵀ (onnxruntime folds the Transpose once at load).
-  g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");
+  if (format === "int8") int8MatMul(final, "transformer.wte.weight", "nk", undefined, "logits");
+  else g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");
   return g;
+}
+
+/**
+ * Bytes of weights one decode step reads: every matmul weight (the lm_head reads all of wte)
+ * in its stored format, with int8's scales and zero points, plus the float32 biases and
+ * LayerNorms, plus one row each of wte and wpe for the embedding. Decoding is bound by this
+ * traffic, so it is what a memory-bandwidth bound divides by.
+ */
+export function gpt2WeightBytesPerToken(c: Pick<Gpt2Config, "nLayer" | "nEmbd" | "vocabSize">, format: WeightFormat): number {
+  const e = c.nEmbd;
+  // [k, n] of each matmul: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj per layer, then the lm_head.
+  const matmuls: [number, number][] = [];
+  for (let i = 0; i < c.nLayer; i++) matmuls.push([e, 3 * e], [e, e], [e, 4 * e], [4 * e, e]);
+  matmuls.push([e, c.vocabSize]);
+  // Per int8 block: a float32 scale and a one-byte zero point.
+  const matmulBytes = (k: number, n: number): number => (format === "int8" ? k * n + (n * k * 5) / int8BlockSize(k) : 4 * k * n);
+  const floats = c.nLayer * (9 * e + 4 * e) + 2 * e + 2 * e;
+  return matmuls.reduce((sum, [k, n]) => sum + matmulBytes(k, n), 0) + 4 * floats;
 }

@@ -2,6 +2,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { ModelError, errorMessage } from "../../common/errors.js";
 import { ONNX_MODEL_PATH } from "./build-model.js";
+import { WEIGHT_FORMATS, type WeightFormat } from "./gpt2-graph.js";
 import { gpt2ParameterCount } from "./gpt2-weights.js";
 import { readOnnxSignature, type OnnxTensorInfo } from "./onnx-signature.js";
 
@@ -28,6 +29,8 @@ export interface ModelInfo {
   outputNames: string[];
   /** Element type of past_key_values (real exports may be float16). */
   kvType: "float32" | "float16";
+  /** How the matmul weights are stored: config.json `aitbc.weights` (our builds), else "float32". */
+  weights: WeightFormat;
 }
 
 /** Files every model folder must have; generation_config.json is optional (defaults apply). */
@@ -73,6 +76,10 @@ export function loadModelInfo(dir: string): ModelInfo {
     throw new ModelError("model_config_invalid", "tokenizer_config.json needs model_max_length", { dir: abs, file: "tokenizer_config.json", key: "model_max_length" });
   }
   const headDim = nEmbd / nHead;
+  const ours = config.aitbc;
+  const named = typeof ours === "object" && ours !== null && "weights" in ours ? ours.weights : "float32";
+  const weights = WEIGHT_FORMATS.find((f) => f === named);
+  if (weights === undefined) throw configError(abs, "aitbc.weights", `config.json aitbc.weights must be one of ${WEIGHT_FORMATS.join(", ")}`);
 
   const onnxPath = path.join(abs, ONNX_MODEL_PATH);
   let sig;
@@ -99,6 +106,7 @@ export function loadModelInfo(dir: string): ModelInfo {
     inputNames: sig.inputs.map((i) => i.name),
     outputNames: sig.outputs.map((o) => o.name),
     kvType,
+    weights,
   };
 }
 

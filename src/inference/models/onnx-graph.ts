@@ -1,7 +1,10 @@
 import { ProtoWriter } from "./proto-writer.js";
 
 /** ONNX TensorProto.DataType values this project uses. */
-export const OnnxType = { FLOAT: 1, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export const OnnxType = { FLOAT: 1, UINT8: 2, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+
+/** onnxruntime's contrib-op domain (MatMulNBits), imported at version 1 when a node uses it. */
+export const MS_DOMAIN = "com.microsoft";
 export type OnnxElemType = (typeof OnnxType)[keyof typeof OnnxType];
 
 /** A dimension is a fixed size or a symbolic name ("batch_size"). */
@@ -15,6 +18,8 @@ interface OnnxNode {
   outputs: string[];
   name: string;
   attributes: [string, OnnxAttribute][];
+  /** "" (the default ONNX domain) or MS_DOMAIN. */
+  domain: string;
 }
 
 interface OnnxInitializer {
@@ -32,8 +37,8 @@ interface OnnxValueInfo {
 
 /**
  * Collects nodes, initializers and graph I/O and encodes them as an ONNX ModelProto.
- * Only what the GPT-2 builder needs: default-domain ops, float/int64 initializers stored as
- * little-endian raw_data, int attributes, int lists and floats.
+ * Only what the GPT-2 builder needs: default-domain and com.microsoft ops, float/int64/uint8
+ * initializers stored as little-endian raw_data, int attributes, int lists and floats.
  */
 export class OnnxGraph {
   private readonly nodes: OnnxNode[] = [];
@@ -62,6 +67,12 @@ export class OnnxGraph {
     return name;
   }
 
+  uint8Init(name: string, dims: number[], data: Uint8Array): string {
+    if (data.length !== dims.reduce((a, b) => a * b, 1)) throw new Error(`initializer ${name}: size does not match dims`);
+    this.initializers.push({ name, dims, type: OnnxType.UINT8, data });
+    return name;
+  }
+
   /** An int64 constant; `dims` [] makes a scalar. */
   int64Init(name: string, dims: number[], values: number[]): string {
     this.initializers.push({ name, dims, type: OnnxType.INT64, data: littleEndianBytes(BigInt64Array.from(values.map(BigInt))) });
@@ -72,10 +83,14 @@ export class OnnxGraph {
    * Adds a node and returns its output names. With `outputs` given those names are used (graph
    * outputs); otherwise they are made unique from the op type.
    */
-  node(op: string, inputs: string[], options: { outputs?: string[]; count?: number; attributes?: Record<string, OnnxAttribute> } = {}): string[] {
+  node(
+    op: string,
+    inputs: string[],
+    options: { outputs?: string[]; count?: number; attributes?: Record<string, OnnxAttribute>; domain?: string } = {},
+  ): string[] {
     const id = this.counter++;
     const outputs = options.outputs ?? Array.from({ length: options.count ?? 1 }, (_, i) => `/${op}_${id}_output_${i}`);
-    this.nodes.push({ op, inputs, outputs, name: `/${op}_${id}`, attributes: Object.entries(options.attributes ?? {}) });
+    this.nodes.push({ op, inputs, outputs, name: `/${op}_${id}`, attributes: Object.entries(options.attributes ?? {}), domain: options.domain ?? "" });
     return outputs;
   }
 
@@ -100,6 +115,7 @@ export class OnnxGraph {
     model.string(3, producer.version);
     model.message(7, graph);
     model.message(8, new ProtoWriter().string(1, "").int(2, this.opset));
+    if (this.nodes.some((n) => n.domain === MS_DOMAIN)) model.message(8, new ProtoWriter().string(1, MS_DOMAIN).int(2, 1));
     return model;
   }
 }
@@ -120,6 +136,7 @@ function encodeNode(n: OnnxNode): ProtoWriter {
   for (const o of n.outputs) w.string(2, o);
   w.string(3, n.name);
   w.string(4, n.op);
+  if (n.domain !== "") w.string(7, n.domain);
   for (const [name, value] of n.attributes) {
     const a = new ProtoWriter().string(1, name);
     // AttributeProto.type: FLOAT 1, INT 2, INTS 7.

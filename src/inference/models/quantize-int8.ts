@@ -1,0 +1,69 @@
+/**
+ * Block-wise symmetric 8-bit quantization of a matmul weight in the layout of onnxruntime's
+ * `com.microsoft.MatMulNBits` (bits = 8): for output column n and block b of `blockSize`
+ * consecutive rows k, one float scale = max|w| / 127 and bytes q = round(w / scale) + 128, so
+ * w ≈ (q − 128) · scale with an error of at most scale / 2.
+ */
+export interface Int8Weight {
+  /** Rows of the weight (the matmul's inner dimension). */
+  k: number;
+  /** Columns (outputs). */
+  n: number;
+  blockSize: number;
+  /** [n, k / blockSize, blockSize]: each column's blocks, one byte per weight. */
+  data: Uint8Array;
+  /** [n · k / blockSize] */
+  scales: Float32Array;
+  /** [n · k / blockSize], all 128 (symmetric). */
+  zeroPoints: Uint8Array;
+}
+
+/** The zero point of a symmetric 8-bit block: (q − 128) spans −127…127. */
+const ZERO_POINT = 128;
+
+/**
+ * The block size for an inner dimension k: the largest of 128, 64, 32, 16 that divides it
+ * (MatMulNBits needs a power of two of at least 16); throws when none does.
+ */
+export function int8BlockSize(k: number): number {
+  for (const size of [128, 64, 32, 16]) if (k % size === 0) return size;
+  throw new Error(`an inner dimension of ${k} cannot be split into 8-bit blocks (it must be a multiple of 16)`);
+}
+
+/**
+ * Quantizes a weight given as a flat float array, either [k, n] row-major ("kn": GPT-2's
+ * Conv1D weights, y = x · W) or [n, k] ("nk": an embedding used as the lm_head, y = x · Eᵀ).
+ */
+export function quantizeInt8(weight: Float32Array, k: number, n: number, layout: "kn" | "nk", blockSize = int8BlockSize(k)): Int8Weight {
+  if (weight.length !== k * n) throw new Error(`weight has ${weight.length} values, not ${k} × ${n}`);
+  if (k % blockSize !== 0) throw new Error(`block size ${blockSize} does not divide ${k}`);
+  const blocks = k / blockSize;
+  const data = new Uint8Array(n * k);
+  const scales = new Float32Array(n * blocks);
+  const zeroPoints = new Uint8Array(n * blocks).fill(ZERO_POINT);
+  const at = layout === "kn" ? (row: number, col: number): number => row * n + col : (row: number, col: number): number => col * k + row;
+  for (let col = 0; col < n; col++) {
+    for (let b = 0; b < blocks; b++) {
+      const first = b * blockSize;
+      let max = 0;
+      for (let j = 0; j < blockSize; j++) max = Math.max(max, Math.abs(weight[at(first + j, col)] as number));
+      // An all-zero block keeps scale 1 so dequantization stays finite (its bytes are all 128).
+      const scale = max === 0 ? 1 : Math.fround(max / 127);
+      scales[col * blocks + b] = scale;
+      const out = (col * blocks + b) * blockSize;
+      for (let j = 0; j < blockSize; j++) {
+        const q = Math.round((weight[at(first + j, col)] as number) / scale);
+        data[out + j] = Math.min(127, Math.max(-127, q)) + ZERO_POINT;
+      }
+    }
+  }
+  return { k, n, blockSize, data, scales, zeroPoints };
+}
+
+/** The float a quantized weight stands for: (q − zero point) · scale, at [row, col]. */
+export function dequantizeInt8(w: Int8Weight, row: number, col: number): number {
+  const blocks = w.k / w.blockSize;
+  const b = Math.floor(row / w.blockSize);
+  const q = w.data[(col * blocks + b) * w.blockSize + (row % w.blockSize)] as number;
+  return (q - (w.zeroPoints[col * blocks + b] as number)) * (w.scales[col * blocks + b] as number);
+}

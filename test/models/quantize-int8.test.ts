@@ -1,0 +1,64 @@
+import { describe, expect, it } from "vitest";
+import { Prng } from "../../src/common/prng.js";
+import { dequantizeInt8, int8BlockSize, quantizeInt8 } from "../../src/inference/models/quantize-int8.js";
+
+describe("block-wise int8 quantization (MatMulNBits layout)", () => {
+  it("picks the largest power-of-two block of 16 to 128 that divides the inner dimension", () => {
+    expect(int8BlockSize(768)).toBe(128);
+    expect(int8BlockSize(3072)).toBe(128);
+    expect(int8BlockSize(32)).toBe(32);
+    expect(int8BlockSize(48)).toBe(16);
+    expect(() => int8BlockSize(40)).toThrow(/multiple of 16/);
+  });
+
+  it("stores each column's blocks with scale max|w|/127 and bytes round(w/scale)+128 (hand-computed)", () => {
+    // k = 16 rows, n = 2 columns, [k, n] row-major: column 0 is 0, 0.1, …, 1.5; column 1 is all zero.
+    const k = 16;
+    const w = new Float32Array(k * 2);
+    for (let row = 0; row < k; row++) w[row * 2] = Math.fround(row * 0.1);
+    const q = quantizeInt8(w, k, 2, "kn");
+    expect(q.blockSize).toBe(16);
+    expect(q.scales[0]).toBeCloseTo(1.5 / 127, 7);
+    // 0 → 128, 0.7 → round(0.7 · 127 / 1.5) = 59 → 187, 1.5 → 127 → 255.
+    expect([q.data[0], q.data[7], q.data[15]]).toEqual([128, 187, 255]);
+    // An all-zero column: scale 1, every byte the zero point.
+    expect(q.scales[1]).toBe(1);
+    expect([...q.data.subarray(16, 32)]).toEqual(Array.from({ length: 16 }, () => 128));
+    expect([...q.zeroPoints]).toEqual([128, 128]);
+    expect(dequantizeInt8(q, 7, 0)).toBeCloseTo(59 * (1.5 / 127), 6);
+  });
+
+  it("reads an [n, k] embedding as the transpose of a [k, n] weight", () => {
+    const k = 32;
+    const n = 5;
+    const prng = new Prng(3);
+    const kn = Float32Array.from({ length: k * n }, () => prng.next() - 0.5);
+    const nk = new Float32Array(k * n);
+    for (let row = 0; row < k; row++) for (let col = 0; col < n; col++) nk[col * k + row] = kn[row * n + col]!;
+    const a = quantizeInt8(kn, k, n, "kn");
+    const b = quantizeInt8(nk, k, n, "nk");
+    expect(b.data).toEqual(a.data);
+    expect(b.scales).toEqual(a.scales);
+  });
+
+  it("reconstructs every weight to within half a step of its block's scale", () => {
+    const k = 256;
+    const n = 24;
+    const prng = new Prng(11);
+    // Two blocks per column, the first a hundred times smaller than the second: each gets its own scale.
+    const w = Float32Array.from({ length: k * n }, (_, i) => (prng.next() - 0.5) * (Math.floor(i / n) < 128 ? 0.01 : 1));
+    const q = quantizeInt8(w, k, n, "kn");
+    const blocks = k / q.blockSize;
+    expect(blocks).toBe(2);
+    for (let col = 0; col < n; col++) expect(q.scales[col * 2]! * 20).toBeLessThan(q.scales[col * 2 + 1]!);
+    let worst = 0;
+    for (let row = 0; row < k; row++) {
+      for (let col = 0; col < n; col++) {
+        const scale = q.scales[col * blocks + Math.floor(row / q.blockSize)]!;
+        worst = Math.max(worst, Math.abs(dequantizeInt8(q, row, col) - w[row * n + col]!) / scale);
+      }
+    }
+    expect(worst).toBeLessThanOrEqual(0.5 + 1e-6);
+    expect(Math.min(...q.data)).toBeGreaterThanOrEqual(1);
+  });
+});
