@@ -1,32 +1,38 @@
 /**
  * `npm run bench:inference`: batch-1 decoding of gpt2-124m-random, our engine against
  * @xenova/transformers 2.17.2's text-generation pipeline, on the same prompts and lengths,
- * greedy. Each side runs in its own child process, never both at once (so they do not share
- * cores, and peak RSS is each side's own), alternating round by round so that load from other
- * processes falls on both alike. Prints medians, the ratio ours/theirs, and the memory-bandwidth
- * bound: weight bytes per token ÷ a measured copy bandwidth.
+ * greedy, and our engine again on the same weights stored as int8 (gpt2-124m-random-int8,
+ * MatMulNBits), which transformers.js's onnxruntime 1.14 cannot run. Each side runs in its own
+ * child process, never two at once (so they do not share cores, and peak RSS is each side's
+ * own), alternating round by round so that load from other processes falls on all alike.
+ * Prints medians, the ratios ours/theirs, and for each weight format the memory-bandwidth
+ * bound: weight bytes read per token ÷ a measured bandwidth, both for a copy (STREAM-style,
+ * bytes read + written) and for reading alone (bench/memory-bandwidth.ts).
  *
- * Builds models/gpt2-124m-random when it is missing. Environment: BENCH_MODEL (default
- * gpt2-124m-random), BENCH_TOKENS (default 64), BENCH_REPEAT (rounds, default 3), BENCH_THREADS
- * (onnxruntime intra-op threads for ours, default 0 = one per CPU), BENCH_SPIN=0|1 (ours with
- * thread_spinning off or on; default "auto", the engine's default, decided from the load average).
+ * Builds the two models when they are missing. Environment: BENCH_MODEL (default
+ * gpt2-124m-random; its int8 twin is BENCH_MODEL-int8), BENCH_TOKENS (default 64), BENCH_REPEAT
+ * (rounds, default 3), BENCH_THREADS (onnxruntime intra-op threads for ours, default 0 = one
+ * per CPU), BENCH_SPIN=0|1 (ours with thread_spinning off or on; default "auto", the engine's
+ * default, decided from the load average).
  */
 import { execFile } from "node:child_process";
-import { existsSync, statSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { Worker } from "node:worker_threads";
 import { silentLogger } from "../src/common/logger.js";
-import { buildModel } from "../src/inference/models/build-model.js";
+import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
+import { gpt2WeightBytesPerToken, type WeightFormat } from "../src/inference/models/gpt2-graph.js";
+import { loadModelInfo } from "../src/inference/models/model-info.js";
 import { RECIPES } from "../src/inference/models/recipes.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { resolveThreadSpinning } from "../src/inference/session-factory.js";
+import { copyBandwidth, readBandwidth } from "./memory-bandwidth.js";
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "..");
 const MODELS_DIR = path.join(ROOT, "models");
 const MODEL = process.env.BENCH_MODEL ?? "gpt2-124m-random";
+const MODEL_INT8 = `${MODEL}-int8`;
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 64);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const THREADS = Number(process.env.BENCH_THREADS ?? 0);
@@ -42,7 +48,7 @@ interface SideResult {
   ttftMs: number[];
   rssPeakBytes: number;
   /** Whether ours ran with spinning intra-op threads (thread_spinning resolved at session creation). */
-  spinning?: boolean;
+  spinning?: boolean[];
 }
 
 const median = (xs: number[]): number => {
@@ -51,27 +57,27 @@ const median = (xs: number[]): number => {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** Child mode: our engine, printing one JSON SideResult. */
-async function oursChild(): Promise<void> {
+/** Child mode: our engine on the model named by --child, printing one JSON SideResult. */
+async function oursChild(model: string): Promise<void> {
   // Resolved here, as the engine would at session creation, so the report can say which it was.
   const spinning = resolveThreadSpinning(SPIN);
   const engine = new OnnxEngine(
-    { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [MODEL], intraOpThreads: THREADS, interOpThreads: 0, graphOptimizationLevel: "all", threadSpinning: spinning },
+    { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [model], intraOpThreads: THREADS, interOpThreads: 0, graphOptimizationLevel: "all", threadSpinning: spinning },
     { log: silentLogger() },
   );
   await engine.initialize();
   const params = { max_new_tokens: TOKENS, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: 0 };
   // One warm-up generation: onnxruntime allocates its arenas on the first runs.
-  await engine.generate({ model: MODEL, prompt: PROMPTS[0]!, params: { ...params, max_new_tokens: 4 } });
+  await engine.generate({ model, prompt: PROMPTS[0]!, params: { ...params, max_new_tokens: 4 } });
   const out: SideResult = { tokensPerSecond: [], ttftMs: [], rssPeakBytes: 0 };
   for (const prompt of PROMPTS) {
-    const res = await engine.generate({ model: MODEL, prompt, params });
+    const res = await engine.generate({ model, prompt, params });
     out.tokensPerSecond.push(res.timing.tokens_per_second);
     out.ttftMs.push(res.timing.time_to_first_token_ms);
   }
   await engine.close();
   out.rssPeakBytes = process.resourceUsage().maxRSS * 1024;
-  out.spinning = spinning;
+  out.spinning = [spinning];
   process.stdout.write(`${JSON.stringify(out)}\n`);
 }
 
@@ -91,88 +97,75 @@ async function theirs(): Promise<SideResult> {
   };
 }
 
-async function ours(): Promise<SideResult> {
-  const { stdout } = await run(process.execPath, ["--import", "tsx", path.join(ROOT, "bench", "inference.ts"), "--child"], { maxBuffer: 16 << 20, env: process.env });
+async function ours(model: string): Promise<SideResult> {
+  const { stdout } = await run(process.execPath, ["--import", "tsx", path.join(ROOT, "bench", "inference.ts"), "--child", model], { maxBuffer: 16 << 20, env: process.env });
   return JSON.parse(stdout) as SideResult;
 }
 
-/**
- * Memory bandwidth from large buffer copies on every CPU at once (decoding uses them all),
- * counting bytes read plus bytes written as STREAM's copy does; best of three rounds.
- */
-async function copyBandwidth(): Promise<number> {
-  const threads = availableParallelism();
-  const size = 128 << 20;
-  const reps = 6;
-  const code = `
-    const { parentPort, workerData } = require("node:worker_threads");
-    const a = Buffer.alloc(workerData.size, 1), b = Buffer.alloc(workerData.size);
-    a.copy(b);
-    parentPort.on("message", () => {
-      const t = process.hrtime.bigint();
-      for (let i = 0; i < workerData.reps; i++) a.copy(b);
-      parentPort.postMessage(Number(process.hrtime.bigint() - t) / 1e9);
-    });
-    parentPort.postMessage("ready");`;
-  const workers = Array.from({ length: threads }, () => new Worker(code, { eval: true, workerData: { size, reps } }));
-  const next = (w: Worker): Promise<unknown> => new Promise((resolve) => w.once("message", resolve));
-  await Promise.all(workers.map(next));
-  let best = 0;
-  for (let round = 0; round < 3; round++) {
-    const done = workers.map(next);
-    const t = process.hrtime.bigint();
-    for (const w of workers) w.postMessage("go");
-    await Promise.all(done);
-    const seconds = Number(process.hrtime.bigint() - t) / 1e9;
-    best = Math.max(best, (threads * reps * size * 2) / seconds);
-  }
-  await Promise.all(workers.map((w) => w.terminate()));
-  return best;
+/** Builds a model folder from its recipe when it is missing. */
+async function ensureModel(name: string, weights: WeightFormat): Promise<void> {
+  const dir = path.join(MODELS_DIR, name);
+  if (existsSync(path.join(dir, ONNX_MODEL_PATH))) return;
+  const recipe = RECIPES[MODEL];
+  if (recipe === undefined) throw new Error(`${name} is missing and ${MODEL} has no recipe to build it`);
+  process.stderr.write(`building ${name} (once)…\n`);
+  await buildModel(recipe, dir, { weights });
 }
 
 async function main(): Promise<void> {
-  const dir = path.join(MODELS_DIR, MODEL);
-  if (!existsSync(path.join(dir, "onnx", "decoder_model_merged.onnx"))) {
-    const recipe = RECIPES[MODEL];
-    if (recipe === undefined) throw new Error(`${MODEL} is missing and has no recipe to build it`);
-    process.stderr.write(`building ${MODEL} (once)…\n`);
-    await buildModel(recipe, dir);
-  }
-  const weightBytes = statSync(path.join(dir, "onnx", "decoder_model_merged.onnx")).size;
-  const bandwidth = await copyBandwidth();
-  const bound = bandwidth / weightBytes;
+  await ensureModel(MODEL, "float32");
+  await ensureModel(MODEL_INT8, "int8");
+  const copy = await copyBandwidth();
+  const read = await readBandwidth();
 
-  process.stderr.write(`model ${MODEL}: ${PROMPTS.length} prompts × ${REPEAT} rounds, ${TOKENS} new tokens, greedy, batch 1\n`);
-  const a: SideResult = { tokensPerSecond: [], ttftMs: [], rssPeakBytes: 0 };
-  const b: SideResult = { tokensPerSecond: [], ttftMs: [], rssPeakBytes: 0 };
-  const spinModes = new Set<string>();
+  process.stderr.write(`model ${MODEL} and ${MODEL_INT8}: ${PROMPTS.length} prompts × ${REPEAT} rounds, ${TOKENS} new tokens, greedy, batch 1\n`);
+  const empty = (): SideResult => ({ tokensPerSecond: [], ttftMs: [], rssPeakBytes: 0, spinning: [] });
+  const fp32 = empty();
+  const int8 = empty();
+  const theirsAll = empty();
   const add = (into: SideResult, r: SideResult): void => {
-    if (r.spinning !== undefined) spinModes.add(r.spinning ? "spin" : "no spin");
     into.tokensPerSecond.push(...r.tokensPerSecond);
     into.ttftMs.push(...r.ttftMs);
     into.rssPeakBytes = Math.max(into.rssPeakBytes, r.rssPeakBytes);
+    into.spinning?.push(...(r.spinning ?? []));
   };
   for (let round = 1; round <= REPEAT; round++) {
-    process.stderr.write(`round ${round}/${REPEAT}: ours…`);
-    add(a, await ours());
+    process.stderr.write(`round ${round}/${REPEAT}: ours float32…`);
+    add(fp32, await ours(MODEL));
+    process.stderr.write(" ours int8…");
+    add(int8, await ours(MODEL_INT8));
     process.stderr.write(" transformers.js…\n");
-    add(b, await theirs());
+    add(theirsAll, await theirs());
   }
 
+  const spin = (r: SideResult): string => [...new Set((r.spinning ?? []).map((s) => (s ? "spin" : "no spin")))].join("/");
   const row = (name: string, r: SideResult): string =>
-    `${name.padEnd(28)} ${median(r.tokensPerSecond).toFixed(1).padStart(10)} ${median(r.ttftMs).toFixed(1).padStart(12)} ${(r.rssPeakBytes / 2 ** 20).toFixed(0).padStart(14)}`;
+    `${name.padEnd(38)} ${median(r.tokensPerSecond).toFixed(1).padStart(10)} ${median(r.ttftMs).toFixed(1).padStart(10)} ${(r.rssPeakBytes / 2 ** 20).toFixed(0).padStart(14)}`;
+  const info = loadModelInfo(path.join(MODELS_DIR, MODEL));
+  const boundLine = (label: string, format: WeightFormat, r: SideResult): string => {
+    const bytes = gpt2WeightBytesPerToken(info, format);
+    const tps = median(r.tokensPerSecond);
+    const pct = (bw: number): string => `${((100 * tps) / (bw / bytes)).toFixed(0)}%`;
+    return `${label.padEnd(9)} ${(bytes / 1e6).toFixed(1).padStart(6)} MB/token → ${(copy / bytes).toFixed(1).padStart(6)} | ${(read / bytes).toFixed(1).padStart(6)} tokens/s; ours ${pct(copy)} | ${pct(read)}`;
+  };
   const lines = [
-    `${"".padEnd(28)} ${"tokens/s".padStart(10)} ${"TTFT ms".padStart(12)} ${"peak RSS MiB".padStart(14)}   (medians)`,
-    row(`ours (ORT 1.30, ${[...spinModes].join("/")})`, a),
-    row("transformers.js 2.17.2", b),
+    `${"".padEnd(38)} ${"tokens/s".padStart(10)} ${"TTFT ms".padStart(10)} ${"peak RSS MiB".padStart(14)}   (medians)`,
+    row(`ours float32 (ORT 1.30, ${spin(fp32)})`, fp32),
+    row(`ours int8 (MatMulNBits, ${spin(int8)})`, int8),
+    row("transformers.js 2.17.2 float32", theirsAll),
     "",
-    `decode speed ours/theirs:  ${(median(a.tokensPerSecond) / median(b.tokensPerSecond)).toFixed(2)}×  (target ≥ 1.3×)`,
-    `TTFT ours/theirs:          ${(median(a.ttftMs) / median(b.ttftMs)).toFixed(2)}`,
-    `copy bandwidth:            ${(bandwidth / 1e9).toFixed(1)} GB/s; weights ${(weightBytes / 1e6).toFixed(0)} MB per token`,
-    `bandwidth bound:           ${bound.toFixed(1)} tokens/s; ours ${((100 * median(a.tokensPerSecond)) / bound).toFixed(0)}% of it (target ≥ 70%)`,
+    `bandwidth: copy ${(copy / 1e9).toFixed(1)} GB/s (read + written), read-only ${(read / 1e9).toFixed(1)} GB/s`,
+    `bounds (weights per token ÷ copy | read bandwidth):`,
+    boundLine("float32", "float32", fp32),
+    boundLine("int8", "int8", int8),
+    "",
+    `TTFT ours/theirs (float32):           ${(median(fp32.ttftMs) / median(theirsAll.ttftMs)).toFixed(2)}`,
+    `decode speed ours int8/theirs:        ${(median(int8.tokensPerSecond) / median(theirsAll.tokensPerSecond)).toFixed(2)}×`,
+    `decode speed ours/theirs (float32):   ${(median(fp32.tokensPerSecond) / median(theirsAll.tokensPerSecond)).toFixed(2)}×  (target ≥ 1.3×; ≥ 70% of the float32 copy bound)`,
   ];
   process.stdout.write(`${lines.join("\n")}\n`);
 }
 
-if (process.argv.includes("--child")) await oursChild();
+const child = process.argv.indexOf("--child");
+if (child >= 0) await oursChild(process.argv[child + 1] ?? MODEL);
 else await main();
