@@ -52,11 +52,13 @@ function resultFiles(dataDir: string): string[] {
     .sort();
 }
 
-function expectUnavailable(res: ApiResponse, what: string): void {
+/** Checks a 503 problem+json with Retry-After; returns "what → 503, Retry-After n" for the summary. */
+function expectUnavailable(res: ApiResponse, what: string): string {
   expect(res.status, `${what}: ${JSON.stringify(res.body)}`).toBe(503);
   expect(res.headers.get("content-type")).toMatch(/^application\/problem\+json/);
   expect(Number(res.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
   expect(res.body).toMatchObject({ status: 503, code: "unavailable", retryable: true });
+  return `${what} → 503, Retry-After ${res.headers.get("retry-after")}`;
 }
 
 describe("reliability: disk full", { timeout: 120_000 }, () => {
@@ -116,11 +118,13 @@ describe("reliability: disk full", { timeout: 120_000 }, () => {
         body: JSON.stringify(refusedSubmit),
       });
     const asApi = async (res: Response): Promise<ApiResponse> => ({ status: res.status, headers: res.headers, body: (await res.json()) as Record<string, unknown> });
-    expectUnavailable(await asApi(await submit()), "POST /v1/jobs");
-    expectUnavailable(await c.api("POST", "/v1/jobs", { model: "tiny-gpt2", input: "without an idempotency key", parameters: { max_new_tokens: 4 } }), "POST /v1/jobs without a key");
+    const answers = [
+      expectUnavailable(await asApi(await submit()), "POST /v1/jobs (Idempotency-Key)"),
+      expectUnavailable(await c.api("POST", "/v1/jobs", { model: "tiny-gpt2", input: "without an idempotency key", parameters: { max_new_tokens: 4 } }), "POST /v1/jobs (no Idempotency-Key)"),
+    ];
     const upload = (): Promise<Response> =>
       fetch(`${c.baseUrl}/v1/files`, { method: "POST", headers: { authorization: `Bearer ${c.clientKey}`, "content-type": "text/plain" }, body: "a prompt from a file" });
-    expectUnavailable(await asApi(await upload()), "POST /v1/files");
+    answers.push(expectUnavailable(await asApi(await upload()), "POST /v1/files"));
     expect((await c.api("GET", `/v1/jobs/${running}`)).status).toBe(200);
     expect((await c.api("GET", "/v1/jobs")).status).toBe(200);
     expect((await c.api("GET", `/v1/jobs/${running}/download`)).status).toBe(409);
@@ -145,6 +149,8 @@ describe("reliability: disk full", { timeout: 120_000 }, () => {
     );
     expect((await c.api("GET", "/readyz")).body).toMatchObject({ status: "ready", miners: 0 });
 
+    const refusedFrames: Record<string, number> = {};
+    for (const l of r.coordinatorLogs("storage unavailable: miner to retry")) refusedFrames[l.frame as string] = (refusedFrames[l.frame as string] ?? 0) + 1;
     rmSync(filler);
     r.op("disk space back");
     const done = await c.waitForJob(running, (j) => j.status === "completed", "completed", 30_000);
@@ -178,5 +184,9 @@ describe("reliability: disk full", { timeout: 120_000 }, () => {
     } finally {
       db.close();
     }
+    console.log(
+      `disk full (${filled} filler bytes on a ${DISK_BYTES / 2 ** 20} MiB tmpfs): ${answers.join("; ")}; miner frames refused: ${JSON.stringify(refusedFrames)}; ` +
+        `after the filler was deleted: the job completed at attempt ${done.attempt as number}, the store holds the ${report.jobs} accepted jobs, 1 file, ${resultFiles(dataDir).length} result files`,
+    );
   });
 });

@@ -124,6 +124,7 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
     stranded.proxy.setMode({ kind: "blackhole" });
     r.op("blackhole stranded");
     await r.cluster.coordinator!.kill("SIGKILL");
+    const downAt = Date.now();
     r.op("coordinator SIGKILL");
     // Down for two lease TTLs: the last renewal was before the kill, so the lease is long expired.
     await sleep(2 * leaseTtlMs);
@@ -142,7 +143,8 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
     expect(requeued[0]!.data).toMatchObject({ attempt: 1, miner_id: strandedId, reason: "lease_expired" });
     // The reaper waited out the grace (one TTL from the restart) although the lease had expired
     // while the coordinator was down: a lower bound, which only a missing grace can break.
-    expect(Date.parse(requeued[0]!.data.at as string)).toBeGreaterThanOrEqual(restartedAt + leaseTtlMs);
+    const requeuedAt = Date.parse(requeued[0]!.data.at as string);
+    expect(requeuedAt).toBeGreaterThanOrEqual(restartedAt + leaseTtlMs);
     expect(changes.map((e) => e.event)).toEqual(["queued", "assigned", "running", "requeued", "assigned", "running", "completed"]);
 
     // Healed, the stranded miner reconnects holding attempt 1: refused at its hello.
@@ -159,6 +161,10 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
     const report = await finish(r);
     expect(report.requeues).toBe(1);
     expect(report.assignments).toBe(2);
+    console.log(
+      `coordinator restart after the lease: down ${restartedAt - downAt} ms (lease TTL ${leaseTtlMs} ms); requeued once, ${requeuedAt - restartedAt} ms after the restart began; ` +
+        `completed at attempt ${done.attempt as number}; the stranded miner's late lease refused`,
+    );
   });
 
   it("a link delayed less than the lease: no requeue, the same attempt finishes", async () => {

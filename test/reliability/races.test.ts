@@ -288,6 +288,7 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     expect(report.violations).toEqual([]);
     expect(report.jobs).toBe(new Set(accepted.values()).size);
     expect(report.jobs).toBe(accepted.size);
+    console.log(`submit storm through a coordinator SIGKILL: ${clients} clients, ${accepted.size} keys accepted in ${tries} tries, ${report.jobs} jobs in the store`);
   });
 
   it("chaos: 300 jobs, miners killed and restarted, links cut, the coordinator restarted twice: all terminal, invariants hold", async () => {
