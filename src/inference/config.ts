@@ -24,6 +24,13 @@ export const InferenceConfigSchema = Type.Object(
      * average is below the CPU count less one half when the session is created. Default "auto".
      */
     thread_spinning: Type.Union([Type.Boolean(), Type.Literal("auto")], { default: "auto" }),
+    /**
+     * Most generations of one model that share a decode step on one device (continuous
+     * batching: a step reads the weights once for all of them, so 8 at once cost little more
+     * than one). The miner runs as many jobs at once as `[miner] max_concurrent_per_gpu`
+     * allows; those beyond max_batch wait for a place. 1 = one generation at a time. Default 8.
+     */
+    max_batch: Type.Integer({ minimum: 1, maximum: 256, default: 8 }),
     /** onnxruntime graph optimisation level. Default "all". */
     graph_optimization_level: Type.Union(
       [Type.Literal("disabled"), Type.Literal("basic"), Type.Literal("extended"), Type.Literal("all")],
@@ -46,6 +53,8 @@ export interface InferenceConfig {
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
   /** Default "auto" (see `thread_spinning`). */
   threadSpinning?: boolean | "auto";
+  /** Default 8 (see `max_batch`). */
+  maxBatch?: number;
 }
 
 export function compileInferenceConfig(raw: InferenceConfigRaw, deviceIds: number[]): InferenceConfig {
@@ -58,5 +67,6 @@ export function compileInferenceConfig(raw: InferenceConfigRaw, deviceIds: numbe
     interOpThreads: raw.inter_op_threads,
     graphOptimizationLevel: raw.graph_optimization_level,
     threadSpinning: raw.thread_spinning,
+    maxBatch: raw.max_batch,
   };
 }

@@ -5,13 +5,16 @@ import { Worker } from "node:worker_threads";
 import { AppError, ConfigError, ModelError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
 import type { InferenceConfig } from "./config.js";
-import type { DecodeResult } from "./decode-loop.js";
+import type { DecodeResult } from "./batch-decoder.js";
 import type { Engine, EngineModelInfo, GenerateRequest, GenerateResult } from "./engine.js";
 import { loadModelInfo, type ModelInfo } from "./models/model-info.js";
 import type { DeviceRequest, SessionSettings } from "./session-factory.js";
 import { TextAssembler } from "./text-assembler.js";
 import { Tokenizer } from "./tokenizer.js";
 import type { FromWorker, LoadedModelSummary, ToWorker, WireError, WorkerModelSpec } from "./worker-protocol.js";
+
+/** inference.max_batch's default. */
+const DEFAULT_MAX_BATCH = 8;
 
 export interface OnnxEngineOptions {
   log: Logger;
@@ -67,10 +70,10 @@ class DeviceWorker {
     });
   }
 
-  load(models: WorkerModelSpec[], settings: SessionSettings): Promise<LoadedModelSummary[]> {
+  load(models: WorkerModelSpec[], settings: SessionSettings, maxBatch: number): Promise<LoadedModelSummary[]> {
     return new Promise((resolve, reject) => {
       this.loading = { resolve, reject };
-      this.post({ type: "load", models, device: this.device, settings });
+      this.post({ type: "load", models, device: this.device, settings, maxBatch });
     });
   }
 
@@ -207,7 +210,7 @@ export class OnnxEngine implements Engine {
       return Promise.reject(new ModelError("prompt_too_long", "the prompt does not fit the model's context", { prompt_tokens: promptIds.length, n_positions: nPositions }));
     }
     const maxTokens = Math.min(request.params.max_new_tokens, nPositions - promptIds.length);
-    // Least busy device first: generations on one device run one after another.
+    // Least busy device first: a device's generations share its decode steps (up to max_batch).
     const worker = candidates.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
     const id = this.nextId++;
     const cancelFlag = new SharedArrayBuffer(4);
@@ -260,7 +263,7 @@ export class OnnxEngine implements Engine {
       for (const device of this.devices()) {
         const worker = new DeviceWorker(device, this.log);
         this.workers.push(worker);
-        const models = await worker.load(specs, settings);
+        const models = await worker.load(specs, settings, this.config.maxBatch ?? DEFAULT_MAX_BATCH);
         for (const m of models) {
           if (m.fallbackReason !== undefined) this.log.warn({ model: m.name, device: deviceName(device), reason: m.fallbackReason }, "CUDA unavailable, running on the CPU");
           this.log.info({ model: m.name, device: m.device }, "model loaded");

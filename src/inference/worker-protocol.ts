@@ -1,11 +1,11 @@
-import type { DecodeResult } from "./decode-loop.js";
+import type { DecodeResult } from "./batch-decoder.js";
 import type { SamplingParams } from "./sampling.js";
 import type { DeviceRequest, SessionSettings } from "./session-factory.js";
 
 /**
  * Messages between OnnxEngine (main thread) and an inference worker. One worker owns one
- * device and a session for every configured model on it; it runs one generation at a time
- * (session.run blocks its thread) and queues the rest. Workers see token ids only: the
+ * device and a session for every configured model on it; concurrent generations of a model
+ * share its decode steps, up to maxBatch at once (batch-decoder.ts), and the rest wait. Workers see token ids only: the
  * tokenizer (transformers.js, whose own onnxruntime binding cannot load in a second thread)
  * stays on the main thread.
  *
@@ -31,6 +31,8 @@ export interface LoadMessage {
   models: WorkerModelSpec[];
   device: DeviceRequest;
   settings: SessionSettings;
+  /** Most sequences of one model in one decode step (continuous batching). */
+  maxBatch: number;
 }
 
 export interface GenerateMessage {

@@ -38,7 +38,7 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
     });
     await open;
     // Progress every 10 ms: tiny-gpt2 decodes fast on a CPU and there must be several updates.
-    await cluster.startMiner({ name: "cpu-rig", env: { AITBC_MINER_MINER_PROGRESS_INTERVAL: "10ms" } });
+    const rig = await cluster.startMiner({ name: "cpu-rig", env: { AITBC_MINER_MINER_PROGRESS_INTERVAL: "10ms" } });
     const events: SseEvent[] = await stream;
     const kinds = events.map((e) => e.event);
     expect(kinds[0]).toBe("snapshot");
@@ -86,5 +86,33 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
     const local = JSON.parse(stdout) as { text: string };
     expect(local.text.length).toBeGreaterThan(0);
     expect(download.body.output).toBe(local.text);
+    await rig.proc.kill("SIGTERM");
+  });
+
+  it("a miner running several jobs at once (sharing decode steps) delivers each as aitbc generate alone would", async () => {
+    const jobs: { input: string; parameters: Record<string, number> }[] = [
+      { input: "It was a bright cold day in April", parameters: { max_new_tokens: 60, seed: 5 } },
+      { input: "Call me", parameters: { max_new_tokens: 90, seed: 6, temperature: 0.7, top_k: 30 } },
+      { input: "In the beginning", parameters: { max_new_tokens: 45, seed: 7, temperature: 1.2, repetition_penalty: 1.3 } },
+    ];
+    const ids: string[] = [];
+    for (const j of jobs) ids.push(await cluster.submit({ model: "tiny-gpt2", ...j }));
+    await cluster.startMiner({ name: "batching-rig", env: { AITBC_MINER_MINER_MAX_CONCURRENT: "3" } });
+    const done: Record<string, unknown>[] = [];
+    for (const [i, id] of ids.entries()) {
+      const job = await cluster.waitForJob(id, (j) => j.status === "completed", "completed", 60_000);
+      done.push(job);
+      expect(job.miner_id).toBe(cluster.minerId("batching-rig"));
+      const download = await cluster.api<{ output: string }>("GET", `/v1/jobs/${id}/download`);
+      const p = jobs[i]!.parameters;
+      const flags = Object.entries({ "--max-new-tokens": p.max_new_tokens, "--seed": p.seed, "--temperature": p.temperature, "--top-k": p.top_k, "--repetition-penalty": p.repetition_penalty })
+        .filter(([, v]) => v !== undefined)
+        .flatMap(([k, v]) => [k, String(v)]);
+      const { stdout } = await run(process.execPath, [CLI, "generate", "--model", "tiny-gpt2", "--prompt", jobs[i]!.input, ...flags, "--json"], { cwd: ROOT });
+      expect(download.body.output).toBe((JSON.parse(stdout) as { text: string }).text);
+    }
+    // They ran at the same time: every job started before any of them completed.
+    const firstCompleted = Math.min(...done.map((j) => Date.parse(j.completed_at as string)));
+    for (const j of done) expect(Date.parse(j.started_at as string)).toBeLessThanOrEqual(firstCompleted);
   });
 });

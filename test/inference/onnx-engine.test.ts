@@ -137,6 +137,32 @@ describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
     await expect(engine.generate({ model: "tiny-gpt2", prompt: " a".repeat(1024), params: greedy(5) })).rejects.toMatchObject({ code: "prompt_too_long" });
   });
 
+  it("concurrent generations on one device (sharing its decode steps) each get what they get alone", async () => {
+    const jobs = [
+      { prompt: "The quick brown fox", params: greedy(10) },
+      { prompt: "It was the best of times, it was the worst of times, it was the age of wisdom", params: greedy(6) },
+      { prompt: "Once", params: greedy(14, { temperature: 0.9, top_k: 20, seed: 7 }) },
+    ];
+    const alone: GenerateResult[] = [];
+    for (const j of jobs) alone.push(await engine.generate({ model: "tiny-gpt2", ...j }));
+    const streamed: string[] = jobs.map(() => "");
+    const controller = new AbortController();
+    const together = await Promise.all([
+      ...jobs.map((j, i) => engine.generate({ model: "tiny-gpt2", ...j, onToken: (e) => (streamed[i] += e.delta) })),
+      // A fourth that is aborted after 3 tokens while the others run.
+      engine.generate({ model: "tiny-gpt2", prompt: "stop me", params: greedy(40), signal: controller.signal, onToken: (e) => void (e.tokens === 3 && controller.abort()) }),
+    ]);
+    jobs.forEach((_, i) => {
+      expect(together[i]!.token_ids).toEqual(alone[i]!.token_ids);
+      expect(together[i]!.text).toBe(alone[i]!.text);
+      expect(streamed[i]).toBe(together[i]!.text);
+    });
+    expect(together[3]!.finish_reason).toBe("cancelled");
+    // Aborted in its third token's callback: the worker, a few steps ahead at most, stops it long before 40.
+    expect(together[3]!.token_ids.length).toBeGreaterThanOrEqual(3);
+    expect(together[3]!.token_ids.length).toBeLessThan(40);
+  });
+
   it("refuses a model it has not loaded", async () => {
     await expect(engine.generate({ model: "nope", prompt: "x", params: greedy(1) })).rejects.toMatchObject({ code: "model_not_loaded" });
   });

@@ -1,0 +1,191 @@
+import path from "node:path";
+import * as ort from "onnxruntime-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BatchDecoder, buildFeeds, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
+import { loadModelInfo } from "../../src/inference/models/model-info.js";
+import { MODELS_DIR } from "./engine-fixture.js";
+
+describe("runDecode (in process, tiny-gpt2)", () => {
+  let model: DecodeModel;
+  beforeAll(async () => {
+    const info = loadModelInfo(path.join(MODELS_DIR, "tiny-gpt2"));
+    const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
+    model = { name: info.name, session, nLayer: info.nLayer, nHead: info.nHead, headDim: info.headDim, vocabSize: info.vocabSize, eosTokenId: info.eosTokenId };
+  });
+  afterAll(() => model.session.release());
+
+  const req = { promptIds: [15496, 995], maxTokens: 50, seed: 1, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1 };
+
+  it("stops before the next step once cancelled: exactly the tokens made so far", async () => {
+    let stopAfter = 5;
+    const seen: number[] = [];
+    const r = await runDecode(model, req, { cancelled: () => seen.length >= stopAfter, onToken: (id) => seen.push(id) });
+    expect(r.finishReason).toBe("cancelled");
+    expect(r.tokenIds).toHaveLength(5);
+    expect(r.tokenIds).toEqual(seen);
+    stopAfter = 0;
+    seen.length = 0;
+    expect((await runDecode(model, req, { cancelled: () => true, onToken: () => undefined })).tokenIds).toEqual([]);
+  });
+
+  // A short prompt is prefilled in one run, a long one (over 16 tokens) in two.
+  it.each([
+    ["short", [15496, 995]],
+    ["long", Array.from({ length: 40 }, (_, i) => 100 + i * 37)],
+  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s prompt)", async (_name, promptIds) => {
+    const cached = await runDecode(model, { ...req, promptIds, maxTokens: 6 }, { cancelled: () => false, onToken: () => undefined });
+    // No cache: every step feeds the whole sequence with an empty past.
+    const ids = [...promptIds];
+    const names = new Set(model.session.inputNames);
+    for (let i = 0; i < 6; i++) {
+      const past: Record<string, ort.Tensor> = {};
+      for (let l = 0; l < model.nLayer; l++) {
+        for (const p of ["key", "value"]) past[`past_key_values.${l}.${p}`] = new ort.Tensor("float32", new Float32Array(0), [1, model.nHead, 0, model.headDim]);
+      }
+      const out = await model.session.run(buildFeeds(names, ids, 0, past));
+      const logits = out.logits!.data as Float32Array;
+      const last = logits.subarray(logits.length - model.vocabSize);
+      let best = 0;
+      for (let v = 1; v < last.length; v++) if (last[v]! > last[best]!) best = v;
+      ids.push(best);
+    }
+    expect(cached.tokenIds).toEqual(ids.slice(promptIds.length));
+  });
+});
+
+describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)", () => {
+  let model: DecodeModel;
+  let runs = 0;
+  beforeAll(async () => {
+    const info = loadModelInfo(path.join(MODELS_DIR, "tiny-gpt2"));
+    const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
+    // Counts session.run calls, to see that rows really share them.
+    const counted = new Proxy(session, {
+      get(target, prop) {
+        if (prop === "run") {
+          return (...args: Parameters<ort.InferenceSession["run"]>) => {
+            runs++;
+            return target.run(...args);
+          };
+        }
+        const value = Reflect.get(target, prop, target) as unknown;
+        return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    model = { name: info.name, session: counted, nLayer: info.nLayer, nHead: info.nHead, headDim: info.headDim, vocabSize: info.vocabSize, eosTokenId: info.eosTokenId };
+  });
+  afterAll(() => model.session.release());
+
+  const greedy = { temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1 };
+  const longPrompt = Array.from({ length: 40 }, (_, i) => 100 + i * 37);
+  // Short and long prompts (a long one is prefilled in two runs), greedy and seeded sampling, different lengths.
+  const requests: DecodeRequest[] = [
+    { promptIds: [15496, 995], maxTokens: 5, seed: 1, ...greedy },
+    { promptIds: longPrompt, maxTokens: 12, seed: 2, ...greedy },
+    { promptIds: [464, 2068, 7586], maxTokens: 20, seed: 3, temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.2 },
+    { promptIds: [50256], maxTokens: 8, seed: 4, temperature: 1.1, top_k: 0, top_p: 1, repetition_penalty: 1 },
+  ];
+  const never = { cancelled: (): boolean => false, onToken: (): void => undefined };
+
+  async function alone(req: DecodeRequest, on: DecodeModel = model): Promise<DecodeResult> {
+    return runDecode(on, req, never);
+  }
+
+  async function drain(decoder: BatchDecoder, between?: (step: number) => void): Promise<void> {
+    for (let step = 0; decoder.size > 0; step++) {
+      between?.(step);
+      await decoder.step();
+    }
+  }
+
+  it("gives every sequence the ids it gets alone, in fewer runs than one at a time", async () => {
+    runs = 0;
+    const solo: DecodeResult[] = [];
+    for (const r of requests) solo.push(await alone(r));
+    const soloRuns = runs;
+
+    runs = 0;
+    const decoder = new BatchDecoder(model, 8);
+    const tokens: number[][] = requests.map(() => []);
+    const results = requests.map((r, i) => decoder.add(r, { cancelled: () => false, onToken: (id, count) => tokens[i]!.push(count === tokens[i]!.length + 1 ? id : -1) }));
+    let widest = 0;
+    await drain(decoder, () => (widest = Math.max(widest, decoder.active)));
+    const batched = await Promise.all(results);
+
+    batched.forEach((b, i) => {
+      expect(b.tokenIds).toEqual(solo[i]!.tokenIds);
+      expect(b.finishReason).toBe("length");
+      expect(b.tokenIds).toHaveLength(requests[i]!.maxTokens);
+      // One event per token, in order, counts 1, 2, 3, …
+      expect(tokens[i]).toEqual(b.tokenIds);
+    });
+    expect(widest).toBe(4);
+    // Alone: 45 decode runs plus the prefills; together the rows share each step (at most 20 + prefills).
+    expect(runs).toBeLessThan(soloRuns / 1.5);
+  });
+
+  it("takes a sequence that joins mid-flight, and one that waits for room, without changing any output", async () => {
+    const solo = await Promise.all(requests.map((r) => alone(r)));
+    const decoder = new BatchDecoder(model, 2);
+    const results: Promise<DecodeResult>[] = [decoder.add(requests[2]!, never), decoder.add(requests[1]!, never)];
+    let widest = 0;
+    await drain(decoder, (step) => {
+      widest = Math.max(widest, decoder.active);
+      // Two more arrive while the first two run; with room for two, they wait for the first to leave.
+      if (step === 3) results.push(decoder.add(requests[0]!, never), decoder.add(requests[3]!, never));
+    });
+    const order = [2, 1, 0, 3];
+    (await Promise.all(results)).forEach((r, i) => expect(r.tokenIds).toEqual(solo[order[i]!]!.tokenIds));
+    expect(widest).toBe(2);
+  });
+
+  it("a cancelled row leaves within one step with its tokens; the others go on unchanged", async () => {
+    const solo = await Promise.all(requests.map((r) => alone(r)));
+    const decoder = new BatchDecoder(model, 8);
+    let made = 0;
+    const cancelled = decoder.add(requests[2]!, { cancelled: () => made >= 4, onToken: (_id, count) => (made = count) });
+    const others = [0, 1, 3].map((i) => decoder.add(requests[i]!, never));
+    await drain(decoder);
+    const c = await cancelled;
+    expect(c.finishReason).toBe("cancelled");
+    expect(c.tokenIds).toEqual(solo[2]!.tokenIds.slice(0, 4));
+    (await Promise.all(others)).forEach((r, j) => expect(r.tokenIds).toEqual(solo[[0, 1, 3][j]!]!.tokenIds));
+  });
+
+  it("ends a row at its end-of-text token while the rest continue", async () => {
+    const plain = await alone(requests[1]!);
+    // Pretend the third token of this greedy sequence is end-of-text.
+    const eos = plain.tokenIds[2]!;
+    const withEos = { ...model, eosTokenId: eos };
+    const solo = await Promise.all(requests.map((r) => alone(r, withEos)));
+    const decoder = new BatchDecoder(withEos, 8);
+    const results = requests.map((r) => decoder.add(r, never));
+    await drain(decoder);
+    const batched = await Promise.all(results);
+    expect(batched[1]).toMatchObject({ finishReason: "eos", tokenIds: plain.tokenIds.slice(0, 3) });
+    batched.forEach((b, i) => expect(b).toMatchObject({ tokenIds: solo[i]!.tokenIds, finishReason: solo[i]!.finishReason }));
+  });
+});
+
+describe("buildFeeds", () => {
+  const past = { "past_key_values.0.key": new ort.Tensor("float32", new Float32Array(0), [1, 2, 0, 4]) };
+
+  it("feeds only the inputs the graph declares", () => {
+    const minimal = buildFeeds(new Set(["input_ids", "attention_mask", "past_key_values.0.key"]), [7, 8], 0, past);
+    expect(Object.keys(minimal).sort()).toEqual(["attention_mask", "input_ids", "past_key_values.0.key"]);
+    const full = buildFeeds(new Set(["input_ids", "attention_mask", "position_ids", "use_cache_branch", "past_key_values.0.key"]), [9], 3, past);
+    expect(Object.keys(full).sort()).toEqual(["attention_mask", "input_ids", "past_key_values.0.key", "position_ids", "use_cache_branch"]);
+  });
+
+  it("positions continue after the past, the mask covers past and new tokens, use_cache_branch says whether there is a past", () => {
+    const names = new Set(["input_ids", "attention_mask", "position_ids", "use_cache_branch"]);
+    const prefill = buildFeeds(names, [7, 8], 0, {});
+    expect([...(prefill.position_ids!.data as BigInt64Array)]).toEqual([0n, 1n]);
+    expect(prefill.attention_mask!.dims).toEqual([1, 2]);
+    expect([...(prefill.use_cache_branch!.data as Uint8Array)]).toEqual([0]);
+    const step = buildFeeds(names, [9], 5, {});
+    expect([...(step.position_ids!.data as BigInt64Array)]).toEqual([5n]);
+    expect(step.attention_mask!.dims).toEqual([1, 6]);
+    expect([...(step.use_cache_branch!.data as Uint8Array)]).toEqual([1]);
+  });
+});
