@@ -112,6 +112,12 @@ export class Coordinator {
     this.ctxInstance = ctx;
     this.gatewayInstance = gateway;
     try {
+      // Before miners can connect: nothing is being written yet.
+      const swept = await ctx.results.sweep(async (jobId) => {
+        const job = await store.getJobById(jobId);
+        return job === null ? undefined : (job.result?.location ?? null);
+      });
+      if (swept.removed > 0 || swept.unknown > 0) log.info(swept, "result files swept: removed those no committed result points to");
       const app = await this.buildApp(ctx, gateway);
       this.appInstance = app;
       this.address = await app.listen({ host: config.server.host, port: config.server.port });

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -51,6 +51,44 @@ describe("restart", () => {
       expect(before.download).toContain("kept across restarts");
     } finally {
       await b.stop();
+    }
+  });
+});
+
+describe("restart after a crash between writing a result and committing it", () => {
+  it("removes result files no committed result points to and temp files; keeps committed ones and unknown jobs' files", async () => {
+    const data = mkdtempSync(path.join(os.tmpdir(), "aitbc-api-sweep-"));
+    try {
+      const a = await startApi({}, data);
+      const completed = await submit(a);
+      const running = await submit(a);
+      await a.complete(completed, "the committed output");
+      await a.run(running);
+      await a.stop();
+      // What a crash can leave: an uncommitted attempt of the running job, a stale attempt and a
+      // temp file beside a committed result, and files of a job this store never had.
+      const results = path.join(data, "results");
+      const plant = (rel: string): void => {
+        mkdirSync(path.dirname(path.join(results, rel)), { recursive: true });
+        writeFileSync(path.join(results, rel), "left behind");
+      };
+      plant(`${running}/attempt-1.txt`);
+      plant(`${completed}/attempt-7.txt`);
+      plant(`${completed}/attempt-1.txt.0a1b2c.tmp`);
+      plant("job_elsewhere1/attempt-1.txt");
+
+      const b = await startApi({}, data);
+      try {
+        expect(readdirSync(path.join(results, completed))).toEqual(["attempt-1.txt"]);
+        expect(existsSync(path.join(results, running, "attempt-1.txt"))).toBe(false);
+        expect(existsSync(path.join(results, "job_elsewhere1", "attempt-1.txt"))).toBe(true);
+        const download = await b.call("GET", `/v1/jobs/${completed}/download`, { key: a.key });
+        expect(await download.text()).toContain("the committed output");
+      } finally {
+        await b.stop();
+      }
+    } finally {
+      rmSync(data, { recursive: true, force: true });
     }
   });
 });

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
 import path from "node:path";
 import { UnavailableError } from "../../common/errors.js";
 
@@ -14,6 +14,20 @@ export interface ResultStore {
   put(jobId: string, attempt: number, output: Buffer): Promise<{ location: string; sha256: string; bytes: number }>;
   read(location: string): Promise<Buffer>;
   remove(location: string): Promise<void>;
+  /**
+   * Removes what a crash can leave behind: temp files, and result files of known jobs that no
+   * committed result points to (written, then the process died before the commit).
+   * `committed(jobId)` says where a job's committed result is: a location, null for a job
+   * without one, undefined for a job the store does not know (its files are kept: a job store
+   * restored from an older backup must not cost results).
+   */
+  sweep(committed: (jobId: string) => Promise<string | null | undefined>): Promise<SweepCounts>;
+}
+
+export interface SweepCounts {
+  removed: number;
+  /** Files of jobs the job store does not know, left in place. */
+  unknown: number;
 }
 
 export class LocalResultStore implements ResultStore {
@@ -47,6 +61,29 @@ export class LocalResultStore implements ResultStore {
 
   async remove(location: string): Promise<void> {
     await rm(this.resolve(location), { force: true });
+  }
+
+  async sweep(committed: (jobId: string) => Promise<string | null | undefined>): Promise<SweepCounts> {
+    const counts: SweepCounts = { removed: 0, unknown: 0 };
+    const jobs = await readdir(this.root, { withFileTypes: true }).catch((err: unknown) => {
+      if ((err as { code?: unknown }).code === "ENOENT") return [];
+      throw err;
+    });
+    for (const dir of jobs) {
+      if (!dir.isDirectory() || !/^job_[a-z0-9]+$/.test(dir.name)) continue;
+      const keep = await committed(dir.name);
+      for (const file of await readdir(path.join(this.root, dir.name))) {
+        const location = path.join(dir.name, file);
+        if (!file.endsWith(".tmp") && keep === undefined) {
+          counts.unknown++;
+          continue;
+        }
+        if (location === keep) continue;
+        await rm(path.join(this.root, location), { force: true });
+        counts.removed++;
+      }
+    }
+    return counts;
   }
 
   private resolve(location: string): string {
