@@ -3,8 +3,9 @@
  * best of three rounds, for the bandwidth bounds in bench:inference.
  *
  * - copy: large Buffer copies, counting bytes read plus bytes written as STREAM's copy does.
- * - read: a WebAssembly SIMD loop that only loads and adds (four 16-byte accumulators), which
- *   is what a decode step does with its weights: read them once, write next to nothing.
+ * - read: a WebAssembly SIMD loop that only loads and adds (four streams side by side, one
+ *   16-byte accumulator each), which is what a decode step does with its weights: read them
+ *   once, write next to nothing.
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
@@ -13,32 +14,40 @@ import { Worker } from "node:worker_threads";
  * The read kernel, hand-assembled; in text form:
  *   (module
  *     (memory (export "mem") 4096)                          ;; 256 MiB per worker
- *     (func (export "sum") (param $p i32) (param $end i32) (result f32)
- *       (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+ *     (func (export "sum") (param $p i32) (param $end i32) (param $stride i32) (result f32)
+ *       ;; four streams, $stride bytes apart, read side by side (as a matmul reads its columns)
+ *       (local $q i32) (local $r i32) (local $s i32) (local $a v128) (local $b v128) (local $c v128) (local $d v128)
+ *       (local.set $q (i32.add (local.get $p) (local.get $stride)))   ;; and $r, $s after it
  *       (loop $next
  *         (local.set $a (f32x4.add (local.get $a) (v128.load offset=0 (local.get $p))))
- *         …the same for $b, $c, $d at offsets 16, 32, 48…
- *         (br_if $next (i32.lt_u (local.tee $p (i32.add (local.get $p) (i32.const 64))) (local.get $end))))
+ *         (local.set $a (f32x4.add (local.get $a) (v128.load offset=16 (local.get $p))))
+ *         …the same for $b at $q, $c at $r, $d at $s; then each pointer += 32…
+ *         (br_if $next (i32.lt_u (local.get $p) (local.get $end))))
  *       (f32x4.extract_lane 0 (f32x4.add (f32x4.add (f32x4.add (local.get $a) (local.get $b)) (local.get $c)) (local.get $d)))))
  * The sum is returned so the loads cannot be optimised away.
  */
-const READ_KERNEL_HEX = [
-  "00 61 73 6d 01 00 00 00", // magic, version 1
-  "01 07 01 60 02 7f 7f 01 7d", // type: (i32, i32) -> f32
-  "03 02 01 00", // one function of that type
-  "05 04 01 00 80 20", // memory: 4096 pages
-  "07 0d 02 03 6d 65 6d 02 00 03 73 75 6d 00 00", // exports "mem", "sum"
-  "0a 5e 01 5c", // code section (94 bytes): one body of 92
-  "01 04 7b", // four v128 locals
-  "03 40", // loop
-  "20 02 20 00 fd 00 04 00 fd e4 01 21 02",
-  "20 03 20 00 fd 00 04 10 fd e4 01 21 03",
-  "20 04 20 00 fd 00 04 20 fd e4 01 21 04",
-  "20 05 20 00 fd 00 04 30 fd e4 01 21 05",
-  "20 00 41 c0 00 6a 22 00 20 01 49 0d 00", // p += 64; continue while p < end
-  "0b", // end loop
-  "20 02 20 03 fd e4 01 20 04 fd e4 01 20 05 fd e4 01 fd 1f 00 0b",
-].join(" ");
+function readKernel(): Uint8Array {
+  const hex = (s: string): number[] => s.trim().split(/\s+/).map((h) => parseInt(h, 16));
+  const leb = (n: number): number[] => (n < 0x80 ? [n] : [(n & 0x7f) | 0x80, ...leb(n >>> 7)]);
+  const section = (id: number, content: number[]): number[] => [id, ...leb(content.length), ...content];
+  const [p, end, stride, q, r, s, a, b, c, d] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((i) => i.toString(16).padStart(2, "0"));
+  const code = [`02 03 7f 04 7b`, `20 ${p} 20 ${stride} 6a 21 ${q}`, `20 ${q} 20 ${stride} 6a 21 ${r}`, `20 ${r} 20 ${stride} 6a 21 ${s}`, "03 40"];
+  for (const [acc, ptr] of [[a, p], [b, q], [c, r], [d, s]]) {
+    for (const offset of ["00", "10"]) code.push(`20 ${acc} 20 ${ptr} fd 00 04 ${offset} fd e4 01 21 ${acc}`); // acc = f32x4.add(acc, v128.load(ptr + offset))
+  }
+  for (const ptr of [p, q, r, s]) code.push(`20 ${ptr} 41 20 6a 21 ${ptr}`); // ptr += 32
+  code.push(`20 ${p} 20 ${end} 49 0d 00 0b`); // br_if p < end; end loop
+  code.push(`20 ${a} 20 ${b} fd e4 01 20 ${c} fd e4 01 20 ${d} fd e4 01 fd 1f 00 0b`); // lane 0 of a+b+c+d
+  const body = hex(code.join(" "));
+  return Uint8Array.from([
+    ...hex("00 61 73 6d 01 00 00 00"), // magic, version 1
+    ...section(1, hex("01 60 03 7f 7f 7f 01 7d")), // type: (i32, i32, i32) -> f32
+    ...section(3, hex("01 00")), // one function of that type
+    ...section(5, hex("01 00 80 20")), // memory: 4096 pages
+    ...section(7, hex("02 03 6d 65 6d 02 00 03 73 75 6d 00 00")), // exports "mem", "sum"
+    ...section(10, [1, ...leb(body.length), ...body]),
+  ]);
+}
 
 /** The worker side of both measurements: prepares its buffers, then times `reps` passes on each "go". */
 const WORKER = `
@@ -51,15 +60,14 @@ const WORKER = `
     pass = () => a.copy(b);
     bytesPerPass = 2 * size;
   } else {
-    const bytes = Uint8Array.from(kernel.split(" ").map((h) => parseInt(h, 16)));
-    const { exports } = new WebAssembly.Instance(new WebAssembly.Module(bytes));
+    const { exports } = new WebAssembly.Instance(new WebAssembly.Module(kernel));
     const size = exports.mem.buffer.byteLength;
     // Written first: untouched pages all map the kernel's one zero page, which stays in cache.
     new Float32Array(exports.mem.buffer).fill(1);
-    // Called per MiB so V8 moves the kernel to its optimising tier within the warm-up.
-    const chunk = 1 << 20;
+    // Called per 4 MiB (four streams of 1 MiB) so V8 moves the kernel to its optimising tier within the warm-up.
+    const chunk = 1 << 22, stride = chunk / 4;
     let sink = 0;
-    pass = () => { for (let p = 0; p < size; p += chunk) sink += exports.sum(p, p + chunk); return sink; };
+    pass = () => { for (let p = 0; p < size; p += chunk) sink += exports.sum(p, p + stride, stride); return sink; };
     bytesPerPass = size;
   }
   for (let i = 0; i < 3; i++) pass();
@@ -73,7 +81,7 @@ const WORKER = `
 async function measure(mode: "copy" | "read"): Promise<number> {
   const threads = availableParallelism();
   const reps = 6;
-  const workers = Array.from({ length: threads }, () => new Worker(WORKER, { eval: true, workerData: { mode, reps, kernel: READ_KERNEL_HEX } }));
+  const workers = Array.from({ length: threads }, () => new Worker(WORKER, { eval: true, workerData: { mode, reps, kernel: readKernel() } }));
   const next = (w: Worker): Promise<unknown> => new Promise((resolve, reject) => w.once("message", resolve).once("error", reject));
   try {
     const [bytesPerPass] = (await Promise.all(workers.map(next))) as number[];
