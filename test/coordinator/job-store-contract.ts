@@ -368,7 +368,9 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         const wrongToken = { ...ref(a), leaseToken: `${a.leaseToken.slice(0, -1)}${a.leaseToken.endsWith("A") ? "B" : "A"}` };
         const wrongAttempt = { ...ref(a), attempt: a.attempt + 1 };
         const wrongJob = { ...ref(a), jobId: "job_doesnotexist" };
-        for (const bad of [wrongToken, wrongAttempt, wrongJob]) {
+        // The right triple from a miner the lease was not granted to (a leaked token).
+        const otherMiner = { ...ref(a), minerId: "m-somebody-else" };
+        for (const bad of [wrongToken, wrongAttempt, wrongJob, otherMiner]) {
           expect(await store.markRunning(bad, T0 + 1, TTL)).toBe(false);
           expect(await store.renewLease(bad, T0 + 1, TTL)).toEqual({ renewed: false, cancelRequested: false });
           expect(await store.commitResult(bad, result(bad.attempt), T0 + 1)).toBe("stale");
@@ -377,7 +379,8 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         }
         expect(await status(job.id)).toBe("assigned");
 
-        expect(await store.markRunning(ref(a), T0 + 5, TTL)).toBe(true);
+        // Presented by the miner it was granted to (the gateway always says which miner), or without one.
+        expect(await store.markRunning({ ...ref(a), minerId: a.job.minerId! }, T0 + 5, TTL)).toBe(true);
         expect(await store.markRunning(ref(a), T0 + 6, TTL)).toBe(false); // already running
         expect(await store.getJobById(job.id)).toMatchObject({
           status: "running",

@@ -212,7 +212,7 @@ export class MinerGateway implements MinerDirectory {
     const welcome: WelcomeFrame = { type: "welcome", miner_id: minerId, heartbeat_ms: heartbeatMs, lease_ttl_ms: leaseTtlMs, resumed: [], refused: [] };
     const claimed = new Set<string>();
     for (const f of hello.in_flight) {
-      const ref: LeaseRef = { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token };
+      const ref: LeaseRef = { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId };
       claimed.add(leaseKey(f.job_id, f.attempt));
       const r = await this.ctx.store.renewLease(ref, now, leaseTtlMs);
       if (r.renewed) {
@@ -228,7 +228,7 @@ export class MinerGateway implements MinerDirectory {
     for (const job of await this.ctx.store.listLeasedBy(minerId)) {
       if (claimed.has(leaseKey(job.id, job.attempt)) || job.leaseToken === null) continue;
       const outcome = await this.ctx.store.failAttempt(
-        { jobId: job.id, attempt: job.attempt, leaseToken: job.leaseToken },
+        { jobId: job.id, attempt: job.attempt, leaseToken: job.leaseToken, minerId },
         { code: "miner_restarted", message: "the miner restarted and lost the job", retryable: true },
         now,
         this.ctx.config.scheduler.requeueBackoffMs,
@@ -252,13 +252,13 @@ export class MinerGateway implements MinerDirectory {
         this.scheduler.dispatch();
         return;
       case "started":
-        await this.ctx.store.markRunning(ref(frame), now, leaseTtlMs);
+        await this.ctx.store.markRunning(ref(frame, s), now, leaseTtlMs);
         return;
       case "progress":
         return this.progress(s, frame, now);
       case "heartbeat":
         for (const f of frame.in_flight) {
-          const r = await this.ctx.store.renewLease({ jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token }, now, leaseTtlMs);
+          const r = await this.ctx.store.renewLease(ref(f, s), now, leaseTtlMs);
           if (!r.renewed && f.state === "running") this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "lease_lost");
         }
         return;
@@ -297,7 +297,7 @@ export class MinerGateway implements MinerDirectory {
     const pct = f.max_tokens > 0 ? (100 * f.tokens) / f.max_tokens : 0;
     // Progress below 100 until the result is committed: 100 means "done and downloadable".
     const shown = Math.min(99, pct);
-    const r = await this.ctx.store.renewLease(ref(f), now, this.ctx.config.scheduler.leaseTtlMs, shown);
+    const r = await this.ctx.store.renewLease(ref(f, s), now, this.ctx.config.scheduler.leaseTtlMs, shown);
     if (!r.renewed) {
       this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "lease_lost");
       return;
@@ -347,7 +347,7 @@ export class MinerGateway implements MinerDirectory {
   private async storeResult(s: MinerSession, f: ResultFrame, bytes: Buffer): Promise<void> {
     const now = this.ctx.now();
     const k = leaseKey(f.job_id, f.attempt);
-    const lease = ref(f);
+    const lease = ref(f, s);
     const current = await this.ctx.store.getJobById(f.job_id);
     if (current === null) {
       s.leases.delete(k);
@@ -395,14 +395,14 @@ export class MinerGateway implements MinerDirectory {
   }
 
   private async fail(s: MinerSession, f: FailFrame, now: number, backoffMs: number): Promise<void> {
-    const outcome = await this.ctx.store.failAttempt(ref(f), { code: f.code, message: f.message, retryable: f.retryable }, now, backoffMs);
+    const outcome = await this.ctx.store.failAttempt(ref(f, s), { code: f.code, message: f.message, retryable: f.retryable }, now, backoffMs);
     s.leases.delete(leaseKey(f.job_id, f.attempt));
     s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "fail", status: outcome === "stale" ? "stale" : "committed" });
     s.log.info({ jobId: f.job_id, attempt: f.attempt, code: f.code, outcome }, "attempt failed");
   }
 
   private async released(s: MinerSession, f: ReleasedFrame, now: number): Promise<void> {
-    const outcome = await this.ctx.store.releaseLease(ref(f), now);
+    const outcome = await this.ctx.store.releaseLease(ref(f, s), now);
     s.leases.delete(leaseKey(f.job_id, f.attempt));
     if (f.reason === "draining" || f.reason === "shutdown") s.draining = true;
     s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "released", status: outcome === "stale" ? "stale" : "committed" });
@@ -410,7 +410,8 @@ export class MinerGateway implements MinerDirectory {
   }
 }
 
-function ref(f: { job_id: string; attempt: number; lease_token: string }): LeaseRef {
-  return { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token };
+/** The lease a frame names, presented by the session's miner. */
+function ref(f: { job_id: string; attempt: number; lease_token: string }, s: MinerSession): LeaseRef {
+  return { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId: s.minerId };
 }
 

@@ -108,6 +108,12 @@ export interface LeaseRef {
   jobId: string;
   attempt: number;
   leaseToken: string;
+  /**
+   * The miner presenting the lease. When given, the lease counts only if it was granted to
+   * this miner: a token that leaked to another miner is as good as a wrong one. The gateway
+   * always gives it; the coordinator's own verbs (the scheduler handing a lease back) need not.
+   */
+  minerId?: string;
 }
 
 export interface MinerCapabilities {

@@ -252,7 +252,8 @@ export class SqliteJobStore implements JobStore {
       (r.status === "assigned" || r.status === "running") &&
       r.attempt === ref.attempt &&
       r.lease_token !== null &&
-      safeEqual(r.lease_token, ref.leaseToken)
+      safeEqual(r.lease_token, ref.leaseToken) &&
+      (ref.minerId === undefined || r.miner_id === ref.minerId)
     );
   }
 
