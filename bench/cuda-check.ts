@@ -9,6 +9,8 @@
  *    and CUDA decode tokens/s and time to first token next to the CPU's; gpt2-124m-random-int8
  *    too (MatMulNBits: onnxruntime runs the nodes its CUDA provider lacks on the CPU, which
  *    shows as CUDA no faster than the CPU).
+ * 5. gpt2-124m-random: 8 generations at once on CUDA (sharing decode steps) against the same 8
+ *    one after another, aggregate tokens/s and the ratio.
  * Exit 0 when CUDA loads and generates, 1 when it does not, 2 when there is no GPU.
  * Environment: CUDA_DEVICE (default 0), BENCH_TOKENS (default 64).
  */
@@ -91,6 +93,19 @@ async function main(): Promise<number> {
         say(`${model.padEnd(22)} ${device.padEnd(8)} ${r.timing.tokens_per_second.toFixed(1).padStart(9)} ${r.timing.time_to_first_token_ms.toFixed(1).padStart(9)}  ${device === "cpu" ? "" : same ? "yes" : "NO"}`);
       }
     }
+    // Continuous batching on the GPU: 8 generations at once share decode steps (max_batch 8, the
+    // default) against the same 8 one after another.
+    const batch = Array.from({ length: 8 }, (_, i) => `${PROMPT} (${i})`);
+    const aggregate = async (prompts: string[], together: boolean): Promise<number> => {
+      const t = performance.now();
+      const rs = together
+        ? await Promise.all(prompts.map((prompt) => cuda.generate({ model: "gpt2-124m-random", prompt, params })))
+        : await prompts.reduce<Promise<GenerateResult[]>>(async (acc, prompt) => [...(await acc), await cuda.generate({ model: "gpt2-124m-random", prompt, params })], Promise.resolve([]));
+      return rs.reduce((n, r) => n + r.usage.completion_tokens, 0) / ((performance.now() - t) / 1000);
+    };
+    const oneByOne = await aggregate(batch, false);
+    const shared = await aggregate(batch, true);
+    say(`\ngpt2-124m-random on cuda:${DEVICE}, 8 generations: ${shared.toFixed(1)} tokens/s sharing decode steps, ${oneByOne.toFixed(1)} one at a time: ${(shared / oneByOne).toFixed(2)}×`);
     say(ok ? "\nCUDA path: OK" : "\nCUDA path: generates, but tiny-gpt2's greedy ids differ from the CPU's");
     return ok ? 0 : 1;
   } finally {
