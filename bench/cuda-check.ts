@@ -98,9 +98,10 @@ async function main(): Promise<number> {
     const batch = Array.from({ length: 8 }, (_, i) => `${PROMPT} (${i})`);
     const aggregate = async (prompts: string[], together: boolean): Promise<number> => {
       const t = performance.now();
-      const rs = together
-        ? await Promise.all(prompts.map((prompt) => cuda.generate({ model: "gpt2-124m-random", prompt, params })))
-        : await prompts.reduce<Promise<GenerateResult[]>>(async (acc, prompt) => [...(await acc), await cuda.generate({ model: "gpt2-124m-random", prompt, params })], Promise.resolve([]));
+      const one = (prompt: string): Promise<GenerateResult> => cuda.generate({ model: "gpt2-124m-random", prompt, params });
+      const rs: GenerateResult[] = [];
+      if (together) rs.push(...(await Promise.all(prompts.map(one))));
+      else for (const prompt of prompts) rs.push(await one(prompt));
       return rs.reduce((n, r) => n + r.usage.completion_tokens, 0) / ((performance.now() - t) / 1000);
     };
     const oneByOne = await aggregate(batch, false);
