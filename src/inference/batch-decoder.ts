@@ -88,13 +88,18 @@ export class BatchDecoder {
   private pastLength = 0;
   private readonly inputNames: Set<string>;
 
+  /** Most sequences in one decode step; the rest wait for a row to leave. */
+  readonly maxBatch: number;
+
   constructor(
     readonly model: DecodeModel,
-    /** Most sequences in one decode step; the rest wait for a row to leave. */
-    readonly maxBatch: number,
+    maxBatch: number,
   ) {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new Error("maxBatch must be a positive integer");
     this.inputNames = new Set(model.session.inputNames);
+    // A graph without position_ids numbers the new token after the whole (padded) cache, which
+    // is wrong for a row with left padding: such a model runs one sequence at a time.
+    this.maxBatch = this.inputNames.has("position_ids") ? maxBatch : 1;
     this.past = emptyPast(model, 0);
   }
 

@@ -152,6 +152,13 @@ describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)",
     (await Promise.all(others)).forEach((r, j) => expect(r.tokenIds).toEqual(solo[[0, 1, 3][j]!]!.tokenIds));
   });
 
+  it("runs a graph without position_ids one sequence at a time (it would number padded rows wrong)", () => {
+    expect(new BatchDecoder(model, 8).maxBatch).toBe(8);
+    const names = model.session.inputNames.filter((n) => n !== "position_ids");
+    const session = new Proxy(model.session, { get: (t, p) => (p === "inputNames" ? names : (Reflect.get(t, p, t) as unknown)) });
+    expect(new BatchDecoder({ ...model, session }, 8).maxBatch).toBe(1);
+  });
+
   it("ends a row at its end-of-text token while the rest continue", async () => {
     const plain = await alone(requests[1]!);
     // Pretend the third token of this greedy sequence is end-of-text.
