@@ -121,6 +121,7 @@ export async function expectProblem(res: Response, status: number, code?: string
   expect(body.status).toBe(status);
   expect(typeof body.code).toBe("string");
   expect(typeof body.detail).toBe("string");
+  expect(text).not.toMatch(/at .*\.(ts|js):\d+/); // never a stack trace
   if (code !== undefined) expect(body.code).toBe(code);
   return body;
 }

@@ -23,6 +23,8 @@ describe("restart", () => {
     };
     await a.run(ids.running);
     await a.complete(ids.completed, "kept across restarts");
+    const keyed = { "idempotency-key": "restart-key" };
+    const idem = (await (await a.call("POST", "/v1/jobs", { json: { model: "gpt2-idem", input: "once" }, headers: keyed })).json()) as { job_id: string };
     expect((await a.call("DELETE", `/v1/jobs/${ids.cancelled}`)).status).toBe(200);
     await a.run(ids.cancelRequested);
     expect((await a.call("DELETE", `/v1/jobs/${ids.cancelRequested}`)).status).toBe(202);
@@ -49,6 +51,10 @@ describe("restart", () => {
       expect(before[ids.cancelled]).toMatchObject({ status: "cancelled" });
       expect(before[ids.cancelRequested]).toMatchObject({ status: "running", cancel_requested: true });
       expect(before.download).toContain("kept across restarts");
+      // The Idempotency-Key still maps to the same job.
+      const retried = await b.call("POST", "/v1/jobs", { key: a.key, json: { model: "gpt2-idem", input: "once" }, headers: keyed });
+      expect(retried.status).toBe(200);
+      expect(((await retried.json()) as { job_id: string }).job_id).toBe(idem.job_id);
     } finally {
       await b.stop();
     }

@@ -44,6 +44,8 @@ describe("POST /v1/jobs", () => {
     expect(body.estimated_cost as number).toBeGreaterThan(0);
     expect(typeof body.estimated_time_seconds).toBe("number");
     expect(body.estimated_time_seconds as number).toBeGreaterThan(0);
+    // Committed before the answer: the store has it.
+    expect((await h.coordinator.store.getJobById(body.job_id as string))?.status).toBe("queued");
 
     const status = (await (await h.call("GET", `/v1/jobs/${body.job_id as string}`)).json()) as Record<string, unknown>;
     expect(status).toMatchObject({
@@ -77,6 +79,10 @@ describe("POST /v1/jobs", () => {
     expect(job.output_config).toEqual({ destination: "local", format: "json" });
     expect(job.priority).toBe("normal");
     expect(job.timeout_seconds).toBe(3600);
+    // A full parameter set, seed included, is kept exactly.
+    const parameters = { max_new_tokens: 4, temperature: 0, top_k: 1, top_p: 0.5, repetition_penalty: 1.2, stop: ["\n"], seed: 1234 };
+    const given = await submit(h, { parameters });
+    expect(((await (await h.call("GET", `/v1/jobs/${given}`)).json()) as { parameters: unknown }).parameters).toEqual(parameters);
   });
 
   it.each([
@@ -177,6 +183,16 @@ describe("POST /v1/jobs", () => {
     expect(((await again.json()) as { job_id: string }).job_id).toBe(a.job_id);
     const p = await expectProblem(await h.call("POST", "/v1/jobs", { json: { ...body, input: "changed" }, headers }), 409, "idempotency_key_reused");
     expect(p.job_id).toBe(a.job_id);
+    // The same body serialised in another key order (nested objects too) is the same request.
+    const nested = { ...body, parameters: { max_new_tokens: 8, seed: 3 } };
+    const keyed = { "idempotency-key": "order-43" };
+    const n1 = (await (await h.call("POST", "/v1/jobs", { json: nested, headers: keyed })).json()) as { job_id: string };
+    const reordered = { parameters: { seed: 3, max_new_tokens: 8 }, input: nested.input, model: nested.model };
+    expect(JSON.stringify(reordered)).not.toBe(JSON.stringify(nested));
+    const n2 = await h.call("POST", "/v1/jobs", { json: reordered, headers: keyed });
+    expect(n2.status).toBe(200);
+    expect(((await n2.json()) as { job_id: string }).job_id).toBe(n1.job_id);
+    await expectProblem(await h.call("POST", "/v1/jobs", { json: { ...nested, parameters: { max_new_tokens: 8, seed: 4 } }, headers: keyed }), 409, "idempotency_key_reused");
     // The same key from another tenant is another key.
     const theirs = await h.call("POST", "/v1/jobs", { key: other, json: body, headers });
     expect(theirs.status).toBe(201);
@@ -307,6 +323,11 @@ describe("GET /v1/jobs (list)", () => {
     const p = await expectProblem(await h.call("GET", "/v1/jobs?cursor=garbage!!"), 422);
     expect(p.field).toBe("cursor");
     await expectProblem(await h.call("GET", "/v1/jobs?sort=asc"), 422);
+  });
+
+  it("answers an empty first page", async () => {
+    const t = await h.newKey("empty");
+    expect(await (await h.call("GET", "/v1/jobs", { key: t.key })).json()).toEqual({ jobs: [], total: 0, has_more: false, next_cursor: null });
   });
 
   it("lists only the caller's jobs", async () => {
