@@ -23,7 +23,7 @@ export function registerModelsCommand(program: Command): void {
     .option("--models-dir <dir>", "folder that holds model folders", "models")
     .option("--seed <n>", "weight seed (same seed, same bytes)", parseSeed)
     .option("--force", "replace an existing model folder", false)
-    .option("--weights <format>", `matmul weights: ${WEIGHT_FORMATS.join(" or ")} (8-bit blocks, about 3× faster decoding on CPU; outputs differ slightly)`, parseWeights, "float32")
+    .option("--weights <format>", `matmul weights: ${WEIGHT_FORMATS.join(" or ")} (8-bit blocks, about 2.5× faster decoding on CPU; outputs differ slightly)`, parseWeights, "float32")
     .option("--name <folder>", "folder name under the models dir (default: the recipe's name, with -int8 for int8 weights)")
     .action(async (name: string, opts: { modelsDir: string; seed?: number; force: boolean; weights: WeightFormat; name?: string }) => {
       const recipe = RECIPES[name];
