@@ -167,7 +167,7 @@ export class BatchDecoder {
     const sources: CacheSource[] = this.rows.map((_, index) => ({ ...current, index }));
     this.rows.push(row);
     sources.push({ past, length: pastLength, index: 0 });
-    this.past = this.relayout(this.rows, sources);
+    this.rebuildCache(sources);
   }
 
   /**
@@ -246,16 +246,24 @@ export class BatchDecoder {
       if (r.finish === undefined) sources.push({ ...current, index });
     });
     this.rows = this.rows.filter((r) => r.finish === undefined);
-    this.past = this.relayout(this.rows, sources);
+    this.rebuildCache(sources);
     for (const row of finished) this.end(row);
   }
 
   /**
-   * A new batch cache for `rows`, as long as the longest of them (sets pastLength), each row's
-   * cached entries copied right-aligned from `sources[i]`, the same row's place now.
+   * Makes the batch cache for the current rows, as long as the longest of them: each row's
+   * cached entries copied right-aligned from `sources[i]`, where row i's are now. A lone row
+   * whose source is already exactly its cache (a solo job after its prefill) keeps it uncopied.
    */
-  private relayout(rows: Row[], sources: CacheSource[]): Record<string, ort.Tensor> {
+  private rebuildCache(sources: CacheSource[]): void {
+    const rows = this.rows;
     const length = rows.reduce((m, r) => Math.max(m, r.cached), 0);
+    const only = sources[0];
+    if (rows.length === 1 && only !== undefined && only.length === length && (only.past["past_key_values.0.key"]?.dims[0] ?? 0) === 1) {
+      this.past = only.past;
+      this.pastLength = length;
+      return;
+    }
     const { nHead: h, headDim: d } = this.model;
     const next = emptyPast(this.model, rows.length, length);
     rows.forEach((row, r) => {
@@ -270,8 +278,8 @@ export class BatchDecoder {
         }
       }
     });
+    this.past = next;
     this.pastLength = length;
-    return next;
   }
 
   private end(row: Row): void {
