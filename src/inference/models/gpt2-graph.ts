@@ -53,8 +53,12 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], format: We
     const [k, n] = (layout === "kn" ? t.dims : [t.dims[1], t.dims[0]]) as [number, number];
     const q = quantizeInt8(t.data, k, n, layout);
     const blocks = k / q.blockSize;
-    const inputs = [input, g.uint8Init(`${name}.int8`, [n, blocks, q.blockSize], q.data), g.floatInit(`${name}.scales`, [n * blocks], q.scales)];
-    inputs.push(g.uint8Init(`${name}.zero_points`, [n * blocks], q.zeroPoints));
+    const inputs = [
+      input,
+      g.uint8Init(`${name}.int8`, [n, blocks, q.blockSize], q.data),
+      g.floatInit(`${name}.scales`, [n * blocks], q.scales),
+      g.uint8Init(`${name}.zero_points`, [n * blocks], q.zeroPoints),
+    ];
     // Inputs 4 and 5 are g_idx (unused: blocks are in order) and the bias.
     if (bias !== undefined) inputs.push("", w(bias));
     const attributes = { K: k, N: n, bits: 8, block_size: q.blockSize, accuracy_level: INT8_ACCURACY_LEVEL };

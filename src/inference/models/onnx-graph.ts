@@ -2,10 +2,10 @@ import { ProtoWriter } from "./proto-writer.js";
 
 /** ONNX TensorProto.DataType values this project uses. */
 export const OnnxType = { FLOAT: 1, UINT8: 2, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
+export type OnnxElemType = (typeof OnnxType)[keyof typeof OnnxType];
 
 /** onnxruntime's contrib-op domain (MatMulNBits), imported at version 1 when a node uses it. */
 export const MS_DOMAIN = "com.microsoft";
-export type OnnxElemType = (typeof OnnxType)[keyof typeof OnnxType];
 
 /** A dimension is a fixed size or a symbolic name ("batch_size"). */
 export type OnnxDim = number | string;
