@@ -4,7 +4,7 @@ import cliProgress from "cli-progress";
 import { InvalidArgumentError, type Command } from "commander";
 import { ModelError, toAppError } from "../../common/errors.js";
 import { buildModel } from "../../inference/models/build-model.js";
-import { WEIGHT_FORMATS, type WeightFormat } from "../../inference/models/gpt2-graph.js";
+import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "../../inference/models/gpt2-graph.js";
 import { loadModelInfo } from "../../inference/models/model-info.js";
 import { pullModel, type PullProgress } from "../../inference/models/pull-model.js";
 import { RECIPES, recipeNames } from "../../inference/models/recipes.js";
@@ -162,7 +162,7 @@ class ProgressReporter {
 }
 
 function parseWeights(value: string): WeightFormat {
-  const format = WEIGHT_FORMATS.find((f) => f === value);
+  const format = weightFormatOf(value);
   if (format === undefined) throw new InvalidArgumentError(`the weights must be ${WEIGHT_FORMATS.join(" or ")}`);
   return format;
 }

@@ -9,6 +9,11 @@ import { int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
 export type WeightFormat = "float32" | "int8";
 export const WEIGHT_FORMATS: readonly WeightFormat[] = ["float32", "int8"];
 
+/** The weight format a value names, or undefined when it names none. */
+export function weightFormatOf(value: unknown): WeightFormat | undefined {
+  return WEIGHT_FORMATS.find((f) => f === value);
+}
+
 /**
  * MatMulNBits' accuracy_level 4: activations are quantized to int8 per block as well, so the
  * CPU runs integer dot products (VNNI/AMX); lower levels dequantize to float and are many times slower.

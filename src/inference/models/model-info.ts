@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { ModelError, errorMessage } from "../../common/errors.js";
 import { ONNX_MODEL_PATH } from "./build-model.js";
-import { WEIGHT_FORMATS, type WeightFormat } from "./gpt2-graph.js";
+import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "./gpt2-graph.js";
 import { gpt2ParameterCount } from "./gpt2-weights.js";
 import { readOnnxSignature, type OnnxTensorInfo } from "./onnx-signature.js";
 
@@ -78,7 +78,7 @@ export function loadModelInfo(dir: string): ModelInfo {
   const headDim = nEmbd / nHead;
   const ours = config.aitbc;
   const named = typeof ours === "object" && ours !== null && "weights" in ours ? ours.weights : "float32";
-  const weights = WEIGHT_FORMATS.find((f) => f === named);
+  const weights = weightFormatOf(named);
   if (weights === undefined) throw configError(abs, "aitbc.weights", `config.json aitbc.weights must be one of ${WEIGHT_FORMATS.join(", ")}`);
 
   const onnxPath = path.join(abs, ONNX_MODEL_PATH);
