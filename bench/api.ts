@@ -27,6 +27,7 @@ import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
 import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
+import { median } from "./bench-support.js";
 
 interface CannonResult {
   requests: { average: number };
@@ -109,12 +110,6 @@ async function load(url: string, method: "GET" | "POST", headers: Record<string,
     throw new Error(`${method} ${url}: ${r.non2xx} non-2xx, ${r.errors} errors, ${r.timeouts} timeouts`);
   }
   return r;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 async function main(): Promise<void> {

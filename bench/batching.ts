@@ -11,13 +11,11 @@
  * BENCH_CONCURRENCY (comma list, default "2,4,8").
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { silentLogger } from "../src/common/logger.js";
-import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
-import { RECIPES } from "../src/inference/models/recipes.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
+import { ensureModel, median } from "./bench-support.js";
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "..");
@@ -36,12 +34,6 @@ const PROMPTS = [
   "The train left the station at",
   "Dear committee, I am writing to",
 ];
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 /** Child mode: C generations at once with the given max_batch; prints aggregate tokens/s. */
 async function child(concurrency: number, maxBatch: number): Promise<void> {
@@ -69,14 +61,7 @@ async function side(concurrency: number, maxBatch: number): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  const dir = path.join(MODELS_DIR, MODEL);
-  if (!existsSync(path.join(dir, ONNX_MODEL_PATH))) {
-    const int8 = MODEL.endsWith("-int8");
-    const recipe = RECIPES[int8 ? MODEL.slice(0, -"-int8".length) : MODEL];
-    if (recipe === undefined) throw new Error(`${MODEL} is missing and has no recipe to build it`);
-    process.stderr.write(`building ${MODEL} (once)…\n`);
-    await buildModel(recipe, dir, { weights: int8 ? "int8" : "float32" });
-  }
+  await ensureModel(MODELS_DIR, MODEL);
   process.stderr.write(`model ${MODEL}: ${TOKENS} new tokens per generation, greedy, ${REPEAT} rounds\n`);
   const rows: string[] = [];
   for (const c of CONCURRENCY) {

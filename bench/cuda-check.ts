@@ -15,15 +15,13 @@
  * Environment: CUDA_DEVICE (default 0), BENCH_TOKENS (default 64).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { silentLogger } from "../src/common/logger.js";
 import { toAppError } from "../src/common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "../src/inference/cuda-provider.js";
 import type { GenerateResult } from "../src/inference/engine.js";
-import { buildModel } from "../src/inference/models/build-model.js";
-import { RECIPES } from "../src/inference/models/recipes.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
+import { ensureModel } from "./bench-support.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const MODELS_DIR = path.join(ROOT, "models");
@@ -52,19 +50,8 @@ async function main(): Promise<number> {
   say(problem === "" ? `CUDA provider: installed in ${provider.dir}` : `CUDA provider: ${problem}`);
   if (provider.missingFiles.length > 0) return 1;
 
-  const builds = [
-    { name: "tiny-gpt2", recipe: "tiny-gpt2", weights: "float32" },
-    { name: "gpt2-124m-random", recipe: "gpt2-124m-random", weights: "float32" },
-    { name: "gpt2-124m-random-int8", recipe: "gpt2-124m-random", weights: "int8" },
-  ] as const;
-  for (const b of builds) {
-    const dir = path.join(MODELS_DIR, b.name);
-    if (!existsSync(path.join(dir, "onnx", "decoder_model_merged.onnx"))) {
-      say(`building ${b.name}…`);
-      await buildModel(RECIPES[b.recipe]!, dir, { weights: b.weights });
-    }
-  }
-  const models = builds.map((b) => b.name);
+  const models = ["tiny-gpt2", "gpt2-124m-random", "gpt2-124m-random-int8"];
+  for (const name of models) await ensureModel(MODELS_DIR, name);
 
   const config = { modelsDir: MODELS_DIR, models, intraOpThreads: 0, interOpThreads: 0, graphOptimizationLevel: "all" as const };
   const cuda = new OnnxEngine({ ...config, executionProvider: "cuda", deviceIds: [DEVICE] }, { log: silentLogger() });

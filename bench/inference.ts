@@ -16,16 +16,14 @@
  * default, decided from the load average).
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { silentLogger } from "../src/common/logger.js";
-import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
 import { gpt2WeightBytesPerToken, type WeightFormat } from "../src/inference/models/gpt2-graph.js";
 import { loadModelInfo } from "../src/inference/models/model-info.js";
-import { RECIPES } from "../src/inference/models/recipes.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { resolveThreadSpinning } from "../src/inference/session-factory.js";
+import { ensureModel, median } from "./bench-support.js";
 import { copyBandwidth, readBandwidth } from "./memory-bandwidth.js";
 
 const run = promisify(execFile);
@@ -50,12 +48,6 @@ interface SideResult {
   /** Whether ours ran with spinning intra-op threads (thread_spinning resolved at session creation). */
   spinning?: boolean[];
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 /** Child mode: our engine on the model named by --child, printing one JSON SideResult. */
 async function oursChild(model: string): Promise<void> {
@@ -102,19 +94,9 @@ async function ours(model: string): Promise<SideResult> {
   return JSON.parse(stdout) as SideResult;
 }
 
-/** Builds a model folder from its recipe when it is missing. */
-async function ensureModel(name: string, weights: WeightFormat): Promise<void> {
-  const dir = path.join(MODELS_DIR, name);
-  if (existsSync(path.join(dir, ONNX_MODEL_PATH))) return;
-  const recipe = RECIPES[MODEL];
-  if (recipe === undefined) throw new Error(`${name} is missing and ${MODEL} has no recipe to build it`);
-  process.stderr.write(`building ${name} (once)…\n`);
-  await buildModel(recipe, dir, { weights });
-}
-
 async function main(): Promise<void> {
-  await ensureModel(MODEL, "float32");
-  await ensureModel(MODEL_INT8, "int8");
+  await ensureModel(MODELS_DIR, MODEL);
+  await ensureModel(MODELS_DIR, MODEL_INT8);
   // Measured before and after the runs, the best of each kept: other tenants of a shared host
   // take bandwidth at times, and the bound is what the machine can do.
   let copy = await copyBandwidth();
