@@ -8,14 +8,15 @@
  *
  * Environment: BENCH_MODEL (default gpt2-124m-random, built when missing; BENCH_MODEL=…-int8
  * for int8 weights), BENCH_TOKENS (default 64), BENCH_REPEAT (rounds, default 3),
- * BENCH_CONCURRENCY (comma list, default "2,4,8").
+ * BENCH_CONCURRENCY (comma list, default "2,4,8"), BENCH_SPIN=0|1 (thread_spinning; default the
+ * engine's "auto", decided once before the first run).
  */
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { silentLogger } from "../src/common/logger.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
-import { ensureModel, median } from "./bench-support.js";
+import { benchSpin, childEnv, ensureModel, median } from "./bench-support.js";
 
 const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "..");
@@ -38,7 +39,7 @@ const PROMPTS = [
 /** Child mode: C generations at once with the given max_batch; prints aggregate tokens/s. */
 async function child(concurrency: number, maxBatch: number): Promise<void> {
   const engine = new OnnxEngine(
-    { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [MODEL], intraOpThreads: 0, interOpThreads: 0, graphOptimizationLevel: "all", maxBatch },
+    { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [MODEL], intraOpThreads: 0, interOpThreads: 0, graphOptimizationLevel: "all", threadSpinning: benchSpin(), maxBatch },
     { log: silentLogger() },
   );
   await engine.initialize();
@@ -54,13 +55,14 @@ async function child(concurrency: number, maxBatch: number): Promise<void> {
   process.stdout.write(`${JSON.stringify({ tokensPerSecond: tokens / seconds })}\n`);
 }
 
-async function side(concurrency: number, maxBatch: number): Promise<number> {
+async function side(concurrency: number, maxBatch: number, env: NodeJS.ProcessEnv): Promise<number> {
   const args = ["--import", "tsx", path.join(ROOT, "bench", "batching.ts"), "--child", String(concurrency), String(maxBatch)];
-  const { stdout } = await run(process.execPath, args, { maxBuffer: 1 << 20, env: process.env });
+  const { stdout } = await run(process.execPath, args, { maxBuffer: 1 << 20, env });
   return (JSON.parse(stdout) as { tokensPerSecond: number }).tokensPerSecond;
 }
 
 async function main(): Promise<void> {
+  const env = childEnv();
   await ensureModel(MODELS_DIR, MODEL);
   process.stderr.write(`model ${MODEL}: ${TOKENS} new tokens per generation, greedy, ${REPEAT} rounds\n`);
   const rows: string[] = [];
@@ -69,9 +71,9 @@ async function main(): Promise<void> {
     const serial: number[] = [];
     for (let round = 1; round <= REPEAT; round++) {
       process.stderr.write(`${c} at once, round ${round}/${REPEAT}: batched…`);
-      batched.push(await side(c, c));
+      batched.push(await side(c, c, env));
       process.stderr.write(" one at a time…\n");
-      serial.push(await side(c, 1));
+      serial.push(await side(c, 1, env));
     }
     const ratio = median(batched) / median(serial);
     rows.push(`${String(c).padStart(11)} ${median(batched).toFixed(1).padStart(16)} ${median(serial).toFixed(1).padStart(16)} ${`${ratio.toFixed(2)}×`.padStart(16)}`);

@@ -1,8 +1,9 @@
-/** What the bench scripts share: medians, and building the built-in models they run. */
+/** What the bench scripts share: medians, thread spinning, and building the built-in models they run. */
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
 import { RECIPES } from "../src/inference/models/recipes.js";
+import { resolveThreadSpinning } from "../src/inference/session-factory.js";
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -22,4 +23,19 @@ export async function ensureModel(modelsDir: string, name: string): Promise<void
   if (recipe === undefined) throw new Error(`${name} is missing and has no recipe to build it`);
   process.stderr.write(`building ${name} (once)…\n`);
   await buildModel(recipe, dir, { weights: int8 ? "int8" : "float32" });
+}
+
+/** BENCH_SPIN=0|1: our engine's intra-op threads spin or not; unset, the engine's default "auto". */
+export function benchSpin(): boolean | "auto" {
+  return process.env.BENCH_SPIN === "0" ? false : process.env.BENCH_SPIN === "1" ? true : "auto";
+}
+
+/**
+ * The environment for a bench's child processes, with BENCH_SPIN decided once, when called:
+ * "auto" looks at the load average, which the bench's own children raise, so each child
+ * deciding for itself would turn spinning off for all but the first. Call it before the bench
+ * loads the CPUs (as a miner decides when it starts).
+ */
+export function childEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, BENCH_SPIN: resolveThreadSpinning(benchSpin()) ? "1" : "0" };
 }

@@ -13,7 +13,8 @@
  * gpt2-124m-random; its int8 twin is BENCH_MODEL-int8), BENCH_TOKENS (default 64), BENCH_REPEAT
  * (rounds, default 3), BENCH_THREADS (onnxruntime intra-op threads for ours, default 0 = one
  * per CPU), BENCH_SPIN=0|1 (ours with thread_spinning off or on; default "auto", the engine's
- * default, decided from the load average).
+ * default, decided once from the load average before the first side runs: the engine decides
+ * when a miner starts, and the bench's own children would otherwise count as load).
  */
 import { execFile } from "node:child_process";
 import path from "node:path";
@@ -23,7 +24,7 @@ import { gpt2WeightBytesPerToken, type WeightFormat } from "../src/inference/mod
 import { loadModelInfo } from "../src/inference/models/model-info.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { resolveThreadSpinning } from "../src/inference/session-factory.js";
-import { ensureModel, median } from "./bench-support.js";
+import { benchSpin, childEnv, ensureModel, median } from "./bench-support.js";
 import { copyBandwidth, readBandwidth } from "./memory-bandwidth.js";
 
 const run = promisify(execFile);
@@ -34,7 +35,6 @@ const MODEL_INT8 = `${MODEL}-int8`;
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 64);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const THREADS = Number(process.env.BENCH_THREADS ?? 0);
-const SPIN: boolean | "auto" = process.env.BENCH_SPIN === "0" ? false : process.env.BENCH_SPIN === "1" ? true : "auto";
 const PROMPTS = [
   "The history of the city begins in the early years of the",
   "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley",
@@ -51,8 +51,8 @@ interface SideResult {
 
 /** Child mode: our engine on the model named by --child, printing one JSON SideResult. */
 async function oursChild(model: string): Promise<void> {
-  // Resolved here, as the engine would at session creation, so the report can say which it was.
-  const spinning = resolveThreadSpinning(SPIN);
+  // The parent passes 0 or 1; resolved here too so the report says which it was.
+  const spinning = resolveThreadSpinning(benchSpin());
   const engine = new OnnxEngine(
     { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [model], intraOpThreads: THREADS, interOpThreads: 0, graphOptimizationLevel: "all", threadSpinning: spinning },
     { log: silentLogger() },
@@ -89,12 +89,13 @@ async function theirs(): Promise<SideResult> {
   };
 }
 
-async function ours(model: string): Promise<SideResult> {
-  const { stdout } = await run(process.execPath, ["--import", "tsx", path.join(ROOT, "bench", "inference.ts"), "--child", model], { maxBuffer: 16 << 20, env: process.env });
+async function ours(model: string, env: NodeJS.ProcessEnv): Promise<SideResult> {
+  const { stdout } = await run(process.execPath, ["--import", "tsx", path.join(ROOT, "bench", "inference.ts"), "--child", model], { maxBuffer: 16 << 20, env });
   return JSON.parse(stdout) as SideResult;
 }
 
 async function main(): Promise<void> {
+  const env = childEnv();
   await ensureModel(MODELS_DIR, MODEL);
   await ensureModel(MODELS_DIR, MODEL_INT8);
   // Measured before and after the runs, the best of each kept: other tenants of a shared host
@@ -115,9 +116,9 @@ async function main(): Promise<void> {
   };
   for (let round = 1; round <= REPEAT; round++) {
     process.stderr.write(`round ${round}/${REPEAT}: ours float32…`);
-    add(fp32, await ours(MODEL));
+    add(fp32, await ours(MODEL, env));
     process.stderr.write(" ours int8…");
-    add(int8, await ours(MODEL_INT8));
+    add(int8, await ours(MODEL_INT8, env));
     process.stderr.write(" transformers.js…\n");
     add(theirsAll, await theirs());
   }

@@ -13,6 +13,8 @@ export interface DecodeModel {
   headDim: number;
   vocabSize: number;
   eosTokenId: number;
+  /** The graph's logits are [B,1,V], for the last position only: a prompt is then prefilled in one run. */
+  lastLogitsOnly?: boolean;
 }
 
 export interface DecodeRequest extends SamplingParams {
@@ -59,7 +61,7 @@ interface CacheSource {
   index: number;
 }
 
-/** Prompts longer than this are prefilled in two runs (see prefill). */
+/** Prompts longer than this are prefilled in two runs on graphs with logits for every position (see prefill). */
 const PREFILL_SPLIT_TOKENS = 16;
 
 /**
@@ -172,16 +174,17 @@ export class BatchDecoder {
 
   /**
    * Runs the prompt with an empty past and returns the logits of its last position and the
-   * cache. The graph computes logits for every position (a [S, vocab] matmul and copy), so a
-   * long prompt runs all but its last token asking only for the KV outputs (onnxruntime then
-   * skips the lm_head) and the last token on its own: prefill of 1000 tokens on tiny-gpt2
-   * drops from ~800 ms to ~50 ms.
+   * cache. Our own graphs compute logits for the last position only, so the prompt is one
+   * run. A graph in optimum's layout computes them for every position (a [S, vocab] matmul
+   * and copy), so there a long prompt runs all but its last token asking only for the KV
+   * outputs (onnxruntime then skips the lm_head) and the last token on its own: prefill of
+   * 1000 tokens on tiny-gpt2 drops from ~800 ms to ~50 ms, for one more read of the weights.
    */
   private async prefill(promptIds: number[]): Promise<{ logits: Float32Array; past: Record<string, ort.Tensor>; pastLength: number }> {
     let past = emptyPast(this.model, 1);
     let pastLength = 0;
     let ids = promptIds;
-    if (ids.length > PREFILL_SPLIT_TOKENS) {
+    if (this.model.lastLogitsOnly !== true && ids.length > PREFILL_SPLIT_TOKENS) {
       const head = ids.slice(0, -1);
       past = nextPast(this.model, await this.model.session.run(buildFeeds(this.inputNames, head, 0, past), presentNames(this.model)));
       pastLength = head.length;

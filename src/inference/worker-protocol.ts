@@ -24,6 +24,8 @@ export interface WorkerModelSpec {
   headDim: number;
   vocabSize: number;
   eosTokenId: number;
+  /** The graph's logits are for the last position only (ModelInfo.lastLogitsOnly). */
+  lastLogitsOnly: boolean;
 }
 
 export interface LoadMessage {

@@ -2,17 +2,49 @@ import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BatchDecoder, buildFeeds, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
-import { loadModelInfo } from "../../src/inference/models/model-info.js";
+import { loadModelInfo, type ModelInfo } from "../../src/inference/models/model-info.js";
+import { buildTinyModel } from "../models/tiny-model.js";
 import { MODELS_DIR } from "./engine-fixture.js";
 
-describe("runDecode (in process, tiny-gpt2)", () => {
-  let model: DecodeModel;
-  beforeAll(async () => {
-    const info = loadModelInfo(path.join(MODELS_DIR, "tiny-gpt2"));
-    const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
-    model = { name: info.name, session, nLayer: info.nLayer, nHead: info.nHead, headDim: info.headDim, vocabSize: info.vocabSize, eosTokenId: info.eosTokenId };
+/** The session, with `onRun` called on every session.run. */
+function countingRuns(session: ort.InferenceSession, onRun: () => void): ort.InferenceSession {
+  return new Proxy(session, {
+    get(target, prop) {
+      if (prop === "run") {
+        return (...args: Parameters<ort.InferenceSession["run"]>) => {
+          onRun();
+          return target.run(...args);
+        };
+      }
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
   });
-  afterAll(() => model.session.release());
+}
+
+/** A DecodeModel over a session of the model folder `info` describes. */
+function decodeModel(info: ModelInfo, session: ort.InferenceSession): DecodeModel {
+  const { name, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly } = info;
+  return { name, session, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly };
+}
+
+// What we build (logits for the last position) and optimum's layout (logits for every position).
+describe.each(["last", "all"] as const)("runDecode (in process, tiny-gpt2 with logits for %s positions)", (logits) => {
+  let model: DecodeModel;
+  let runs = 0;
+  let cleanup: () => void;
+  beforeAll(async () => {
+    const built = await buildTinyModel({ logits });
+    cleanup = built.cleanup;
+    const info = loadModelInfo(built.modelDir);
+    expect(info.lastLogitsOnly).toBe(logits === "last");
+    const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
+    model = decodeModel(info, countingRuns(session, () => runs++));
+  });
+  afterAll(async () => {
+    await model.session.release();
+    cleanup();
+  });
 
   const req = { promptIds: [15496, 995], maxTokens: 50, seed: 1, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1 };
 
@@ -28,12 +60,16 @@ describe("runDecode (in process, tiny-gpt2)", () => {
     expect((await runDecode(model, req, { cancelled: () => true, onToken: () => undefined })).tokenIds).toEqual([]);
   });
 
-  // A short prompt is prefilled in one run, a long one (over 16 tokens) in two.
+  // A short prompt is prefilled in one run; a long one (over 16 tokens) too when the graph
+  // computes the last position's logits only, else in two (see BatchDecoder.prefill).
   it.each([
-    ["short", [15496, 995]],
-    ["long", Array.from({ length: 40 }, (_, i) => 100 + i * 37)],
-  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s prompt)", async (_name, promptIds) => {
+    ["short", [15496, 995], 1, 1],
+    ["long", Array.from({ length: 40 }, (_, i) => 100 + i * 37), 1, 2],
+  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s prompt)", async (_name, promptIds, lastRuns, allRuns) => {
+    runs = 0;
     const cached = await runDecode(model, { ...req, promptIds, maxTokens: 6 }, { cancelled: () => false, onToken: () => undefined });
+    // The prefill gives the first token; each of the other five is one step.
+    expect(runs).toBe((logits === "last" ? lastRuns : allRuns) + 5);
     // No cache: every step feeds the whole sequence with an empty past.
     const ids = [...promptIds];
     const names = new Set(model.session.inputNames);
@@ -60,19 +96,7 @@ describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)",
     const info = loadModelInfo(path.join(MODELS_DIR, "tiny-gpt2"));
     const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
     // Counts session.run calls, to see that rows really share them.
-    const counted = new Proxy(session, {
-      get(target, prop) {
-        if (prop === "run") {
-          return (...args: Parameters<ort.InferenceSession["run"]>) => {
-            runs++;
-            return target.run(...args);
-          };
-        }
-        const value = Reflect.get(target, prop, target) as unknown;
-        return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    model = { name: info.name, session: counted, nLayer: info.nLayer, nHead: info.nHead, headDim: info.headDim, vocabSize: info.vocabSize, eosTokenId: info.eosTokenId };
+    model = decodeModel(info, countingRuns(session, () => runs++));
   });
   afterAll(() => model.session.release());
 

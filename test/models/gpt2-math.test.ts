@@ -20,7 +20,9 @@ let modelDir: string;
 let cleanup: () => void;
 
 beforeAll(async () => {
-  ({ modelDir, cleanup } = await buildTinyModel());
+  // Logits for every position, so each can be checked against the reference; what we ship
+  // differs only in keeping the last (checked below).
+  ({ modelDir, cleanup } = await buildTinyModel({ logits: "all" }));
   session = await ort.InferenceSession.create(path.join(modelDir, ONNX_MODEL_PATH));
   weights = new Map(initGpt2Weights(C, TINY.init, TINY.defaultSeed).map((t) => [t.name, t]));
 });
@@ -137,11 +139,55 @@ describe("tiny-gpt2 ONNX graph vs an independent TypeScript GPT-2 forward pass",
   });
 });
 
+describe("the graph we ship: logits for the last position only", () => {
+  let shipped: ort.InferenceSession;
+  let built: Awaited<ReturnType<typeof buildTinyModel>>;
+  beforeAll(async () => {
+    built = await buildTinyModel();
+    shipped = await ort.InferenceSession.create(path.join(built.modelDir, ONNX_MODEL_PATH));
+  });
+  afterAll(async () => {
+    await shipped.release();
+    built.cleanup();
+  });
+
+  /** Row `t` of batch entry `b` of [B,S,V] logits. */
+  const row = (logits: Float32Array, b: number, seqLen: number, t: number): Float32Array => logits.subarray((b * seqLen + t) * C.vocabSize, (b * seqLen + t + 1) * C.vocabSize);
+
+  it("gives [B,1,V], each the last row of the every-position graph, and the same cache, over a left-padded batch and a step", async () => {
+    const ids = [
+      [464, 2068, 7586, 21831, 18045],
+      [50256, 50256, 40, 588, 340],
+    ];
+    const mask = [
+      [1, 1, 1, 1, 1],
+      [0, 0, 1, 1, 1],
+    ];
+    const positions = [
+      [0, 1, 2, 3, 4],
+      [1, 1, 0, 1, 2],
+    ];
+    const all = await runOrt(ids, mask, positions, emptyPast(2));
+    const last = await runOrt(ids, mask, positions, emptyPast(2), shipped);
+    expect(last.dims).toEqual([2, 1, C.vocabSize]);
+    expect(row(last.logits, 0, 1, 0)).toEqual(row(all.logits, 0, 5, 4));
+    expect(row(last.logits, 1, 1, 0)).toEqual(row(all.logits, 1, 5, 4));
+    for (const name of Object.keys(all.next)) expect(last.next[name]!.data).toEqual(all.next[name]!.data);
+
+    const stepMask = [[...mask[0]!, 1], [...mask[1]!, 1]];
+    const allStep = await runOrt([[13], [13]], stepMask, [[5], [3]], all.next);
+    const lastStep = await runOrt([[13], [13]], stepMask, [[5], [3]], last.next, shipped);
+    expect(lastStep.logits).toEqual(allStep.logits);
+    expect(loadModelInfo(built.modelDir).lastLogitsOnly).toBe(true);
+    expect(loadModelInfo(modelDir).lastLogitsOnly).toBe(false);
+  });
+});
+
 describe("model builder", () => {
   it("is deterministic: the same seed gives byte-identical files, another seed other weights", async () => {
-    const a = await buildTinyModel(7);
-    const b = await buildTinyModel(7);
-    const c = await buildTinyModel(8);
+    const a = await buildTinyModel({ seed: 7 });
+    const b = await buildTinyModel({ seed: 7 });
+    const c = await buildTinyModel({ seed: 8 });
     try {
       const files = (dir: string): string[] => readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => path.relative(dir, path.join(e.parentPath, e.name))).sort();
       expect(files(a.modelDir)).toEqual(files(b.modelDir));
@@ -183,7 +229,7 @@ describe("int8 weights (MatMulNBits)", () => {
   let int8: ort.InferenceSession;
   let built: Awaited<ReturnType<typeof buildTinyModel>>;
   beforeAll(async () => {
-    built = await buildTinyModel(undefined, "int8");
+    built = await buildTinyModel({ weights: "int8", logits: "all" });
     int8 = await ort.InferenceSession.create(path.join(built.modelDir, ONNX_MODEL_PATH));
   });
   afterAll(async () => {

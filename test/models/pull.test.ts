@@ -20,7 +20,7 @@ let hub: FakeHub;
 let modelsDir: string;
 
 beforeAll(async () => {
-  ({ modelDir: source, cleanup: cleanupSource } = await buildTinyModel(11));
+  ({ modelDir: source, cleanup: cleanupSource } = await buildTinyModel({ seed: 11 }));
   hub = await startFakeHub(REPO, source);
 });
 afterAll(async () => {

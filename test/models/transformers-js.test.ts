@@ -36,8 +36,9 @@ async function greedy(session: ort.InferenceSession, promptIds: number[]): Promi
     feeds.attention_mask = new ort.Tensor("int64", new BigInt64Array(total).fill(1n), [1, total]);
     feeds.position_ids = new ort.Tensor("int64", BigInt64Array.from(step.map((_, i) => BigInt(past + i))), [1, step.length]);
     const r = await session.run(feeds);
-    const logits = r.logits!.data as Float32Array;
-    const last = logits.subarray((step.length - 1) * C.vocabSize, step.length * C.vocabSize);
+    // What we build: logits for the last position only, which transformers.js must read as it reads optimum's [B,S,V].
+    expect(r.logits!.dims).toEqual([1, 1, C.vocabSize]);
+    const last = r.logits!.data as Float32Array;
     let best = 0;
     for (let v = 1; v < C.vocabSize; v++) if (last[v]! > last[best]!) best = v;
     if (best === C.eosTokenId) break;

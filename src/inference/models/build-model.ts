@@ -2,7 +2,7 @@ import { closeSync, mkdirSync, openSync, statSync, writeFileSync, writeSync } fr
 import path from "node:path";
 import { packageVersion } from "../../common/package-info.js";
 import { writeDirAtomically } from "./atomic-dir.js";
-import { buildGpt2Graph, type WeightFormat } from "./gpt2-graph.js";
+import { buildGpt2Graph, type Gpt2GraphOptions, type LogitsPositions, type WeightFormat } from "./gpt2-graph.js";
 import { GPT2_TOKENIZER_NOTICE, GPT2_TOKENIZER_NOTICE_FILE } from "./gpt2-notice.js";
 import { GPT2_EOS_TOKEN, gpt2TokenizerJson } from "./gpt2-tokenizer-json.js";
 import { gpt2ParameterCount, initGpt2Weights, type Gpt2Config } from "./gpt2-weights.js";
@@ -19,6 +19,8 @@ export interface BuildOptions {
   force?: boolean;
   /** How the matmul weights are stored (gpt2-graph.ts). Default "float32". */
   weights?: WeightFormat;
+  /** Logits for the last position only, or for every position (gpt2-graph.ts). Default "last". */
+  logits?: LogitsPositions;
 }
 
 export interface BuildResult {
@@ -39,16 +41,16 @@ export async function buildModel(recipe: ModelRecipe, outDir: string, options: B
   const weights = options.weights ?? "float32";
   const dir = path.resolve(outDir);
   await writeDirAtomically(dir, options.force ?? false, (tmp) => {
-    writeModelFiles(recipe, seed, weights, tmp);
+    writeModelFiles(recipe, seed, { format: weights, logits: options.logits ?? "last" }, tmp);
     return Promise.resolve();
   });
   return { dir, seed, weights, parameters: gpt2ParameterCount(recipe.config), sizeBytes: folderBytes(dir) };
 }
 
-function writeModelFiles(recipe: ModelRecipe, seed: number, weights: WeightFormat, dir: string): void {
+function writeModelFiles(recipe: ModelRecipe, seed: number, graphOptions: Required<Gpt2GraphOptions>, dir: string): void {
   const c = recipe.config;
   const json = (name: string, value: unknown): void => writeFileSync(path.join(dir, name), `${JSON.stringify(value, null, 2)}\n`);
-  json("config.json", hfConfig(c, recipe.name, seed, weights));
+  json("config.json", hfConfig(c, recipe.name, seed, graphOptions.format));
   json("generation_config.json", { _from_model_config: true, bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId });
   json("tokenizer_config.json", {
     add_prefix_space: false,
@@ -63,7 +65,7 @@ function writeModelFiles(recipe: ModelRecipe, seed: number, weights: WeightForma
   writeFileSync(path.join(dir, "tokenizer.json"), gpt2TokenizerJson());
   writeFileSync(path.join(dir, GPT2_TOKENIZER_NOTICE_FILE), GPT2_TOKENIZER_NOTICE);
 
-  const graph = buildGpt2Graph(c, initGpt2Weights(c, recipe.init, seed), weights);
+  const graph = buildGpt2Graph(c, initGpt2Weights(c, recipe.init, seed), graphOptions);
   const onnxPath = path.join(dir, ONNX_MODEL_PATH);
   mkdirSync(path.dirname(onnxPath), { recursive: true });
   writeChunks(onnxPath, graph.encode({ name: "aitbc-miner", version: packageVersion() }));

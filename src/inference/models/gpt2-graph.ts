@@ -20,6 +20,20 @@ export function weightFormatOf(value: unknown): WeightFormat | undefined {
  */
 const INT8_ACCURACY_LEVEL = 4;
 
+/**
+ * Which positions get logits: "last" (what we build: generation reads only the last
+ * position's, so the lm_head, a [S, V] matmul, runs for one position however long the prompt)
+ * or "all" (optimum's layout, [B,S,V]; tests use it to check every position).
+ */
+export type LogitsPositions = "last" | "all";
+
+export interface Gpt2GraphOptions {
+  /** Default "float32". */
+  format?: WeightFormat;
+  /** Default "last". */
+  logits?: LogitsPositions;
+}
+
 /** ONNX opset of the graphs we build (LayerNormalization needs 17). */
 export const GPT2_OPSET = 17;
 
@@ -33,7 +47,9 @@ const MASK_VALUE = -3.4028234663852886e38;
  *
  * Inputs: input_ids int64 [B,S], attention_mask int64 [B,P+S] (0 = padding, so left padding
  * works), position_ids int64 [B,S], past_key_values.{i}.key|value float32 [B,H,P,D].
- * Outputs: logits float32 [B,S,V], present.{i}.key|value float32 [B,H,P+S,D].
+ * Outputs: logits float32 [B,1,V] for the last position (or [B,S,V] with `logits` "all"),
+ * present.{i}.key|value float32 [B,H,P+S,D]. Consumers that read the last position of
+ * optimum's logits (transformers.js, our engine) read these alike.
  *
  * Math follows Hugging Face's GPT2LMHeadModel: pre-LayerNorm (eps 1e-5), Conv1D weights
  * [in,out], scores / √D, bottom-right causal mask combined with attention_mask, gelu_new,
@@ -43,7 +59,9 @@ const MASK_VALUE = -3.4028234663852886e38;
  * copies of their weights (quantize-int8.ts; the bias is the node's own input); wte stays
  * float32 for the embedding lookup. Everything else is identical.
  */
-export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], format: WeightFormat = "float32"): OnnxGraph {
+export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: Gpt2GraphOptions = {}): OnnxGraph {
+  const format = options.format ?? "float32";
+  const allLogits = options.logits === "all";
   const g = new OnnxGraph("gpt2", GPT2_OPSET);
   const byName = new Map(weights.map((w) => [w.name, w]));
   const tensor = (name: string): NamedTensor => {
@@ -83,7 +101,7 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], format: We
     g.input(`past_key_values.${i}.key`, OnnxType.FLOAT, pastDims);
     g.input(`past_key_values.${i}.value`, OnnxType.FLOAT, pastDims);
   }
-  g.output("logits", OnnxType.FLOAT, ["batch_size", "sequence_length", c.vocabSize]);
+  g.output("logits", OnnxType.FLOAT, ["batch_size", allLogits ? "sequence_length" : 1, c.vocabSize]);
   for (let i = 0; i < c.nLayer; i++) {
     g.output(`present.${i}.key`, OnnxType.FLOAT, presentDims);
     g.output(`present.${i}.value`, OnnxType.FLOAT, presentDims);
@@ -141,7 +159,9 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], format: We
     const gelu = g.op("Mul", [g.op("Mul", [half, fc]), g.op("Add", [onef, g.op("Tanh", [inner])])]);
     x = g.op("Add", [x, conv1d(gelu, `${p}.mlp.c_proj`)]);
   }
-  const final = layerNorm(x, "transformer.ln_f");
+  const normed = layerNorm(x, "transformer.ln_f");
+  // [B,1,E]: Gather with a 1-D index keeps the axis.
+  const final = allLogits ? normed : g.op("Gather", [normed, g.int64Init("const_last_position", [1], [-1])], { axis: 1 });
   // Tied lm_head: logits = ln_f(x) · wteᵀ (onnxruntime folds the Transpose once at load).
   if (format === "int8") int8MatMul(final, "transformer.wte.weight", "nk", undefined, "logits");
   else g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");

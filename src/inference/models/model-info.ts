@@ -31,6 +31,8 @@ export interface ModelInfo {
   kvType: "float32" | "float16";
   /** How the matmul weights are stored: config.json `aitbc.weights` (our builds), else "float32". */
   weights: WeightFormat;
+  /** True when the graph's logits are [B,1,V], for the last position only (our builds); false for optimum's [B,S,V]. */
+  lastLogitsOnly: boolean;
 }
 
 /** Files every model folder must have; generation_config.json is optional (defaults apply). */
@@ -107,6 +109,7 @@ export function loadModelInfo(dir: string): ModelInfo {
     outputNames: sig.outputs.map((o) => o.name),
     kvType,
     weights,
+    lastLogitsOnly: sig.outputs.find((o) => o.name === "logits")?.dims[1] === 1,
   };
 }
 
