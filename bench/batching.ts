@@ -62,7 +62,7 @@ async function side(concurrency: number, maxBatch: number, env: NodeJS.ProcessEn
 }
 
 async function main(): Promise<void> {
-  const env = childEnv();
+  const env = await childEnv();
   await ensureModel(MODELS_DIR, MODEL);
   process.stderr.write(`model ${MODEL}: ${TOKENS} new tokens per generation, greedy, ${REPEAT} rounds\n`);
   const rows: string[] = [];

@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
 import { RECIPES } from "../src/inference/models/recipes.js";
-import { resolveThreadSpinning } from "../src/inference/session-factory.js";
+import { decideThreadSpinning } from "../src/inference/session-factory.js";
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -31,11 +31,10 @@ export function benchSpin(): boolean | "auto" {
 }
 
 /**
- * The environment for a bench's child processes, with BENCH_SPIN decided once, when called:
- * "auto" looks at the load average, which the bench's own children raise, so each child
- * deciding for itself would turn spinning off for all but the first. Call it before the bench
- * loads the CPUs (as a miner decides when it starts).
+ * The environment for a bench's child processes, with BENCH_SPIN decided once, when called,
+ * as the engine decides "auto" (other processes' CPU use, measured now): the children all run
+ * alike, and none measures the load of another side. Call it before the bench loads the CPUs.
  */
-export function childEnv(): NodeJS.ProcessEnv {
-  return { ...process.env, BENCH_SPIN: resolveThreadSpinning(benchSpin()) ? "1" : "0" };
+export async function childEnv(): Promise<NodeJS.ProcessEnv> {
+  return { ...process.env, BENCH_SPIN: (await decideThreadSpinning(benchSpin())).spinning ? "1" : "0" };
 }

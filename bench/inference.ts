@@ -13,8 +13,7 @@
  * gpt2-124m-random; its int8 twin is BENCH_MODEL-int8), BENCH_TOKENS (default 64), BENCH_REPEAT
  * (rounds, default 3), BENCH_THREADS (onnxruntime intra-op threads for ours, default 0 = one
  * per CPU), BENCH_SPIN=0|1 (ours with thread_spinning off or on; default "auto", the engine's
- * default, decided once from the load average before the first side runs: the engine decides
- * when a miner starts, and the bench's own children would otherwise count as load).
+ * default, decided once before the first side runs, as an engine decides when it starts).
  */
 import { execFile } from "node:child_process";
 import path from "node:path";
@@ -23,7 +22,7 @@ import { silentLogger } from "../src/common/logger.js";
 import { gpt2WeightBytesPerToken, type WeightFormat } from "../src/inference/models/gpt2-graph.js";
 import { loadModelInfo } from "../src/inference/models/model-info.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
-import { resolveThreadSpinning } from "../src/inference/session-factory.js";
+import { decideThreadSpinning } from "../src/inference/session-factory.js";
 import { benchSpin, childEnv, ensureModel, median } from "./bench-support.js";
 import { copyBandwidth, readBandwidth } from "./memory-bandwidth.js";
 
@@ -45,14 +44,14 @@ interface SideResult {
   tokensPerSecond: number[];
   ttftMs: number[];
   rssPeakBytes: number;
-  /** Whether ours ran with spinning intra-op threads (thread_spinning resolved at session creation). */
+  /** Whether ours ran with spinning intra-op threads. */
   spinning?: boolean[];
 }
 
 /** Child mode: our engine on the model named by --child, printing one JSON SideResult. */
 async function oursChild(model: string): Promise<void> {
-  // The parent passes 0 or 1; resolved here too so the report says which it was.
-  const spinning = resolveThreadSpinning(benchSpin());
+  // The parent passes 0 or 1 (run alone, "auto" is decided here as the engine would).
+  const { spinning } = await decideThreadSpinning(benchSpin());
   const engine = new OnnxEngine(
     { executionProvider: "cpu", deviceIds: [], modelsDir: MODELS_DIR, models: [model], intraOpThreads: THREADS, interOpThreads: 0, graphOptimizationLevel: "all", threadSpinning: spinning },
     { log: silentLogger() },
@@ -95,7 +94,7 @@ async function ours(model: string, env: NodeJS.ProcessEnv): Promise<SideResult> 
 }
 
 async function main(): Promise<void> {
-  const env = childEnv();
+  const env = await childEnv();
   await ensureModel(MODELS_DIR, MODEL);
   await ensureModel(MODELS_DIR, MODEL_INT8);
   // Measured before and after the runs, the best of each kept: other tenants of a shared host

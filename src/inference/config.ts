@@ -20,8 +20,8 @@ export const InferenceConfigSchema = Type.Object(
      * Let onnxruntime's intra-op threads spin while waiting for work (intra_op.allow_spinning).
      * Fastest on a host the miner has to itself; with other busy processes on the CPUs spinning
      * threads collapse throughput (measured 79 → 12 tokens/s on 2 shared vCPUs, and 13.0 → 4.9
-     * tokens/s for gpt2-124m at load average 15). "auto" spins only when the 1-minute load
-     * average is below the CPU count less one half when the session is created. Default "auto".
+     * tokens/s for gpt2-124m at load average 15). "auto" measures, when the engine starts, the CPU
+     * time other processes use over 0.3 s and spins only if it is under half a CPU. Default "auto".
      */
     thread_spinning: Type.Union([Type.Boolean(), Type.Literal("auto")], { default: "auto" }),
     /**

@@ -8,7 +8,7 @@ import type { InferenceConfig } from "./config.js";
 import type { DecodeResult } from "./batch-decoder.js";
 import type { Engine, EngineModelInfo, GenerateRequest, GenerateResult } from "./engine.js";
 import { loadModelInfo, type ModelInfo } from "./models/model-info.js";
-import type { DeviceRequest, SessionSettings } from "./session-factory.js";
+import { decideThreadSpinning, type DeviceRequest, type SessionSettings } from "./session-factory.js";
 import { TextAssembler } from "./text-assembler.js";
 import { Tokenizer } from "./tokenizer.js";
 import type { FromWorker, LoadedModelSummary, ToWorker, WireError, WorkerModelSpec } from "./worker-protocol.js";
@@ -243,12 +243,15 @@ export class OnnxEngine implements Engine {
 
   private async start(): Promise<void> {
     this.state = "loading";
+    // Decided before anything loads, so the measurement sees the host, not this start-up.
+    const spin = await decideThreadSpinning(this.config.threadSpinning ?? "auto");
+    this.log.info({ thread_spinning: spin.spinning, ...(spin.othersCpuLoad === undefined ? {} : { other_processes_cpus: Number(spin.othersCpuLoad.toFixed(2)) }) }, "onnxruntime thread spinning");
     const settings: SessionSettings = {
       executionProvider: this.config.executionProvider,
       intraOpThreads: this.config.intraOpThreads,
       interOpThreads: this.config.interOpThreads,
       graphOptimizationLevel: this.config.graphOptimizationLevel,
-      threadSpinning: this.config.threadSpinning ?? "auto",
+      threadSpinning: spin.spinning,
     };
     try {
       const specs: WorkerModelSpec[] = [];

@@ -1,4 +1,5 @@
-import { availableParallelism, loadavg } from "node:os";
+import { availableParallelism, cpus } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import * as ort from "onnxruntime-node";
 import { AppError, errorMessage } from "../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "./cuda-provider.js";
@@ -17,8 +18,8 @@ export interface SessionSettings {
   /** 0 = onnxruntime's choice. */
   interOpThreads: number;
   graphOptimizationLevel: "disabled" | "basic" | "extended" | "all";
-  /** intra_op.allow_spinning; "auto" (the default) decides with {@link resolveThreadSpinning}. */
-  threadSpinning?: boolean | "auto";
+  /** intra_op.allow_spinning, decided by the caller ({@link decideThreadSpinning}); unset, onnxruntime's default (spin). */
+  threadSpinning?: boolean;
 }
 
 export interface CreatedSession {
@@ -63,18 +64,62 @@ function sessionOptions(settings: SessionSettings): ort.InferenceSession.Session
     // leaves half the memory bandwidth unused: decoding is memory-bound, so use every CPU.
     intraOpNumThreads: settings.intraOpThreads > 0 ? settings.intraOpThreads : availableParallelism(),
     ...(settings.interOpThreads > 0 ? { interOpNumThreads: settings.interOpThreads } : {}),
-    ...(!resolveThreadSpinning(settings.threadSpinning) ? { extra: { session: { "intra_op.allow_spinning": "0" } } } : {}),
+    ...(settings.threadSpinning === false ? { extra: { session: { "intra_op.allow_spinning": "0" } } } : {}),
   };
 }
 
+/** Other processes' CPU use at or above this (in CPUs) turns "auto" spinning off. */
+export const SPIN_OTHERS_LIMIT = 0.5;
+
 /**
- * Whether onnxruntime's intra-op threads should spin. "auto": only when the CPUs are mostly
- * idle (1-minute load average below the CPU count less one half), because spinning threads
- * fight other busy processes for the cores and decoding then slows down several times.
+ * Whether onnxruntime's intra-op threads should spin, given how many CPUs' worth of time
+ * other processes are using now. "auto": only while they use under half a CPU, because
+ * spinning threads fight other busy processes for the cores and decoding then slows down
+ * several times; on a quiet host spinning decodes about 7% faster (bench:inference).
  */
-export function resolveThreadSpinning(setting: boolean | "auto" | undefined, load = loadavg()[0] ?? 0, cpus = availableParallelism()): boolean {
+export function resolveThreadSpinning(setting: boolean | "auto" | undefined, othersCpuLoad: number): boolean {
   if (setting === true || setting === false) return setting;
-  return load < cpus - 0.5;
+  return othersCpuLoad < SPIN_OTHERS_LIMIT;
+}
+
+/**
+ * Resolves `thread_spinning`; for "auto", first measures other processes' CPU use
+ * ({@link otherProcessesCpuLoad}). Measured now rather than read from the load average, which
+ * trails by a minute and counts this process too: a miner restarted after a busy run would
+ * otherwise take its own former load for a neighbour's and never spin.
+ */
+export async function decideThreadSpinning(setting: boolean | "auto" | undefined): Promise<{ spinning: boolean; othersCpuLoad?: number }> {
+  if (setting === true || setting === false) return { spinning: setting };
+  const othersCpuLoad = await otherProcessesCpuLoad();
+  return { spinning: resolveThreadSpinning(setting, othersCpuLoad), othersCpuLoad };
+}
+
+/** Busy and own CPU time so far, in milliseconds: what {@link otherProcessesCpuLoad} differences. */
+export interface CpuTimes {
+  /** Non-idle time of every CPU together (user, nice, system, irq). */
+  busyMs: number;
+  /** This process's own time, every thread (process.cpuUsage). */
+  ownMs: number;
+}
+
+export function cpuTimes(): CpuTimes {
+  const busyMs = cpus().reduce((sum, c) => sum + c.times.user + c.times.nice + c.times.sys + c.times.irq, 0);
+  const own = process.cpuUsage();
+  return { busyMs, ownMs: (own.user + own.system) / 1000 };
+}
+
+/** CPUs' worth of busy time between two samples `elapsedMs` apart, less this process's own. */
+export function othersLoadBetween(a: CpuTimes, b: CpuTimes, elapsedMs: number): number {
+  if (elapsedMs <= 0) return 0;
+  return Math.max(0, (b.busyMs - a.busyMs - (b.ownMs - a.ownMs)) / elapsedMs);
+}
+
+/** How many CPUs' worth of time other processes use, measured over `windowMs`. */
+export async function otherProcessesCpuLoad(windowMs = 300): Promise<number> {
+  const a = cpuTimes();
+  const t = performance.now();
+  await sleep(windowMs);
+  return othersLoadBetween(a, cpuTimes(), performance.now() - t);
 }
 
 /**
