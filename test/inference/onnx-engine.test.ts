@@ -32,7 +32,7 @@ describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
       { prompt: "The quick brown fox", max_new_tokens: 8 },
       { prompt: "In 1999, the committee said", max_new_tokens: 24 },
       { prompt: "Café, naïve — 日本語!", max_new_tokens: 40 },
-      // Over 16 tokens: prefilled in two runs.
+      // Over 16 tokens: prefilled in two runs where the graph has every position's logits (batch-decoder.test.ts runs both layouts).
       { prompt: "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness", max_new_tokens: 16 },
     ];
     const script = path.resolve(import.meta.dirname, "xenova-generate.mjs");
