@@ -58,6 +58,22 @@ async function runOrt(
   return { logits: out.logits!.data as Float32Array, dims: out.logits!.dims, next };
 }
 
+/** Row 0 is 5 real tokens; row 1 is 2 pads then 3 real tokens (positions as transformers computes them). */
+const PADDED_BATCH = {
+  ids: [
+    [464, 2068, 7586, 21831, 18045],
+    [50256, 50256, 40, 588, 340],
+  ],
+  mask: [
+    [1, 1, 1, 1, 1],
+    [0, 0, 1, 1, 1],
+  ],
+  positions: [
+    [0, 1, 2, 3, 4],
+    [1, 1, 0, 1, 2],
+  ],
+};
+
 /** Max |ort - ref| over the rows of one batch entry. */
 function maxDiff(ort: Float32Array, batchIndex: number, seqLen: number, ref: number[][], rows: number[]): number {
   let m = 0;
@@ -100,19 +116,7 @@ describe("tiny-gpt2 ONNX graph vs an independent TypeScript GPT-2 forward pass",
   });
 
   it("handles a left-padded batch: padding is masked, padded rows stay finite, the cache carries the mask", async () => {
-    // Row 0 is 5 real tokens; row 1 is 2 pads then 3 real tokens (positions as transformers computes them).
-    const ids = [
-      [464, 2068, 7586, 21831, 18045],
-      [50256, 50256, 40, 588, 340],
-    ];
-    const mask = [
-      [1, 1, 1, 1, 1],
-      [0, 0, 1, 1, 1],
-    ];
-    const positions = [
-      [0, 1, 2, 3, 4],
-      [1, 1, 0, 1, 2],
-    ];
+    const { ids, mask, positions } = PADDED_BATCH;
     const r = await runOrt(ids, mask, positions, emptyPast(2));
     expect(r.logits.every(Number.isFinite)).toBe(true);
     const kv0 = emptyKv(C);
@@ -155,18 +159,7 @@ describe("the graph we ship: logits for the last position only", () => {
   const row = (logits: Float32Array, b: number, seqLen: number, t: number): Float32Array => logits.subarray((b * seqLen + t) * C.vocabSize, (b * seqLen + t + 1) * C.vocabSize);
 
   it("gives [B,1,V], each the last row of the every-position graph, and the same cache, over a left-padded batch and a step", async () => {
-    const ids = [
-      [464, 2068, 7586, 21831, 18045],
-      [50256, 50256, 40, 588, 340],
-    ];
-    const mask = [
-      [1, 1, 1, 1, 1],
-      [0, 0, 1, 1, 1],
-    ];
-    const positions = [
-      [0, 1, 2, 3, 4],
-      [1, 1, 0, 1, 2],
-    ];
+    const { ids, mask, positions } = PADDED_BATCH;
     const all = await runOrt(ids, mask, positions, emptyPast(2));
     const last = await runOrt(ids, mask, positions, emptyPast(2), shipped);
     expect(last.dims).toEqual([2, 1, C.vocabSize]);
