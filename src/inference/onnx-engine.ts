@@ -260,8 +260,8 @@ export class OnnxEngine implements Engine {
         if (info.kvType !== "float32") throw new ModelError("model_unsupported", "the model has a float16 KV cache, which this engine does not run", { model: name });
         const tokenizer = await Tokenizer.load(info.dir);
         this.loaded.set(name, { info, tokenizer });
-        const { onnxPath, nLayer, nHead, headDim, vocabSize, lastLogitsOnly } = info;
-        specs.push({ name, onnxPath, nLayer, nHead, headDim, vocabSize, eosTokenId: tokenizer.eosTokenId, lastLogitsOnly });
+        const { onnxPath, nLayer, nHead, headDim, vocabSize, lastLogitsOnly, newKeyValues } = info;
+        specs.push({ name, onnxPath, nLayer, nHead, headDim, vocabSize, eosTokenId: tokenizer.eosTokenId, lastLogitsOnly, newKeyValues });
       }
       for (const device of this.devices()) {
         const worker = new DeviceWorker(device, this.log);

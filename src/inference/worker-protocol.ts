@@ -26,6 +26,8 @@ export interface WorkerModelSpec {
   eosTokenId: number;
   /** The graph's logits are for the last position only (ModelInfo.lastLogitsOnly). */
   lastLogitsOnly: boolean;
+  /** The graph outputs new_key_values (ModelInfo.newKeyValues). */
+  newKeyValues: boolean;
 }
 
 export interface LoadMessage {

@@ -1,10 +1,9 @@
-import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BatchDecoder, buildFeeds, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
+import { BatchDecoder, buildFeeds, CACHE_GROWTH, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
+import type { GraphLayout } from "../../src/inference/models/gpt2-graph.js";
 import { loadModelInfo, type ModelInfo } from "../../src/inference/models/model-info.js";
 import { buildTinyModel } from "../models/tiny-model.js";
-import { MODELS_DIR } from "./engine-fixture.js";
 
 /** The session, with `onRun` called on every session.run. */
 function countingRuns(session: ort.InferenceSession, onRun: () => void): ort.InferenceSession {
@@ -24,27 +23,38 @@ function countingRuns(session: ort.InferenceSession, onRun: () => void): ort.Inf
 
 /** A DecodeModel over a session of the model folder `info` describes. */
 function decodeModel(info: ModelInfo, session: ort.InferenceSession): DecodeModel {
-  const { name, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly } = info;
-  return { name, session, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly };
+  const { name, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly, newKeyValues } = info;
+  return { name, session, nLayer, nHead, headDim, vocabSize, eosTokenId, lastLogitsOnly, newKeyValues };
 }
 
-// What we build (logits for the last position) and optimum's layout (logits for every position).
-describe.each(["last", "all"] as const)("runDecode (in process, tiny-gpt2 with logits for %s positions)", (logits) => {
-  let model: DecodeModel;
-  let runs = 0;
-  let cleanup: () => void;
+/**
+ * tiny-gpt2 in a layout, in process, its session.run calls counted: "aitbc" (what we build:
+ * last-position logits, new_key_values, so the decoder keeps the cache) or "optimum" (real
+ * exports' layout: every position's logits, present only).
+ */
+function tinyModelFor(layout: GraphLayout): { model: () => DecodeModel; runs: { count: number } } {
+  let model: DecodeModel | undefined;
+  let cleanup = (): void => undefined;
+  const runs = { count: 0 };
   beforeAll(async () => {
-    const built = await buildTinyModel({ logits });
+    const built = await buildTinyModel({ layout });
     cleanup = built.cleanup;
     const info = loadModelInfo(built.modelDir);
-    expect(info.lastLogitsOnly).toBe(logits === "last");
+    expect(info).toMatchObject({ lastLogitsOnly: layout === "aitbc", newKeyValues: layout === "aitbc" });
     const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
-    model = decodeModel(info, countingRuns(session, () => runs++));
+    model = decodeModel(info, countingRuns(session, () => runs.count++));
   });
   afterAll(async () => {
-    await model.session.release();
+    await model?.session.release();
     cleanup();
   });
+  return { model: () => model as DecodeModel, runs };
+}
+
+describe.each(["aitbc", "optimum"] as const)("runDecode (in process, tiny-gpt2 in the %s layout)", (layout) => {
+  const fixture = tinyModelFor(layout);
+  let model: DecodeModel;
+  beforeAll(() => (model = fixture.model()));
 
   const req = { promptIds: [15496, 995], maxTokens: 50, seed: 1, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1 };
 
@@ -61,19 +71,22 @@ describe.each(["last", "all"] as const)("runDecode (in process, tiny-gpt2 with l
   });
 
   // A short prompt is prefilled in one run; a long one (over 16 tokens) too when the graph
-  // computes the last position's logits only, else in two (see BatchDecoder.prefill).
+  // computes the last position's logits only, else in two (see BatchDecoder.prefill). A long
+  // generation takes a kept cache past its growth steps (every CACHE_GROWTH tokens).
   it.each([
-    ["short", [15496, 995], 1, 1],
-    ["long", Array.from({ length: 40 }, (_, i) => 100 + i * 37), 1, 2],
-  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s prompt)", async (_name, promptIds, lastRuns, allRuns) => {
-    runs = 0;
-    const cached = await runDecode(model, { ...req, promptIds, maxTokens: 6 }, { cancelled: () => false, onToken: () => undefined });
-    // The prefill gives the first token; each of the other five is one step.
-    expect(runs).toBe((logits === "last" ? lastRuns : allRuns) + 5);
+    ["a short prompt", [15496, 995], 6, 1, 1],
+    ["a long prompt", Array.from({ length: 40 }, (_, i) => 100 + i * 37), 6, 1, 2],
+    ["a long generation", [464, 2068], 2 * CACHE_GROWTH + 20, 1, 1],
+  ])("decoding with the KV cache gives the same ids as re-running the whole sequence each step (%s)", async (_name, promptIds, maxTokens, aitbcPrefillRuns, optimumPrefillRuns) => {
+    fixture.runs.count = 0;
+    const cached = await runDecode(model, { ...req, promptIds, maxTokens }, { cancelled: () => false, onToken: () => undefined });
+    expect(cached.finishReason).toBe("length");
+    // The prefill gives the first token; each of the others is one step.
+    expect(fixture.runs.count).toBe((layout === "aitbc" ? aitbcPrefillRuns : optimumPrefillRuns) + maxTokens - 1);
     // No cache: every step feeds the whole sequence with an empty past.
     const ids = [...promptIds];
     const names = new Set(model.session.inputNames);
-    for (let i = 0; i < 6; i++) {
+    for (let i = 0; i < maxTokens; i++) {
       const past: Record<string, ort.Tensor> = {};
       for (let l = 0; l < model.nLayer; l++) {
         for (const p of ["key", "value"]) past[`past_key_values.${l}.${p}`] = new ort.Tensor("float32", new Float32Array(0), [1, model.nHead, 0, model.headDim]);
@@ -89,16 +102,11 @@ describe.each(["last", "all"] as const)("runDecode (in process, tiny-gpt2 with l
   });
 });
 
-describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)", () => {
+describe.each(["aitbc", "optimum"] as const)("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2 in the %s layout)", (layout) => {
+  // Counts session.run calls, to see that rows really share them.
+  const fixture = tinyModelFor(layout);
   let model: DecodeModel;
-  let runs = 0;
-  beforeAll(async () => {
-    const info = loadModelInfo(path.join(MODELS_DIR, "tiny-gpt2"));
-    const session = await ort.InferenceSession.create(info.onnxPath, { intraOpNumThreads: 1 });
-    // Counts session.run calls, to see that rows really share them.
-    model = decodeModel(info, countingRuns(session, () => runs++));
-  });
-  afterAll(() => model.session.release());
+  beforeAll(() => (model = fixture.model()));
 
   const greedy = { temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1 };
   const longPrompt = Array.from({ length: 40 }, (_, i) => 100 + i * 37);
@@ -123,12 +131,12 @@ describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)",
   }
 
   it("gives every sequence the ids it gets alone, in fewer runs than one at a time", async () => {
-    runs = 0;
+    fixture.runs.count = 0;
     const solo: DecodeResult[] = [];
     for (const r of requests) solo.push(await alone(r));
-    const soloRuns = runs;
+    const soloRuns = fixture.runs.count;
 
-    runs = 0;
+    fixture.runs.count = 0;
     const decoder = new BatchDecoder(model, 8);
     const tokens: number[][] = requests.map(() => []);
     const results = requests.map((r, i) => decoder.add(r, { cancelled: () => false, onToken: (id, count) => tokens[i]!.push(count === tokens[i]!.length + 1 ? id : -1) }));
@@ -145,7 +153,7 @@ describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)",
     });
     expect(widest).toBe(4);
     // Alone: 45 decode runs plus the prefills; together the rows share each step (at most 20 + prefills).
-    expect(runs).toBeLessThan(soloRuns / 1.5);
+    expect(fixture.runs.count).toBeLessThan(soloRuns / 1.5);
   });
 
   it("takes a sequence that joins mid-flight, and one that waits for room, without changing any output", async () => {
@@ -174,6 +182,26 @@ describe("BatchDecoder: sequences sharing decode steps (in process, tiny-gpt2)",
     expect(c.finishReason).toBe("cancelled");
     expect(c.tokenIds).toEqual(solo[2]!.tokenIds.slice(0, 4));
     (await Promise.all(others)).forEach((r, j) => expect(r.tokenIds).toEqual(solo[[0, 1, 3][j]!]!.tokenIds));
+  });
+
+  it("keeps every output while rows join, leave and the cache grows under them", async () => {
+    // Long enough that a kept cache grows (every CACHE_GROWTH tokens) several times, at joins, leaves and in between.
+    const long: DecodeRequest[] = [
+      { promptIds: [15496, 995], maxTokens: 2 * CACHE_GROWTH + 22, seed: 5, ...greedy },
+      { promptIds: longPrompt, maxTokens: CACHE_GROWTH + 36, seed: 6, temperature: 0.9, top_k: 50, top_p: 0.9, repetition_penalty: 1.1 },
+      { promptIds: [464, 2068, 7586], maxTokens: CACHE_GROWTH + 6, seed: 7, ...greedy },
+      { promptIds: [50256], maxTokens: CACHE_GROWTH + 26, seed: 8, temperature: 1, top_k: 0, top_p: 1, repetition_penalty: 1 },
+    ];
+    const solo = await Promise.all(long.map((r) => alone(r)));
+    const decoder = new BatchDecoder(model, 8);
+    let made = 0;
+    const results: Promise<DecodeResult>[] = [decoder.add(long[0]!, never), decoder.add(long[1]!, never)];
+    const cancelled = decoder.add(long[3]!, { cancelled: () => made >= CACHE_GROWTH - 4, onToken: (_id, count) => (made = count) });
+    await drain(decoder, (step) => {
+      if (step === 40) results.push(decoder.add(long[2]!, never));
+    });
+    (await Promise.all(results)).forEach((r, i) => expect(r.tokenIds).toEqual(solo[[0, 1, 2][i]!]!.tokenIds));
+    expect((await cancelled).tokenIds).toEqual(solo[3]!.tokenIds.slice(0, CACHE_GROWTH - 4));
   });
 
   it("runs a graph without position_ids one sequence at a time (it would number padded rows wrong)", () => {

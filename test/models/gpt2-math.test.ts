@@ -3,7 +3,7 @@ import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ONNX_MODEL_PATH } from "../../src/inference/models/build-model.js";
-import { gpt2WeightBytesPerToken } from "../../src/inference/models/gpt2-graph.js";
+import { gpt2WeightBytesPerToken, NEW_KEY_VALUES } from "../../src/inference/models/gpt2-graph.js";
 import { gpt2ParameterCount, initGpt2Weights, type NamedTensor } from "../../src/inference/models/gpt2-weights.js";
 import { loadModelInfo } from "../../src/inference/models/model-info.js";
 import { RECIPES } from "../../src/inference/models/recipes.js";
@@ -20,9 +20,9 @@ let modelDir: string;
 let cleanup: () => void;
 
 beforeAll(async () => {
-  // Logits for every position, so each can be checked against the reference; what we ship
-  // differs only in keeping the last (checked below).
-  ({ modelDir, cleanup } = await buildTinyModel({ logits: "all" }));
+  // Optimum's layout: logits for every position, so each can be checked against the
+  // reference; what we ship differs only in its outputs (checked below).
+  ({ modelDir, cleanup } = await buildTinyModel({ layout: "optimum" }));
   session = await ort.InferenceSession.create(path.join(modelDir, ONNX_MODEL_PATH));
   weights = new Map(initGpt2Weights(C, TINY.init, TINY.defaultSeed).map((t) => [t.name, t]));
 });
@@ -49,13 +49,18 @@ async function runOrt(
   positions: number[][],
   past: Past,
   on: ort.InferenceSession = session,
-): Promise<{ logits: Float32Array; dims: readonly number[]; next: Past }> {
+): Promise<{ logits: Float32Array; dims: readonly number[]; next: Past; added: Record<string, ort.Tensor | undefined> }> {
   const out = await on.run({ input_ids: int64(ids), attention_mask: int64(mask), position_ids: int64(positions), ...past });
   const next: Past = {};
+  // new_key_values, where the graph has them, under the same names.
+  const added: Record<string, ort.Tensor | undefined> = {};
   for (let i = 0; i < C.nLayer; i++) {
-    for (const part of ["key", "value"]) next[`past_key_values.${i}.${part}`] = out[`present.${i}.${part}`]!;
+    for (const part of ["key", "value"]) {
+      next[`past_key_values.${i}.${part}`] = out[`present.${i}.${part}`]!;
+      added[`past_key_values.${i}.${part}`] = out[`${NEW_KEY_VALUES}.${i}.${part}`];
+    }
   }
-  return { logits: out.logits!.data as Float32Array, dims: out.logits!.dims, next };
+  return { logits: out.logits!.data as Float32Array, dims: out.logits!.dims, next, added };
 }
 
 /** Row 0 is 5 real tokens; row 1 is 2 pads then 3 real tokens (positions as transformers computes them). */
@@ -143,7 +148,7 @@ describe("tiny-gpt2 ONNX graph vs an independent TypeScript GPT-2 forward pass",
   });
 });
 
-describe("the graph we ship: logits for the last position only", () => {
+describe("the graph we ship: logits for the last position only, and each run's new keys and values", () => {
   let shipped: ort.InferenceSession;
   let built: Awaited<ReturnType<typeof buildTinyModel>>;
   beforeAll(async () => {
@@ -158,21 +163,35 @@ describe("the graph we ship: logits for the last position only", () => {
   /** Row `t` of batch entry `b` of [B,S,V] logits. */
   const row = (logits: Float32Array, b: number, seqLen: number, t: number): Float32Array => logits.subarray((b * seqLen + t) * C.vocabSize, (b * seqLen + t + 1) * C.vocabSize);
 
-  it("gives [B,1,V], each the last row of the every-position graph, and the same cache, over a left-padded batch and a step", async () => {
+  it("gives [B,1,V], each the last row of optimum's layout, the same cache, and new_key_values the cache's newest entries, over a left-padded batch and a step", async () => {
     const { ids, mask, positions } = PADDED_BATCH;
     const all = await runOrt(ids, mask, positions, emptyPast(2));
     const last = await runOrt(ids, mask, positions, emptyPast(2), shipped);
     expect(last.dims).toEqual([2, 1, C.vocabSize]);
     expect(row(last.logits, 0, 1, 0)).toEqual(row(all.logits, 0, 5, 4));
     expect(row(last.logits, 1, 1, 0)).toEqual(row(all.logits, 1, 5, 4));
-    for (const name of Object.keys(all.next)) expect(last.next[name]!.data).toEqual(all.next[name]!.data);
+    for (const name of Object.keys(all.next)) {
+      expect(last.next[name]!.data).toEqual(all.next[name]!.data);
+      // With an empty past, the new entries are the whole cache; optimum's layout has none.
+      expect(last.added[name]!.data).toEqual(last.next[name]!.data);
+      expect(all.added[name]).toBeUndefined();
+    }
 
     const stepMask = [[...mask[0]!, 1], [...mask[1]!, 1]];
     const allStep = await runOrt([[13], [13]], stepMask, [[5], [3]], all.next);
     const lastStep = await runOrt([[13], [13]], stepMask, [[5], [3]], last.next, shipped);
     expect(lastStep.logits).toEqual(allStep.logits);
-    expect(loadModelInfo(built.modelDir).lastLogitsOnly).toBe(true);
-    expect(loadModelInfo(modelDir).lastLogitsOnly).toBe(false);
+    for (const name of Object.keys(allStep.next)) {
+      const added = lastStep.added[name]!;
+      expect(added.dims).toEqual([2, C.nHead, 1, D]);
+      const present = lastStep.next[name]!.data as Float32Array;
+      for (let bh = 0; bh < 2 * C.nHead; bh++) {
+        // Slot 5 of each [6, D] block of present, the one this step appended.
+        expect((added.data as Float32Array).subarray(bh * D, (bh + 1) * D)).toEqual(present.subarray((bh * 6 + 5) * D, (bh * 6 + 6) * D));
+      }
+    }
+    expect(loadModelInfo(built.modelDir)).toMatchObject({ lastLogitsOnly: true, newKeyValues: true });
+    expect(loadModelInfo(modelDir)).toMatchObject({ lastLogitsOnly: false, newKeyValues: false });
   });
 });
 
@@ -222,7 +241,7 @@ describe("int8 weights (MatMulNBits)", () => {
   let int8: ort.InferenceSession;
   let built: Awaited<ReturnType<typeof buildTinyModel>>;
   beforeAll(async () => {
-    built = await buildTinyModel({ weights: "int8", logits: "all" });
+    built = await buildTinyModel({ weights: "int8", layout: "optimum" });
     int8 = await ort.InferenceSession.create(path.join(built.modelDir, ONNX_MODEL_PATH));
   });
   afterAll(async () => {

@@ -69,7 +69,18 @@ describe("loadModelInfo", () => {
       kvType: "float32",
     });
     expect(info.inputNames).toEqual(["input_ids", "attention_mask", "position_ids", "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value"]);
-    expect(info.outputNames).toEqual(["logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value"]);
+    expect(info.outputNames).toEqual([
+      "logits",
+      "present.0.key",
+      "present.0.value",
+      "present.1.key",
+      "present.1.value",
+      "new_key_values.0.key",
+      "new_key_values.0.value",
+      "new_key_values.1.key",
+      "new_key_values.1.value",
+    ]);
+    expect(info).toMatchObject({ lastLogitsOnly: true, newKeyValues: true });
     // The ONNX file alone is 4 bytes per parameter plus the graph.
     expect(info.sizeBytes).toBeGreaterThan(info.parameters * 4);
   });
@@ -94,6 +105,7 @@ describe("loadModelInfo", () => {
     expect(info.kvType).toBe("float16");
     expect(info.inputNames).toContain("use_cache_branch");
     expect(info.inputNames).not.toContain("position_ids");
+    expect(info).toMatchObject({ lastLogitsOnly: false, newKeyValues: false });
   });
 
   it.each([

@@ -2,7 +2,7 @@ import { closeSync, mkdirSync, openSync, statSync, writeFileSync, writeSync } fr
 import path from "node:path";
 import { packageVersion } from "../../common/package-info.js";
 import { writeDirAtomically } from "./atomic-dir.js";
-import { buildGpt2Graph, type Gpt2GraphOptions, type LogitsPositions, type WeightFormat } from "./gpt2-graph.js";
+import { buildGpt2Graph, type GraphLayout, type Gpt2GraphOptions, type WeightFormat } from "./gpt2-graph.js";
 import { GPT2_TOKENIZER_NOTICE, GPT2_TOKENIZER_NOTICE_FILE } from "./gpt2-notice.js";
 import { GPT2_EOS_TOKEN, gpt2TokenizerJson } from "./gpt2-tokenizer-json.js";
 import { gpt2ParameterCount, initGpt2Weights, type Gpt2Config } from "./gpt2-weights.js";
@@ -19,8 +19,8 @@ export interface BuildOptions {
   force?: boolean;
   /** How the matmul weights are stored (gpt2-graph.ts). Default "float32". */
   weights?: WeightFormat;
-  /** Logits for the last position only, or for every position (gpt2-graph.ts). Default "last". */
-  logits?: LogitsPositions;
+  /** The graph's outputs (gpt2-graph.ts). Default "aitbc". */
+  layout?: GraphLayout;
 }
 
 export interface BuildResult {
@@ -41,7 +41,7 @@ export async function buildModel(recipe: ModelRecipe, outDir: string, options: B
   const weights = options.weights ?? "float32";
   const dir = path.resolve(outDir);
   await writeDirAtomically(dir, options.force ?? false, (tmp) => {
-    writeModelFiles(recipe, seed, { format: weights, logits: options.logits ?? "last" }, tmp);
+    writeModelFiles(recipe, seed, { format: weights, layout: options.layout ?? "aitbc" }, tmp);
     return Promise.resolve();
   });
   return { dir, seed, weights, parameters: gpt2ParameterCount(recipe.config), sizeBytes: folderBytes(dir) };

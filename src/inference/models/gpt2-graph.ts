@@ -21,18 +21,30 @@ export function weightFormatOf(value: unknown): WeightFormat | undefined {
 const INT8_ACCURACY_LEVEL = 4;
 
 /**
- * Which positions get logits: "last" (what we build: generation reads only the last
- * position's, so the lm_head, a [S, V] matmul, runs for one position however long the prompt)
- * or "all" (optimum's layout, [B,S,V]; tests use it to check every position).
+ * The graph's outputs. "aitbc" (what we build): logits for the last position only, [B,1,V]
+ * (generation reads only those, so the lm_head, a [S, V] matmul, runs for one position however
+ * long the prompt), and new_key_values besides present. "optimum": exactly optimum's outputs,
+ * logits [B,S,V] and present (tests use it to check every position, and to run the engine on
+ * the layout of real exports).
  */
-export type LogitsPositions = "last" | "all";
+export type GraphLayout = "aitbc" | "optimum";
 
 export interface Gpt2GraphOptions {
   /** Default "float32". */
   format?: WeightFormat;
-  /** Default "last". */
-  logits?: LogitsPositions;
+  /** Default "aitbc". */
+  layout?: GraphLayout;
 }
+
+/**
+ * Prefix of the extra outputs `new_key_values.{i}.key|value` [B,H,S,D]: the keys and values of
+ * this run's S positions alone, which `present` holds after the past. An engine that keeps its
+ * own cache asks for these instead of `present`, so that a step copies out S positions rather
+ * than the whole cache (onnxruntime-node copies every fetched output into a new JS buffer).
+ * Named so that consumers of optimum's layout, which read outputs starting with "present",
+ * ignore them.
+ */
+export const NEW_KEY_VALUES = "new_key_values";
 
 /** ONNX opset of the graphs we build (LayerNormalization needs 17). */
 export const GPT2_OPSET = 17;
@@ -47,9 +59,10 @@ const MASK_VALUE = -3.4028234663852886e38;
  *
  * Inputs: input_ids int64 [B,S], attention_mask int64 [B,P+S] (0 = padding, so left padding
  * works), position_ids int64 [B,S], past_key_values.{i}.key|value float32 [B,H,P,D].
- * Outputs: logits float32 [B,1,V] for the last position (or [B,S,V] with `logits` "all"),
- * present.{i}.key|value float32 [B,H,P+S,D]. Consumers that read the last position of
- * optimum's logits (transformers.js, our engine) read these alike.
+ * Outputs: logits float32 [B,1,V] for the last position, present.{i}.key|value float32
+ * [B,H,P+S,D], new_key_values.{i}.key|value float32 [B,H,S,D]; with `layout` "optimum", logits
+ * [B,S,V] and present only. Consumers of optimum's layout (transformers.js) read the first
+ * alike: they take the last position's logits and ignore outputs not named present.
  *
  * Math follows Hugging Face's GPT2LMHeadModel: pre-LayerNorm (eps 1e-5), Conv1D weights
  * [in,out], scores / √D, bottom-right causal mask combined with attention_mask, gelu_new,
@@ -61,7 +74,7 @@ const MASK_VALUE = -3.4028234663852886e38;
  */
 export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: Gpt2GraphOptions = {}): OnnxGraph {
   const format = options.format ?? "float32";
-  const allLogits = options.logits === "all";
+  const optimum = options.layout === "optimum";
   const g = new OnnxGraph("gpt2", GPT2_OPSET);
   const byName = new Map(weights.map((w) => [w.name, w]));
   const tensor = (name: string): NamedTensor => {
@@ -101,10 +114,17 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     g.input(`past_key_values.${i}.key`, OnnxType.FLOAT, pastDims);
     g.input(`past_key_values.${i}.value`, OnnxType.FLOAT, pastDims);
   }
-  g.output("logits", OnnxType.FLOAT, ["batch_size", allLogits ? "sequence_length" : 1, c.vocabSize]);
+  g.output("logits", OnnxType.FLOAT, ["batch_size", optimum ? "sequence_length" : 1, c.vocabSize]);
   for (let i = 0; i < c.nLayer; i++) {
     g.output(`present.${i}.key`, OnnxType.FLOAT, presentDims);
     g.output(`present.${i}.value`, OnnxType.FLOAT, presentDims);
+  }
+  const newDims = ["batch_size", h, "sequence_length", d];
+  if (!optimum) {
+    for (let i = 0; i < c.nLayer; i++) {
+      g.output(`${NEW_KEY_VALUES}.${i}.key`, OnnxType.FLOAT, newDims);
+      g.output(`${NEW_KEY_VALUES}.${i}.value`, OnnxType.FLOAT, newDims);
+    }
   }
 
   const zero = g.int64Init("const_zero", [], [0]);
@@ -140,12 +160,15 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     format === "int8"
       ? int8MatMul(input, `${prefix}.weight`, "kn", `${prefix}.bias`)
       : g.op("Add", [g.op("MatMul", [input, w(`${prefix}.weight`)]), w(`${prefix}.bias`)]);
-  const splitHeads = (t: string): string => g.op("Transpose", [g.op("Reshape", [t, headsShape])], { perm: [0, 2, 1, 3] });
+  const splitHeads = (t: string, output?: string): string => g.op("Transpose", [g.op("Reshape", [t, headsShape])], { perm: [0, 2, 1, 3] }, output);
 
   for (let i = 0; i < c.nLayer; i++) {
     const p = `transformer.h.${i}`;
     const qkv = conv1d(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`);
-    const [q, k, v] = g.node("Split", [qkv], { count: 3, attributes: { axis: 2 } }).map(splitHeads) as [string, string, string];
+    const [qs, ks, vs] = g.node("Split", [qkv], { count: 3, attributes: { axis: 2 } }) as [string, string, string];
+    const q = splitHeads(qs);
+    const k = splitHeads(ks, optimum ? undefined : `${NEW_KEY_VALUES}.${i}.key`);
+    const v = splitHeads(vs, optimum ? undefined : `${NEW_KEY_VALUES}.${i}.value`);
     const key = g.op("Concat", [`past_key_values.${i}.key`, k], { axis: 2 }, `present.${i}.key`);
     const value = g.op("Concat", [`past_key_values.${i}.value`, v], { axis: 2 }, `present.${i}.value`);
     const scores = g.op("Div", [g.op("MatMul", [q, g.op("Transpose", [key], { perm: [0, 1, 3, 2] })]), sqrtD]);
@@ -161,7 +184,7 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
   }
   const normed = layerNorm(x, "transformer.ln_f");
   // [B,1,E]: Gather with a 1-D index keeps the axis.
-  const final = allLogits ? normed : g.op("Gather", [normed, g.int64Init("const_last_position", [1], [-1])], { axis: 1 });
+  const final = optimum ? normed : g.op("Gather", [normed, g.int64Init("const_last_position", [1], [-1])], { axis: 1 });
   // Tied lm_head: logits = ln_f(x) · wteᵀ (onnxruntime folds the Transpose once at load).
   if (format === "int8") int8MatMul(final, "transformer.wte.weight", "nk", undefined, "logits");
   else g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");

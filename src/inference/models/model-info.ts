@@ -2,7 +2,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { ModelError, errorMessage } from "../../common/errors.js";
 import { ONNX_MODEL_PATH } from "./build-model.js";
-import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "./gpt2-graph.js";
+import { NEW_KEY_VALUES, WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "./gpt2-graph.js";
 import { gpt2ParameterCount } from "./gpt2-weights.js";
 import { readOnnxSignature, type OnnxTensorInfo } from "./onnx-signature.js";
 
@@ -33,6 +33,8 @@ export interface ModelInfo {
   weights: WeightFormat;
   /** True when the graph's logits are [B,1,V], for the last position only (our builds); false for optimum's [B,S,V]. */
   lastLogitsOnly: boolean;
+  /** True when the graph also outputs new_key_values.{i}.key|value, each run's own entries (our builds). */
+  newKeyValues: boolean;
 }
 
 /** Files every model folder must have; generation_config.json is optional (defaults apply). */
@@ -110,6 +112,7 @@ export function loadModelInfo(dir: string): ModelInfo {
     kvType,
     weights,
     lastLogitsOnly: sig.outputs.find((o) => o.name === "logits")?.dims[1] === 1,
+    newKeyValues: sig.outputs.some((o) => o.name === `${NEW_KEY_VALUES}.0.key`),
   };
 }
 
@@ -151,6 +154,8 @@ function checkSignature(
       expect(past, [kvElem === ELEM_FLOAT16 ? ELEM_FLOAT16 : ELEM_FLOAT], 4, kvShape);
       const present = need(outs, `present.${i}.${part}`, "output");
       expect(present, [past.elemType], 4, kvShape);
+      // Optional (our builds), but then for every layer.
+      if (outs.has(`${NEW_KEY_VALUES}.0.key`)) expect(need(outs, `${NEW_KEY_VALUES}.${i}.${part}`, "output"), [past.elemType], 4, kvShape);
     }
   }
   const known = new Set(["input_ids", "attention_mask", "position_ids", "use_cache_branch"]);
