@@ -46,6 +46,9 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls `fn` until `ok` holds, or throws with the last value after `timeoutMs`. */
+/** Longest a test's REST call waits for its answer. */
+const API_TIMEOUT_MS = 10_000;
+
 export async function waitFor<T>(what: string, fn: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 20_000, everyMs = 50): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: T | undefined;
@@ -258,6 +261,9 @@ export class Cluster {
       method,
       headers: { authorization: `Bearer ${key}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      // An answer that never comes fails the call (a waitFor retries it and keeps its own deadline)
+      // instead of holding the test until its timeout with nothing said.
+      signal: AbortSignal.timeout(API_TIMEOUT_MS),
     });
     const text = await res.text();
     let parsed: unknown = text;
