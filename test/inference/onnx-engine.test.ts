@@ -34,6 +34,8 @@ describe("OnnxEngine on tiny-gpt2 (CPU)", () => {
       { prompt: "Café, naïve — 日本語!", max_new_tokens: 40 },
       // Over 16 tokens: prefilled in two runs where the graph has every position's logits (batch-decoder.test.ts runs both layouts).
       { prompt: "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness", max_new_tokens: 16 },
+      // Past two growth steps of the cache the engine keeps for our graphs (CACHE_GROWTH = 64).
+      { prompt: "Once upon a time", max_new_tokens: 150 },
     ];
     const script = path.resolve(import.meta.dirname, "xenova-generate.mjs");
     const child = run(process.execPath, [script, JSON.stringify({ modelsDir: MODELS_DIR, model: "tiny-gpt2", cases })], { maxBuffer: 16 << 20 });
