@@ -201,10 +201,11 @@ export class BatchDecoder {
   /**
    * Runs the prompt with an empty past and returns the logits of its last position and the
    * cache. Our own graphs compute logits for the last position only, so the prompt is one
-   * run. A graph in optimum's layout computes them for every position (a [S, vocab] matmul
-   * and copy), so there a long prompt runs all but its last token asking only for the KV
-   * outputs (onnxruntime then skips the lm_head) and the last token on its own: prefill of
-   * 1000 tokens on tiny-gpt2 drops from ~800 ms to ~50 ms, for one more read of the weights.
+   * run. A graph in optimum's layout computes them for every position, [S, vocab] floats that
+   * onnxruntime-node copies into a new JS buffer when fetched, so there a long prompt runs all
+   * but its last token asking only for the KV outputs, and the last token on its own: prefill
+   * of 1000 tokens on tiny-gpt2 drops from ~800 ms to ~50 ms, for one more read of the weights.
+   * (onnxruntime still computes the unfetched logits: it runs every node whatever is fetched.)
    */
   private async prefill(promptIds: number[]): Promise<{ logits: Float32Array; past: Record<string, ort.Tensor>; pastLength: number }> {
     let past = emptyPast(this.model, 1);
