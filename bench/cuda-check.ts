@@ -11,6 +11,8 @@
  *    shows as CUDA no faster than the CPU).
  * 5. gpt2-124m-random: 8 generations at once on CUDA (sharing decode steps) against the same 8
  *    one after another, aggregate tokens/s and the ratio.
+ * 6. gpt2-124m-random, 512 new tokens on CUDA: tokens/s against the 64-token run (the kept KV
+ *    cache crosses host↔device each step as an input, so this shows what a long context costs).
  * Exit 0 when CUDA loads and generates, 1 when it does not, 2 when there is no GPU.
  * Environment: CUDA_DEVICE (default 0), BENCH_TOKENS (default 64).
  */
@@ -94,6 +96,9 @@ async function main(): Promise<number> {
     const oneByOne = await aggregate(batch, false);
     const shared = await aggregate(batch, true);
     say(`\ngpt2-124m-random on cuda:${DEVICE}, 8 generations: ${shared.toFixed(1)} tokens/s sharing decode steps, ${oneByOne.toFixed(1)} one at a time: ${(shared / oneByOne).toFixed(2)}×`);
+    const long = await cuda.generate({ model: "gpt2-124m-random", prompt: PROMPT, params: { ...params, max_new_tokens: 512 } });
+    const short = await cuda.generate({ model: "gpt2-124m-random", prompt: PROMPT, params });
+    say(`gpt2-124m-random on cuda:${DEVICE}, one generation: ${long.timing.tokens_per_second.toFixed(1)} tokens/s over 512 new tokens, ${short.timing.tokens_per_second.toFixed(1)} over ${TOKENS}: ${(long.timing.tokens_per_second / short.timing.tokens_per_second).toFixed(2)}×`);
     say(ok ? "\nCUDA path: OK" : "\nCUDA path: generates, but tiny-gpt2's greedy ids differ from the CPU's");
     return ok ? 0 : 1;
   } finally {
