@@ -114,7 +114,7 @@ export class BatchDecoder {
   /** C: slots of the batch's cache (C = P with `present` outputs; C ≥ P for a kept cache). */
   private capacity = 0;
   private readonly inputNames: Set<string>;
-  /** What a run fetches from a graph with new_key_values: logits and those (undefined: every output). */
+  /** What a step fetches from a graph with new_key_values: logits and those (undefined: every output). */
   private readonly fetches: string[] | undefined;
 
   /** Most sequences in one decode step; the rest wait for a row to leave. */
@@ -192,7 +192,7 @@ export class BatchDecoder {
       return;
     }
     row.cached = pastLength;
-    const sources = this.currentSources(this.rows.map((_, index) => index));
+    const sources = this.currentSources();
     this.rows.push(row);
     sources.push({ past, length: pastLength, capacity: pastLength, index: 0 });
     this.rebuildCache(sources);
@@ -220,7 +220,7 @@ export class BatchDecoder {
     const feeds = buildFeeds(this.inputNames, ids, pastLength, past);
     // With an empty past the new keys and values are the whole cache; after a split they are the last token's only.
     const fetches = pastLength === 0 ? this.fetches : undefined;
-    const outputs = await (fetches === undefined ? this.model.session.run(feeds) : this.model.session.run(feeds, fetches));
+    const outputs = await this.run(feeds, fetches);
     const all = logitsOf(this.model, outputs);
     const next = pastFrom(this.model, outputs, fetches === undefined ? "present" : NEW_KEY_VALUES);
     return { logits: all.subarray(all.length - this.model.vocabSize), past: next, pastLength: pastLength + ids.length };
@@ -229,7 +229,7 @@ export class BatchDecoder {
   /** One decode step for every row: each row's last token in, one token per row out. */
   private async decodeStep(): Promise<void> {
     // A kept cache needs an empty slot for this step's entries.
-    if (this.fetches !== undefined && this.pastLength === this.capacity) this.rebuildCache(this.currentSources(this.rows.map((_, index) => index)));
+    if (this.keepsCache && this.pastLength === this.capacity) this.rebuildCache(this.currentSources());
     const rows = this.rows;
     const b = rows.length;
     const p = this.pastLength;
@@ -252,10 +252,10 @@ export class BatchDecoder {
     if (this.inputNames.has("use_cache_branch")) feeds.use_cache_branch = new ort.Tensor("bool", new Uint8Array([1]), [1]);
     for (const [name, tensor] of Object.entries(this.past)) if (this.inputNames.has(name)) feeds[name] = tensor;
 
-    const outputs = await (this.fetches === undefined ? this.model.session.run(feeds) : this.model.session.run(feeds, this.fetches));
+    const outputs = await this.run(feeds, this.fetches);
     const logits = logitsOf(this.model, outputs);
-    if (this.fetches === undefined) this.setCache(pastFrom(this.model, outputs, "present"), total, total);
-    else this.appendToCache(pastFrom(this.model, outputs, NEW_KEY_VALUES));
+    if (this.keepsCache) this.appendToCache(pastFrom(this.model, outputs, NEW_KEY_VALUES));
+    else this.setCache(pastFrom(this.model, outputs, "present"), total, total);
     const v = this.model.vocabSize;
     rows.forEach((row, r) => {
       row.cached += 1;
@@ -285,8 +285,18 @@ export class BatchDecoder {
     for (const row of finished) this.end(row);
   }
 
-  /** Sources for the rows at these indices of the batch cache as it is now. */
-  private currentSources(indices: number[]): CacheSource[] {
+  /** Whether the decoder keeps the cache itself (the graph has new_key_values). */
+  private get keepsCache(): boolean {
+    return this.fetches !== undefined;
+  }
+
+  /** session.run fetching `fetches`, or every output. */
+  private run(feeds: Record<string, ort.Tensor>, fetches: string[] | undefined): Promise<ort.InferenceSession.OnnxValueMapType> {
+    return fetches === undefined ? this.model.session.run(feeds) : this.model.session.run(feeds, fetches);
+  }
+
+  /** Sources for the rows at these indices (default: every row) of the batch cache as it is now. */
+  private currentSources(indices: number[] = this.rows.map((_, index) => index)): CacheSource[] {
     return indices.map((index) => ({ past: this.past, length: this.pastLength, capacity: this.capacity, index }));
   }
 
@@ -306,11 +316,11 @@ export class BatchDecoder {
     const rows = this.rows;
     const length = rows.reduce((m, r) => Math.max(m, r.cached), 0);
     const only = sources[0];
-    if (this.fetches === undefined && rows.length === 1 && only?.length === length && only.capacity === length && (only.past["past_key_values.0.key"]?.dims[0] ?? 0) === 1) {
+    if (!this.keepsCache && rows.length === 1 && only?.length === length && only.capacity === length && (only.past["past_key_values.0.key"]?.dims[0] ?? 0) === 1) {
       this.setCache(only.past, length, length);
       return;
     }
-    const capacity = this.fetches === undefined ? length : length + CACHE_GROWTH;
+    const capacity = this.keepsCache ? length + CACHE_GROWTH : length;
     const { nHead: h, headDim: d } = this.model;
     const next = emptyPast(this.model, rows.length, capacity);
     rows.forEach((row, r) => {

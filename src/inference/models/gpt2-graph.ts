@@ -119,8 +119,8 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     g.output(`present.${i}.key`, OnnxType.FLOAT, presentDims);
     g.output(`present.${i}.value`, OnnxType.FLOAT, presentDims);
   }
-  const newDims = ["batch_size", h, "sequence_length", d];
   if (!optimum) {
+    const newDims = ["batch_size", h, "sequence_length", d];
     for (let i = 0; i < c.nLayer; i++) {
       g.output(`${NEW_KEY_VALUES}.${i}.key`, OnnxType.FLOAT, newDims);
       g.output(`${NEW_KEY_VALUES}.${i}.value`, OnnxType.FLOAT, newDims);

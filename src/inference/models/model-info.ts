@@ -146,6 +146,8 @@ function checkSignature(
   expect(need(outs, "logits", "output"), [ELEM_FLOAT, ELEM_FLOAT16], 3, { 2: s.vocabSize });
 
   const kvShape = { 1: s.nHead, 3: s.headDim };
+  // Optional (our builds), but then for every layer.
+  const hasNewKeyValues = outs.has(`${NEW_KEY_VALUES}.0.key`);
   const firstPast = need(ins, "past_key_values.0.key", "input");
   const kvElem = firstPast.elemType;
   for (let i = 0; i < s.nLayer; i++) {
@@ -154,8 +156,7 @@ function checkSignature(
       expect(past, [kvElem === ELEM_FLOAT16 ? ELEM_FLOAT16 : ELEM_FLOAT], 4, kvShape);
       const present = need(outs, `present.${i}.${part}`, "output");
       expect(present, [past.elemType], 4, kvShape);
-      // Optional (our builds), but then for every layer.
-      if (outs.has(`${NEW_KEY_VALUES}.0.key`)) expect(need(outs, `${NEW_KEY_VALUES}.${i}.${part}`, "output"), [past.elemType], 4, kvShape);
+      if (hasNewKeyValues) expect(need(outs, `${NEW_KEY_VALUES}.${i}.${part}`, "output"), [past.elemType], 4, kvShape);
     }
   }
   const known = new Set(["input_ids", "attention_mask", "position_ids", "use_cache_branch"]);
