@@ -31,22 +31,42 @@ export function normaliseGpuName(name: string): string {
   return (kept.length > 0 ? kept : tokens).join("");
 }
 
-/** Whether `wanted` tokens occur in `actual` in order, each as a run of consecutive tokens. */
-function matchesInOrder(wanted: string[], actual: string[]): boolean {
-  const step = (wi: number, ai: number): boolean => {
-    if (wi === wanted.length) return true;
-    const want = wanted[wi]!;
-    for (let start = ai; start < actual.length; start++) {
-      let glued = "";
-      for (let end = start; end < actual.length; end++) {
-        glued += actual[end]!;
-        if (glued.length > want.length || !want.startsWith(glued)) break;
-        if (glued === want && step(wi + 1, end + 1)) return true;
-      }
+/**
+ * Where the run of `actual` tokens starting at `start` glues to exactly `want`: the index after
+ * the run's last token, or -1. Tokens are non-empty, so at most `want.length` tokens are read.
+ */
+function runEnd(want: string, actual: readonly string[], start: number): number {
+  let offset = 0;
+  for (let i = start; i < actual.length; i++) {
+    const t = actual[i]!;
+    if (!want.startsWith(t, offset)) return -1;
+    offset += t.length;
+    if (offset === want.length) return i + 1;
+  }
+  return -1;
+}
+
+/**
+ * Whether `wanted` tokens occur in `actual` in order, each as a run of consecutive tokens.
+ * Greedy: each wanted token takes the run that ends first, which leaves the most room for the
+ * rest (any later-ending choice can be swapped for it). No backtracking, so the cost is at most
+ * actual.length × (total wanted characters) character comparisons, whatever the names are; a
+ * backtracking search was exponential in the number of words (a miner's GPU name of a few dozen
+ * short words against a request of a dozen ran for minutes).
+ */
+function matchesInOrder(wanted: readonly string[], actual: readonly string[]): boolean {
+  let pos = 0;
+  for (const want of wanted) {
+    let best = -1;
+    // A run starting at or after `best` cannot end before it.
+    for (let start = pos; start < actual.length && (best === -1 || start < best); start++) {
+      const end = runEnd(want, actual, start);
+      if (end !== -1 && (best === -1 || end < best)) best = end;
     }
-    return false;
-  };
-  return step(0, 0);
+    if (best === -1) return false;
+    pos = best;
+  }
+  return true;
 }
 
 /**
