@@ -18,6 +18,8 @@ const SIZE_UNITS: Record<string, number> = {
   kib: 1024,
   mib: 1024 ** 2,
   gib: 1024 ** 3,
+  tb: 1_000_000_000_000,
+  tib: 1024 ** 4,
 };
 
 export function parseDuration(value: string | number): number {
@@ -36,7 +38,7 @@ export function parseSize(value: string | number): number {
     if (!Number.isInteger(value) || value < 0) throw new Error(`invalid size ${value}`);
     return value;
   }
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$/i.exec(value);
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(value);
   if (!m) throw new Error(`invalid size "${value}" (use e.g. "512KiB", "1MiB", "2GB")`);
   const unit = SIZE_UNITS[(m[2] ?? "b").toLowerCase()]!;
   return Math.round(Number(m[1]) * unit);

@@ -28,6 +28,12 @@ export const CoordinatorConfigSchema = Type.Object(
         body_limit: Size("1MiB", "request body limit"),
         /** Public base URL printed in hints (e.g. behind a proxy). Default "" = http://host:port. */
         public_url: Type.String({ default: "" }),
+        /** Longest a client may take to send a whole request (headers and body); then 408 and the socket closes. Streams and WebSockets are not cut by it. Default "30s". */
+        request_timeout: Duration("30s", "time to receive a whole request"),
+        /** Longest a client may take to send the request headers. Default "10s". */
+        headers_timeout: Duration("10s", "time to receive request headers"),
+        /** An idle keep-alive connection is closed after this long. Default "5s". */
+        keep_alive_timeout: Duration("5s", "idle keep-alive timeout"),
       },
       section,
     ),
@@ -68,6 +74,14 @@ export const CoordinatorConfigSchema = Type.Object(
         max_page_size: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
         /** Largest `timeout_seconds` a job may ask for. Default 86400. */
         max_timeout_seconds: Type.Integer({ minimum: 1, default: 86400 }),
+        /** Event streams (GET /v1/jobs/{id}/events) one key may hold open at once; more get 429. Default 20. */
+        max_streams_per_key: Type.Integer({ minimum: 1, default: 20 }),
+        /** Bytes of uploaded files one tenant may keep; an upload past it gets 429 storage_quota_exceeded. Default "100MiB". */
+        max_file_bytes_per_tenant: Size("100MiB", "uploaded files per tenant"),
+        /** Bytes of stored results one tenant may keep; a submit past it gets 429 storage_quota_exceeded. Default "1GiB". */
+        max_result_bytes_per_tenant: Size("1GiB", "stored results per tenant"),
+        /** How often open connections (miner WebSockets, event streams) are checked for a revoked key. Default "1s". */
+        revocation_check: Duration("1s", "revocation check interval"),
       },
       section,
     ),
@@ -87,6 +101,40 @@ export const CoordinatorConfigSchema = Type.Object(
         requeue_backoff: Duration("1s", "requeue backoff"),
         /** Default `timeout_seconds` of a job that sets none. Default 3600. */
         default_timeout_seconds: Type.Integer({ minimum: 1, default: 3600 }),
+      },
+      section,
+    ),
+    gateway: Type.Object(
+      {
+        /** Pings a miner misses in a row (one per scheduler.heartbeat) before its connection is dropped. Default 2. */
+        max_missed_pongs: Type.Integer({ minimum: 1, maximum: 100, default: 2 }),
+        /** WebSocket connections the gateway holds at once; more are refused with 503. Default 10000. */
+        max_connections: Type.Integer({ minimum: 1, default: 10000 }),
+        /** WebSocket connections one miner key may hold at once; more are refused with 429. Default 16. */
+        max_connections_per_key: Type.Integer({ minimum: 1, default: 16 }),
+        /** Frames per second a connection may send on average (a token bucket); past it: an error frame, then a close. Default 200. */
+        frame_rate: Type.Number({ exclusiveMinimum: 0, default: 200 }),
+        /** Frames a connection may send in a burst above frame_rate. Default 500. */
+        frame_burst: Type.Integer({ minimum: 1, default: 500 }),
+        /** Result chunk bytes one connection may have buffered (awaiting their result frame). Default "64MiB". */
+        max_buffered_result_bytes_per_connection: Size("64MiB", "buffered result chunks per connection"),
+        /** Result chunk bytes all connections together may have buffered. Default "512MiB". */
+        max_buffered_result_bytes: Size("512MiB", "buffered result chunks in total"),
+        /** A hello's slots above this are clamped (logged). Default 64. */
+        max_slots: Type.Integer({ minimum: 1, maximum: 4096, default: 64 }),
+        /** A GPU's reported VRAM above this is clamped (logged). Default "1TiB". */
+        max_gpu_vram: Size("1TiB", "largest plausible VRAM per GPU"),
+        /** Reported decode speeds above this are clamped before they reach clients or estimates, tokens/s. Default 100000. */
+        max_tokens_per_second: Type.Number({ exclusiveMinimum: 0, default: 100000 }),
+      },
+      section,
+    ),
+    results: Type.Object(
+      {
+        /** Stored results and uploaded files older than this are deleted by a sweep (the job record stays and says its result expired); "0" keeps them forever. Default "30d". */
+        retention: Duration("30d", "result and file retention"),
+        /** How often the retention sweep runs. Default "1h". */
+        retention_sweep: Duration("1h", "retention sweep interval"),
       },
       section,
     ),
@@ -150,7 +198,15 @@ export type CoordinatorConfigRaw = Static<typeof CoordinatorConfigSchema>;
 
 export interface CoordinatorConfig {
   file: string | undefined;
-  server: { host: string; port: number; bodyLimit: number; publicUrl: string };
+  server: {
+    host: string;
+    port: number;
+    bodyLimit: number;
+    publicUrl: string;
+    requestTimeoutMs: number;
+    headersTimeoutMs: number;
+    keepAliveTimeoutMs: number;
+  };
   dataDir: string;
   logLevel: LogLevel;
   limits: {
@@ -163,7 +219,24 @@ export interface CoordinatorConfig {
     maxInputChars: number;
     maxPageSize: number;
     maxTimeoutSeconds: number;
+    maxStreamsPerKey: number;
+    maxFileBytesPerTenant: number;
+    maxResultBytesPerTenant: number;
+    revocationCheckMs: number;
   };
+  gateway: {
+    maxMissedPongs: number;
+    maxConnections: number;
+    maxConnectionsPerKey: number;
+    frameRate: number;
+    frameBurst: number;
+    maxBufferedBytesPerConnection: number;
+    maxBufferedBytes: number;
+    maxSlots: number;
+    maxGpuVramMb: number;
+    maxTokensPerSecond: number;
+  };
+  results: { retentionMs: number; retentionSweepMs: number };
   scheduler: {
     leaseTtlMs: number;
     heartbeatMs: number;
@@ -198,6 +271,9 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       port: raw.server.port,
       bodyLimit: s("server.body_limit", raw.server.body_limit),
       publicUrl: raw.server.public_url,
+      requestTimeoutMs: d("server.request_timeout", raw.server.request_timeout),
+      headersTimeoutMs: d("server.headers_timeout", raw.server.headers_timeout),
+      keepAliveTimeoutMs: d("server.keep_alive_timeout", raw.server.keep_alive_timeout),
     },
     dataDir: path.resolve(raw.storage.data_dir),
     logLevel: raw.log.level as LogLevel,
@@ -211,6 +287,26 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       maxInputChars: raw.limits.max_input_chars,
       maxPageSize: raw.limits.max_page_size,
       maxTimeoutSeconds: raw.limits.max_timeout_seconds,
+      maxStreamsPerKey: raw.limits.max_streams_per_key,
+      maxFileBytesPerTenant: s("limits.max_file_bytes_per_tenant", raw.limits.max_file_bytes_per_tenant),
+      maxResultBytesPerTenant: s("limits.max_result_bytes_per_tenant", raw.limits.max_result_bytes_per_tenant),
+      revocationCheckMs: d("limits.revocation_check", raw.limits.revocation_check),
+    },
+    gateway: {
+      maxMissedPongs: raw.gateway.max_missed_pongs,
+      maxConnections: raw.gateway.max_connections,
+      maxConnectionsPerKey: raw.gateway.max_connections_per_key,
+      frameRate: raw.gateway.frame_rate,
+      frameBurst: raw.gateway.frame_burst,
+      maxBufferedBytesPerConnection: s("gateway.max_buffered_result_bytes_per_connection", raw.gateway.max_buffered_result_bytes_per_connection),
+      maxBufferedBytes: s("gateway.max_buffered_result_bytes", raw.gateway.max_buffered_result_bytes),
+      maxSlots: raw.gateway.max_slots,
+      maxGpuVramMb: Math.floor(s("gateway.max_gpu_vram", raw.gateway.max_gpu_vram) / 1024 ** 2),
+      maxTokensPerSecond: raw.gateway.max_tokens_per_second,
+    },
+    results: {
+      retentionMs: d("results.retention", raw.results.retention),
+      retentionSweepMs: d("results.retention_sweep", raw.results.retention_sweep),
     },
     scheduler: {
       leaseTtlMs: d("scheduler.lease_ttl", raw.scheduler.lease_ttl),

@@ -6,6 +6,7 @@ import type { ResultStore } from "./results/result-store.js";
 import type { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
+import type { StreamRegistry } from "./http/stream-registry.js";
 
 /** Connected miners, as the client API needs to see them ("how many could run this job"). */
 export interface MinerDirectory {
@@ -24,6 +25,8 @@ export interface CoordinatorContext {
   events: JobEvents;
   miners: MinerDirectory;
   limiter: RateLimiter;
+  /** Open event streams, by key (limits, revocation). */
+  streams: StreamRegistry;
   metrics: CoordinatorMetrics;
   log: Logger;
   now: () => number;

@@ -3,7 +3,6 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import websocket from "@fastify/websocket";
-import { TypeBoxValidatorCompiler } from "@fastify/type-provider-typebox";
 import { MAX_FRAME_BYTES } from "../protocol/frames.js";
 import { packageVersion } from "../common/package-info.js";
 import type { Logger } from "../common/logger.js";
@@ -20,6 +19,9 @@ import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { LocalResultStore } from "./results/result-store.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
+import { RevocationWatcher } from "./auth/revocation-watcher.js";
+import { StreamRegistry } from "./http/stream-registry.js";
+import { validatorCompiler } from "./http/validator.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import { SqliteJobStore } from "./store/sqlite-job-store.js";
@@ -53,6 +55,7 @@ export class Coordinator {
   private ctxInstance: CoordinatorContext | undefined;
   private gatewayInstance: MinerGateway | undefined;
   private uploaderInstance: S3Uploader | undefined;
+  private revocationsInstance: RevocationWatcher | undefined;
   private address = "";
 
   constructor(private readonly options: CoordinatorOptions) {}
@@ -102,6 +105,7 @@ export class Coordinator {
         { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
         { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
       ]),
+      streams: new StreamRegistry(config.limits.maxStreamsPerKey),
       metrics: new CoordinatorMetrics(),
       log,
       now: this.options.now ?? Date.now,
@@ -122,6 +126,9 @@ export class Coordinator {
       this.appInstance = app;
       this.address = await app.listen({ host: config.server.host, port: config.server.port });
       gateway.start();
+      const revocations = new RevocationWatcher(store, [gateway, ctx.streams], config.limits.revocationCheckMs, log.child({ component: "revocations" }));
+      this.revocationsInstance = revocations;
+      revocations.start();
       const uploader = new S3Uploader({ config: config.s3, store, results: ctx.results, events, log, now: ctx.now });
       this.uploaderInstance = uploader;
       await uploader.start();
@@ -140,14 +147,20 @@ export class Coordinator {
       loggerInstance: log as unknown as FastifyBaseLogger,
       bodyLimit: config.server.bodyLimit,
       return503OnClosing: true,
+      // A slow client may not hold a socket for minutes: the whole request within
+      // request_timeout, its headers within headers_timeout, idle keep-alive for keep_alive_timeout.
+      // (Event streams and WebSockets are answered or upgraded first; these do not cut them.)
+      requestTimeout: config.server.requestTimeoutMs,
+      keepAliveTimeout: config.server.keepAliveTimeoutMs,
       // A bad percent-encoding or an over-long path parameter is answered by the router itself;
       // without this it would be plain JSON instead of problem+json.
       frameworkErrors: (err, request, reply) => void errorHandler(log)(err, request, reply),
     });
 
-    // TypeBox checks every request part: query strings and params are converted from text
-    // ("20" → 20), bodies are not — `"input": 5` is a 422, not the string "5".
-    app.setValidatorCompiler(TypeBoxValidatorCompiler);
+    // Node requires headersTimeout ≤ requestTimeout when both are set.
+    app.server.headersTimeout = Math.min(config.server.headersTimeoutMs, config.server.requestTimeoutMs || Infinity);
+    // TypeBox checks every request part (see validator.ts).
+    app.setValidatorCompiler(validatorCompiler);
     app.setErrorHandler(errorHandler(log));
     app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, "not_found", `no route ${request.method} ${request.url.split("?")[0]}`)));
     await app.register(swagger, {
@@ -190,6 +203,7 @@ export class Coordinator {
       changed.push("log.level");
     }
     if (!same(cur.limits, next.limits)) {
+      ctx.streams.setLimit(next.limits.maxStreamsPerKey);
       ctx.limiter.setWindows([
         { limit: next.limits.perMinute, windowMs: next.limits.minuteWindowMs },
         { limit: next.limits.perHour, windowMs: next.limits.hourWindowMs },
@@ -208,6 +222,7 @@ export class Coordinator {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.transition("stopping");
+      await this.revocationsInstance?.stop();
       await this.gatewayInstance?.stop();
       await this.appInstance?.close();
       await this.uploaderInstance?.stop();

@@ -75,7 +75,8 @@ const LeaseToken = Type.String({ minLength: 1, maxLength: 256 });
 const Count = Type.Integer({ minimum: 0 });
 const Sha256Hex = Type.String({ pattern: "^[0-9a-f]{64}$" });
 const IsoTime = Type.String({ minLength: 1, maxLength: 64, description: "ISO 8601 time" });
-const Code = Type.String({ minLength: 1, maxLength: 64 });
+/** A machine-readable code: a safe charset, so nothing a miner sends as a code can drive a terminal or a log. */
+const Code = Type.String({ minLength: 1, maxLength: 64, pattern: "^[A-Za-z0-9_.:-]+$" });
 const Message = Type.String({ maxLength: 2048 });
 
 const strict = { additionalProperties: false } as const;

@@ -1,5 +1,16 @@
-/** The miner protocol version; the first frame (`hello`) carries it. Bump on breaking changes. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * The miner protocol version; the first frame (`hello`) carries it. Every change to a frame bumps
+ * it, and a coordinator accepts miners of this version and the one before
+ * (OLDEST_PROTOCOL_VERSION), so a fleet can be upgraded coordinator first, miners after.
+ *
+ *   1  the first version
+ *   2  `code` and `reason` fields (fail, released, error, cancel, welcome.refused) are restricted
+ *      to letters, digits and `_ . : -`; a v1 miner's frames that use other characters are
+ *      refused like any invalid frame (ours never did)
+ */
+export const PROTOCOL_VERSION = 2;
+/** The oldest protocol version a coordinator still accepts in a hello. */
+export const OLDEST_PROTOCOL_VERSION = PROTOCOL_VERSION - 1;
 
 /** Job states. `assigned`: leased to a miner, not yet started. Terminal states never change. */
 export const JOB_STATES = [

@@ -445,15 +445,38 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect((await store.getJobById(job.id))?.error?.code).toBe("bad_input");
       });
 
-      it("maps the timed_out and cancelled codes to their states", async () => {
+      it("a miner's timed_out ends the job timed_out only once its deadline has passed; cancelled only when a client asked", async () => {
+        // timeoutSeconds is 60: the deadline is assigned_at + 60 s.
         const j1 = await create({}, T0);
         const j2 = await create({}, T0 + 1);
-        const a1 = await claim(j1.id, T0 + 2);
-        const a2 = await claim(j2.id, T0 + 2);
-        expect(await store.failAttempt(ref(a1), { code: "timed_out", message: "t", retryable: true }, T0 + 3, BACKOFF)).toBe("timed_out");
-        expect(await store.failAttempt(ref(a2), { code: "cancelled", message: "c", retryable: true }, T0 + 3, BACKOFF)).toBe("cancelled");
-        expect(await status(j1.id)).toBe("timed_out");
-        expect(await status(j2.id)).toBe("cancelled");
+        const j3 = await create({}, T0 + 2);
+        const a1 = await claim(j1.id, T0 + 3);
+        const a2 = await claim(j2.id, T0 + 3);
+        const a3 = await claim(j3.id, T0 + 3);
+        // Seconds after the assign, "timed_out" is a claim, not a fact: an ordinary failure.
+        expect(await store.failAttempt(ref(a1), { code: "timed_out", message: "t", retryable: false }, T0 + 5_000, BACKOFF)).toBe("failed");
+        expect(await store.getJobById(j1.id)).toMatchObject({ status: "failed", error: { code: "miner_claimed_timed_out" } });
+        // No cancel was requested: "cancelled" is a failure too (retryable here, so requeued).
+        expect(await store.failAttempt(ref(a2), { code: "cancelled", message: "c", retryable: true }, T0 + 5_000, BACKOFF)).toBe("requeued");
+        expect(await store.getJobById(j2.id)).toMatchObject({ status: "queued", failures: 1 });
+        expect((await store.listEvents(j2.id, 0)).at(-1)).toMatchObject({ type: "requeued", data: { reason: "miner_claimed_cancelled" } });
+        // Past the deadline the miner's timeout is the job's.
+        expect(await store.failAttempt(ref(a3), { code: "timed_out", message: "t", retryable: false }, T0 + 3 + 60_000, BACKOFF)).toBe("timed_out");
+        expect(await store.getJobById(j3.id)).toMatchObject({ status: "timed_out", error: { code: "timed_out" } });
+      });
+
+      it("the requeue backoff doubles with each failure and stops growing at five minutes", async () => {
+        const job = await create({ maxAttempts: 100 });
+        let now = T0;
+        const waits: number[] = [];
+        for (let i = 0; i < 12; i++) {
+          const a = await claim(job.id, now);
+          expect(await store.failAttempt(ref(a), { code: "engine_error", message: "x", retryable: true }, now, BACKOFF)).toBe("requeued");
+          const notBefore = (await store.getJobById(job.id))!.notBefore;
+          waits.push(notBefore - now);
+          now = notBefore;
+        }
+        expect(waits).toEqual([1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 300_000, 300_000, 300_000]);
       });
 
       it("a released job is requeued at once without burning the attempt budget", async () => {
@@ -465,6 +488,8 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         const a2 = await claim(job.id, T0 + 2);
         expect(a2.attempt).toBe(2);
         expect(await store.releaseLease(ref(a1), T0 + 3)).toBe("stale");
+        expect(await store.releaseLease(ref(a2), T0 + 4, "key_revoked")).toBe("requeued");
+        expect((await store.listEvents(job.id, 0)).at(-1)).toMatchObject({ type: "requeued", data: { attempt: 2, reason: "key_revoked" } });
       });
     });
 
@@ -610,6 +635,17 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect((await store.listKeys())[0]?.revokedAt).toBe(T0 + 5);
       });
 
+      it("revokedAmong names exactly the revoked keys among those asked about", async () => {
+        const a = await store.createKey("client", "a", "acme", T0);
+        const b = await store.createKey("miner", "b", "acme", T0);
+        const c = await store.createKey("client", "c", "acme", T0);
+        expect(await store.revokedAmong([a.record.id, b.record.id])).toEqual([]);
+        await store.revokeKey(b.record.id, T0 + 1);
+        await store.revokeKey(c.record.id, T0 + 1);
+        expect(await store.revokedAmong([a.record.id, b.record.id, "nosuchkey123"])).toEqual([b.record.id]);
+        expect(await store.revokedAmong([])).toEqual([]);
+      });
+
       it("listKeys never exposes secrets", async () => {
         const a = await store.createKey("client", "alice", "acme", T0);
         const b = await store.createKey("miner", "rig", "ops", T0 + 1);
@@ -627,14 +663,61 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
     });
 
     describe("files", () => {
-      it("stores a file for its tenant only", async () => {
-        const f = await store.createFile("acme", "line one\nline two\n", "ff".repeat(32), T0);
-        expect(f).toMatchObject({ tenant: "acme", bytes: 18, sha256: "ff".repeat(32), createdAt: T0 });
+      it("stores a file for its tenant only, sized and hashed as uploaded", async () => {
+        const f = await store.createFile("acme", "line one\nline two\n", { sha256: "ff".repeat(32), bytes: 21 }, T0);
+        expect(f).toMatchObject({ tenant: "acme", bytes: 21, sha256: "ff".repeat(32), createdAt: T0, content: "line one\nline two\n" });
         expect(await store.getFile("acme", f.id)).toEqual(f);
         expect(await store.getFile("globex", f.id)).toBeNull();
         expect(await store.getFile("acme", "file_nope")).toBeNull();
         const job = await create({ inputFileId: f.id, input: "" });
         expect(job.inputFileId).toBe(f.id);
+      });
+
+      it("counts each tenant's file bytes, deletes only its own files, and expires old ones", async () => {
+        const a = await store.createFile("acme", "a", { sha256: "aa".repeat(32), bytes: 100 }, T0);
+        const b = await store.createFile("acme", "b", { sha256: "bb".repeat(32), bytes: 50 }, T0 + 10);
+        const g = await store.createFile("globex", "g", { sha256: "cc".repeat(32), bytes: 7 }, T0);
+        expect(await store.usage("acme")).toEqual({ fileBytes: 150, resultBytes: 0 });
+        expect(await store.deleteFile("globex", a.id)).toBe(false);
+        expect(await store.deleteFile("acme", a.id)).toBe(true);
+        expect(await store.deleteFile("acme", a.id)).toBe(false);
+        expect(await store.getFile("acme", a.id)).toBeNull();
+        expect(await store.usage("acme")).toEqual({ fileBytes: 50, resultBytes: 0 });
+        expect(await store.expireFiles(T0 + 5, 100)).toBe(1); // globex's, uploaded at T0
+        expect(await store.getFile("globex", g.id)).toBeNull();
+        expect(await store.getFile("acme", b.id)).not.toBeNull();
+        expect(await store.usage("globex")).toEqual({ fileBytes: 0, resultBytes: 0 });
+      });
+    });
+
+    describe("stored results", () => {
+      it("counts committed result bytes per tenant; removing a result keeps the job and frees the bytes, once", async () => {
+        const j1 = await create({}, T0);
+        const j2 = await create({}, T0 + 1);
+        const a1 = await claim(j1.id, T0 + 2);
+        const a2 = await claim(j2.id, T0 + 2);
+        expect(await store.commitResult(ref(a1), { ...result(a1.attempt), bytes: 30, location: "j1/attempt-1.txt" }, T0 + 3)).toBe("committed");
+        expect(await store.commitResult(ref(a2), { ...result(a2.attempt), bytes: 12, location: "j2/attempt-1.txt" }, T0 + 1_000)).toBe("committed");
+        expect(await store.usage("acme")).toEqual({ fileBytes: 0, resultBytes: 42 });
+        expect(await store.removeResult("globex", j1.id, "deleted", T0 + 4)).toBeNull();
+        expect(await store.removeResult("acme", j1.id, "deleted", T0 + 4)).toEqual({ location: "j1/attempt-1.txt" });
+        expect(await store.removeResult("acme", j1.id, "deleted", T0 + 5)).toBeNull();
+        expect(await store.getJobById(j1.id)).toMatchObject({ status: "completed", result: { removed: { reason: "deleted", at: T0 + 4 } } });
+        expect(await store.usage("acme")).toEqual({ fileBytes: 0, resultBytes: 12 });
+        // Retention: only results completed before the cut, and only once.
+        expect(await store.expireResults(T0 + 500, T0 + 2_000, 100)).toEqual([]);
+        expect(await store.expireResults(T0 + 5_000, T0 + 6_000, 100)).toEqual([{ jobId: j2.id, location: "j2/attempt-1.txt" }]);
+        expect(await store.expireResults(T0 + 5_000, T0 + 6_000, 100)).toEqual([]);
+        expect(await store.getJobById(j2.id)).toMatchObject({ status: "completed", result: { removed: { reason: "expired", at: T0 + 6_000 } } });
+        expect(await store.usage("acme")).toEqual({ fileBytes: 0, resultBytes: 0 });
+        expect(await store.listEvents(j2.id, 0).then((e) => e.at(-1)?.type)).toBe("completed");
+      });
+
+      it("a job that is not completed has no result to remove", async () => {
+        const job = await create();
+        expect(await store.removeResult("acme", job.id, "deleted", T0 + 1)).toBeNull();
+        await claim(job.id, T0 + 1);
+        expect(await store.removeResult("acme", job.id, "deleted", T0 + 2)).toBeNull();
       });
     });
 

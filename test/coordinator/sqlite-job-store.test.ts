@@ -78,7 +78,7 @@ describe("SqliteJobStore specifics", () => {
     locker.exec("BEGIN EXCLUSIVE");
     closers.push(() => locker.exec("ROLLBACK"));
     const err: unknown = await store
-      .createFile("acme", "x", "00", 1)
+      .createFile("acme", "x", { sha256: "00", bytes: 1 }, 1)
       .then(() => null)
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UnavailableError);
@@ -87,7 +87,7 @@ describe("SqliteJobStore specifics", () => {
     // Once the lock is gone the same verb works again.
     locker.exec("ROLLBACK");
     closers.pop();
-    await expect(store.createFile("acme", "x", "00", 2)).resolves.toMatchObject({ tenant: "acme" });
+    await expect(store.createFile("acme", "x", { sha256: "00", bytes: 1 }, 2)).resolves.toMatchObject({ tenant: "acme" });
   });
 
   it("a closed store refuses verbs with UnavailableError", async () => {

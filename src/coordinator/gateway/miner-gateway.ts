@@ -3,31 +3,26 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { WebSocket } from "ws";
 import type {} from "@fastify/websocket";
 import { UnavailableError, errorMessage } from "../../common/errors.js";
-import {
-  RESULT_MAX_CHUNKS,
-  assembleResult,
-  parseMinerFrame,
-  type FailFrame,
-  type HelloFrame,
-  type MinerFrame,
-  type ProgressFrame,
-  type ReleasedFrame,
-  type ResultFrame,
-  type WelcomeFrame,
-} from "../../protocol/frames.js";
+import type { Logger } from "../../common/logger.js";
+import type { HelloFrame, MinerFrame, WelcomeFrame } from "../../protocol/frames.js";
 import type { Requirements } from "../../protocol/jobs.js";
-import { PROTOCOL_VERSION } from "../../protocol/version.js";
+import { OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION } from "../../protocol/version.js";
+import type { RevocationHolder } from "../auth/revocation-watcher.js";
 import type { CoordinatorContext, MinerDirectory } from "../context.js";
 import { bearerToken } from "../http/auth-hook.js";
 import { problem, sendProblem } from "../http/problem.js";
 import { minerCanRun } from "../scheduler/matching.js";
-import { Scheduler } from "../scheduler/scheduler.js";
-import type { ApiKeyRecord, CommitOutcome, LeaseRef } from "../store/job-store.js";
+import { Scheduler, type Fleet } from "../scheduler/scheduler.js";
+import type { ApiKeyRecord } from "../store/job-store.js";
+import { FrameBudget } from "./frame-budget.js";
+import { LeaseFrames } from "./lease-frames.js";
+import { MinerLink } from "./miner-link.js";
 import { MinerSession, leaseKey } from "./miner-session.js";
+import { clampHello } from "./plausibility.js";
+import { ChunkBuffer, ResultBufferPool } from "./result-chunks.js";
+import { ResultIntake } from "./result-intake.js";
 
 export const MINER_GATEWAY_PATH = "/v1/miners/connect";
-/** Invalid frames in a row before the connection is closed. */
-const MAX_BAD_FRAMES = 3;
 /** Time a new connection has to send its hello. */
 const HELLO_TIMEOUT_MS = 10_000;
 /** Close code for "storage unavailable, reconnect later" (RFC 6455 §7.4.1 registry: Try Again Later). */
@@ -41,32 +36,53 @@ declare module "fastify" {
   }
 }
 
+/** One WebSocket: its link, the key it came with, and its session once the hello is handled. */
+interface Connection {
+  link: MinerLink;
+  key: ApiKeyRecord;
+  log: Logger;
+  session?: MinerSession;
+}
+
 /**
  * The miners' side of the coordinator: a WebSocket at /v1/miners/connect, authenticated with a
- * miner key at the upgrade (a client key is refused), speaking the frames of
- * src/protocol/frames.ts. Every frame is validated; an invalid one gets an error frame, and
- * MAX_BAD_FRAMES in a row close the connection. Frames of one connection are handled in order.
+ * miner key at the upgrade (a client key is refused; a plain GET gets a problem saying so),
+ * speaking the frames of src/protocol/frames.ts. Below the protocol each socket is a MinerLink
+ * (frame budget, validation, order, pings); after the hello a MinerSession (the miner's
+ * identity, leases and credits). Lease frames go to LeaseFrames, results to ResultIntake; the
+ * scheduler reaches sessions only through the Fleet interface.
  *
  * A miner's id is derived from its key and name, so a reconnecting miner is the same miner and
  * resumes the leases it still holds (listed in hello.in_flight). A dropped connection alone does
  * not requeue anything: the lease expiry does, via the scheduler's reaper. A miner that comes
  * back without a job it held (it restarted) has that attempt failed at once (retryable), so the
- * job is requeued without waiting for the lease.
+ * job is requeued without waiting for the lease. A revoked key's connections are closed and its
+ * miners' leases handed back at once.
  *
  * When the store cannot write (disk full, database locked) a frame that needs an answer (hello,
  * result, fail, released) gets none: nothing of it is recorded, and the connection is closed with
  * 1013 (try again later). The miner reconnects with its backoff and, once welcomed, resends the
  * final frames not yet acknowledged, so the same attempt is committed when the cause goes.
  */
-export class MinerGateway implements MinerDirectory {
+export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
   private readonly sessions = new Map<string, MinerSession>();
-  /** Per job, the tail of the result frames being handled (see oneResultAtATime). */
-  private readonly resultTails = new Map<string, Promise<void>>();
+  private readonly connections = new Set<Connection>();
+  private readonly perKey = new Map<string, number>();
+  /** Miner ids seen per key since start, so a revoked key's leases can be handed back. */
+  private readonly minersByKey = new Map<string, Set<string>>();
+  private readonly pool: ResultBufferPool;
+  private readonly results: ResultIntake;
+  private readonly leaseFrames: LeaseFrames;
   readonly scheduler: Scheduler;
 
   constructor(private readonly ctx: CoordinatorContext) {
-    this.scheduler = new Scheduler(ctx, () => this.sessions.values(), (id) => this.sessions.get(id));
+    this.pool = new ResultBufferPool(ctx.config.gateway.maxBufferedBytes);
+    this.results = new ResultIntake(ctx);
+    this.leaseFrames = new LeaseFrames(ctx);
+    this.scheduler = new Scheduler(ctx, this);
   }
+
+  // ------------------------------------------------------------------ directory and fleet
 
   eligibleMiners(job: { model: string; requirements: Requirements }): number {
     let n = 0;
@@ -83,24 +99,49 @@ export class MinerGateway implements MinerDirectory {
     return [...this.sessions.values()];
   }
 
+  targets(): Iterable<MinerSession> {
+    return this.sessions.values();
+  }
+
+  target(minerId: string): MinerSession | undefined {
+    return this.sessions.get(minerId);
+  }
+
+  /** Bytes of result chunks buffered by all connections (for tests and metrics). */
+  get bufferedResultBytes(): number {
+    return this.pool.usedBytes;
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
   /** Registers the route; @fastify/websocket must already be registered on `app`. */
   register(app: FastifyInstance): void {
-    app.get(
-      MINER_GATEWAY_PATH,
-      {
-        websocket: true,
-        preValidation: async (request: FastifyRequest, reply: FastifyReply) => {
-          const token = bearerToken(request.headers.authorization);
-          const key = token === undefined ? null : await this.ctx.store.authenticate(token, "miner");
-          if (key === null) {
-            return sendProblem(reply, problem(401, "unauthorized", "a valid miner key is required (Authorization: Bearer …)"));
-          }
-          request.minerKey = key;
-          return undefined;
-        },
+    app.route({
+      method: "GET",
+      url: MINER_GATEWAY_PATH,
+      schema: { hide: true },
+      preValidation: async (request: FastifyRequest, reply: FastifyReply) => {
+        const token = bearerToken(request.headers.authorization);
+        const key = token === undefined ? null : await this.ctx.store.authenticate(token, "miner");
+        if (key === null) {
+          void reply.header("WWW-Authenticate", 'Bearer realm="aitbc-miners"');
+          return sendProblem(reply, problem(401, "unauthorized", "a valid miner key is required (Authorization: Bearer …)"));
+        }
+        const refusal = this.overLimit(key);
+        if (refusal !== undefined) {
+          void reply.header("Retry-After", "5");
+          return sendProblem(reply, problem(refusal.status, refusal.code, refusal.message));
+        }
+        request.minerKey = key;
+        return undefined;
       },
-      (socket: WebSocket, request: FastifyRequest) => this.accept(socket, request.minerKey!),
-    );
+      handler: async (_request, reply) =>
+        sendProblem(
+          reply,
+          problem(426, "upgrade_required", `${MINER_GATEWAY_PATH} is the miners' WebSocket gateway: connect with a WebSocket client (Upgrade: websocket) and a miner key`),
+        ).header("Upgrade", "websocket"),
+      wsHandler: (socket: WebSocket, request: FastifyRequest) => this.accept(socket, request.minerKey!),
+    });
   }
 
   start(): void {
@@ -110,90 +151,163 @@ export class MinerGateway implements MinerDirectory {
   /** Tells every miner to stop pulling and closes the connections (leases stay: miners resume after a restart). */
   async stop(): Promise<void> {
     await this.scheduler.stop();
-    for (const s of this.sessions.values()) {
-      s.send({ type: "drain", reason: "coordinator_shutdown" });
-      s.close(1001, "coordinator shutting down");
+    for (const c of this.connections) {
+      c.link.send({ type: "drain", reason: "coordinator_shutdown" });
+      c.link.close(1001, "coordinator shutting down");
     }
     this.sessions.clear();
   }
 
+  // ------------------------------------------------------------------ revocation
+
+  keyIdsInUse(): Iterable<string> {
+    return new Set([...this.connections].map((c) => c.key.id));
+  }
+
+  /** Closes the key's connections and hands back, at once, every lease its miners hold. */
+  async revoked(keyId: string): Promise<void> {
+    for (const c of this.connections) {
+      if (c.key.id !== keyId) continue;
+      c.log.warn("miner key revoked: closing the connection");
+      c.link.fatal("key_revoked", "this miner key was revoked");
+    }
+    const now = this.ctx.now();
+    for (const minerId of this.minersByKey.get(keyId) ?? []) {
+      for (const job of await this.ctx.store.listLeasedBy(minerId)) {
+        if (job.leaseToken === null) continue;
+        const outcome = await this.ctx.store.releaseLease({ jobId: job.id, attempt: job.attempt, leaseToken: job.leaseToken, minerId }, now, "key_revoked");
+        this.ctx.log.info({ jobId: job.id, attempt: job.attempt, minerId, outcome }, "lease of a revoked miner key handed back");
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ connections
+
+  private overLimit(key: ApiKeyRecord): { status: number; code: string; message: string } | undefined {
+    const g = this.ctx.config.gateway;
+    if (this.connections.size >= g.maxConnections) {
+      return { status: 503, code: "too_many_connections", message: `the gateway holds its maximum of ${g.maxConnections} connections` };
+    }
+    if ((this.perKey.get(key.id) ?? 0) >= g.maxConnectionsPerKey) {
+      return { status: 429, code: "too_many_connections", message: `this miner key already holds ${g.maxConnectionsPerKey} connections ([gateway] max_connections_per_key)` };
+    }
+    return undefined;
+  }
+
   private accept(socket: WebSocket, key: ApiKeyRecord): void {
     const log = this.ctx.log.child({ component: "gateway", keyId: key.id });
-    let session: MinerSession | undefined;
-    let queue: Promise<void> = Promise.resolve();
-    let badFrames = 0;
-    const helloTimer = setTimeout(() => {
-      if (session === undefined) this.fatal(socket, "hello_timeout", "no hello frame in time");
-    }, HELLO_TIMEOUT_MS);
-
-    const reject = (code: string, message: string): void => {
-      badFrames += 1;
-      log.warn({ code, badFrames }, "invalid frame from miner");
-      if (badFrames >= MAX_BAD_FRAMES) this.fatal(socket, code, `${message} (${badFrames} invalid frames in a row)`);
-      else socket.send(JSON.stringify({ type: "error", code, message, fatal: false }));
+    const g = this.ctx.config.gateway;
+    const conn: Connection = {
+      key,
+      log,
+      link: new MinerLink({
+        socket,
+        log,
+        budget: new FrameBudget(g.frameRate, g.frameBurst, this.ctx.now()),
+        maxQueued: g.frameBurst * 2,
+        pingIntervalMs: this.ctx.config.scheduler.heartbeatMs,
+        maxMissedPongs: g.maxMissedPongs,
+        helloTimeoutMs: HELLO_TIMEOUT_MS,
+        now: this.ctx.now,
+        onFrame: (frame) => this.onFrame(conn, frame),
+        onFailure: (err, frame) => this.onFailure(conn, err, frame),
+        onClose: (code) => this.onClose(conn, code),
+      }),
     };
-
-    socket.on("message", (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
-      if (isBinary) return reject("frame_invalid", "frames are JSON text");
-      const parsed = parseMinerFrame(data);
-      if (!parsed.ok) return reject(parsed.error.code, parsed.error.message);
-      badFrames = 0;
-      const frame = parsed.frame;
-      queue = queue
-        .then(async () => {
-          if (frame.type === "hello") {
-            if (session !== undefined) return reject("frame_invalid", "hello was already sent");
-            clearTimeout(helloTimer);
-            session = await this.hello(socket, key, frame, log);
-            return;
-          }
-          if (session === undefined) return reject("frame_invalid", "the first frame must be hello");
-          await this.handle(session, frame);
-        })
-        .catch((err: unknown) => {
-          if (!(err instanceof UnavailableError)) {
-            log.error({ err: errorMessage(err), type: frame.type }, "frame handling failed");
-            return;
-          }
-          const jobId = "job_id" in frame ? frame.job_id : undefined;
-          if (!ANSWERED_FRAMES.has(frame.type)) {
-            log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: frame not recorded");
-            return;
-          }
-          log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: miner to retry");
-          if (socket.readyState === socket.OPEN) {
-            socket.send(JSON.stringify({ type: "error", code: "unavailable", message: "storage is temporarily unavailable: reconnect and resend", fatal: true }));
-            socket.close(TRY_AGAIN_LATER, "storage unavailable");
-          }
-        });
-      return undefined;
-    });
-    socket.on("close", (code: number) => {
-      clearTimeout(helloTimer);
-      if (session !== undefined && this.sessions.get(session.minerId) === session) {
-        this.sessions.delete(session.minerId);
-        session.log.info({ code, leases: session.leases.size }, "miner disconnected");
-      }
-    });
-    socket.on("error", (err: Error) => log.warn({ err: err.message }, "miner socket error"));
+    // Re-checked here: upgrades that passed preValidation together may not all fit.
+    const refusal = this.overLimit(key);
+    this.connections.add(conn);
+    this.perKey.set(key.id, (this.perKey.get(key.id) ?? 0) + 1);
+    if (refusal !== undefined) conn.link.fatal(refusal.code, refusal.message, TRY_AGAIN_LATER);
   }
 
-  private fatal(socket: WebSocket, code: string, message: string): void {
-    socket.send(JSON.stringify({ type: "error", code, message, fatal: true }));
-    socket.close(1008, code.slice(0, 100));
+  private onClose(conn: Connection, code: number): void {
+    this.connections.delete(conn);
+    const n = (this.perKey.get(conn.key.id) ?? 1) - 1;
+    if (n > 0) this.perKey.set(conn.key.id, n);
+    else this.perKey.delete(conn.key.id);
+    const s = conn.session;
+    if (s === undefined) return;
+    // Frames already accepted on this connection (a result whose chunks are buffered) still run.
+    void conn.link.drained().then(() => s.chunks.clear());
+    if (this.sessions.get(s.minerId) === s) {
+      this.sessions.delete(s.minerId);
+      s.log.info({ code, leases: s.leases.size }, "miner disconnected");
+    }
   }
 
-  private async hello(socket: WebSocket, key: ApiKeyRecord, hello: HelloFrame, log: CoordinatorContext["log"]): Promise<MinerSession | undefined> {
-    if (hello.protocol_version !== PROTOCOL_VERSION) {
-      this.fatal(socket, "protocol_version", `this coordinator speaks protocol ${PROTOCOL_VERSION}, not ${hello.protocol_version}`);
+  private onFailure(conn: Connection, err: unknown, frame: MinerFrame): void {
+    const jobId = "job_id" in frame ? frame.job_id : undefined;
+    if (!(err instanceof UnavailableError)) {
+      conn.log.error({ err: errorMessage(err), type: frame.type, jobId }, "frame handling failed");
+      return;
+    }
+    if (!ANSWERED_FRAMES.has(frame.type)) {
+      conn.log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: frame not recorded");
+      return;
+    }
+    conn.log.warn({ err: errorMessage(err), frame: frame.type, jobId }, "storage unavailable: miner to retry");
+    conn.link.fatal("unavailable", "storage is temporarily unavailable: reconnect and resend", TRY_AGAIN_LATER);
+  }
+
+  private async onFrame(conn: Connection, frame: MinerFrame): Promise<void> {
+    if (frame.type === "hello") {
+      if (conn.session !== undefined) return conn.link.refuse("frame_invalid", "hello was already sent");
+      conn.session = await this.hello(conn, frame);
+      return;
+    }
+    const s = conn.session;
+    if (s === undefined) return conn.link.refuse("frame_invalid", "the first frame must be hello");
+    switch (frame.type) {
+      case "pull":
+        s.setCredits(frame.free_slots);
+        this.scheduler.dispatch();
+        return;
+      case "started":
+        return this.leaseFrames.markStarted(s, frame);
+      case "progress":
+        return this.leaseFrames.progress(s, frame);
+      case "heartbeat":
+        return this.leaseFrames.heartbeat(s, frame);
+      case "result_chunk":
+        return this.results.chunk(s, frame);
+      case "result":
+        return this.results.result(s, frame);
+      case "fail":
+        return this.leaseFrames.fail(s, frame);
+      case "released":
+        return this.leaseFrames.released(s, frame);
+      case "error":
+        s.log.warn({ code: frame.code, fatal: frame.fatal }, "miner reported an error");
+        return;
+    }
+  }
+
+  // ------------------------------------------------------------------ hello
+
+  private async hello(conn: Connection, hello: HelloFrame): Promise<MinerSession | undefined> {
+    const { link, key, log } = conn;
+    if (hello.protocol_version < OLDEST_PROTOCOL_VERSION || hello.protocol_version > PROTOCOL_VERSION) {
+      link.fatal("protocol_version", `this coordinator speaks protocol ${OLDEST_PROTOCOL_VERSION}–${PROTOCOL_VERSION}, not ${hello.protocol_version}`);
       return undefined;
     }
+    link.helloDone();
     const minerId = `miner_${createHash("sha256").update(`${key.id}:${hello.miner_name}`).digest("hex").slice(0, 16)}`;
     const slog = log.child({ minerId });
+    const clamped = clampHello(hello, this.ctx.config.gateway);
+    if (clamped.notes.length > 0) slog.warn({ clamped: clamped.notes }, "implausible hello figures clamped");
     const previous = this.sessions.get(minerId);
     if (previous !== undefined) previous.close(4000, "replaced by a new connection");
-    const session = new MinerSession(minerId, hello.miner_name, hello.gpus, hello.models, hello.slots, socket, slog);
+    const session = new MinerSession(
+      { minerId, keyId: key.id, name: hello.miner_name, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots, protocolVersion: hello.protocol_version },
+      link,
+      new ChunkBuffer(this.pool, this.ctx.config.gateway.maxBufferedBytesPerConnection),
+      slog,
+    );
     this.sessions.set(minerId, session);
+    const known = this.minersByKey.get(key.id) ?? new Set<string>();
+    known.add(minerId);
+    this.minersByKey.set(key.id, known);
     try {
       await this.resume(session, hello);
     } catch (err) {
@@ -212,15 +326,16 @@ export class MinerGateway implements MinerDirectory {
     const welcome: WelcomeFrame = { type: "welcome", miner_id: minerId, heartbeat_ms: heartbeatMs, lease_ttl_ms: leaseTtlMs, resumed: [], refused: [] };
     const claimed = new Set<string>();
     for (const f of hello.in_flight) {
-      const ref: LeaseRef = { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId };
-      claimed.add(leaseKey(f.job_id, f.attempt));
-      const r = await this.ctx.store.renewLease(ref, now, leaseTtlMs);
-      if (r.renewed) {
+      const key = leaseKey(f.job_id, f.attempt);
+      if (claimed.has(key)) continue;
+      claimed.add(key);
+      const r = await this.ctx.store.renewLease({ jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId }, now, leaseTtlMs);
+      const job = await this.ctx.store.getJobById(f.job_id);
+      if (r.renewed && job !== null) {
         welcome.resumed.push({ job_id: f.job_id, attempt: f.attempt, lease_token: f.lease_token, lease_expires_at: new Date(now + leaseTtlMs).toISOString() });
-        session.leases.add(leaseKey(f.job_id, f.attempt));
+        session.hold({ jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, maxTokens: job.parameters.max_new_tokens, renewedAt: now });
         if (r.cancelRequested) this.scheduler.tellStop(minerId, f.job_id, f.attempt, "cancelled");
       } else {
-        const job = await this.ctx.store.getJobById(f.job_id);
         welcome.refused.push({ job_id: f.job_id, attempt: f.attempt, reason: job === null ? "unknown_job" : job.attempt !== f.attempt ? "lease_lost" : job.status });
       }
     }
@@ -237,181 +352,16 @@ export class MinerGateway implements MinerDirectory {
     }
     session.send(welcome);
     slog.info(
-      { name: hello.miner_name, gpus: hello.gpus.length, models: hello.models, slots: hello.slots, resumed: welcome.resumed.length, refused: welcome.refused.length },
+      {
+        name: hello.miner_name,
+        protocol: hello.protocol_version,
+        gpus: session.gpus.length,
+        models: hello.models,
+        slots: session.slots,
+        resumed: welcome.resumed.length,
+        refused: welcome.refused.length,
+      },
       "miner connected",
     );
   }
-
-  private async handle(s: MinerSession, frame: MinerFrame): Promise<void> {
-    const now = this.ctx.now();
-    const { leaseTtlMs, requeueBackoffMs } = this.ctx.config.scheduler;
-    switch (frame.type) {
-      case "pull":
-        s.credits = frame.free_slots;
-        s.draining = false;
-        this.scheduler.dispatch();
-        return;
-      case "started":
-        await this.ctx.store.markRunning(ref(frame, s), now, leaseTtlMs);
-        return;
-      case "progress":
-        return this.progress(s, frame, now);
-      case "heartbeat":
-        for (const f of frame.in_flight) {
-          const r = await this.ctx.store.renewLease(ref(f, s), now, leaseTtlMs);
-          if (!r.renewed && f.state === "running") this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "lease_lost");
-        }
-        return;
-      case "result_chunk": {
-        const k = leaseKey(frame.job_id, frame.attempt);
-        // Only for a lease this connection holds: chunks are buffered in memory until the
-        // result, so others are dropped (the result that follows them is acked "stale").
-        if (!s.leases.has(k)) {
-          s.log.debug({ jobId: frame.job_id, attempt: frame.attempt }, "result chunk for a lease not held dropped");
-          return;
-        }
-        const list = s.chunks.get(k) ?? [];
-        if (list.length >= RESULT_MAX_CHUNKS) {
-          s.send({ type: "error", code: "frame_invalid", message: "too many result chunks", fatal: false });
-          return;
-        }
-        list.push(frame);
-        s.chunks.set(k, list);
-        return;
-      }
-      case "result":
-        return this.result(s, frame);
-      case "fail":
-        return this.fail(s, frame, now, requeueBackoffMs);
-      case "released":
-        return this.released(s, frame, now);
-      case "error":
-        s.log.warn({ code: frame.code, fatal: frame.fatal }, "miner reported an error");
-        return;
-      case "hello":
-        return;
-    }
-  }
-
-  private async progress(s: MinerSession, f: ProgressFrame, now: number): Promise<void> {
-    const pct = f.max_tokens > 0 ? (100 * f.tokens) / f.max_tokens : 0;
-    // Progress below 100 until the result is committed: 100 means "done and downloadable".
-    const shown = Math.min(99, pct);
-    const r = await this.ctx.store.renewLease(ref(f, s), now, this.ctx.config.scheduler.leaseTtlMs, shown);
-    if (!r.renewed) {
-      this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "lease_lost");
-      return;
-    }
-    this.ctx.events.publishProgress({
-      jobId: f.job_id,
-      attempt: f.attempt,
-      progress: shown,
-      tokens: f.tokens,
-      maxTokens: f.max_tokens,
-      tokensPerSecond: f.tokens_per_s,
-      at: now,
-    });
-    if (r.cancelRequested) this.scheduler.tellStop(s.minerId, f.job_id, f.attempt, "cancelled");
-  }
-
-  /**
-   * Results of one job are handled one at a time, across connections: a miner that reconnects
-   * resends its result while the first copy may still be in flight on the old connection. Storing
-   * and committing are two steps, so without this two copies could both pass the "completed?"
-   * check and the later file would replace the committed one under the same name.
-   */
-  private async oneResultAtATime(jobId: string, fn: () => Promise<void>): Promise<void> {
-    const run = (this.resultTails.get(jobId) ?? Promise.resolve()).then(fn);
-    const tail = run.catch(() => undefined);
-    this.resultTails.set(jobId, tail);
-    try {
-      await run;
-    } finally {
-      if (this.resultTails.get(jobId) === tail) this.resultTails.delete(jobId);
-    }
-  }
-
-  private async result(s: MinerSession, f: ResultFrame): Promise<void> {
-    const k = leaseKey(f.job_id, f.attempt);
-    const chunks = s.chunks.get(k) ?? [];
-    s.chunks.delete(k);
-    const assembled = assembleResult(f, chunks);
-    if (!assembled.ok) {
-      this.ctx.metrics.results.inc({ outcome: "invalid" });
-      s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: "invalid", message: assembled.reason });
-      return;
-    }
-    await this.oneResultAtATime(f.job_id, () => this.storeResult(s, f, assembled.bytes));
-  }
-
-  private async storeResult(s: MinerSession, f: ResultFrame, bytes: Buffer): Promise<void> {
-    const now = this.ctx.now();
-    const k = leaseKey(f.job_id, f.attempt);
-    const lease = ref(f, s);
-    const current = await this.ctx.store.getJobById(f.job_id);
-    if (current === null) {
-      s.leases.delete(k);
-      s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: "stale", message: "unknown job" });
-      return;
-    }
-    if (current.status === "completed") {
-      const dup = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256;
-      const outcome = dup ? "duplicate" : "stale";
-      s.leases.delete(k);
-      this.ctx.metrics.results.inc({ outcome });
-      s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: outcome });
-      s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
-      return;
-    }
-    const stored = await this.ctx.results.put(f.job_id, f.attempt, bytes);
-    let outcome: CommitOutcome;
-    try {
-      outcome = await this.ctx.store.commitResult(
-        lease,
-        {
-          sha256: stored.sha256,
-          bytes: stored.bytes,
-          location: stored.location,
-          finishReason: f.finish_reason,
-          usage: f.usage,
-          tokensPerSecond: f.timing.tokens_per_second,
-          attempt: f.attempt,
-        },
-        now,
-      );
-    } catch (err) {
-      // Not committed, and no other copy of this job's result is in flight: no file without its commit.
-      await this.ctx.results.remove(stored.location).catch(() => undefined);
-      throw err;
-    }
-    if (outcome === "stale") {
-      const after = await this.ctx.store.getJobById(f.job_id);
-      if (after?.result?.location !== stored.location) await this.ctx.results.remove(stored.location);
-    }
-    s.leases.delete(k);
-    this.ctx.metrics.results.inc({ outcome });
-    s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status: outcome });
-    s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome, bytes: stored.bytes }, "result received");
-  }
-
-  private async fail(s: MinerSession, f: FailFrame, now: number, backoffMs: number): Promise<void> {
-    const outcome = await this.ctx.store.failAttempt(ref(f, s), { code: f.code, message: f.message, retryable: f.retryable }, now, backoffMs);
-    s.leases.delete(leaseKey(f.job_id, f.attempt));
-    s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "fail", status: outcome === "stale" ? "stale" : "committed" });
-    s.log.info({ jobId: f.job_id, attempt: f.attempt, code: f.code, outcome }, "attempt failed");
-  }
-
-  private async released(s: MinerSession, f: ReleasedFrame, now: number): Promise<void> {
-    const outcome = await this.ctx.store.releaseLease(ref(f, s), now);
-    s.leases.delete(leaseKey(f.job_id, f.attempt));
-    if (f.reason === "draining" || f.reason === "shutdown") s.draining = true;
-    s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "released", status: outcome === "stale" ? "stale" : "committed" });
-    s.log.info({ jobId: f.job_id, attempt: f.attempt, reason: f.reason, outcome }, "job handed back");
-  }
 }
-
-/** The lease a frame names, presented by the session's miner. */
-function ref(f: { job_id: string; attempt: number; lease_token: string }, s: MinerSession): LeaseRef {
-  return { jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId: s.minerId };
-}
-

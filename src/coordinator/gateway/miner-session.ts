@@ -1,50 +1,135 @@
-import type { WebSocket } from "ws";
+import { timingSafeEqual } from "node:crypto";
 import type { Logger } from "../../common/logger.js";
-import {
-  encodeFrame,
-  type CoordinatorFrame,
-  type GpuInfo,
-  type ResultChunkFrame,
-} from "../../protocol/frames.js";
+import type { AssignFrame, CoordinatorFrame, GpuInfo } from "../../protocol/frames.js";
+import type { DispatchTarget } from "../scheduler/scheduler.js";
+import type { ChunkBuffer } from "./result-chunks.js";
+import type { MinerLink } from "./miner-link.js";
+
+/** A lease this connection holds, as the gateway remembers it between store writes. */
+export interface HeldLease {
+  jobId: string;
+  attempt: number;
+  leaseToken: string;
+  /** The job's max_new_tokens: progress is clamped to it. */
+  maxTokens: number;
+  /** When the store last extended this lease (renewals are coalesced). */
+  renewedAt: number;
+}
+
+export interface MinerIdentity {
+  minerId: string;
+  /** The miner key it connected with (revoking it closes the session). */
+  keyId: string;
+  name: string;
+  /** After plausibility clamps (see plausibility.ts). */
+  gpus: GpuInfo[];
+  models: string[];
+  slots: number;
+  protocolVersion: number;
+}
 
 /**
- * One connected miner, as the gateway and the scheduler see it.
+ * One connected miner after its hello, as the gateway and the scheduler see it.
  *
- * `credits` is the miner's free-slot count: set (replaced) by each `pull`, lowered by one per
- * `assign` sent. The scheduler assigns only while it is above zero, so a miner never gets more
- * jobs than it asked for.
+ * `credits` is the miner's free-slot count: set by each `pull` (never above what its hello's
+ * slots leave free after the leases it holds) and lowered by one per `assign`. The scheduler
+ * offers jobs only while it is above zero, so a miner never gets more jobs than it declared.
  */
-export class MinerSession {
+export class MinerSession implements DispatchTarget {
   credits = 0;
-  /** Leases this connection holds, `job_id#attempt`. */
-  readonly leases = new Set<string>();
-  /** result_chunk frames waiting for their `result`, by `job_id#attempt`. */
-  readonly chunks = new Map<string, ResultChunkFrame[]>();
   draining = false;
-  badFrames = 0;
+  readonly leases = new Map<string, HeldLease>();
   readonly connectedAt = Date.now();
+  readonly log: Logger;
 
   constructor(
-    readonly minerId: string,
-    readonly name: string,
-    readonly gpus: GpuInfo[],
-    readonly models: string[],
-    readonly slots: number,
-    private readonly socket: WebSocket,
-    readonly log: Logger,
-  ) {}
+    readonly identity: MinerIdentity,
+    private readonly link: MinerLink,
+    readonly chunks: ChunkBuffer,
+    log: Logger,
+  ) {
+    this.log = log;
+  }
 
-  send(frame: CoordinatorFrame): boolean {
-    if (this.socket.readyState !== this.socket.OPEN) return false;
-    this.socket.send(encodeFrame(frame));
+  get minerId(): string {
+    return this.identity.minerId;
+  }
+
+  get keyId(): string {
+    return this.identity.keyId;
+  }
+
+  get name(): string {
+    return this.identity.name;
+  }
+
+  get gpus(): GpuInfo[] {
+    return this.identity.gpus;
+  }
+
+  get models(): string[] {
+    return this.identity.models;
+  }
+
+  get slots(): number {
+    return this.identity.slots;
+  }
+
+  /** Slots not taken by a lease this connection holds. */
+  get freeSlots(): number {
+    return Math.max(0, this.identity.slots - this.leases.size);
+  }
+
+  /** A pull: the miner's count of free slots, bounded by what its hello declared. */
+  setCredits(freeSlots: number): void {
+    this.credits = Math.min(freeSlots, this.freeSlots);
+    this.draining = false;
+  }
+
+  wantsWork(): boolean {
+    return this.credits > 0 && !this.draining && this.link.open;
+  }
+
+  offer(frame: AssignFrame, maxTokens: number, now: number): boolean {
+    if (!this.send(frame)) return false;
+    this.credits -= 1;
+    this.hold({ jobId: frame.job.job_id, attempt: frame.attempt, leaseToken: frame.lease_token, maxTokens, renewedAt: now });
     return true;
   }
 
+  stop(jobId: string, attempt: number, reason: string): void {
+    if (this.send({ type: "cancel", job_id: jobId, attempt, reason })) this.log.info({ jobId, attempt, reason }, "told miner to stop");
+  }
+
+  hold(lease: HeldLease): void {
+    this.leases.set(leaseKey(lease.jobId, lease.attempt), lease);
+  }
+
+  /** The lease this connection holds for (job, attempt) when the token is the one it was given. */
+  held(jobId: string, attempt: number, leaseToken: string): HeldLease | undefined {
+    const l = this.leases.get(leaseKey(jobId, attempt));
+    return l !== undefined && safeEqual(l.leaseToken, leaseToken) ? l : undefined;
+  }
+
+  drop(jobId: string, attempt: number): void {
+    this.leases.delete(leaseKey(jobId, attempt));
+  }
+
+  send(frame: CoordinatorFrame): boolean {
+    return this.link.send(frame);
+  }
+
   close(code: number, reason: string): void {
-    this.socket.close(code, reason);
+    this.link.close(code, reason);
   }
 }
 
 export function leaseKey(jobId: string, attempt: number): string {
   return `${jobId}#${attempt}`;
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
 }

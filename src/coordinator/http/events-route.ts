@@ -1,13 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
-import { NotFoundError } from "../../common/errors.js";
+import { AppError, NotFoundError } from "../../common/errors.js";
 import { JobIdParamsSchema } from "../../protocol/jobs.js";
 import { isTerminal, type JobState } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobEvent } from "../store/job-store.js";
 import type { ProgressEvent } from "../store/job-events.js";
 import { tenantOf } from "./auth-hook.js";
-import { jobView } from "./job-view.js";
+import { jobView, withLiveProgress } from "./job-view.js";
+import type { OpenStream } from "./stream-registry.js";
 
 const KEEPALIVE_MS = 15_000;
 
@@ -20,15 +21,13 @@ const KEEPALIVE_MS = 15_000;
  *   event: progress   live progress of the running attempt (tokens, max_tokens, tokens/s)
  *
  * A reconnecting client sends Last-Event-ID (or ?after=) and gets the changes it missed. The
- * stream ends after the terminal state.
+ * stream ends after the terminal state, when the coordinator closes, and when its key is revoked.
+ * A key holds at most `[limits] max_streams_per_key` streams at once (429 past it).
  */
 export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
   return async (app) => {
-    // Open streams, ended when the coordinator closes: clients reconnect with Last-Event-ID.
-    const open = new Set<() => void>();
-    app.addHook("preClose", async () => {
-      for (const end of [...open]) end();
-    });
+    // Open streams end when the coordinator closes: clients reconnect with Last-Event-ID.
+    app.addHook("preClose", async () => ctx.streams.endAll());
     app.get(
       "/v1/jobs/:job_id/events",
       {
@@ -41,8 +40,16 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       },
       async (request, reply) => {
         const tenant = tenantOf(request);
+        const keyId = request.apiKey!.id;
         const job = await ctx.store.getJob(tenant, request.params.job_id);
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
+        if (!ctx.streams.hasRoom(keyId)) {
+          void reply.header("Retry-After", "5");
+          throw new AppError("too_many_streams", `this API key already has ${ctx.config.limits.maxStreamsPerKey} event streams open ([limits] max_streams_per_key)`, {
+            status: 429,
+            retryable: true,
+          });
+        }
         const lastId = Number(request.headers["last-event-id"] ?? request.query.after ?? 0);
         let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
 
@@ -69,7 +76,7 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         const end = (): void => {
           if (ended) return;
           ended = true;
-          open.delete(end);
+          ctx.streams.remove(stream);
           unsubscribe();
           clearInterval(keepalive);
           raw.end();
@@ -99,11 +106,12 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           (e) => (replaying ? buffered.push(e) : sendChange(e)),
           sendProgress,
         );
-        open.add(end);
+        const stream: OpenStream = { keyId, end };
+        ctx.streams.add(stream);
         const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
         request.raw.on("close", end);
 
-        write("snapshot", jobView(job));
+        write("snapshot", jobView(withLiveProgress(job, ctx.events)));
         for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
         replaying = false;
         for (const e of buffered) sendChange(e);

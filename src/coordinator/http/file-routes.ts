@@ -45,8 +45,10 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         if (text.length > ctx.config.limits.maxInputChars) {
           throw new ValidationError(`the file is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "body" });
         }
+        // Size and hash describe the bytes as uploaded (what `sha256sum` of the client's file says);
+        // the prompt is the decoded text, without a leading BOM.
         const sha = createHash("sha256").update(body).digest("hex");
-        const file = await ctx.store.createFile(tenantOf(request), text, sha, ctx.now());
+        const file = await ctx.store.createFile(tenantOf(request), text, { sha256: sha, bytes: body.length }, ctx.now());
         return reply.code(201).send({ file_id: file.id, bytes: file.bytes, sha256: file.sha256, created_at: new Date(file.createdAt).toISOString() });
       },
     );

@@ -20,7 +20,7 @@ import { estimateJob } from "../estimates.js";
 import { IdempotencyMismatchError, InvalidCursorError } from "../store/sqlite-job-store.js";
 import type { JobRecord, Page } from "../store/job-store.js";
 import { renderResult } from "../results/render-result.js";
-import { jobSummary, jobView } from "./job-view.js";
+import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
 
 const errors = {
@@ -217,7 +217,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
       async (request) => {
         const job = await ctx.store.getJob(tenantOf(request), request.params.job_id);
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
-        if (job.status !== "queued") return jobView(job);
+        if (job.status !== "queued") return jobView(withLiveProgress(job, ctx.events));
         return jobView(job, {
           eligibleMiners: ctx.miners.eligibleMiners(job),
           queuePosition: await ctx.store.queuePosition(job),

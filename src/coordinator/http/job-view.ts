@@ -1,5 +1,13 @@
 import type { JobStatus } from "../../protocol/jobs.js";
+import type { JobEvents } from "../store/job-events.js";
 import type { JobRecord, UploadRecord } from "../store/job-store.js";
+
+/** The job with its running attempt's latest progress, which reaches the store only at lease renewals. */
+export function withLiveProgress(job: JobRecord, events: JobEvents): JobRecord {
+  if (job.status !== "running") return job;
+  const live = events.liveProgress(job.id);
+  return live === undefined || live.attempt !== job.attempt ? job : { ...job, progress: live.progress };
+}
 
 export function iso(ms: number | null): string | null {
   return ms === null ? null : new Date(ms).toISOString();

@@ -1,10 +1,27 @@
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
-import type { AssignFrame } from "../../protocol/frames.js";
+import type { AssignFrame, GpuInfo } from "../../protocol/frames.js";
 import type { CoordinatorContext } from "../context.js";
-import type { MinerSession } from "../gateway/miner-session.js";
-import { leaseKey } from "../gateway/miner-session.js";
 import type { ReapedJob } from "../store/job-store.js";
+
+/** What the scheduler needs of a connected miner (the gateway's sessions implement it). */
+export interface DispatchTarget {
+  readonly minerId: string;
+  readonly gpus: readonly GpuInfo[];
+  readonly models: readonly string[];
+  /** Whether to offer it a job now: free slots it asked for, not draining, connection open. */
+  wantsWork(): boolean;
+  /** Sends the assign and records the lease it grants; false when the connection is gone. */
+  offer(frame: AssignFrame, maxTokens: number, now: number): boolean;
+  /** Tells the miner to stop an attempt (a cancel frame). */
+  stop(jobId: string, attempt: number, reason: string): void;
+}
+
+/** The connected miners, as the scheduler reaches them. */
+export interface Fleet {
+  targets(): Iterable<DispatchTarget>;
+  target(minerId: string): DispatchTarget | undefined;
+}
 
 /**
  * Hands queued jobs to connected miners and keeps leases honest.
@@ -32,8 +49,7 @@ export class Scheduler {
 
   constructor(
     private readonly ctx: CoordinatorContext,
-    private readonly sessions: () => Iterable<MinerSession>,
-    private readonly findSession: (minerId: string) => MinerSession | undefined,
+    private readonly fleet: Fleet,
   ) {
     this.startedAt = ctx.now();
     this.log = ctx.log.child({ component: "scheduler" });
@@ -109,8 +125,8 @@ export class Scheduler {
     // Round-robin: one job per miner per round, so one fast puller does not take the whole queue.
     while (progress) {
       progress = false;
-      for (const s of this.sessions()) {
-        if (s.credits <= 0 || s.draining) continue;
+      for (const s of this.fleet.targets()) {
+        if (!s.wantsWork()) continue;
         const a = await this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, this.ctx.now(), leaseTtlMs);
         if (a === null) continue;
         const frame: AssignFrame = {
@@ -126,15 +142,13 @@ export class Scheduler {
           lease_token: a.leaseToken,
           lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
         };
-        if (!s.send(frame)) {
+        if (!s.offer(frame, a.job.parameters.max_new_tokens, this.ctx.now())) {
           // The socket closed between the claim and the send: give the job straight back.
           await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
           continue;
         }
-        s.credits -= 1;
         this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
-        s.leases.add(leaseKey(a.job.id, a.attempt));
-        s.log.info({ jobId: a.job.id, attempt: a.attempt, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
+        this.log.info({ jobId: a.job.id, attempt: a.attempt, minerId: s.minerId, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
         progress = true;
       }
     }
@@ -154,8 +168,8 @@ export class Scheduler {
       if (r.minerId !== null) this.tellStop(r.minerId, r.jobId, r.attempt, r.outcome === "timed_out" ? "timed_out" : r.outcome === "cancelled" ? "cancelled" : "lease_lost");
     }
     // Requeued jobs wait out their backoff (not_before); nothing else wakes the dispatcher then.
-    for (const s of this.sessions()) {
-      if (s.credits > 0 && !s.draining) {
+    for (const s of this.fleet.targets()) {
+      if (s.wantsWork()) {
         this.dispatch();
         break;
       }
@@ -164,9 +178,6 @@ export class Scheduler {
 
   /** Tells the miner holding (job, attempt) to stop, if it is connected. */
   tellStop(minerId: string, jobId: string, attempt: number, reason: string): void {
-    const s = this.findSession(minerId);
-    if (s === undefined) return;
-    s.send({ type: "cancel", job_id: jobId, attempt, reason });
-    s.log.info({ jobId, attempt, reason }, "told miner to stop");
+    this.fleet.target(minerId)?.stop(jobId, attempt, reason);
   }
 }

@@ -16,21 +16,32 @@ export interface ProgressEvent {
  * In-process fan-out of job changes, published after each committed transaction (state changes,
  * also in the job_events table) and for live progress. The SSE route and the scheduler listen
  * here instead of polling the store.
+ *
+ * The latest progress of each running attempt is kept here too (the job row gets it only at the
+ * coalesced lease renewals), until the job's next state change.
  */
 export class JobEvents {
   private readonly emitter = new EventEmitter();
+  private readonly live = new Map<string, ProgressEvent>();
 
   constructor() {
     this.emitter.setMaxListeners(0);
   }
 
   publish(event: JobEvent): void {
+    if (event.type !== "running" && event.type !== "cancel_requested") this.live.delete(event.jobId);
     this.emitter.emit("change", event);
     this.emitter.emit(`change:${event.jobId}`, event);
   }
 
   publishProgress(event: ProgressEvent): void {
+    this.live.set(event.jobId, event);
     this.emitter.emit(`progress:${event.jobId}`, event);
+  }
+
+  /** The latest progress of the job's running attempt, if any arrived since its last state change. */
+  liveProgress(jobId: string): ProgressEvent | undefined {
+    return this.live.get(jobId);
   }
 
   /** Every state change of every job; returns the unsubscribe function. */

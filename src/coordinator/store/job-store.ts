@@ -72,6 +72,8 @@ export interface StoredResult {
   attempt: number;
   /** Delivery to an s3:// destination; absent until the first upload outcome is recorded. */
   upload?: UploadRecord;
+  /** Set once the stored output is gone: deleted by its owner, or expired by the retention sweep. */
+  removed?: { reason: "deleted" | "expired"; at: number };
 }
 
 /** Outcome of delivering a result to its s3:// destination (the local copy always stays). */
@@ -118,8 +120,8 @@ export interface LeaseRef {
 
 export interface MinerCapabilities {
   minerId: string;
-  gpus: GpuInfo[];
-  models: string[];
+  gpus: readonly GpuInfo[];
+  models: readonly string[];
 }
 
 export interface Assignment {
@@ -159,10 +161,17 @@ export interface ApiKeyRecord {
 export interface FileRecord {
   id: string;
   tenant: string;
+  /** Size and SHA-256 of the file as it was uploaded (a leading BOM included); `content` is its text without the BOM. */
   bytes: number;
   sha256: string;
   createdAt: number;
   content: string;
+}
+
+/** Bytes a tenant keeps stored, for its quotas. */
+export interface TenantUsage {
+  fileBytes: number;
+  resultBytes: number;
 }
 
 /** What one reaper pass did, for logs, metrics and telling miners to stop. */
@@ -193,8 +202,22 @@ export interface JobStore {
   countByState(): Promise<Partial<Record<JobState, number>>>;
   /** Queued jobs created before this one that would be picked first (same or higher priority). */
   queuePosition(job: JobRecord): Promise<number>;
-  createFile(tenant: string, content: string, sha256: string, now: number): Promise<FileRecord>;
+  /** Stores an uploaded file's text; `upload` describes the bytes as they were uploaded. */
+  createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord>;
   getFile(tenant: string, fileId: string): Promise<FileRecord | null>;
+  /** Deletes the tenant's file; false when there is none. Jobs that used it keep their own copy of the prompt. */
+  deleteFile(tenant: string, fileId: string): Promise<boolean>;
+  usage(tenant: string): Promise<TenantUsage>;
+  /**
+   * Marks a completed job's stored output removed (the record stays) and returns where the
+   * output was, for the caller to delete after this commit; null when there is nothing to remove
+   * (not completed, or already removed). Another tenant's job is null too.
+   */
+  removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null>;
+  /** Retention: outputs of jobs completed before `before`, marked removed ("expired"); returns their locations (at most `limit`). */
+  expireResults(before: number, now: number, limit: number): Promise<{ jobId: string; location: string }[]>;
+  /** Retention: deletes files uploaded before `before` (at most `limit`); returns how many. */
+  expireFiles(before: number, limit: number): Promise<number>;
   listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]>;
 
   // --- miner side (fenced by the lease triple)
@@ -217,8 +240,11 @@ export interface JobStore {
     now: number,
     requeueBackoffMs: number,
   ): Promise<FailOutcome>;
-  /** The miner hands the job back unfinished (drain): requeued without burning the attempt budget. */
-  releaseLease(ref: LeaseRef, now: number): Promise<"requeued" | "cancelled" | "stale">;
+  /**
+   * The job is handed back unfinished (the miner drains, or its key was revoked): requeued at
+   * once without burning the attempt budget; `reason` goes into the requeued event (default "released").
+   */
+  releaseLease(ref: LeaseRef, now: number, reason?: string): Promise<"requeued" | "cancelled" | "stale">;
   /** Expired leases: cancel-requested → cancelled; else requeued (backoff) or failed when the budget is spent. */
   reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]>;
   expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]>;
@@ -240,6 +266,8 @@ export interface JobStore {
   authenticate(rawKey: string, kind: "client" | "miner"): Promise<ApiKeyRecord | null>;
   listKeys(): Promise<ApiKeyRecord[]>;
   revokeKey(id: string, now: number): Promise<boolean>;
+  /** Which of these key ids are revoked (for connections opened before the revocation). */
+  revokedAmong(ids: readonly string[]): Promise<string[]>;
 
   close(): Promise<void>;
 }

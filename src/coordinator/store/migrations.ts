@@ -80,4 +80,21 @@ export const MIGRATIONS: readonly string[] = [
   `
   CREATE INDEX jobs_queue_model ON jobs (status, model, priority_rank, seq);
   `,
+  // Storage per tenant, kept in the transactions that add or remove files and results, so a
+  // quota check is one row read; backfilled from what is stored. Retention scans by age.
+  `
+  CREATE TABLE tenant_usage (
+    tenant TEXT PRIMARY KEY,
+    file_bytes INTEGER NOT NULL DEFAULT 0,
+    result_bytes INTEGER NOT NULL DEFAULT 0
+  );
+  INSERT INTO tenant_usage (tenant, file_bytes, result_bytes)
+    SELECT tenant, SUM(f), SUM(r) FROM (
+      SELECT tenant, bytes AS f, 0 AS r FROM files
+      UNION ALL
+      SELECT tenant, 0, json_extract(result, '$.bytes') FROM jobs WHERE status = 'completed' AND result IS NOT NULL
+    ) GROUP BY tenant;
+  CREATE INDEX files_created ON files (created_at);
+  CREATE INDEX jobs_completed ON jobs (status, completed_at);
+  `,
 ];

@@ -21,10 +21,12 @@ import type {
   NewJob,
   Page,
   ReapedJob,
+  TenantUsage,
   StoredResult,
   UploadRecord,
 } from "./job-store.js";
 import { JobEvents } from "./job-events.js";
+import { decideExpiry, decideFail, type FailDecision } from "./transitions.js";
 
 const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high: 2 };
 const CLAIM_BATCH = 200;
@@ -448,16 +450,91 @@ export class SqliteJobStore implements JobStore {
     return Promise.resolve(row.n);
   }
 
-  createFile(tenant: string, content: string, sha: string, now: number): Promise<FileRecord> {
+  createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord> {
     return settle(() =>
       this.tx(() => {
         const id = randomId("file_");
-        const bytes = Buffer.byteLength(content);
         this.sql("INSERT INTO files (id, tenant, bytes, sha256, created_at, content) VALUES (?, ?, ?, ?, ?, ?)")
-          .run(id, tenant, bytes, sha, now, content);
-        return { id, tenant, bytes, sha256: sha, createdAt: now, content };
+          .run(id, tenant, upload.bytes, upload.sha256, now, content);
+        this.addUsage(tenant, upload.bytes, 0);
+        return { id, tenant, bytes: upload.bytes, sha256: upload.sha256, createdAt: now, content };
       }),
     );
+  }
+
+  deleteFile(tenant: string, fileId: string): Promise<boolean> {
+    return settle(() =>
+      this.tx(() => {
+        const r = this.sql("DELETE FROM files WHERE id = ? AND tenant = ? RETURNING bytes").get(fileId, tenant) as { bytes: number } | undefined;
+        if (r === undefined) return false;
+        this.addUsage(tenant, -r.bytes, 0);
+        return true;
+      }),
+    );
+  }
+
+  usage(tenant: string): Promise<TenantUsage> {
+    const r = this.sql("SELECT file_bytes, result_bytes FROM tenant_usage WHERE tenant = ?").get(tenant) as
+      | { file_bytes: number; result_bytes: number }
+      | undefined;
+    return Promise.resolve({ fileBytes: r?.file_bytes ?? 0, resultBytes: r?.result_bytes ?? 0 });
+  }
+
+  removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null> {
+    return settle(() =>
+      this.tx(() => {
+        const r = this.row(jobId);
+        if (r === undefined || r.tenant !== tenant) return null;
+        return this.markRemoved(r, reason, now);
+      }),
+    );
+  }
+
+  expireResults(before: number, now: number, limit: number): Promise<{ jobId: string; location: string }[]> {
+    return settle(() =>
+      this.tx(() => {
+        const rows = this.sql(
+          `SELECT * FROM jobs WHERE status = 'completed' AND completed_at < ? AND result IS NOT NULL
+             AND json_extract(result, '$.removed') IS NULL ORDER BY completed_at LIMIT ?`,
+        ).all(before, limit) as JobRow[];
+        const out: { jobId: string; location: string }[] = [];
+        for (const r of rows) {
+          const removed = this.markRemoved(r, "expired", now);
+          if (removed !== null) out.push({ jobId: r.id, location: removed.location });
+        }
+        return out;
+      }),
+    );
+  }
+
+  expireFiles(before: number, limit: number): Promise<number> {
+    return settle(() =>
+      this.tx(() => {
+        const rows = this.sql("DELETE FROM files WHERE id IN (SELECT id FROM files WHERE created_at < ? ORDER BY created_at LIMIT ?) RETURNING tenant, bytes")
+          .all(before, limit) as { tenant: string; bytes: number }[];
+        for (const r of rows) this.addUsage(r.tenant, -r.bytes, 0);
+        return rows.length;
+      }),
+    );
+  }
+
+  /** Inside a transaction: records that a completed job's output is gone; null when there is none. */
+  private markRemoved(r: JobRow, reason: "deleted" | "expired", now: number): { location: string } | null {
+    if (r.status !== "completed" || r.result === null) return null;
+    const result = JSON.parse(r.result) as StoredResult;
+    if (result.removed !== undefined) return null;
+    const next: StoredResult = { ...result, removed: { reason, at: now } };
+    this.sql("UPDATE jobs SET result = ? WHERE id = ?").run(JSON.stringify(next), r.id);
+    this.addUsage(r.tenant, 0, -result.bytes);
+    return { location: result.location };
+  }
+
+  /** Inside a transaction: adjusts the tenant's stored bytes. */
+  private addUsage(tenant: string, fileBytes: number, resultBytes: number): void {
+    this.sql(
+      `INSERT INTO tenant_usage (tenant, file_bytes, result_bytes) VALUES (@tenant, MAX(0, @f), MAX(0, @r))
+       ON CONFLICT (tenant) DO UPDATE SET file_bytes = MAX(0, file_bytes + @f), result_bytes = MAX(0, result_bytes + @r)`,
+    ).run({ tenant, f: fileBytes, r: resultBytes });
   }
 
   getFile(tenant: string, fileId: string): Promise<FileRecord | null> {
@@ -570,6 +647,7 @@ export class SqliteJobStore implements JobStore {
           return "stale";
         }
         this.finish(r, "completed", now, emit, { result: { ...result, attempt: ref.attempt } });
+        this.addUsage(r.tenant, 0, result.bytes);
         return "committed";
       }),
     );
@@ -606,7 +684,7 @@ export class SqliteJobStore implements JobStore {
       (
         this.sql(
           `SELECT * FROM jobs WHERE status = 'completed' AND destination LIKE 's3://%' AND result IS NOT NULL
-             AND COALESCE(json_extract(result, '$.upload.state'), '') <> 'uploaded'
+             AND COALESCE(json_extract(result, '$.upload.state'), '') <> 'uploaded' AND json_extract(result, '$.removed') IS NULL
            ORDER BY completed_at, id LIMIT ?`,
         ).all(limit) as JobRow[]
       ).map(toJob),
@@ -623,26 +701,36 @@ export class SqliteJobStore implements JobStore {
       this.tx((emit): FailOutcome => {
         const r = this.row(ref.jobId);
         if (!this.holds(r, ref)) return "stale";
-        const error = { code: failure.code, message: failure.message };
-        if (r.cancel_requested === 1 || failure.code === "cancelled") {
-          this.finish(r, "cancelled", now, emit, { error: { code: "cancelled", message: "cancelled by the client" } });
-          return "cancelled";
-        }
-        if (failure.code === "timed_out") {
-          this.finish(r, "timed_out", now, emit, { error: { code: "timed_out", message: `ran past timeout_seconds (${r.timeout_seconds})` } });
-          return "timed_out";
-        }
-        if (failure.retryable && r.failures + 1 < r.max_attempts) {
-          this.requeue(r, now, now + requeueBackoffMs * 2 ** r.failures, failure.code, true, emit);
-          return "requeued";
-        }
-        this.finish(r, "failed", now, emit, { error });
-        return "failed";
+        const d = decideFail(
+          { cancelRequested: r.cancel_requested === 1, failures: r.failures, maxAttempts: r.max_attempts, assignedAt: r.assigned_at, timeoutSeconds: r.timeout_seconds },
+          failure,
+          now,
+          requeueBackoffMs,
+        );
+        return this.apply(r, d, now, emit);
       }),
     );
   }
 
-  releaseLease(ref: LeaseRef, now: number): Promise<"requeued" | "cancelled" | "stale"> {
+  /** Writes what transitions.ts decided for a lease that ends (fail or expiry). */
+  private apply(r: JobRow, d: FailDecision, now: number, emit: (e: Omit<JobEvent, "seq">) => void): "requeued" | "failed" | "cancelled" | "timed_out" {
+    switch (d.kind) {
+      case "cancelled":
+        this.finish(r, "cancelled", now, emit, { error: { code: "cancelled", message: "cancelled by the client" } });
+        return "cancelled";
+      case "timed_out":
+        this.finish(r, "timed_out", now, emit, { error: { code: "timed_out", message: `ran past timeout_seconds (${r.timeout_seconds})` } });
+        return "timed_out";
+      case "requeue":
+        this.requeue(r, now, d.notBefore, d.reason, true, emit);
+        return "requeued";
+      case "failed":
+        this.finish(r, "failed", now, emit, { error: d.error });
+        return "failed";
+    }
+  }
+
+  releaseLease(ref: LeaseRef, now: number, reason = "released"): Promise<"requeued" | "cancelled" | "stale"> {
     return settle(() =>
       this.tx((emit) => {
         const r = this.row(ref.jobId);
@@ -651,7 +739,7 @@ export class SqliteJobStore implements JobStore {
           this.finish(r, "cancelled", now, emit, { error: { code: "cancelled", message: "cancelled by the client" } });
           return "cancelled";
         }
-        this.requeue(r, now, now, "released", false, emit);
+        this.requeue(r, now, now, reason, false, emit);
         return "requeued";
       }),
     );
@@ -663,19 +751,8 @@ export class SqliteJobStore implements JobStore {
         const rows = this.sql("SELECT * FROM jobs WHERE status IN ('assigned','running') AND lease_expires_at < ?")
           .all(now) as JobRow[];
         return rows.map((r): ReapedJob => {
-          const base = { jobId: r.id, attempt: r.attempt, minerId: r.miner_id };
-          if (r.cancel_requested === 1) {
-            this.finish(r, "cancelled", now, emit, { error: { code: "cancelled", message: "cancelled by the client" } });
-            return { ...base, outcome: "cancelled" };
-          }
-          if (r.failures + 1 < r.max_attempts) {
-            this.requeue(r, now, now + requeueBackoffMs * 2 ** r.failures, "lease_expired", true, emit);
-            return { ...base, outcome: "requeued" };
-          }
-          this.finish(r, "failed", now, emit, {
-            error: { code: "attempts_exhausted", message: `the lease expired on the last of ${r.max_attempts} attempts` },
-          });
-          return { ...base, outcome: "failed" };
+          const d = decideExpiry({ cancelRequested: r.cancel_requested === 1, failures: r.failures, maxAttempts: r.max_attempts }, now, requeueBackoffMs);
+          return { jobId: r.id, attempt: r.attempt, minerId: r.miner_id, outcome: this.apply(r, d, now, emit) };
         });
       }),
     );
@@ -747,6 +824,22 @@ export class SqliteJobStore implements JobStore {
     return settle(() =>
       this.tx(() => this.sql("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(now, id).changes === 1),
     );
+  }
+
+  revokedAmong(ids: readonly string[]): Promise<string[]> {
+    if (ids.length === 0) return Promise.resolve([]);
+    return settle(() => {
+      const out: string[] = [];
+      // In slices: SQLite caps the number of bound parameters.
+      for (let i = 0; i < ids.length; i += 500) {
+        const slice = ids.slice(i, i + 500);
+        const rows = this.db
+          .prepare(`SELECT id FROM api_keys WHERE revoked_at IS NOT NULL AND id IN (${slice.map(() => "?").join(",")})`)
+          .all(...slice) as { id: string }[];
+        out.push(...rows.map((r) => r.id));
+      }
+      return out;
+    });
   }
 
   close(): Promise<void> {
