@@ -20,6 +20,7 @@ import { LocalResultStore } from "./results/result-store.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
 import { RevocationWatcher } from "./auth/revocation-watcher.js";
+import { RetentionSweeper } from "./results/retention.js";
 import { StreamRegistry } from "./http/stream-registry.js";
 import { validatorCompiler } from "./http/validator.js";
 import { JobEvents } from "./store/job-events.js";
@@ -56,6 +57,7 @@ export class Coordinator {
   private gatewayInstance: MinerGateway | undefined;
   private uploaderInstance: S3Uploader | undefined;
   private revocationsInstance: RevocationWatcher | undefined;
+  private retentionInstance: RetentionSweeper | undefined;
   private address = "";
 
   constructor(private readonly options: CoordinatorOptions) {}
@@ -119,7 +121,8 @@ export class Coordinator {
       // Before miners can connect: nothing is being written yet.
       const swept = await ctx.results.sweep(async (jobId) => {
         const job = await store.getJobById(jobId);
-        return job === null ? undefined : (job.result?.location ?? null);
+        // A removed result (deleted, expired) keeps its record but not its file.
+        return job === null ? undefined : job.result === null || job.result.removed !== undefined ? null : job.result.location;
       });
       if (swept.removed > 0 || swept.unknown > 0) log.info(swept, "result files swept: removed those no committed result points to");
       const app = await this.buildApp(ctx, gateway);
@@ -129,6 +132,16 @@ export class Coordinator {
       const revocations = new RevocationWatcher(store, [gateway, ctx.streams], config.limits.revocationCheckMs, log.child({ component: "revocations" }));
       this.revocationsInstance = revocations;
       revocations.start();
+      const retention = new RetentionSweeper({
+        store,
+        results: ctx.results,
+        retentionMs: config.results.retentionMs,
+        sweepMs: config.results.retentionSweepMs,
+        log: log.child({ component: "retention" }),
+        now: ctx.now,
+      });
+      this.retentionInstance = retention;
+      retention.start();
       const uploader = new S3Uploader({ config: config.s3, store, results: ctx.results, events, log, now: ctx.now });
       this.uploaderInstance = uploader;
       await uploader.start();
@@ -152,13 +165,16 @@ export class Coordinator {
       // (Event streams and WebSockets are answered or upgraded first; these do not cut them.)
       requestTimeout: config.server.requestTimeoutMs,
       keepAliveTimeout: config.server.keepAliveTimeoutMs,
+      http: {
+        // Node requires headersTimeout ≤ requestTimeout; both are enforced on this interval (30 s by default).
+        headersTimeout: Math.min(config.server.headersTimeoutMs, config.server.requestTimeoutMs || Infinity),
+        connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(Math.min(config.server.headersTimeoutMs, config.server.requestTimeoutMs || Infinity) / 4))),
+      },
       // A bad percent-encoding or an over-long path parameter is answered by the router itself;
       // without this it would be plain JSON instead of problem+json.
       frameworkErrors: (err, request, reply) => void errorHandler(log)(err, request, reply),
     });
 
-    // Node requires headersTimeout ≤ requestTimeout when both are set.
-    app.server.headersTimeout = Math.min(config.server.headersTimeoutMs, config.server.requestTimeoutMs || Infinity);
     // TypeBox checks every request part (see validator.ts).
     app.setValidatorCompiler(validatorCompiler);
     app.setErrorHandler(errorHandler(log));
@@ -223,6 +239,7 @@ export class Coordinator {
     this.stopping ??= (async () => {
       this.transition("stopping");
       await this.revocationsInstance?.stop();
+      await this.retentionInstance?.stop();
       await this.gatewayInstance?.stop();
       await this.appInstance?.close();
       await this.uploaderInstance?.stop();

@@ -502,10 +502,12 @@ export function encodeFrame(frame: MinerFrame | CoordinatorFrame): string {
   return JSON.stringify(frame);
 }
 
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
 /**
  * The output a result frame carries, checked: for chunked results the chunks (any order) must be
  * seq 0…chunks-1 exactly once, of the same (job_id, attempt, lease_token); the joined UTF-8
- * bytes must have `output_bytes` length and the `sha256`. The coordinator answers ack "invalid"
+ * bytes must have `output_bytes` length and the `sha256`, and be valid UTF-8. The coordinator answers ack "invalid"
  * when this fails. Pure; shared so both sides agree on the rules.
  */
 export function assembleResult(
@@ -537,5 +539,15 @@ export function assembleResult(
   }
   if (bytes.length !== result.output_bytes) return { ok: false, reason: "output_bytes does not match" };
   if (createHash("sha256").update(bytes).digest("hex") !== result.sha256) return { ok: false, reason: "sha256 does not match" };
-  return { ok: true, output: result.output ?? bytes.toString("utf8"), bytes };
+  // The output is text: its bytes must be the UTF-8 they claim to be, so what is stored, hashed
+  // and served are the same bytes (invalid sequences would be replaced when served as text, and a
+  // lone surrogate in an inline string is not UTF-8 at all).
+  let output: string;
+  try {
+    output = STRICT_UTF8.decode(bytes);
+  } catch {
+    return { ok: false, reason: "the output is not valid UTF-8" };
+  }
+  if (result.output !== undefined && output !== result.output) return { ok: false, reason: "the output is not valid UTF-8 (a lone surrogate)" };
+  return { ok: true, output, bytes };
 }

@@ -63,13 +63,16 @@ export type SubmitJobResponse = Static<typeof SubmitJobResponseSchema>;
 
 export const JobResultSchema = Type.Object({
   /** Where to fetch it: GET /v1/jobs/{id}/download. */
-  download_url: Type.String(),
-  format: Type.String(),
-  sha256: Type.String(),
-  bytes: Type.Integer(),
-  finish_reason: Type.String(),
+  download_url: Type.String({ description: "GET this to download the result (JSON or text, per output_config.format)" }),
+  format: Type.String({ description: "output_config.format: json (a document with the output and its metadata) or text (the output alone)" }),
+  output_sha256: Type.String({
+    description:
+      "Lowercase hex SHA-256 of the generated text's UTF-8 bytes (what the miner hashed). With format text it is also the download's; with format json the download's own checksum is its Digest/ETag header.",
+  }),
+  output_bytes: Type.Integer({ description: "Size of the generated text in UTF-8 bytes." }),
+  finish_reason: Type.String({ description: "length (max_new_tokens reached), eos (the model ended), stop (a stop sequence), cancelled" }),
   usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() }),
-  tokens_per_second: Type.Number(),
+  tokens_per_second: Type.Number({ description: "Decode speed the miner reported for this run (clamped to a plausible maximum)." }),
   /** "local", the requested s3://bucket/prefix while its upload is pending or failed, the object's s3:// URI once uploaded. */
   destination: Type.String(),
   /** Only for s3:// destinations: pending (not tried yet or retrying), uploaded, or failed (the error; the local copy stays). */
@@ -80,6 +83,11 @@ export const JobResultSchema = Type.Object({
       error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
       attempts: Type.Optional(Type.Integer()),
     }),
+  ),
+  /** false once the stored output is gone (deleted by its owner, or past [results] retention); the download then answers 410. */
+  available: Type.Boolean({ description: "false once the stored output was deleted (DELETE /v1/jobs/{id}/result) or expired ([results] retention); the download then answers 410" }),
+  removed: Type.Optional(
+    Type.Object({ reason: Type.Union([Type.Literal("deleted"), Type.Literal("expired")]), at: IsoTime }, { description: "Why and when the stored output was removed." }),
   ),
 });
 
@@ -156,9 +164,9 @@ export const CancelResponseSchema = Type.Object({
 });
 
 export const FileResponseSchema = Type.Object({
-  file_id: Type.String(),
-  bytes: Type.Integer(),
-  sha256: Type.String(),
+  file_id: Type.String({ description: "Use as a job's input." }),
+  bytes: Type.Integer({ description: "Size of the file as uploaded (a leading byte-order mark included)." }),
+  sha256: Type.String({ description: "Lowercase hex SHA-256 of the file as uploaded: what sha256sum of the uploaded file prints. The prompt is its UTF-8 text without a leading byte-order mark." }),
   created_at: IsoTime,
 });
 

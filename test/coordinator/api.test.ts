@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GENERATION_DEFAULTS } from "../../src/protocol/generation.js";
 import { expectProblem, startApi, submit, uniqueModel, type ApiHarness } from "./api-harness.js";
@@ -241,7 +242,9 @@ describe("GET /v1/jobs/{id}", () => {
       result: {
         download_url: `/v1/jobs/${id2}/download`,
         format: "json",
-        bytes: 14,
+        output_bytes: 14,
+        output_sha256: createHash("sha256").update("generated text").digest("hex"),
+        available: true,
         finish_reason: "length",
         usage: { prompt_tokens: 3, completion_tokens: 5 },
       },

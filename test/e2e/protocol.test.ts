@@ -68,7 +68,7 @@ describe("miner protocol against the real coordinator", () => {
 
     const done = await cluster.job(jobId);
     expect(done).toMatchObject({ status: "completed", attempt: 2, miner_id: b.welcome.miner_id });
-    const download = await cluster.api<{ output: string; sha256: string }>("GET", `/v1/jobs/${jobId}/download`);
+    const download = await cluster.api<{ output: string; output_sha256: string }>("GET", `/v1/jobs/${jobId}/download`);
     expect(download.body.output).toBe(output);
     const changes = (await cluster.events(jobId)).map((e) => e.event);
     expect(changes.filter((e) => e === "completed")).toHaveLength(1);

@@ -51,6 +51,8 @@ const ENDPOINTS: { method: string; route: () => string; body?: () => { type: str
   { method: "GET", route: () => `/v1/jobs/${acmeDone}/download` },
   { method: "GET", route: () => `/v1/jobs/${acmeDone}/events` },
   { method: "POST", route: () => "/v1/files", body: () => ({ type: "text/plain", data: "file text" }) },
+  { method: "DELETE", route: () => "/v1/files/file_doesnotexist" },
+  { method: "DELETE", route: () => `/v1/jobs/${globexDone}/result` },
   // The router decodes paths: an encoded route must still need a key.
   { method: "GET", route: () => "/%761/jobs" },
   { method: "GET", route: () => `/v1/jobs/%6aob_${acmeDone.slice(4)}` },
@@ -110,6 +112,7 @@ describe("auth matrix: another tenant's jobs", () => {
       await expectProblem(await h.call("DELETE", `/v1/jobs/${id}`), 404, "job_not_found");
       await expectProblem(await h.call("GET", `/v1/jobs/${id}/download`), 404, "job_not_found");
       await expectProblem(await h.call("GET", `/v1/jobs/${id}/events`), 404, "job_not_found");
+      await expectProblem(await h.call("DELETE", `/v1/jobs/${id}/result`), 404, "job_not_found");
     }
     // The refused cancel changed nothing; the owner still sees its jobs.
     expect(await h.coordinator.store.getJobById(globexQueued)).toMatchObject({ status: "queued", cancelRequested: false });
@@ -155,6 +158,16 @@ describe("auth matrix: miner gateway", () => {
     expect(await upgrade(`Bearer ${revokedMiner}`)).toBe(401);
     expect(await upgrade("Bearer aitbc_mk_0000000000000000000000000000000000000000")).toBe(401);
     expect(await upgrade(`Bearer ${minerKey}`)).toBe(101);
+  });
+
+  it("a plain GET (no upgrade) is answered as problem+json: 401 without a miner key, 426 with one", async () => {
+    const noKey = await rawRequest(h.url, "GET", "/v1/miners/connect");
+    expectWellFormed(noKey, "plain GET without a key");
+    expect(noKey.status).toBe(401);
+    const withKey = await rawRequest(h.url, "GET", "/v1/miners/connect", { authorization: `Bearer ${minerKey}` });
+    expectWellFormed(withKey, "plain GET with a miner key");
+    expect(withKey.status).toBe(426);
+    expect(JSON.parse(withKey.text) as Record<string, unknown>).toMatchObject({ code: "upgrade_required" });
   });
 
   it("a refused upgrade is answered as problem+json", async () => {

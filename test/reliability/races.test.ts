@@ -153,7 +153,7 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     const acks = [await m.next<AckFrame>(isAck(id, a.attempt)), await m.next<AckFrame>(isAck(id, a.attempt))];
     expect(acks.map((k) => k.status)).toEqual(["committed", "duplicate"]);
     m.close();
-    expect(await c.job(id)).toMatchObject({ status: "completed", attempt: 1, result: { sha256: createHash("sha256").update(output).digest("hex") } });
+    expect(await c.job(id)).toMatchObject({ status: "completed", attempt: 1, result: { output_sha256: createHash("sha256").update(output).digest("hex") } });
     await expectOneCompletedEvent(r, id);
 
     // Two connections of the same miner at once, many times over (which copy is stored first varies).
@@ -197,7 +197,7 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
       expect(job).toMatchObject({ status: "completed", attempt: 1 });
       const download = await r.cluster.api<{ output: string }>("GET", `/v1/jobs/${run.id}/download`);
       // The file served is the one the commit recorded, not the other copy written over it.
-      expect(createHash("sha256").update(download.body.output).digest("hex")).toBe((job.result as { sha256: string }).sha256);
+      expect(createHash("sha256").update(download.body.output).digest("hex")).toBe((job.result as { output_sha256: string }).output_sha256);
       const winner = outputs.indexOf(download.body.output);
       expect(winner).toBeGreaterThanOrEqual(0);
       // Whichever copy was stored first is the result; the other connection is told stale.

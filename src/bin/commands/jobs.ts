@@ -464,7 +464,7 @@ function formatStatus(job: JobStatus): string {
     const r = job.result;
     rows.push([
       "result",
-      `${r.bytes} bytes, ${r.usage.completion_tokens} tokens, ${r.tokens_per_second} tok/s, finish ${r.finish_reason}; aitbc jobs download ${job.job_id}`,
+      `${r.output_bytes} bytes, ${r.usage.completion_tokens} tokens, ${r.tokens_per_second} tok/s, finish ${r.finish_reason}; aitbc jobs download ${job.job_id}`,
     ]);
   }
   return rows.map(([k, v]) => `${k.padEnd(10)} ${v}\n`).join("");

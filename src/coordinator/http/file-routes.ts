@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
-import { AppError, ValidationError } from "../../common/errors.js";
+import { Type } from "@sinclair/typebox";
+import { AppError, NotFoundError, ValidationError } from "../../common/errors.js";
 import { FileResponseSchema, ProblemSchema } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
 import { tenantOf } from "./auth-hook.js";
@@ -24,7 +25,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           summary: "Upload a UTF-8 text file to use as a job's input",
           tags: ["files"],
           consumes: ["text/plain", "application/octet-stream"],
-          response: { 201: FileResponseSchema, 400: ProblemSchema, 401: ProblemSchema, 413: ProblemSchema, 415: ProblemSchema, 422: ProblemSchema },
+          response: { 201: FileResponseSchema, 400: ProblemSchema, 401: ProblemSchema, 413: ProblemSchema, 415: ProblemSchema, 422: ProblemSchema, 429: ProblemSchema },
         },
       },
       async (request, reply) => {
@@ -47,9 +48,36 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         }
         // Size and hash describe the bytes as uploaded (what `sha256sum` of the client's file says);
         // the prompt is the decoded text, without a leading BOM.
+        const tenant = tenantOf(request);
+        const usage = await ctx.store.usage(tenant);
+        const quota = ctx.config.limits.maxFileBytesPerTenant;
+        if (usage.fileBytes + body.length > quota) {
+          throw new AppError(
+            "storage_quota_exceeded",
+            `this tenant's files take ${usage.fileBytes} bytes of its ${quota}-byte quota ([limits] max_file_bytes_per_tenant); this file of ${body.length} bytes does not fit: delete files (DELETE /v1/files/{id})`,
+            { status: 429, details: { quota: "files", limit_bytes: quota, used_bytes: usage.fileBytes } },
+          );
+        }
         const sha = createHash("sha256").update(body).digest("hex");
-        const file = await ctx.store.createFile(tenantOf(request), text, { sha256: sha, bytes: body.length }, ctx.now());
+        const file = await ctx.store.createFile(tenant, text, { sha256: sha, bytes: body.length }, ctx.now());
         return reply.code(201).send({ file_id: file.id, bytes: file.bytes, sha256: file.sha256, created_at: new Date(file.createdAt).toISOString() });
+      },
+    );
+
+    app.delete(
+      "/v1/files/:file_id",
+      {
+        schema: {
+          summary: "Delete an uploaded file",
+          description: "Jobs that used the file keep their own copy of the prompt. 404 for an unknown file or another tenant's.",
+          tags: ["files"],
+          params: Type.Object({ file_id: Type.String({ pattern: "^file_[a-z0-9]{1,64}$" }) }),
+          response: { 204: Type.Null(), 401: ProblemSchema, 404: ProblemSchema },
+        },
+      },
+      async (request, reply) => {
+        if (!(await ctx.store.deleteFile(tenantOf(request), request.params.file_id))) throw new NotFoundError("file_not_found", "no such file");
+        return reply.code(204).send(null);
       },
     );
   };

@@ -96,6 +96,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           body: SubmitJobBodySchema,
           headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
           response: { 201: SubmitJobResponseSchema, 200: SubmitJobResponseSchema, 413: ProblemSchema, ...errors },
+          description: "429 storage_quota_exceeded when the tenant's stored results are over [limits] max_result_bytes_per_tenant; 429 queue_full past max_queued_jobs_per_tenant.",
         },
       },
       async (request, reply) => {
@@ -121,6 +122,14 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         }
         const requirements = body.requirements ?? {};
         const parameters = resolveGenerationParameters(body.parameters, () => randomInt(0, GENERATION_BOUNDS.seed.max));
+        const usage = await ctx.store.usage(tenant);
+        if (usage.resultBytes >= ctx.config.limits.maxResultBytesPerTenant) {
+          throw new AppError(
+            "storage_quota_exceeded",
+            `this tenant's stored results take ${usage.resultBytes} bytes of its ${ctx.config.limits.maxResultBytesPerTenant}-byte quota ([limits] max_result_bytes_per_tenant): delete results (DELETE /v1/jobs/{id}/result) or wait for them to expire`,
+            { status: 429, details: { quota: "results", limit_bytes: ctx.config.limits.maxResultBytesPerTenant, used_bytes: usage.resultBytes } },
+          );
+        }
         const queued = await ctx.store.countQueued({ tenant });
         if (queued >= ctx.config.limits.maxQueuedPerTenant) {
           void reply.header("Retry-After", "10");
@@ -241,7 +250,15 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
 
     app.get(
       "/v1/jobs/:job_id/download",
-      { schema: { summary: "Download the result (JSON or text, per output_config.format)", tags: ["jobs"], params: JobIdParamsSchema } },
+      {
+        schema: {
+          summary: "Download the result (JSON or text, per output_config.format)",
+          description:
+            "The body's own SHA-256 is in the Digest (sha-256=<base64>) and ETag (\"<hex>\") headers. With format text the body is the generated text and that checksum equals result.output_sha256; with format json the body is a document whose output_sha256/output_bytes describe its `output` field.",
+          tags: ["jobs"],
+          params: JobIdParamsSchema,
+        },
+      },
       async (request, reply) => {
         const job = await ctx.store.getJob(tenantOf(request), request.params.job_id);
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
@@ -251,11 +268,51 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
             state: job.status,
           });
         }
-        const doc = renderResult(job, job.result, await ctx.results.read(job.result.location));
-        if (doc.ext === "txt") {
-          void reply.header("Digest", `sha-256=${Buffer.from(job.result.sha256, "hex").toString("base64")}`);
+        const removed = job.result.removed;
+        if (removed !== undefined) {
+          throw new AppError(
+            removed.reason === "expired" ? "result_expired" : "result_deleted",
+            removed.reason === "expired"
+              ? `the result was deleted at ${new Date(removed.at).toISOString()}, past the coordinator's retention ([results] retention)`
+              : `the result was deleted by its owner at ${new Date(removed.at).toISOString()}`,
+            { status: 410, details: { job_id: job.id } },
+          );
         }
-        return reply.type(doc.contentType).header("Content-Disposition", `attachment; filename="${job.id}.${doc.ext}"`).send(doc.body);
+        const doc = renderResult(job, job.result, await ctx.results.read(job.result.location));
+        const body = Buffer.from(doc.body, "utf8");
+        const digest = createHash("sha256").update(body).digest();
+        return reply
+          .type(doc.contentType)
+          .header("Content-Disposition", `attachment; filename="${job.id}.${doc.ext}"`)
+          .header("Digest", `sha-256=${digest.toString("base64")}`)
+          .header("ETag", `"${digest.toString("hex")}"`)
+          .send(body);
+      },
+    );
+
+    app.delete(
+      "/v1/jobs/:job_id/result",
+      {
+        schema: {
+          summary: "Delete a completed job's stored result",
+          description:
+            "The job record stays (its result says available: false, removed.reason deleted) and the download answers 410. Idempotent: deleting again answers 204 too. A copy already uploaded to an s3:// destination is the tenant's and is not touched.",
+          tags: ["jobs"],
+          params: JobIdParamsSchema,
+          response: { 204: Type.Null(), ...errors },
+        },
+      },
+      async (request, reply) => {
+        const tenant = tenantOf(request);
+        const job = await ctx.store.getJob(tenant, request.params.job_id);
+        if (job === null) throw new NotFoundError("job_not_found", "no such job");
+        if (job.status !== "completed") {
+          throw new ConflictError("job_not_completed", `the job is ${job.status}; only a completed job has a result to delete`, { job_id: job.id, state: job.status });
+        }
+        const removed = await ctx.store.removeResult(tenant, job.id, "deleted", ctx.now());
+        // After the commit: a crash before this leaves a file the start-up sweep removes.
+        if (removed !== null) await ctx.results.remove(removed.location);
+        return reply.code(204).send(null);
       },
     );
   };

@@ -10,7 +10,9 @@ export interface RenderedResult {
 
 /**
  * Renders the stored output of a completed job per its output_config.format, so that the
- * download route and the S3 upload produce identical bytes.
+ * download route and the S3 upload produce identical bytes. In the JSON document
+ * `output_sha256`/`output_bytes` describe `output`'s UTF-8 bytes (the generated text), not the
+ * document; the download's Digest and ETag headers describe the bytes served.
  */
 export function renderResult(job: JobRecord, result: StoredResult, output: Buffer): RenderedResult {
   const text = output.toString("utf8");
@@ -22,7 +24,8 @@ export function renderResult(job: JobRecord, result: StoredResult, output: Buffe
       output: text,
       finish_reason: result.finishReason,
       usage: result.usage,
-      sha256: result.sha256,
+      output_sha256: result.sha256,
+      output_bytes: result.bytes,
       parameters: job.parameters,
       miner_id: job.minerId,
       completed_at: job.completedAt === null ? null : new Date(job.completedAt).toISOString(),
