@@ -380,7 +380,8 @@ describe("hostile client: slow sockets", () => {
     await sync(m);
     expect(m.closed).toBeUndefined();
     const reader = events.body!.getReader();
-    expect(new TextDecoder().decode((await reader.read()).value)).toContain("event: snapshot");
+    const first = (await reader.read()) as { value?: Uint8Array };
+    expect(new TextDecoder().decode(first.value)).toContain("event: snapshot");
     ac.abort();
     m.close();
   });
