@@ -5,6 +5,7 @@ import { AppError, errorMessage } from "../../common/errors.js";
 import { ApiClient } from "../../client/api-client.js";
 import { ApiError } from "../../client/api-error.js";
 import { resolveClientSettings } from "../../client/client-settings.js";
+import { terminalLine, terminalText } from "../../client/terminal-text.js";
 import type { JobStatus, OutputFormat, SubmitJobBody } from "../../protocol/jobs.js";
 import { OUTPUT_FORMATS } from "../../protocol/jobs.js";
 import { JOB_STATES, PRIORITIES, type JobState, type Priority } from "../../protocol/version.js";
@@ -65,6 +66,7 @@ interface SubmitOptions extends ConnectionOptions {
   idempotencyKey?: string;
   wait?: boolean;
   output?: string;
+  raw?: boolean;
   json?: boolean;
 }
 
@@ -98,9 +100,18 @@ function clientFor(opts: ConnectionOptions): ApiClient {
 
 /** One line for the user, never a stack trace. */
 function describe(err: unknown): string {
-  if (err instanceof ApiError) return err.oneLine();
-  if (err instanceof AppError) return err.message;
-  return errorMessage(err);
+  if (err instanceof ApiError) return terminalLine(err.oneLine());
+  if (err instanceof AppError) return terminalLine(err.message);
+  return terminalLine(errorMessage(err));
+}
+
+/**
+ * Where a result goes: raw bytes to a file (--output), a pipe or with --raw; on a terminal,
+ * text that came from a miner is shown with its control characters escaped (terminal-text.ts).
+ */
+function writeResult(data: string | Buffer, raw: boolean): void {
+  if (raw || process.stdout.isTTY !== true) process.stdout.write(data);
+  else process.stdout.write(terminalText(typeof data === "string" ? data : data.toString("utf8")));
 }
 
 /** Runs an action; a thrown error becomes one line on stderr and exit code 3. */
@@ -157,6 +168,7 @@ export function registerJobsCommand(program: Command): void {
       .option("--idempotency-key <key>", "a retried submit with the same key returns the same job")
       .option("--wait", "follow the job until it ends, then print the result text")
       .option("--output <file>", "with --wait: write the result text to this file instead of stdout")
+      .option("--raw", "with --wait: print the result as it is even on a terminal (control characters are escaped by default there)")
       .option("--json", "print the API's JSON (with --wait: the final job status)"),
   )
     .addHelpText("after", HELP_FOOTER)
@@ -168,10 +180,11 @@ export function registerJobsCommand(program: Command): void {
       .description("follow a job until it ends (progress, then the result text)")
       .argument("<job_id>", "job id")
       .option("--output <file>", "write the result text to this file instead of stdout")
+      .option("--raw", "print the result as it is even on a terminal (control characters are escaped by default there)")
       .option("--json", "print the final job status as JSON"),
   ).action(
-    action(async (jobId: string, opts: ConnectionOptions & { output?: string; json?: boolean }) =>
-      follow(clientFor(opts), jobId, { output: opts.output, json: opts.json === true }),
+    action(async (jobId: string, opts: ConnectionOptions & { output?: string; raw?: boolean; json?: boolean }) =>
+      follow(clientFor(opts), jobId, { output: opts.output, raw: opts.raw === true, json: opts.json === true }),
     ),
   );
 
@@ -241,11 +254,12 @@ export function registerJobsCommand(program: Command): void {
       .command("download")
       .description("download a completed job's result as stored (JSON or text, per its --format)")
       .argument("<job_id>", "job id")
-      .option("--output <file>", "write to this file instead of stdout"),
+      .option("--output <file>", "write to this file instead of stdout")
+      .option("--raw", "print it as it is even on a terminal (control characters are escaped by default there)"),
   ).action(
-    action(async (jobId: string, opts: ConnectionOptions & { output?: string }) => {
+    action(async (jobId: string, opts: ConnectionOptions & { output?: string; raw?: boolean }) => {
       const { body } = await clientFor(opts).download(jobId);
-      if (opts.output === undefined) process.stdout.write(body);
+      if (opts.output === undefined) writeResult(body, opts.raw === true);
       else {
         writeOutput(opts.output, body);
         process.stderr.write(`wrote ${body.length} bytes to ${opts.output}\n`);
@@ -308,7 +322,7 @@ async function submit(opts: SubmitOptions): Promise<number> {
     return JOBS_EXIT.ok;
   }
   if (opts.json !== true) process.stderr.write(`submitted ${submitted.job_id}\n`);
-  return follow(client, submitted.job_id, { output: opts.output, json: opts.json === true });
+  return follow(client, submitted.job_id, { output: opts.output, raw: opts.raw === true, json: opts.json === true });
 }
 
 /** Shows a job's progress: a cli-progress bar on a TTY, throttled plain lines otherwise. */
@@ -328,7 +342,7 @@ class ProgressView {
     }
     if (state === this.lastState) return;
     this.lastState = state;
-    process.stderr.write(`${line}\n`);
+    process.stderr.write(`${terminalLine(line)}\n`);
   }
 
   progress(p: { progress: number; tokens: number; maxTokens: number; tokensPerSecond: number }): void {
@@ -384,7 +398,7 @@ function queuedLine(job: JobStatus): string {
  * Follows a job to its end over Server-Sent Events, then prints the result text (completed) or
  * the error; the exit code says which. Ctrl-C only stops following.
  */
-async function follow(client: ApiClient, jobId: string, opts: { output?: string | undefined; json: boolean }): Promise<number> {
+async function follow(client: ApiClient, jobId: string, opts: { output?: string | undefined; raw?: boolean; json: boolean }): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
   const onSigint = (): void => {
@@ -420,13 +434,13 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
       writeOutput(opts.output, Buffer.from(text, "utf8"));
       if (!quiet) process.stderr.write(`wrote the result to ${opts.output}\n`);
     } else if (!quiet) {
-      process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+      writeResult(text.endsWith("\n") ? text : `${text}\n`, opts.raw === true);
     }
     if (opts.json) printJson(job);
     return JOBS_EXIT.ok;
   }
   if (opts.json) printJson(job);
-  const why = job.error === null ? "" : `: ${job.error.message} (${job.error.code})`;
+  const why = job.error === null ? "" : `: ${terminalLine(job.error.message)} (${terminalLine(job.error.code)})`;
   process.stderr.write(`aitbc: job ${jobId} ${job.status.replace("_", " ")}${why}\n`);
   if (job.status === "cancelled") return JOBS_EXIT.cancelled;
   if (job.status === "failed" || job.status === "timed_out" || job.status === "expired") return JOBS_EXIT.failed;
@@ -467,7 +481,8 @@ function formatStatus(job: JobStatus): string {
       `${r.output_bytes} bytes, ${r.usage.completion_tokens} tokens, ${r.tokens_per_second} tok/s, finish ${r.finish_reason}; aitbc jobs download ${job.job_id}`,
     ]);
   }
-  return rows.map(([k, v]) => `${k.padEnd(10)} ${v}\n`).join("");
+  // Every value may come from a miner or another client: one line each, nothing that drives the terminal.
+  return rows.map(([k, v]) => `${k.padEnd(10)} ${terminalLine(v)}\n`).join("");
 }
 
 function printPage(page: Awaited<ReturnType<ApiClient["listJobs"]>>, json: boolean, again: string): void {
@@ -475,7 +490,7 @@ function printPage(page: Awaited<ReturnType<ApiClient["listJobs"]>>, json: boole
     printJson(page);
     return;
   }
-  const rows = page.jobs.map((j) => [j.job_id, j.status, j.model, `${j.progress}%`, j.created_at, j.completed_at ?? "-"]);
+  const rows = page.jobs.map((j) => [j.job_id, j.status, j.model, `${j.progress}%`, j.created_at, j.completed_at ?? "-"].map(terminalLine));
   const head = ["JOB", "STATUS", "MODEL", "PROGRESS", "CREATED", "COMPLETED"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => `${cells.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()}\n`;
