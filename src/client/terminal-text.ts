@@ -6,9 +6,9 @@
  * joiners, the BOM) — are shown as visible escapes such as `\x1b` and `\u202e`. Printable
  * text, including every other Unicode character, is unchanged.
  */
-// eslint-disable-next-line no-control-regex
+ 
 const DRIVING = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/gu;
-// eslint-disable-next-line no-control-regex
+ 
 const DRIVING_OR_NEWLINE = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/gu;
 
 function escape(c: string): string {

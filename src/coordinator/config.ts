@@ -116,6 +116,12 @@ export const CoordinatorConfigSchema = Type.Object(
         frame_rate: Type.Number({ exclusiveMinimum: 0, default: 200 }),
         /** Frames a connection may send in a burst above frame_rate. Default 500. */
         frame_burst: Type.Integer({ minimum: 1, default: 500 }),
+        /** Bytes per second a connection may send on average (a token bucket, beside the frame one). Default "1MiB". */
+        byte_rate: Size("1MiB", "bytes per second per connection"),
+        /** Bytes a connection may send in a burst above byte_rate (a whole 48 MiB result fits). Default "64MiB". */
+        byte_burst: Size("64MiB", "byte burst per connection"),
+        /** After a connection of a key is closed for its frame budget, that key's new connections are refused (429) for this long. Default "10s". */
+        rate_limit_cooldown: Duration("10s", "cool-down after a frame-budget close"),
         /** Result chunk bytes one connection may have buffered (awaiting their result frame). Default "64MiB". */
         max_buffered_result_bytes_per_connection: Size("64MiB", "buffered result chunks per connection"),
         /** Result chunk bytes all connections together may have buffered. Default "512MiB". */
@@ -230,6 +236,9 @@ export interface CoordinatorConfig {
     maxConnectionsPerKey: number;
     frameRate: number;
     frameBurst: number;
+    byteRate: number;
+    byteBurst: number;
+    rateLimitCooldownMs: number;
     maxBufferedBytesPerConnection: number;
     maxBufferedBytes: number;
     maxSlots: number;
@@ -298,6 +307,9 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       maxConnectionsPerKey: raw.gateway.max_connections_per_key,
       frameRate: raw.gateway.frame_rate,
       frameBurst: raw.gateway.frame_burst,
+      byteRate: s("gateway.byte_rate", raw.gateway.byte_rate),
+      byteBurst: s("gateway.byte_burst", raw.gateway.byte_burst),
+      rateLimitCooldownMs: d("gateway.rate_limit_cooldown", raw.gateway.rate_limit_cooldown),
       maxBufferedBytesPerConnection: s("gateway.max_buffered_result_bytes_per_connection", raw.gateway.max_buffered_result_bytes_per_connection),
       maxBufferedBytes: s("gateway.max_buffered_result_bytes", raw.gateway.max_buffered_result_bytes),
       maxSlots: raw.gateway.max_slots,

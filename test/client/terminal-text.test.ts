@@ -20,9 +20,9 @@ describe("terminal text", () => {
   it("never lets a control character through, whatever the input", () => {
     fc.assert(
       fc.property(fc.string({ unit: "binary", maxLength: 200 }), (s) => {
-        // eslint-disable-next-line no-control-regex
+         
         expect(terminalLine(s)).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u);
-        // eslint-disable-next-line no-control-regex
+         
         expect(terminalText(s)).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/u);
       }),
       { numRuns: 500 },

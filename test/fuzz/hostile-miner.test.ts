@@ -121,16 +121,31 @@ describe("hostile miner: floods of progress and heartbeats (2)", () => {
     m.close();
   });
 
-  it("past the frame budget a connection gets an error frame rate_limited and is closed; others are unaffected", async () => {
-    const hh = await start({ "gateway.frame_rate": 5, "gateway.frame_burst": 20 });
-    const { m: calm } = await minerWith(hh, "calm", {});
+  it("past the frame budget a connection gets an error frame rate_limited and is closed, and its key cools down; other keys are unaffected", async () => {
+    const hh = await start({ "gateway.frame_rate": 5, "gateway.frame_burst": 20, "gateway.rate_limit_cooldown": "1h" });
+    const calmKey = await hh.newKey("acme", "miner");
+    const calm = await RawMiner.open(hh.wsUrl, calmKey.key);
+    calm.send(helloFrame("calm"));
+    await calm.next<WelcomeFrame>((f) => f.type === "welcome");
     const { m: noisy } = await minerWith(hh, "noisy", {});
     for (let i = 0; i < 200; i++) noisy.send({ type: "heartbeat", in_flight: [], free_slots: 0 });
     expect(await noisy.next<ErrorFrame>((f) => f.type === "error")).toMatchObject({ code: "rate_limited", fatal: true });
     expect((await noisy.waitClosed()).code).toBe(1008);
+    // Reconnecting does not buy a fresh budget: the key is refused at the upgrade while it cools down.
+    await expect(RawMiner.open(hh.wsUrl, hh.minerKey)).rejects.toThrow(/429/);
     await sync(calm);
     expect(calm.closed).toBeUndefined();
     calm.close();
+  });
+
+  it("the byte budget closes a connection that sends large frames, however few", async () => {
+    const hh = await start({ "gateway.byte_rate": "1KiB", "gateway.byte_burst": "2MiB" });
+    const { m } = await minerWith(hh, "heavy", {});
+    const entry = { job_id: "job_nosuchjob", attempt: 1, lease_token: "x", state: "running" };
+    // About 440 KB each: five of them are over the 2 MiB burst.
+    for (let i = 0; i < 8; i++) m.send({ type: "heartbeat", in_flight: Array(4000).fill(entry), free_slots: 0 });
+    expect(await m.next<ErrorFrame>((f) => f.type === "error" && f.code === "rate_limited")).toMatchObject({ fatal: true });
+    expect((await m.waitClosed()).code).toBe(1008);
   });
 });
 

@@ -62,7 +62,7 @@ async function onTerminal(args: string[]): Promise<string> {
   return stdout;
 }
 
-// eslint-disable-next-line no-control-regex
+ 
 const DRIVING = /[\u001b\u0007\u009b\u202e]/u;
 
 describe("untrusted text on a terminal", () => {

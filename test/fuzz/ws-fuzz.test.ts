@@ -128,7 +128,8 @@ class FuzzMiner {
 }
 
 beforeAll(async () => {
-  h = await startApi({ "limits.requests_per_minute": 1_000_000, "limits.requests_per_hour": 1_000_000 });
+  // A frame budget the fuzz stays within (its own describe block below tests the budget itself).
+  h = await startApi({ "limits.requests_per_minute": 1_000_000, "limits.requests_per_hour": 1_000_000, "gateway.frame_rate": 10_000, "gateway.frame_burst": 10_000 });
   wsUrl = `${h.url.replace(/^http/, "ws")}/v1/miners/connect`;
   minerKey = (await h.newKey("acme", "miner")).key;
   const store = h.coordinator.store;
@@ -244,6 +245,13 @@ const frameText = fc.oneof(
 );
 
 const HEARTBEAT = JSON.stringify({ type: "heartbeat", in_flight: [], free_slots: 0 });
+
+/** Resolves once a frame matching `match` arrived, or the connection closed (then the caller's checks decide). */
+async function waitForFrame(frames: CoordinatorFrame[], match: (f: CoordinatorFrame) => boolean, closed: Promise<number>): Promise<void> {
+  let done = false;
+  void closed.then(() => (done = true));
+  while (!done && !frames.some(match)) await sleep(10);
+}
 const SYNC = JSON.stringify({ type: "fuzz_sync" });
 
 function count(name: string): void {
@@ -365,6 +373,47 @@ describe("miner gateway under fuzzed frames", { timeout: 60_000 * SCALE }, () =>
       bad.send(Buffer.from(bytes), false);
       count("non-UTF-8 text frames");
       expect((await bad.waitClosed()).code).toBe(1007);
+    }
+  });
+
+  it("the frame budget: a burst within frame_burst passes; past it an error frame rate_limited, then a close", async () => {
+    const BURST = 20;
+    // No cool-down: each run connects again at once with the same key (the cool-down has its own test).
+    const budgeted = await startApi({ "gateway.frame_rate": 1, "gateway.frame_burst": BURST, "gateway.rate_limit_cooldown": "0s" });
+    const url = `${budgeted.url.replace(/^http/, "ws")}/v1/miners/connect`;
+    const key = (await budgeted.newKey("acme", "miner")).key;
+    try {
+      await fc.assert(
+        fc.asyncProperty(fc.integer({ min: 1, max: 3 * BURST }), frameText.filter((t) => Buffer.byteLength(t) < 64 * 1024), async (n, text) => {
+          count("frame-budget bursts");
+          const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` } });
+          const frames: CoordinatorFrame[] = [];
+          const closed = new Promise<number>((resolve) => ws.on("close", (code: number) => resolve(code)));
+          ws.on("message", (d: Buffer) => frames.push(JSON.parse(d.toString()) as CoordinatorFrame));
+          await new Promise((resolve, reject) => {
+            ws.once("open", resolve);
+            ws.once("error", reject);
+          });
+          // The hello is the first frame of the burst; random frames (valid or not) fill it up.
+          ws.send(JSON.stringify({ type: "hello", protocol_version: PROTOCOL_VERSION, miner_name: "budget", version: "1", gpus: [], models: [], slots: 1, free_slots: 1, in_flight: [] }));
+          for (let i = 1; i < n; i++) ws.send(i % 2 === 0 ? HEARTBEAT : text);
+          if (n < BURST) {
+            // Within the burst (the sync frame included): answered, never closed for the rate (a random frame may still be invalid, three in a row close 1008).
+            ws.send(SYNC);
+            await waitForFrame(frames, (f) => f.type === "error" && f.code === "frame_unknown_type", closed);
+            expect(frames.some((f) => f.type === "error" && f.code === "rate_limited")).toBe(false);
+          } else if (n > BURST + 2) {
+            const code = await closed;
+            expect(frames.some((f) => f.type === "error" && f.code === "rate_limited" && f.fatal)).toBe(true);
+            expect(code).toBe(1008);
+          }
+          ws.terminate();
+        }),
+        { numRuns: 30 * SCALE, seed: SEED },
+      );
+      expect((await rawRequest(budgeted.url, "GET", "/healthz")).status).toBe(200);
+    } finally {
+      await budgeted.stop();
     }
   });
 

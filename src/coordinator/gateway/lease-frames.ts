@@ -90,8 +90,8 @@ export class LeaseFrames {
       progress,
     );
     if (!r.renewed) {
-      s.drop(lease.jobId, lease.attempt);
       s.stop(lease.jobId, lease.attempt, "lease_lost");
+      s.drop(lease.jobId, lease.attempt);
       return;
     }
     lease.renewedAt = now;

@@ -68,6 +68,8 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
   private readonly sessions = new Map<string, MinerSession>();
   private readonly connections = new Set<Connection>();
   private readonly perKey = new Map<string, number>();
+  /** Keys whose connection was closed for its frame budget, until when their new ones are refused. */
+  private readonly cooling = new Map<string, number>();
   /** Miner ids seen per key since start, so a revoked key's leases can be handed back. */
   private readonly minersByKey = new Map<string, Set<string>>();
   private readonly pool: ResultBufferPool;
@@ -185,6 +187,13 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
 
   private overLimit(key: ApiKeyRecord): { status: number; code: string; message: string } | undefined {
     const g = this.ctx.config.gateway;
+    const until = this.cooling.get(key.id);
+    if (until !== undefined) {
+      if (this.ctx.now() < until) {
+        return { status: 429, code: "rate_limited", message: `a connection of this miner key spent its frame budget; connect again after ${new Date(until).toISOString()}` };
+      }
+      this.cooling.delete(key.id);
+    }
     if (this.connections.size >= g.maxConnections) {
       return { status: 503, code: "too_many_connections", message: `the gateway holds its maximum of ${g.maxConnections} connections` };
     }
@@ -203,7 +212,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       link: new MinerLink({
         socket,
         log,
-        budget: new FrameBudget(g.frameRate, g.frameBurst, this.ctx.now()),
+        budget: new FrameBudget(g, this.ctx.now()),
         maxQueued: g.frameBurst * 2,
         pingIntervalMs: this.ctx.config.scheduler.heartbeatMs,
         maxMissedPongs: g.maxMissedPongs,
@@ -212,6 +221,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
         onFrame: (frame) => this.onFrame(conn, frame),
         onFailure: (err, frame) => this.onFailure(conn, err, frame),
         onClose: (code) => this.onClose(conn, code),
+        onOverBudget: () => this.cooling.set(key.id, this.ctx.now() + g.rateLimitCooldownMs),
       }),
     };
     // Re-checked here: upgrades that passed preValidation together may not all fit.
@@ -325,10 +335,17 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const now = this.ctx.now();
     const welcome: WelcomeFrame = { type: "welcome", miner_id: minerId, heartbeat_ms: heartbeatMs, lease_ttl_ms: leaseTtlMs, resumed: [], refused: [] };
     const claimed = new Set<string>();
+    // A miner holds at most its slots running plus their results waiting for an ack: entries past
+    // that are refused without a store read, so one hello cannot cost thousands of them.
+    const most = Math.max(8, 2 * session.slots);
     for (const f of hello.in_flight) {
       const key = leaseKey(f.job_id, f.attempt);
       if (claimed.has(key)) continue;
       claimed.add(key);
+      if (claimed.size > most) {
+        welcome.refused.push({ job_id: f.job_id, attempt: f.attempt, reason: "over_slots" });
+        continue;
+      }
       const r = await this.ctx.store.renewLease({ jobId: f.job_id, attempt: f.attempt, leaseToken: f.lease_token, minerId }, now, leaseTtlMs);
       const job = await this.ctx.store.getJobById(f.job_id);
       if (r.renewed && job !== null) {

@@ -21,6 +21,13 @@ export interface MinerLinkOptions {
   /** A handler threw (or rejected) for this frame. */
   onFailure: (err: unknown, frame: MinerFrame) => void;
   onClose: (code: number) => void;
+  /** The link is being closed for spending its frame budget. */
+  onOverBudget: () => void;
+}
+
+function frameSize(data: Buffer | ArrayBuffer | Buffer[]): number {
+  if (Array.isArray(data)) return data.reduce((n, b) => n + b.length, 0);
+  return data.byteLength;
 }
 
 /**
@@ -86,9 +93,10 @@ export class MinerLink {
   private message(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
     if (this.closing) return;
     this.alive();
-    if (!this.o.budget.take(this.o.now())) {
+    if (!this.o.budget.take(this.o.now(), frameSize(data))) {
       this.o.log.warn("miner over its frame budget: closing");
-      this.fatal("rate_limited", "more frames than the coordinator's frame budget allows ([gateway] frame_rate / frame_burst)");
+      this.o.onOverBudget();
+      this.fatal("rate_limited", "more frames or bytes than the coordinator's frame budget allows ([gateway] frame_rate, frame_burst, byte_rate, byte_burst)");
       return;
     }
     if (isBinary) return this.refuse("frame_invalid", "frames are JSON text");

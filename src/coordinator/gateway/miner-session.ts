@@ -98,7 +98,10 @@ export class MinerSession implements DispatchTarget {
   }
 
   stop(jobId: string, attempt: number, reason: string): void {
-    if (this.send({ type: "cancel", job_id: jobId, attempt, reason })) this.log.info({ jobId, attempt, reason }, "told miner to stop");
+    if (!this.send({ type: "cancel", job_id: jobId, attempt, reason })) return;
+    // A frame naming a lease it does not hold is the miner's mistake (or a flood): not an info line each.
+    if (reason === "lease_lost" && !this.leases.has(leaseKey(jobId, attempt))) this.log.debug({ jobId, attempt, reason }, "told miner to stop");
+    else this.log.info({ jobId, attempt, reason }, "told miner to stop");
   }
 
   hold(lease: HeldLease): void {
