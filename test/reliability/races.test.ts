@@ -34,12 +34,26 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     return () => p.next();
   }
 
-  /** POSTs until a 2xx, retrying network errors and 5xx with the same Idempotency-Key. */
-  async function submitWithRetry(r: Rig, key: string, body: Record<string, unknown>, deadlineMs = 60_000): Promise<{ id: string; tries: number }> {
+  /** One POST of a submit and how it ended (unset while unanswered). */
+  interface SubmitTry {
+    key: string;
+    outcome?: "answered" | "network_error";
+  }
+
+  /** POSTs until a 2xx, retrying network errors and 5xx with the same Idempotency-Key; each try goes to `log` when given. */
+  async function submitWithRetry(
+    r: Rig,
+    key: string,
+    body: Record<string, unknown>,
+    deadlineMs = 60_000,
+    log?: SubmitTry[],
+  ): Promise<{ id: string; tries: number }> {
     const deadline = Date.now() + deadlineMs;
     let tries = 0;
     for (;;) {
       tries++;
+      const attempt: SubmitTry = { key };
+      log?.push(attempt);
       try {
         const res = await fetch(`${r.cluster.baseUrl}/v1/jobs`, {
           method: "POST",
@@ -48,11 +62,13 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
           signal: AbortSignal.timeout(5_000),
         });
         const parsed = (await res.json()) as Record<string, unknown>;
+        attempt.outcome = "answered";
         if (res.status >= 200 && res.status < 300) return { id: parsed.job_id as string, tries };
         if (res.status < 500 && res.status !== 429) throw new Error(`submit ${key} answered ${res.status}: ${JSON.stringify(parsed)}`);
       } catch (err) {
         if (err instanceof Error && err.message.startsWith("submit ")) throw err;
         // connection refused/reset while the coordinator is down: retry
+        attempt.outcome ??= "network_error";
       }
       if (Date.now() > deadline) throw new Error(`submit ${key}: no 2xx before the deadline`);
       await sleep(50);
@@ -279,22 +295,35 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     const clients = 8;
     const perClient = 6;
     const accepted = new Map<string, string>();
+    const log: SubmitTry[] = [];
     let tries = 0;
     const storm = Promise.all(
       Array.from({ length: clients }, async (_, c) => {
         for (let k = 0; k < perClient; k++) {
           const key = `storm-${c}-${k}`;
-          const res = await submitWithRetry(r, key, { input: `storm ${c} ${k}`, parameters: { max_new_tokens: 4, seed: k } });
+          const res = await submitWithRetry(r, key, { input: `storm ${c} ${k}`, parameters: { max_new_tokens: 4, seed: k } }, 60_000, log);
           tries += res.tries;
           accepted.set(key, res.id);
         }
       }),
     );
-    await waitFor("some submits accepted", () => Promise.resolve(accepted.size), (n) => n >= 8, 30_000, 10);
-    await r.restartCoordinator();
+    await waitFor("some submits accepted", () => Promise.resolve(accepted.size), (n) => n >= 8, 30_000, 1);
+    // Kill while a submit is unanswered (8 clients keep one each going, so that is nearly always
+    // at once), and note in the same tick which ones are: the signal is sent before kill() awaits.
+    const openDeadline = Date.now() + 5_000;
+    while (!log.some((t) => t.outcome === undefined) && Date.now() < openDeadline) await sleep(1);
+    const killed = r.cluster.coordinator!.kill("SIGKILL");
+    const inFlightAtKill = log.filter((t) => t.outcome === undefined);
+    await killed;
+    r.op(`coordinator SIGKILL with ${inFlightAtKill.length} submits unanswered`);
+    await r.cluster.startCoordinator();
+    r.op("coordinator restarted");
     await storm;
     r.op(`storm done: ${accepted.size} keys accepted in ${tries} tries`);
     expect(accepted.size).toBe(clients * perClient);
+    // The kill cut into the storm: requests were on their way when it landed.
+    expect(inFlightAtKill.length, "submits started before the kill and unanswered when it landed").toBeGreaterThanOrEqual(1);
+    const cut = inFlightAtKill.filter((t) => t.outcome === "network_error").length;
     // A retry after the restart gets the same job back (the key is durable with the job).
     const again = await submitWithRetry(r, "storm-0-0", { input: "storm 0 0", parameters: { max_new_tokens: 4, seed: 0 } });
     expect(again.id).toBe(accepted.get("storm-0-0"));
@@ -304,7 +333,10 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     expect(report.violations).toEqual([]);
     expect(report.jobs).toBe(new Set(accepted.values()).size);
     expect(report.jobs).toBe(accepted.size);
-    console.log(`submit storm through a coordinator SIGKILL: ${clients} clients, ${accepted.size} keys accepted in ${tries} tries, ${report.jobs} jobs in the store`);
+    console.log(
+      `submit storm through a coordinator SIGKILL: ${clients} clients, ${accepted.size} keys accepted in ${tries} tries, ` +
+        `${inFlightAtKill.length} submits in flight at the kill (${cut} then failed with a network error, ${inFlightAtKill.length - cut} answered), ${report.jobs} jobs in the store`,
+    );
   });
 
   it("chaos: 300 jobs, miners killed and restarted, links cut, the coordinator restarted twice: all terminal, invariants hold", async () => {
