@@ -1,11 +1,16 @@
 import { createHash } from "node:crypto";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
+import Database from "better-sqlite3";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Prng } from "../../src/common/prng.js";
+import { databasePath } from "../../src/coordinator/coordinator.js";
+import { FakeEngine } from "../../src/miner/fake-engine.js";
 import type { AckFrame, AssignFrame, WelcomeFrame } from "../../src/protocol/frames.js";
+import { resolveGenerationParameters } from "../../src/protocol/generation.js";
 import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
 import { RawMiner, helloFrame, isAck, resultFrame } from "../e2e/raw-miner.js";
+import { readEventLogs } from "./event-log.js";
 import { checkInvariants } from "./invariants.js";
 import { Rig } from "./rig.js";
 
@@ -340,11 +345,13 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
   });
 
   it("chaos: 300 jobs, miners killed and restarted, links cut, the coordinator restarted twice: all terminal, invariants hold", async () => {
-    const r = (rig = await Rig.start({ AITBC_COORDINATOR_SCHEDULER_MAX_ATTEMPTS: "6" }));
+    const MAX_ATTEMPTS = 6;
+    const r = (rig = await Rig.start({ AITBC_COORDINATOR_SCHEDULER_MAX_ATTEMPTS: String(MAX_ATTEMPTS) }));
     const names = ["chaos-a", "chaos-b", "chaos-c"];
     for (const name of names) await r.startMiner({ name, tokensPerSecond: 120 });
     const rand = prng(2026);
     const accepted = new Map<string, string>();
+    const submitted = new Map<string, { input: string; parameters: { max_new_tokens: number; seed: number } }>();
     const faults: Record<string, number> = { miner_kill: 0, link_cut: 0, link_delay: 0, link_blackhole: 0, coordinator_restart: 0 };
     let submitting = true;
 
@@ -353,8 +360,10 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
       Array.from({ length: 4 }, async (_, c) => {
         for (let k = 0; k < 75; k++) {
           const key = `chaos-${c}-${k}`;
-          const res = await submitWithRetry(r, key, { input: `chaos ${c} ${k}`, parameters: { max_new_tokens: 5 + Math.floor(rand() * 20), seed: k } });
+          const body = { input: `chaos ${c} ${k}`, parameters: { max_new_tokens: 5 + Math.floor(rand() * 20), seed: k } };
+          const res = await submitWithRetry(r, key, body);
           accepted.set(key, res.id);
+          submitted.set(res.id, body);
           await sleep(Math.floor(rand() * 60));
         }
       }),
@@ -407,16 +416,96 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     await r.stopAll();
     const report = checkInvariants(r.cluster.dataDir, accepted.values());
     const injected = Object.values(faults).reduce((a, b) => a + b, 0);
+    const impact = faultImpact(r.cluster.dataDir, MAX_ATTEMPTS);
+    // Every job that completed after losing an attempt delivers what the same job gives with no fault.
+    const reference = new FakeEngine({ tokensPerSecond: 1_000_000, models: ["tiny-gpt2"], failAfterTokens: 0, crashAfterTokens: 0, hangAfterTokens: 0, exitAfterTokens: 0 });
+    await reference.initialize();
+    const outputs = committedOutputs(r.cluster.dataDir);
+    let compared = 0;
+    for (const id of impact.requeuedJobs) {
+      const output = outputs.get(id);
+      const job = submitted.get(id);
+      if (output === undefined || job === undefined) continue;
+      const alone = await reference.generate({ model: "tiny-gpt2", prompt: job.input, params: resolveGenerationParameters(job.parameters, () => 0) });
+      expect(output, `${id}: output after its requeue`).toBe(alone.text);
+      compared++;
+    }
     console.log(
       `chaos run: jobs=${report.jobs} accepted_keys=${accepted.size} faults=${injected} ${JSON.stringify(faults)} ` +
-        `by_status=${JSON.stringify(report.byStatus)} requeues=${report.requeues} assignments=${report.assignments}`,
+        `by_status=${JSON.stringify(report.byStatus)} requeues=${report.requeues} (reasons ${JSON.stringify(impact.requeueReasons)}, ${impact.requeuedWhileRunning} of running jobs) ` +
+        `assignments=${report.assignments}; ${compared} requeued jobs' outputs equal to a fault-free run; failed: ${JSON.stringify(impact.failed)}`,
     );
     expect(report.violations).toEqual([]);
     expect(accepted.size).toBe(300);
     expect(report.jobs).toBe(300);
     expect(final.size).toBe(300);
     expect(faults.coordinator_restart).toBe(2);
-    // Mostly completed: a job only fails when it lost every one of its attempts to faults.
-    expect(report.byStatus.completed ?? 0).toBeGreaterThanOrEqual(270);
+    // The faults hit jobs: attempts were lost, some of them while running, for the reasons faults give.
+    expect(report.requeues).toBeGreaterThan(0);
+    expect(impact.requeuedWhileRunning).toBeGreaterThanOrEqual(1);
+    expect((impact.requeueReasons.lease_expired ?? 0) + (impact.requeueReasons.miner_restarted ?? 0)).toBeGreaterThanOrEqual(1);
+    // Nothing happened that the faults do not account for: each requeue has a fault's reason, each
+    // failed job lost every one of its attempts to faults, and no job ends any other way.
+    expect(impact.unexplained).toEqual([]);
+    expect(Object.keys(report.byStatus).filter((st) => st !== "completed" && st !== "failed")).toEqual([]);
+    expect(report.byStatus.failed ?? 0).toBe(impact.failed.length);
   });
 });
+
+/** Why a lost attempt was requeued, when a fault (a killed or cut-off miner) is the cause. */
+const FAULT_REQUEUE_REASONS = new Set(["lease_expired", "miner_restarted", "released"]);
+/** What a job fails with when its last attempt, too, is lost to a fault. */
+const FAULT_FAILURE_CODES = new Set(["attempts_exhausted", "miner_restarted"]);
+
+interface FaultImpact {
+  requeueReasons: Record<string, number>;
+  /** Requeues of an attempt that was running (not just assigned). */
+  requeuedWhileRunning: number;
+  requeuedJobs: string[];
+  /** Failed jobs: the code they failed with, and the attempts that counted against the budget. */
+  failed: { jobId: string; code: string; attempts: number }[];
+  /** Requeues and failures no injected fault explains. */
+  unexplained: string[];
+}
+
+/**
+ * What the faults did to the jobs, from the event logs: requeues by reason, and for each failed
+ * job whether faults account for it (every attempt lost to one: `released` hand-backs do not
+ * count against the budget, the others do, and the budget is `maxAttempts`).
+ */
+function faultImpact(dataDir: string, maxAttempts: number): FaultImpact {
+  const impact: FaultImpact = { requeueReasons: {}, requeuedWhileRunning: 0, requeuedJobs: [], failed: [], unexplained: [] };
+  for (const [jobId, evs] of readEventLogs(dataDir)) {
+    const history = evs.map((e) => e.type).join(",");
+    let lost = 0;
+    evs.forEach((e, i) => {
+      if (e.type !== "requeued") return;
+      const reason = String(e.data.reason);
+      impact.requeueReasons[reason] = (impact.requeueReasons[reason] ?? 0) + 1;
+      if (!FAULT_REQUEUE_REASONS.has(reason)) impact.unexplained.push(`${jobId}: requeued for ${reason} [${history}]`);
+      if (reason !== "released") lost++;
+      const before = evs.slice(0, i).reverse().find((x) => x.type === "assigned" || x.type === "running");
+      if (before?.type === "running") impact.requeuedWhileRunning++;
+    });
+    if (evs.some((e) => e.type === "requeued")) impact.requeuedJobs.push(jobId);
+    const failed = evs.find((e) => e.type === "failed");
+    if (failed === undefined) continue;
+    const code = String((failed.data.error as { code?: unknown } | undefined)?.code);
+    impact.failed.push({ jobId, code, attempts: lost + 1 });
+    if (!FAULT_FAILURE_CODES.has(code) || lost + 1 !== maxAttempts) {
+      impact.unexplained.push(`${jobId}: failed with ${code} after ${lost} of its ${maxAttempts} attempts lost to faults [${history}]`);
+    }
+  }
+  return impact;
+}
+
+/** Each completed job's committed output, read from its result file. */
+function committedOutputs(dataDir: string): Map<string, string> {
+  const db = new Database(databasePath(dataDir), { readonly: true, fileMustExist: true });
+  try {
+    const rows = db.prepare("SELECT id, result FROM jobs WHERE status = 'completed'").all() as { id: string; result: string }[];
+    return new Map(rows.map((row) => [row.id, readFileSync(path.join(dataDir, "results", (JSON.parse(row.result) as { location: string }).location), "utf8")]));
+  } finally {
+    db.close();
+  }
+}
