@@ -381,10 +381,13 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
         await r.restartCoordinator();
         faults.coordinator_restart!++;
       } else if (pick < 0.45) {
-        await r.killMiner(name);
+        // A kill aims at a miner that is running a job when one is: a kill of an idle miner tests little.
+        const busy = names.filter((n) => runningAJob(r.miners.get(n)!.proc.logs()));
+        const victim = busy.length > 0 ? busy[Math.floor(rand() * busy.length)]! : name;
+        await r.killMiner(victim);
         faults.miner_kill!++;
         await sleep(100 + Math.floor(rand() * 300));
-        await r.restartMiner(name, false);
+        await r.restartMiner(victim, false);
       } else if (pick < 0.65) {
         m.proxy.cut();
         r.op(`cut ${name}`);
@@ -451,6 +454,15 @@ describe("reliability: races and chaos", { timeout: 120_000 }, () => {
     expect(report.byStatus.failed ?? 0).toBe(impact.failed.length);
   });
 });
+
+/** What the job runner logs when a job ends on the miner, one way or another. */
+const JOB_ENDED = new Set(["job completed", "engine failed the job", "job cancelled", "job timed out", "job handed back", "coordinator refused the lease: dropping the job"]);
+
+/** Whether a miner's log (one slot) says a job is running on it now: its last job line is "job started". */
+function runningAJob(logs: Record<string, unknown>[]): boolean {
+  const last = logs.filter((l) => l.msg === "job started" || JOB_ENDED.has(l.msg as string)).at(-1);
+  return last?.msg === "job started";
+}
 
 /** Why a lost attempt was requeued, when a fault (a killed or cut-off miner) is the cause. */
 const FAULT_REQUEUE_REASONS = new Set(["lease_expired", "miner_restarted", "released"]);
