@@ -336,8 +336,13 @@ export class Cluster {
       .join("\n");
   }
 
-  async close(): Promise<void> {
+  /** Kills every child (SIGKILL) and keeps the data dir, so the store can be read as they left it. */
+  async stop(): Promise<void> {
     await Promise.all(this.all.map((p) => p.kill("SIGKILL")));
+  }
+
+  async close(): Promise<void> {
+    await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

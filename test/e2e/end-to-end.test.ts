@@ -79,6 +79,9 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
         String(parameters.top_k),
         "--top-p",
         String(parameters.top_p),
+        // The miner runs on the CPU; a GPU rounds differently (on a host where CUDA loads).
+        "--execution-provider",
+        "cpu",
         "--json",
       ],
       { cwd: ROOT },
@@ -108,7 +111,7 @@ describe("coordinator + miner (real OnnxEngine, tiny-gpt2)", () => {
       const flags = Object.entries({ "--max-new-tokens": p.max_new_tokens, "--seed": p.seed, "--temperature": p.temperature, "--top-k": p.top_k, "--repetition-penalty": p.repetition_penalty })
         .filter(([, v]) => v !== undefined)
         .flatMap(([k, v]) => [k, String(v)]);
-      const { stdout } = await run(process.execPath, [CLI, "generate", "--model", "tiny-gpt2", "--prompt", jobs[i]!.input, ...flags, "--json"], { cwd: ROOT });
+      const { stdout } = await run(process.execPath, [CLI, "generate", "--model", "tiny-gpt2", "--prompt", jobs[i]!.input, ...flags, "--execution-provider", "cpu", "--json"], { cwd: ROOT });
       expect(download.body.output).toBe((JSON.parse(stdout) as { text: string }).text);
     }
     // They ran at the same time: every job started before any of them completed.

@@ -4,7 +4,8 @@ import { Cluster, assertBuilt } from "./cluster.js";
 /**
  * Matching across real miners: one reports 8× H200 (141 GB each), the other 1× RTX 4090 (24 GB),
  * each through a stand-in nvidia-smi playing a recorded fixture. Jobs carry hard requirements;
- * each must land on a miner that satisfies them, and one nobody satisfies waits, saying so.
+ * each must land on a miner that satisfies them, and one nobody satisfies waits, saying so; one
+ * that waits for a busy miner counts the miners that could run it, and only those.
  */
 describe("routing by requirements", () => {
   let cluster: Cluster;
@@ -28,11 +29,11 @@ describe("routing by requirements", () => {
     await cluster?.close();
   });
 
-  const job = (requirements: Record<string, unknown>, seed: number) => ({
+  const job = (requirements: Record<string, unknown>, seed: number, maxNewTokens = 20) => ({
     model: "tiny-gpt2",
     input: "route me",
     requirements,
-    parameters: { max_new_tokens: 20, seed },
+    parameters: { max_new_tokens: maxNewTokens, seed },
   });
 
   it("sends jobs only to miners that meet their requirements; an unmatched job waits with eligible_miners 0", async () => {
@@ -59,5 +60,23 @@ describe("routing by requirements", () => {
     const free = await cluster.waitForJob(anywhere, (j) => j.status === "completed", "completed");
     expect([h200, rtx]).toContain(free.miner_id);
     expect((await cluster.job(a100)).status).toBe("queued");
+  });
+
+  it("a job waiting for a busy miner that can run it counts that miner in eligible_miners, and not an idle one that cannot", async () => {
+    // Fill every slot of the RTX 4090 miner with long runs (4096 tokens at 400/s; cancelled below).
+    const hello = cluster.coordinator!.logs().find((l) => l.msg === "miner connected" && l.name === "desk-4090");
+    const slots = hello?.slots as number;
+    expect(slots).toBeGreaterThanOrEqual(1);
+    const blockers: string[] = [];
+    for (let i = 0; i < slots; i++) blockers.push(await cluster.submit(job({ gpu_type: "rtx4090" }, 20 + i, 4096)));
+    for (const id of blockers) expect(await cluster.waitForJob(id, (j) => j.status === "running", "running")).toMatchObject({ miner_id: rtx });
+
+    // The H200 miner is idle: were it eligible, it would have taken the job at once.
+    const waiting = await cluster.submit(job({ gpu_type: "rtx4090" }, 30));
+    expect(await cluster.job(waiting)).toMatchObject({ status: "queued", eligible_miners: 1, miner_id: null, attempt: 0 });
+
+    for (const id of blockers) expect((await cluster.api("DELETE", `/v1/jobs/${id}`)).status).toBe(202);
+    const done = await cluster.waitForJob(waiting, (j) => j.status === "completed", "completed");
+    expect(done.miner_id).toBe(rtx);
   });
 });

@@ -1,11 +1,30 @@
 import { Writable } from "node:stream";
 import path from "node:path";
 import { pino, type Logger } from "pino";
+import { expect } from "vitest";
 import type { InferenceConfig } from "../../src/inference/config.js";
+import { checkCudaProvider, describeCudaProviderProblem } from "../../src/inference/cuda-provider.js";
 import type { ResolvedGenerationParameters } from "../../src/protocol/generation.js";
 
 /** The models folder the postinstall step fills with tiny-gpt2. */
 export const MODELS_DIR = path.resolve(import.meta.dirname, "../../models");
+
+/**
+ * A CUDA device id no host has. Asking for it takes the path where CUDA cannot run the session
+ * on every host: here, where the provider is not installed, and on a GPU host after
+ * `npm run setup:cuda`, where onnxruntime refuses the device id.
+ */
+export const NO_SUCH_DEVICE = 4096;
+
+/**
+ * The reason the engine gives when CUDA cannot run a session: what this host is missing (the
+ * provider's files or libraries, named), or, where nothing is missing, onnxruntime's own error.
+ */
+export function expectCudaFailureReason(reason: unknown): void {
+  const missing = describeCudaProviderProblem(checkCudaProvider());
+  if (missing !== "") expect(reason).toBe(missing);
+  else expect(String(reason).trim()).not.toBe("");
+}
 
 export function engineConfig(over: Partial<InferenceConfig> = {}): InferenceConfig {
   return {

@@ -10,7 +10,7 @@ import { buildModel } from "../../src/inference/models/build-model.js";
 import { RECIPES } from "../../src/inference/models/recipes.js";
 import { OnnxEngine } from "../../src/inference/onnx-engine.js";
 import { generateStream } from "../../src/inference/token-stream.js";
-import { MODELS_DIR, capturingLogger, engineConfig, greedy } from "./engine-fixture.js";
+import { MODELS_DIR, NO_SUCH_DEVICE, capturingLogger, engineConfig, expectCudaFailureReason, greedy } from "./engine-fixture.js";
 
 const run = promisify(execFile);
 
@@ -179,9 +179,9 @@ describe("OnnxEngine sessions and lifecycle", () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("auto falls back to the CPU when CUDA cannot load, and logs why", async () => {
+  it("auto falls back to the CPU when CUDA cannot run the device asked for, and logs why", async () => {
     const { log, records } = capturingLogger();
-    const engine = new OnnxEngine(engineConfig({ executionProvider: "auto", deviceIds: [0], modelsDir: dir, models: ["tiny-gpt2", "tiny-copy"] }), { log });
+    const engine = new OnnxEngine(engineConfig({ executionProvider: "auto", deviceIds: [NO_SUCH_DEVICE], modelsDir: dir, models: ["tiny-gpt2", "tiny-copy"] }), { log });
     try {
       await engine.initialize();
       expect(engine.models().map((m) => [m.name, m.device])).toEqual([
@@ -190,14 +190,34 @@ describe("OnnxEngine sessions and lifecycle", () => {
       ]);
       const fallback = records.filter((r) => r.msg === "CUDA unavailable, running on the CPU");
       expect(fallback).toHaveLength(2);
-      expect(fallback[0]).toMatchObject({ device: "cuda:0", model: "tiny-gpt2" });
-      expect(String(fallback[0]!.reason)).toMatch(/libonnxruntime_providers|not found|shared/);
+      expect(fallback[0]).toMatchObject({ device: `cuda:${NO_SUCH_DEVICE}`, model: "tiny-gpt2" });
+      expectCudaFailureReason(fallback[0]!.reason);
       // Both models serve, each from its own session.
       const [a, b] = await Promise.all([
         engine.generate({ model: "tiny-gpt2", prompt: "Hi", params: greedy(5) }),
         engine.generate({ model: "tiny-copy", prompt: "Hi", params: greedy(5) }),
       ]);
       expect(b.token_ids).toEqual(a.token_ids);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("auto on GPU 0 runs on cuda:0 where the provider loads, else on the CPU saying why", async () => {
+    const { log, records } = capturingLogger();
+    const engine = new OnnxEngine(engineConfig({ executionProvider: "auto", deviceIds: [0], modelsDir: dir }), { log });
+    try {
+      await engine.initialize();
+      const [model] = engine.models();
+      const fallback = records.filter((r) => r.msg === "CUDA unavailable, running on the CPU");
+      if (model?.device === "cuda:0") expect(fallback).toEqual([]);
+      else {
+        expect(model?.device).toBe("cpu");
+        expect(fallback).toHaveLength(1);
+        expectCudaFailureReason(fallback[0]!.reason);
+      }
+      const r = await engine.generate({ model: "tiny-gpt2", prompt: "Hi", params: greedy(5) });
+      expect(r.token_ids).toHaveLength(5);
     } finally {
       await engine.close();
     }
@@ -227,11 +247,12 @@ describe("OnnxEngine sessions and lifecycle", () => {
     }
   });
 
-  it("cuda refuses to start without the CUDA provider", async () => {
-    const engine = new OnnxEngine(engineConfig({ executionProvider: "cuda", deviceIds: [0], modelsDir: dir }), { log: capturingLogger().log });
+  it("cuda refuses to start when CUDA cannot run the device asked for", async () => {
+    const engine = new OnnxEngine(engineConfig({ executionProvider: "cuda", deviceIds: [NO_SUCH_DEVICE], modelsDir: dir }), { log: capturingLogger().log });
     const err = (await engine.initialize().catch((e: unknown) => e)) as AppError;
     expect(err.code).toBe("cuda_unavailable");
-    expect(String(err.details?.reason)).not.toBe("");
+    expect(err.details).toMatchObject({ device_id: NO_SUCH_DEVICE });
+    expectCudaFailureReason(err.details?.reason);
     await engine.close();
   });
 

@@ -3,18 +3,43 @@ import { connect, createServer, type Server, type Socket } from "node:net";
 /** What the proxy does with bytes right now. */
 export type ProxyMode = { kind: "pass" } | { kind: "delay"; ms: number } | { kind: "blackhole" };
 
+/** A chunk the proxy held back in `delay` mode (performance.now() times). */
+export interface DelayedChunk {
+  /** toUpstream: miner → coordinator; toClient: coordinator → miner. */
+  dir: "toUpstream" | "toClient";
+  bytes: number;
+  receivedAt: number;
+  /** When it was written on; unset while still held. */
+  forwardedAt?: number;
+}
+
+type Direction = "toUpstream" | "toClient";
+
+/** A chunk on its way out, written once `due` (performance.now()) has passed. */
+interface Outgoing {
+  b: Buffer;
+  due: number;
+  record?: DelayedChunk;
+}
+
 interface Pipe {
   client: Socket;
   upstream: Socket;
-  /** Bytes held while blackholed, per direction, flushed in order on heal. */
-  held: { toUpstream: Buffer[]; toClient: Buffer[] };
+  /** Bytes held while blackholed, per direction, released in order on heal. */
+  held: Record<Direction, Buffer[]>;
+  /** Bytes on their way out, per direction, in arrival order: one FIFO, so a stream keeps its order. */
+  out: Record<Direction, Outgoing[]>;
+  timers: Partial<Record<Direction, NodeJS.Timeout>>;
 }
 
 /**
  * A TCP proxy between miners and the coordinator that a test controls. `pass` forwards;
- * `delay` forwards every chunk after N ms (order kept); `blackhole` stops forwarding but keeps
- * both sockets open, holding the bytes as a partitioned TCP link would (they arrive after the
- * heal, like retransmissions); `cut()` destroys every open connection (new ones still pass).
+ * `delay` holds every chunk at least N ms by the monotonic clock (each recorded in `delayed`);
+ * `blackhole` stops forwarding but keeps both sockets open, holding the bytes as a partitioned
+ * TCP link would (they arrive after the heal, like retransmissions); `cut()` destroys every
+ * open connection (new ones still pass). Bytes leave in the order they came whatever the mode
+ * changes in between: a chunk that passes queues behind the delayed ones before it, as on a
+ * real link (reordered chunks would corrupt the WebSocket stream, a fault nobody asked for).
  */
 export class FaultProxy {
   private server: Server | undefined;
@@ -23,6 +48,8 @@ export class FaultProxy {
   port = 0;
   /** Connections accepted so far. */
   connections = 0;
+  /** Every chunk delayed so far, in arrival order: what a test checks to know a delay held traffic back. */
+  readonly delayed: DelayedChunk[] = [];
 
   constructor(private readonly targetPort: number) {}
 
@@ -44,8 +71,10 @@ export class FaultProxy {
     this.mode = mode;
     if (mode.kind !== "blackhole") {
       for (const p of this.pipes) {
-        for (const b of p.held.toUpstream.splice(0)) this.forward(p.upstream, b);
-        for (const b of p.held.toClient.splice(0)) this.forward(p.client, b);
+        for (const dir of ["toUpstream", "toClient"] as const) {
+          for (const b of p.held[dir].splice(0)) p.out[dir].push({ b, due: 0 });
+          this.pump(p, dir);
+        }
       }
     }
   }
@@ -67,10 +96,12 @@ export class FaultProxy {
   private accept(client: Socket): void {
     this.connections += 1;
     const upstream = connect(this.targetPort, "127.0.0.1");
-    const pipe: Pipe = { client, upstream, held: { toUpstream: [], toClient: [] } };
+    const pipe: Pipe = { client, upstream, held: { toUpstream: [], toClient: [] }, out: { toUpstream: [], toClient: [] }, timers: {} };
     this.pipes.add(pipe);
     const end = (): void => {
       this.pipes.delete(pipe);
+      clearTimeout(pipe.timers.toUpstream);
+      clearTimeout(pipe.timers.toClient);
       client.destroy();
       upstream.destroy();
     };
@@ -82,19 +113,41 @@ export class FaultProxy {
     upstream.on("error", end);
   }
 
-  private route(p: Pipe, dir: "toUpstream" | "toClient", b: Buffer): void {
-    const to = dir === "toUpstream" ? p.upstream : p.client;
+  private route(p: Pipe, dir: Direction, b: Buffer): void {
     const m = this.mode;
     // Once bytes are held, later ones queue behind them so the stream keeps its order.
     if (m.kind === "blackhole" || p.held[dir].length > 0) {
       p.held[dir].push(b);
       return;
     }
-    if (m.kind === "delay") setTimeout(() => this.forward(to, b), m.ms);
-    else this.forward(to, b);
+    const now = performance.now();
+    if (m.kind === "delay") {
+      const record: DelayedChunk = { dir, bytes: b.length, receivedAt: now };
+      this.delayed.push(record);
+      p.out[dir].push({ b, due: now + m.ms, record });
+    } else p.out[dir].push({ b, due: now });
+    this.pump(p, dir);
   }
 
-  private forward(to: Socket, b: Buffer): void {
-    if (!to.destroyed) to.write(b);
+  /**
+   * Writes the chunks that are due, in order, and arms one timer for the next. A timer can fire
+   * a little early by performance.now() (Node counts from the loop's cached time), so a chunk
+   * not yet due waits for another round instead of leaving early.
+   */
+  private pump(p: Pipe, dir: Direction): void {
+    const q = p.out[dir];
+    const to = dir === "toUpstream" ? p.upstream : p.client;
+    let now = performance.now();
+    while (q.length > 0 && q[0]!.due <= now) {
+      const item = q.shift()!;
+      if (item.record !== undefined) item.record.forwardedAt = now;
+      if (!to.destroyed) to.write(item.b);
+      now = performance.now();
+    }
+    if (q.length === 0 || p.timers[dir] !== undefined) return;
+    p.timers[dir] = setTimeout(() => {
+      p.timers[dir] = undefined;
+      this.pump(p, dir);
+    }, Math.max(1, Math.ceil(q[0]!.due - now)));
   }
 }

@@ -1,5 +1,6 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { assertBuilt, sleep, waitFor } from "../e2e/cluster.js";
+import { readEventLogs } from "./event-log.js";
 import { checkInvariants } from "./invariants.js";
 import { RELIABILITY_SCHEDULER, Rig } from "./rig.js";
 
@@ -169,15 +170,39 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
 
   it("a link delayed less than the lease: no requeue, the same attempt finishes", async () => {
     const r = (rig = await Rig.start());
+    // Each way, and the round trip under two heartbeats (600 ms here): a miner takes its link for
+    // dead after two pings in a row go unanswered (src/miner/connection.ts), and its reconnect
+    // through the same slow link can outlast the lease. Well under the 1500 ms lease.
+    const DELAY_MS = 200;
     const m = await r.startMiner({ name: "laggy", tokensPerSecond: 30 });
-    m.proxy.setMode({ kind: "delay", ms: 400 });
-    r.op("delay laggy 400ms");
+    m.proxy.setMode({ kind: "delay", ms: DELAY_MS });
+    r.op(`delay laggy ${DELAY_MS}ms`);
     const id = await submit(r, { input: "slow link", parameters: { max_new_tokens: 45, seed: 4 } });
     const done = await r.cluster.waitForJob(id, (j) => TERMINAL.has(j.status as string), "terminal", 30_000);
     expect(done).toMatchObject({ status: "completed", attempt: 1, miner_id: r.cluster.minerId("laggy") });
     const report = await finish(r);
     expect(report.requeues).toBe(0);
     expect(report.assignments).toBe(1);
+
+    // The delay was real. Seen by the coordinator: between committing the assignment and the
+    // miner's started frame, the assign went down the link and started came back up, each held
+    // at least DELAY_MS (a lower bound only a missing delay breaks; Date.now() is whole ms).
+    const events = readEventLogs(r.cluster.dataDir).get(id)!;
+    const assignedAt = events.find((e) => e.type === "assigned")!.at;
+    const runningAt = events.find((e) => e.type === "running")!.at;
+    expect(runningAt - assignedAt).toBeGreaterThanOrEqual(2 * DELAY_MS - 1);
+    // Seen by the proxy: the job's traffic (started, progress and heartbeats, the result) crossed
+    // it while delayed, every chunk held the full delay.
+    const up = m.proxy.delayed.filter((c) => c.dir === "toUpstream");
+    const down = m.proxy.delayed.filter((c) => c.dir === "toClient");
+    expect(up.length).toBeGreaterThanOrEqual(3);
+    expect(down.length).toBeGreaterThanOrEqual(1);
+    const held = m.proxy.delayed.map((c) => (c.forwardedAt ?? Number.POSITIVE_INFINITY) - c.receivedAt);
+    expect(Math.min(...held)).toBeGreaterThanOrEqual(DELAY_MS);
+    console.log(
+      `link delayed ${DELAY_MS} ms each way: ${up.length} chunks up and ${down.length} down held back, assign → started ${runningAt - assignedAt} ms at the coordinator; ` +
+        `no requeue, completed at attempt ${done.attempt as number}`,
+    );
   });
 
   it("a run past timeout_seconds while heartbeating ends timed_out and the miner stops it", async () => {
