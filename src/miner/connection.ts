@@ -17,7 +17,10 @@ import {
  * The miner's WebSocket client. It dials the gateway with `Authorization: Bearer <miner key>`,
  * sends `hello` (built fresh each time, so a reconnect reports the jobs still in flight), waits
  * for `welcome`, then sends `heartbeat` frames (and a WebSocket ping) every `heartbeat_ms` the
- * welcome names. Every received frame is validated; a bad one is answered with an error frame
+ * welcome names. The connection is taken for dead (and dropped, then redialled) when nothing at
+ * all — no frame, no pong, no ping — has arrived for the welcome's lease TTL (at least three
+ * heartbeats): a slow link keeps delivering and so stays up, as the lease does; a partitioned or
+ * hung coordinator goes quiet. Every received frame is validated; a bad one is answered with an error frame
  * and, after MAX_BAD_FRAMES in a row, the connection is dropped. When the connection ends for
  * any reason other than close(), it reconnects after a jittered backoff (see Backoff: 0.5 s,
  * 1 s, 2 s, … 30 s bounds by default) that resets once a welcome arrives.
@@ -26,8 +29,6 @@ import {
  * after the welcome: assign, cancel, ack, drain, error), "disconnected" {code, reason}.
  */
 const MAX_BAD_FRAMES = 3;
-/** Pings unanswered in a row before the connection is taken for dead. */
-const MAX_MISSED_PONGS = 2;
 
 export interface MinerConnectionOptions {
   /** Full ws(s) URL of the gateway. */
@@ -58,8 +59,7 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
   private connectTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private badFrames = 0;
-  private missedPongs = 0;
-  private awaitingPong = false;
+  private lastHeardAt = 0;
   private attempts = 0;
   private closed: Promise<void> | undefined;
   private readonly backoff: Backoff;
@@ -149,17 +149,15 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
       this.write(this.options.hello());
     });
     ws.on("message", (data, isBinary) => {
-      this.missedPongs = 0;
+      this.heard();
       if (isBinary) {
         this.badFrame(ws, "frame_invalid", "binary frames are not part of the protocol");
         return;
       }
       this.onMessage(ws, data);
     });
-    ws.on("pong", () => {
-      this.awaitingPong = false;
-      this.missedPongs = 0;
-    });
+    ws.on("pong", () => this.heard());
+    ws.on("ping", () => this.heard());
     ws.on("unexpected-response", (_req, res) => {
       this.log.error({ status: res.statusCode }, "coordinator refused the connection");
       ws.terminate();
@@ -197,7 +195,7 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
         clearTimeout(this.connectTimer);
         this.welcomed = true;
         this.backoff.reset();
-        this.startHeartbeats(ws, frame.heartbeat_ms);
+        this.startHeartbeats(ws, frame.heartbeat_ms, frame.lease_ttl_ms);
         this.log.info({ minerId: frame.miner_id, heartbeatMs: frame.heartbeat_ms }, "welcomed by coordinator");
         this.emit("welcome", frame);
       } else if (frame.type === "error") {
@@ -226,21 +224,22 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
     if (fatal) ws.close(1008, "too many invalid frames");
   }
 
-  private startHeartbeats(ws: WebSocket, intervalMs: number): void {
+  private heard(): void {
+    this.lastHeardAt = Date.now();
+  }
+
+  private startHeartbeats(ws: WebSocket, intervalMs: number, leaseTtlMs: number): void {
     clearInterval(this.heartbeatTimer);
-    this.awaitingPong = false;
-    this.missedPongs = 0;
+    this.heard();
+    const deadAfterMs = Math.max(3 * intervalMs, leaseTtlMs);
     this.heartbeatTimer = setInterval(() => {
       if (ws.readyState !== WebSocket.OPEN) return;
-      if (this.awaitingPong) {
-        this.missedPongs++;
-        if (this.missedPongs >= MAX_MISSED_PONGS) {
-          this.log.warn({ missed: this.missedPongs }, "coordinator stopped answering pings: dropping the connection");
-          ws.terminate();
-          return;
-        }
+      const quietMs = Date.now() - this.lastHeardAt;
+      if (quietMs > deadAfterMs) {
+        this.log.warn({ quietMs }, "nothing heard from the coordinator for a lease TTL: dropping the connection");
+        ws.terminate();
+        return;
       }
-      this.awaitingPong = true;
       ws.ping();
       this.write(this.options.heartbeat());
     }, intervalMs);

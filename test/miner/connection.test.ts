@@ -52,10 +52,11 @@ describe("MinerConnection", () => {
     expect(coordinator.frames("heartbeat")[0]).toEqual({ type: "heartbeat", in_flight: [], free_slots: 1 });
   });
 
-  it("drops a connection whose peer stops answering pings, and reconnects", async () => {
+  it("drops a connection from which nothing arrives for a lease TTL, and reconnects", async () => {
     const coordinator = await FakeCoordinator.start();
     cleanups.push(() => coordinator.close());
     coordinator.heartbeatMs = 100;
+    coordinator.leaseTtlMs = 500;
     const c = connection(`${coordinator.url}/v1/miners/connect`, coordinator.key);
     let welcomes = 0;
     c.on("welcome", () => welcomes++);
@@ -65,6 +66,26 @@ describe("MinerConnection", () => {
     coordinator.stopReading();
     await coordinator.waitFor((r) => r.conn === 2 && r.frame.type === "hello");
     await new Promise<void>((resolve) => (welcomes >= 2 ? resolve() : c.once("welcome", () => resolve())));
+    expect(c.ready).toBe(true);
+  });
+
+  it("keeps a connection that goes quiet for several heartbeats but less than the lease TTL (a slow link)", async () => {
+    const coordinator = await FakeCoordinator.start();
+    cleanups.push(() => coordinator.close());
+    coordinator.heartbeatMs = 100;
+    coordinator.leaseTtlMs = 2_000;
+    const c = connection(`${coordinator.url}/v1/miners/connect`, coordinator.key);
+    let disconnects = 0;
+    c.on("disconnected", () => disconnects++);
+    c.start();
+    await coordinator.waitForType("heartbeat");
+    // Six heartbeats without a pong: two missed pongs dropped the link before.
+    coordinator.stopReading();
+    await new Promise((r) => setTimeout(r, 600));
+    coordinator.resumeReading();
+    const before = coordinator.frames("heartbeat").length;
+    await coordinator.waitFor(() => coordinator.frames("heartbeat").length >= before + 3);
+    expect(disconnects).toBe(0);
     expect(c.ready).toBe(true);
   });
 

@@ -41,6 +41,7 @@ export class FakeCoordinator {
   /** Whether result/fail/released get an ack automatically. */
   autoAck = true;
   heartbeatMs = 200;
+  leaseTtlMs = 30_000;
 
   private constructor(readonly key: string) {
     this.server = new WebSocketServer({
@@ -105,6 +106,11 @@ export class FakeCoordinator {
   /** Stops reading from the current connection: pings go unanswered, as with a hung host. */
   stopReading(): void {
     (this.socket as unknown as { _socket?: { pause(): void } } | undefined)?._socket?.pause();
+  }
+
+  /** Reads the current connection again after stopReading(). */
+  resumeReading(): void {
+    (this.socket as unknown as { _socket?: { resume(): void } } | undefined)?._socket?.resume();
   }
 
   frames<T extends MinerFrame["type"]>(type: T): Extract<MinerFrame, { type: T }>[] {
@@ -173,7 +179,7 @@ export class FakeCoordinator {
           type: "welcome",
           miner_id: "miner_test",
           heartbeat_ms: this.heartbeatMs,
-          lease_ttl_ms: 30_000,
+          lease_ttl_ms: this.leaseTtlMs,
           resumed: frame.in_flight
             .filter((f) => !gone.has(`${f.job_id}#${f.attempt}`))
             .map((f) => ({
