@@ -170,10 +170,9 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
 
   it("a link delayed less than the lease: no requeue, the same attempt finishes", async () => {
     const r = (rig = await Rig.start());
-    // Each way, and the round trip under two heartbeats (600 ms here): a miner takes its link for
-    // dead after two pings in a row go unanswered (src/miner/connection.ts), and its reconnect
-    // through the same slow link can outlast the lease. Well under the 1500 ms lease.
-    const DELAY_MS = 200;
+    // Each way: a round trip of 800 ms, more than two heartbeats (600 ms here) — the kind of link
+    // a miner used to take for dead after two unanswered pings — and under the 1500 ms lease.
+    const DELAY_MS = 400;
     const m = await r.startMiner({ name: "laggy", tokensPerSecond: 30 });
     m.proxy.setMode({ kind: "delay", ms: DELAY_MS });
     r.op(`delay laggy ${DELAY_MS}ms`);
