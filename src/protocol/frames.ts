@@ -55,7 +55,23 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  * (the miner may resend) when they do not match.
  *
  * Fail codes the miner uses: "cancelled" (after a cancel frame), "timed_out" (timeout_seconds
- * ran out), "model_unavailable", "engine_error", "engine_crashed", "invalid_assignment".
+ * ran out), "model_unavailable", "engine_error", "engine_crashed", "invalid_assignment". The
+ * coordinator alone decides the states named like the first two: a "cancelled" fail ends a job
+ * cancelled only when a client asked, a "timed_out" one only past the attempt's deadline;
+ * otherwise either is an ordinary failure, recorded as "miner_claimed_<code>". Codes are letters,
+ * digits and `_ . : -` (protocol 2).
+ *
+ * Limits the coordinator enforces per connection (config/coordinator.toml, [gateway]): a frame
+ * budget of frame_rate frames/s and byte_rate bytes/s with bursts of frame_burst and byte_burst
+ * (past it: error {code: "rate_limited", fatal: true}, close 1008, and the key's new connections
+ * get 429 for rate_limit_cooldown); a ping every heartbeat, max_missed_pongs unanswered in a row
+ * and the connection is dropped; buffered result chunks up to
+ * max_buffered_result_bytes_per_connection (and max_buffered_result_bytes in total: past it
+ * error {code: "result_buffer_full"} and the result is acked "invalid", the lease untouched); a
+ * pull's free_slots never above the hello's slots minus the leases held; hello figures clamped
+ * (max_slots, max_gpu_vram), progress tokens to the job's max_new_tokens and speeds to
+ * max_tokens_per_second. Renewals from progress and heartbeats are coalesced to at most one
+ * store write per lease per third of the lease TTL.
  */
 
 /** Largest frame either side accepts, in bytes of JSON text. Larger ones are refused. */
