@@ -91,7 +91,14 @@ export class MinerSession implements DispatchTarget {
   }
 
   offer(frame: AssignFrame, maxTokens: number, now: number): boolean {
-    if (!this.send(frame)) return false;
+    if (!this.send(frame)) {
+      // The socket is closing; the session stays listed until its "close" event. It takes no
+      // more jobs: with its credits kept, the job handed back (queued again at once) would be
+      // offered to it again and again in microtasks, and the event loop would never reach that
+      // "close" event (the chaos flake: a coordinator at 100% CPU answering nothing).
+      this.credits = 0;
+      return false;
+    }
     this.credits -= 1;
     this.hold({ jobId: frame.job.job_id, attempt: frame.attempt, leaseToken: frame.lease_token, maxTokens, renewedAt: now });
     return true;
