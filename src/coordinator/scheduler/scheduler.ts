@@ -127,7 +127,12 @@ export class Scheduler {
           lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
         };
         if (!s.send(frame)) {
-          // The socket closed between the claim and the send: give the job straight back.
+          // The socket is closing (the peer hung up, or we closed it and wait for its answer);
+          // the session stays listed until its "close" event. It takes no more jobs: with its
+          // credits kept, the release below (queued again, not_before = now) asks for another
+          // run that hands it the same job again, and so on in microtasks only, so the event
+          // loop never gets to that "close" event.
+          s.credits = 0;
           await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
           continue;
         }
