@@ -72,6 +72,9 @@ export function sleep(ms: number): Promise<void> {
 export class Proc {
   output = "";
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  readonly startedAt = Date.now();
+  /** How and when it ended, once it has (for a failing test's full logs). */
+  exit: { code: number | null; signal: NodeJS.Signals | null; at: number } | undefined;
 
   constructor(
     readonly label: string,
@@ -79,7 +82,12 @@ export class Proc {
   ) {
     child.stdout?.on("data", (d: Buffer) => (this.output += d.toString()));
     child.stderr?.on("data", (d: Buffer) => (this.output += d.toString()));
-    this.exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
+    this.exited = new Promise((resolve) =>
+      child.on("exit", (code, signal) => {
+        this.exit = { code, signal, at: Date.now() };
+        resolve({ code, signal });
+      }),
+    );
   }
 
   get running(): boolean {
@@ -136,6 +144,11 @@ export class Cluster {
   coordinator: Proc | undefined;
   readonly miners = new Map<string, Proc>();
   private readonly all: Proc[] = [];
+
+  /** Every child this cluster started, in start order: each coordinator run (killed ones too) and miner. */
+  get processes(): readonly Proc[] {
+    return this.all;
+  }
 
   /** `dataDir`: where the coordinator keeps its state (default: inside the cluster's temp dir). */
   constructor(
@@ -194,7 +207,8 @@ export class Cluster {
       "coordinator /readyz",
       async () => {
         if (!p.running) throw new Error(`coordinator exited:\n${p.output.slice(-2000)}`);
-        return (await fetch(`${this.baseUrl}/readyz`)).status;
+        // A coordinator that accepts the connection but never answers must not hold the wait past its deadline.
+        return (await fetch(`${this.baseUrl}/readyz`, { signal: AbortSignal.timeout(API_TIMEOUT_MS) })).status;
       },
       (s) => s === 200,
       30_000,

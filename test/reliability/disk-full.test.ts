@@ -80,7 +80,7 @@ describe("reliability: disk full", { timeout: 120_000 }, () => {
   });
 
   afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail" && rig !== undefined) console.error(rig.report());
+    if (ctx.task.result?.state === "fail" && rig !== undefined) console.error(await rig.failureReport(ctx.task.name));
     await rig?.close();
     rig = undefined;
   });

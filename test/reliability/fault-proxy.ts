@@ -23,8 +23,11 @@ interface Outgoing {
 }
 
 interface Pipe {
+  id: number;
   client: Socket;
   upstream: Socket;
+  /** Bytes seen per direction (forwarded or held). */
+  bytes: Record<Direction, number>;
   /** Bytes held while blackholed, per direction, released in order on heal. */
   held: Record<Direction, Buffer[]>;
   /** Bytes on their way out, per direction, in arrival order: one FIFO, so a stream keeps its order. */
@@ -50,6 +53,8 @@ export class FaultProxy {
   connections = 0;
   /** Every chunk delayed so far, in arrival order: what a test checks to know a delay held traffic back. */
   readonly delayed: DelayedChunk[] = [];
+  /** What happened to every connection and mode, timestamped: written out when a test fails. */
+  readonly events: string[] = [];
 
   constructor(private readonly targetPort: number) {}
 
@@ -69,6 +74,7 @@ export class FaultProxy {
 
   setMode(mode: ProxyMode): void {
     this.mode = mode;
+    this.note(`mode ${JSON.stringify(mode)}`);
     if (mode.kind !== "blackhole") {
       for (const p of this.pipes) {
         for (const dir of ["toUpstream", "toClient"] as const) {
@@ -81,6 +87,7 @@ export class FaultProxy {
 
   /** Destroys every open connection, both sides. */
   cut(): void {
+    this.note(`cut ${this.pipes.size} pipes`);
     for (const p of this.pipes) {
       p.client.destroy();
       p.upstream.destroy();
@@ -93,13 +100,39 @@ export class FaultProxy {
     await new Promise<void>((resolve) => (this.server === undefined ? resolve() : this.server.close(() => resolve())));
   }
 
+  /** The proxy as it is now, for a failing test's logs. */
+  state(): Record<string, unknown> {
+    return {
+      port: this.port,
+      targetPort: this.targetPort,
+      mode: this.mode,
+      connections: this.connections,
+      pipes: [...this.pipes].map((p) => ({
+        id: p.id,
+        client: { destroyed: p.client.destroyed, remote: p.client.remotePort },
+        upstream: { destroyed: p.upstream.destroyed, connecting: p.upstream.connecting, local: p.upstream.localPort, remote: p.upstream.remotePort },
+        bytes: p.bytes,
+        heldToUpstream: p.held.toUpstream.reduce((n, b) => n + b.length, 0),
+        heldToClient: p.held.toClient.reduce((n, b) => n + b.length, 0),
+      })),
+    };
+  }
+
+  private note(what: string): void {
+    this.events.push(`${new Date().toISOString()} ${what}`);
+  }
+
   private accept(client: Socket): void {
     this.connections += 1;
+    const id = this.connections;
     const upstream = connect(this.targetPort, "127.0.0.1");
-    const pipe: Pipe = { client, upstream, held: { toUpstream: [], toClient: [] }, out: { toUpstream: [], toClient: [] }, timers: {} };
+    const pipe: Pipe = { id, client, upstream, bytes: { toUpstream: 0, toClient: 0 }, held: { toUpstream: [], toClient: [] }, out: { toUpstream: [], toClient: [] }, timers: {} };
     this.pipes.add(pipe);
-    const end = (): void => {
-      this.pipes.delete(pipe);
+    this.note(`#${id} accepted from :${client.remotePort}`);
+    upstream.on("connect", () => this.note(`#${id} upstream connected :${upstream.localPort} -> :${upstream.remotePort}`));
+    // "close" passes a hadError flag, "error" the error.
+    const end = (why: string) => (err?: unknown): void => {
+      if (this.pipes.delete(pipe)) this.note(`#${id} ended: ${why}${err instanceof Error ? ` ${err.message}` : ""} bytes ${JSON.stringify(pipe.bytes)}`);
       clearTimeout(pipe.timers.toUpstream);
       clearTimeout(pipe.timers.toClient);
       client.destroy();
@@ -107,13 +140,14 @@ export class FaultProxy {
     };
     client.on("data", (b: Buffer) => this.route(pipe, "toUpstream", b));
     upstream.on("data", (b: Buffer) => this.route(pipe, "toClient", b));
-    client.on("close", end);
-    upstream.on("close", end);
-    client.on("error", end);
-    upstream.on("error", end);
+    client.on("close", end("client closed"));
+    upstream.on("close", end("upstream closed"));
+    client.on("error", end("client error"));
+    upstream.on("error", end("upstream error"));
   }
 
   private route(p: Pipe, dir: Direction, b: Buffer): void {
+    p.bytes[dir] += b.length;
     const m = this.mode;
     // Once bytes are held, later ones queue behind them so the stream keeps its order.
     if (m.kind === "blackhole" || p.held[dir].length > 0) {

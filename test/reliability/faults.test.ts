@@ -17,7 +17,7 @@ describe("reliability: single faults", { timeout: 120_000 }, () => {
   beforeAll(() => assertBuilt());
 
   afterEach(async (ctx) => {
-    if (ctx.task.result?.state === "fail" && rig !== undefined) console.error(rig.report());
+    if (ctx.task.result?.state === "fail" && rig !== undefined) console.error(await rig.failureReport(ctx.task.name));
     await rig?.close();
     rig = undefined;
     accepted.clear();

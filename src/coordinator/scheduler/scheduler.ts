@@ -143,7 +143,7 @@ export class Scheduler {
           lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
         };
         if (!s.offer(frame, a.job.parameters.max_new_tokens, this.ctx.now())) {
-          // The socket closed between the claim and the send: give the job straight back.
+          // The socket is closing: the session took itself out of dispatch (see MinerSession.offer).
           await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
           continue;
         }

@@ -1,0 +1,130 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { silentLogger } from "../../src/common/logger.js";
+import { RateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
+import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
+import { NO_MINERS, type CoordinatorContext } from "../../src/coordinator/context.js";
+import type { MinerLink } from "../../src/coordinator/gateway/miner-link.js";
+import { MinerSession } from "../../src/coordinator/gateway/miner-session.js";
+import { ChunkBuffer, ResultBufferPool } from "../../src/coordinator/gateway/result-chunks.js";
+import { StreamRegistry } from "../../src/coordinator/http/stream-registry.js";
+import { CoordinatorMetrics } from "../../src/coordinator/metrics.js";
+import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
+import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
+import { JobEvents } from "../../src/coordinator/store/job-events.js";
+import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { resolveGenerationParameters } from "../../src/protocol/generation.js";
+
+/**
+ * The scheduler against a real SQLite store and sessions over fake sockets: what it does with a
+ * session whose socket can no longer send.
+ */
+describe("scheduler", () => {
+  let dir: string;
+  let store: SqliteJobStore;
+  let ctx: CoordinatorContext;
+
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), "aitbc-scheduler-"));
+    const events = new JobEvents();
+    store = new SqliteJobStore(path.join(dir, "coordinator.db"), events);
+    ctx = {
+      config: loadCoordinatorConfig(undefined, { optional: true, env: {}, overrides: { "storage.data_dir": dir, "log.level": "silent" } }),
+      store,
+      results: new LocalResultStore(path.join(dir, "results")),
+      events,
+      miners: NO_MINERS,
+      limiter: new RateLimiter([]),
+      streams: new StreamRegistry(10),
+      metrics: new CoordinatorMetrics(),
+      log: silentLogger(),
+      now: Date.now,
+    };
+  });
+
+  afterEach(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /**
+   * A session over a stand-in link: `open` is what the link says of its socket, `sends` whether
+   * a frame handed to it goes out (a real link refuses exactly when it is not open).
+   */
+  function session(name: string, link: { open: boolean; sends: boolean }): MinerSession {
+    const fake = { open: link.open, send: () => link.sends, close: () => undefined } as unknown as MinerLink;
+    return new MinerSession(
+      { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models: ["gpt2"], slots: 1, protocolVersion: 2 },
+      fake,
+      new ChunkBuffer(new ResultBufferPool(1024), 1024),
+      silentLogger(),
+    );
+  }
+
+  async function queuedJob(): Promise<string> {
+    const { job } = await store.createJob(
+      {
+        tenant: "acme",
+        model: "gpt2",
+        input: "hello",
+        inputFileId: null,
+        outputFormat: "json",
+        destination: "",
+        requirements: {},
+        priority: "normal",
+        timeoutSeconds: 60,
+        parameters: resolveGenerationParameters(undefined, () => 7),
+        maxAttempts: 3,
+        estimatedCost: 0,
+        estimatedTimeSeconds: 1,
+      },
+      Date.now(),
+    );
+    return job.id;
+  }
+
+  /** Runs one dispatch for these sessions; returns how many claims the store saw. */
+  async function dispatchTo(s: MinerSession): Promise<number>
+ {
+    // Each claim is counted; past 20 the store finds nothing, so a dispatcher that keeps
+    // offering the job ends here instead of spinning (and hanging this test's process).
+    let claims = 0;
+    const claim = store.claimNextJob.bind(store);
+    store.claimNextJob = (miner: MinerCapabilities, now: number, ttl: number): Promise<Assignment | null> =>
+      ++claims > 20 ? Promise.resolve(null) : claim(miner, now, ttl);
+    const scheduler = new Scheduler(ctx, { targets: () => [s], target: (id) => (id === s.minerId ? s : undefined) });
+    scheduler.start();
+    try {
+      scheduler.dispatch();
+      // A timer's turn comes only once the dispatcher stops running in microtasks.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    } finally {
+      await scheduler.stop();
+    }
+    return claims;
+  }
+
+  it("a session whose socket is closing is offered no job: the dispatcher gets back to the event loop", async () => {
+    const id = await queuedJob();
+    // The peer hung up (or we closed and wait for its answer): until the socket's "close"
+    // event the session is still listed, with the credits of its last pull.
+    const closing = session("closing", { open: false, sends: false });
+    closing.setCredits(1);
+    expect(await dispatchTo(closing)).toBe(0);
+    expect((await store.getJobById(id))?.status).toBe("queued");
+  });
+
+  it("a session whose send fails is offered the job once, then none (the chaos-run livelock)", async () => {
+    const id = await queuedJob();
+    const failing = session("failing", { open: true, sends: false });
+    failing.setCredits(1);
+    expect(await dispatchTo(failing)).toBe(1);
+    expect(failing.credits).toBe(0);
+    const after = await store.getJobById(id);
+    expect(after?.status).toBe("queued");
+    expect(after?.attempt).toBe(1);
+  });
+});
