@@ -18,16 +18,15 @@
  * pino's stdout). Environment: BENCH_SECONDS (per run, default 5), BENCH_ROUNDS (default 3),
  * BENCH_CONNECTIONS (default 32).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
 import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
-import { median } from "./bench-support.js";
+import { median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 interface CannonResult {
   requests: { average: number };
@@ -53,22 +52,6 @@ const SUBMIT_BODY = JSON.stringify({
   timeout_seconds: 3600,
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function tsx(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
-}
-
 async function startPeer(): Promise<{ child: ChildProcess; url: string }> {
   const child = tsx([path.join(ROOT, "bench/api-peer.ts")]);
   const lines = createInterface({ input: child.stdout! });
@@ -79,29 +62,12 @@ async function startPeer(): Promise<{ child: ChildProcess; url: string }> {
   throw new Error("peer exited before listening");
 }
 
-async function startCoordinator(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const port = await freePort();
-  const child = tsx([path.join(ROOT, "src/bin/aitbc.ts"), "coordinator", "--port", String(port), "--data-dir", dataDir, "--log-level", "warn"], {
+function startOurs(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
+  return startCoordinator(dataDir, {
     AITBC_COORDINATOR_LIMITS_REQUESTS_PER_MINUTE: "1000000000",
     AITBC_COORDINATOR_LIMITS_REQUESTS_PER_HOUR: "1000000000",
     AITBC_COORDINATOR_LIMITS_MAX_QUEUED_JOBS_PER_TENANT: "1000000000",
   });
-  child.stdout?.resume();
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`coordinator exited with ${child.exitCode}`);
-    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
-    if (ok) return { child, url };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("coordinator did not become ready");
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGTERM");
-  await exited;
 }
 
 async function load(url: string, method: "GET" | "POST", headers: Record<string, string>, body?: string): Promise<CannonResult> {
@@ -120,7 +86,7 @@ async function main(): Promise<void> {
   await keyStore.close();
 
   const peer = await startPeer();
-  const ours = await startCoordinator(dataDir);
+  const ours = await startOurs(dataDir);
   const auth = { authorization: `Bearer ${key}`, "content-type": "application/json" };
   const results: Record<string, CannonResult[]> = { "status peer": [], "status ours": [], "submit peer": [], "submit ours": [] };
   try {
@@ -137,8 +103,8 @@ async function main(): Promise<void> {
       results["submit ours"]!.push(await load(`${ours.url}/v1/jobs`, "POST", auth, SUBMIT_BODY));
     }
   } finally {
-    await stop(ours.child);
-    await stop(peer.child);
+    await stopChild(ours.child);
+    await stopChild(peer.child);
     await rm(dataDir, { recursive: true, force: true });
   }
 

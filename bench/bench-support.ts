@@ -1,5 +1,7 @@
-/** What the bench scripts share: medians, thread spinning, and building the built-in models they run. */
+/** What the bench scripts share: medians, thread spinning, the built-in models they run, a coordinator child process. */
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
+import { createServer } from "node:net";
 import path from "node:path";
 import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
 import { RECIPES } from "../src/inference/models/recipes.js";
@@ -37,4 +39,46 @@ export function benchSpin(): boolean | "auto" {
  */
 export async function childEnv(): Promise<NodeJS.ProcessEnv> {
   return { ...process.env, BENCH_SPIN: (await decideThreadSpinning(benchSpin())).spinning ? "1" : "0" };
+}
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+
+/** A port nothing listens on right now (bound on port 0, then released). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const addr = srv.address();
+      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** `node --import tsx <args>` in the repository root, stderr inherited. */
+export function tsx(args: string[], env: NodeJS.ProcessEnv = {}, stdout: "pipe" | "ignore" = "pipe"): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", stdout, "inherit"] });
+}
+
+/** `aitbc coordinator` from the sources on a free port over `dataDir`; resolves once /readyz answers. */
+export async function startCoordinator(dataDir: string, env: NodeJS.ProcessEnv = {}, logLevel = "warn"): Promise<{ child: ChildProcess; url: string }> {
+  const port = await freePort();
+  const child = tsx([path.join(ROOT, "src/bin/aitbc.ts"), "coordinator", "--port", String(port), "--data-dir", dataDir, "--log-level", logLevel], env);
+  child.stdout?.resume();
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 300; i++) {
+    if (child.exitCode !== null) throw new Error(`coordinator exited with ${child.exitCode}`);
+    if (await fetch(`${url}/readyz`).then((r) => r.ok, () => false)) return { child, url };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("coordinator did not become ready");
+}
+
+/** SIGTERM, then waits for the exit. */
+export async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  await exited;
 }

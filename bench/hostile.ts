@@ -12,55 +12,18 @@
  * Environment: BENCH_SECONDS (per phase, default 5), BENCH_ROUNDS (default 3), BENCH_PROBE_MS
  * (gap between probes, default 5).
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
 import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
-import { median } from "./bench-support.js";
+import { median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const PROBE_GAP_MS = Number(process.env.BENCH_PROBE_MS ?? 5);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const addr = srv.address();
-      const port = typeof addr === "object" && addr !== null ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function tsx(args: string[], stdout: "pipe" | "ignore" = "ignore"): ChildProcess {
-  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: process.env, stdio: ["ignore", stdout, "inherit"] });
-}
-
-async function startCoordinator(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const port = await freePort();
-  const child = tsx([path.join(ROOT, "src/bin/aitbc.ts"), "coordinator", "--port", String(port), "--data-dir", dataDir, "--log-level", "error"]);
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 300; i++) {
-    if (child.exitCode !== null) throw new Error(`coordinator exited with ${child.exitCode}`);
-    if (await fetch(`${url}/readyz`).then((r) => r.ok, () => false)) return { child, url };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error("coordinator did not become ready");
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGTERM");
-  await exited;
-}
 
 /** GET /healthz one after another for `seconds`; the latency of each, ms. */
 async function probe(url: string, seconds: number): Promise<number[]> {
@@ -88,7 +51,7 @@ async function main(): Promise<void> {
   const miner = await keyStore.createKey("miner", "hostile-miner", "bench", Date.now());
   const client = await keyStore.createKey("client", "hostile-client", "bench", Date.now());
   await keyStore.close();
-  const ours = await startCoordinator(dataDir);
+  const ours = await startCoordinator(dataDir, {}, "error");
   const phases: Record<"idle" | "flooded", { p50: number[]; p99: number[]; max: number[]; n: number[] }> = {
     idle: { p50: [], p99: [], max: [], n: [] },
     flooded: { p50: [], p99: [], max: [], n: [] },
@@ -100,7 +63,7 @@ async function main(): Promise<void> {
       process.stderr.write(`round ${round}/${ROUNDS}: idle\n`);
       const idle = await probe(ours.url, SECONDS);
       process.stderr.write(`round ${round}/${ROUNDS}: flooded\n`);
-      const flood = tsx([path.join(ROOT, "bench/hostile-flood.ts"), ours.url, miner.key, client.key], "pipe");
+      const flood = tsx([path.join(ROOT, "bench/hostile-flood.ts"), ours.url, miner.key, client.key]);
       const tally = new Promise<Record<string, number>>((resolve) => {
         createInterface({ input: flood.stdout! }).once("line", (l) => resolve(JSON.parse(l) as Record<string, number>));
         flood.once("exit", () => resolve({}));
@@ -117,7 +80,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    await stop(ours.child);
+    await stopChild(ours.child);
     await rm(dataDir, { recursive: true, force: true });
   }
   const lines = [

@@ -37,7 +37,8 @@ function gpuMiner(id: string, gpus: GpuInfo[], models = ["gpt2"]): MinerCapabili
 }
 const cpuMiner = (id = "m-cpu", models = ["gpt2"]): MinerCapabilities => ({ minerId: id, gpus: [], models });
 
-function newJob(over: Partial<NewJob> = {}): NewJob {
+/** A job as the client API would create it (the contract's default; other store tests reuse it). */
+export function newJob(over: Partial<NewJob> = {}): NewJob {
   return {
     tenant: "acme",
     model: "gpt2",

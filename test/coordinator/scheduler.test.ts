@@ -16,7 +16,7 @@ import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
-import { resolveGenerationParameters } from "../../src/protocol/generation.js";
+import { newJob } from "./job-store-contract.js";
 
 /**
  * The scheduler against a real SQLite store and sessions over fake sockets: what it does with a
@@ -65,30 +65,12 @@ describe("scheduler", () => {
   }
 
   async function queuedJob(): Promise<string> {
-    const { job } = await store.createJob(
-      {
-        tenant: "acme",
-        model: "gpt2",
-        input: "hello",
-        inputFileId: null,
-        outputFormat: "json",
-        destination: "",
-        requirements: {},
-        priority: "normal",
-        timeoutSeconds: 60,
-        parameters: resolveGenerationParameters(undefined, () => 7),
-        maxAttempts: 3,
-        estimatedCost: 0,
-        estimatedTimeSeconds: 1,
-      },
-      Date.now(),
-    );
+    const { job } = await store.createJob(newJob(), Date.now());
     return job.id;
   }
 
   /** Runs one dispatch for these sessions; returns how many claims the store saw. */
-  async function dispatchTo(s: MinerSession): Promise<number>
- {
+  async function dispatchTo(s: MinerSession): Promise<number> {
     // Each claim is counted; past 20 the store finds nothing, so a dispatcher that keeps
     // offering the job ends here instead of spinning (and hanging this test's process).
     let claims = 0;
