@@ -25,7 +25,7 @@ import path from "node:path";
 import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
-import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../src/coordinator/store/sqlite/sqlite-job-store.js";
 import { median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 interface CannonResult {

@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
-import { SqliteJobStore } from "../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../src/coordinator/store/sqlite/sqlite-job-store.js";
 import { median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");

@@ -25,7 +25,7 @@ import { StreamRegistry } from "./http/stream-registry.js";
 import { validatorCompiler } from "./http/validator.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
-import { SqliteJobStore } from "./store/sqlite-job-store.js";
+import { SqliteJobStore } from "./store/sqlite/sqlite-job-store.js";
 
 export interface CoordinatorOptions {
   config: CoordinatorConfig;

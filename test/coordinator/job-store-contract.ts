@@ -13,7 +13,8 @@ import type {
   NewJob,
   StoredResult,
 } from "../../src/coordinator/store/job-store.js";
-import { IdempotencyMismatchError, InvalidCursorError } from "../../src/coordinator/store/sqlite-job-store.js";
+import { InvalidCursorError } from "../../src/coordinator/store/cursor.js";
+import { IdempotencyMismatchError } from "../../src/coordinator/store/store-errors.js";
 
 /** What a backend's test file hands the contract: a fresh, empty store and how to reopen it. */
 export interface StoreHarness {

@@ -15,7 +15,7 @@ import { LocalResultStore } from "../../src/coordinator/results/result-store.js"
 import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
-import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
 import { newJob } from "./job-store-contract.js";
 
 /**

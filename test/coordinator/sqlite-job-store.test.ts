@@ -7,9 +7,9 @@ import { AppError, UnavailableError } from "../../src/common/errors.js";
 import { resolveGenerationParameters } from "../../src/protocol/generation.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { JobStore } from "../../src/coordinator/store/job-store.js";
-import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
 import { jobStoreContract } from "./job-store-contract.js";
-import { MIGRATIONS } from "../../src/coordinator/store/migrations.js";
+import { SQLITE_MIGRATIONS as MIGRATIONS } from "../../src/coordinator/store/sqlite/migrations.js";
 
 jobStoreContract("SqliteJobStore (file in a temp dir)", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "aitbc-store-"));
@@ -54,7 +54,7 @@ describe("SqliteJobStore specifics", () => {
     // journal_mode=WAL is stored in the file, so a second connection sees it.
     expect(other.pragma("journal_mode", { simple: true })).toBe("wal");
     // synchronous is per connection, so read it on the store's own one (0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA).
-    const db = (store as unknown as { db: Database.Database }).db;
+    const db = (store as unknown as { db: { db: Database.Database } }).db.db;
     expect(db.pragma("synchronous", { simple: true })).toBe(2);
     expect(db.pragma("foreign_keys", { simple: true })).toBe(1);
   });

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { errorMessage } from "../../src/common/errors.js";
 import { databasePath } from "../../src/coordinator/coordinator.js";
-import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
 
 /**
  * End-to-end harness: the coordinator and miners as real child processes (`node dist/bin/aitbc.js`)

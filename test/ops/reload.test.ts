@@ -4,7 +4,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {

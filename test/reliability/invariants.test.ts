@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { databasePath } from "../../src/coordinator/coordinator.js";
 import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
 import type { NewJob } from "../../src/coordinator/store/job-store.js";
-import { SqliteJobStore } from "../../src/coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
 import { resolveGenerationParameters } from "../../src/protocol/generation.js";
 import { checkInvariants } from "./invariants.js";
 

@@ -3,7 +3,7 @@ import { NotFoundError, ValidationError } from "../../common/errors.js";
 import { databasePath } from "../../coordinator/coordinator.js";
 import { loadCoordinatorConfig } from "../../coordinator/config.js";
 import type { ApiKeyRecord } from "../../coordinator/store/job-store.js";
-import { SqliteJobStore } from "../../coordinator/store/sqlite-job-store.js";
+import { SqliteJobStore } from "../../coordinator/store/sqlite/sqlite-job-store.js";
 
 interface KeysOptions {
   config: string;

@@ -17,8 +17,6 @@ import {
 } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
 import { estimateJob } from "../estimates.js";
-import { IdempotencyMismatchError, InvalidCursorError } from "../store/sqlite-job-store.js";
-import type { JobRecord, Page } from "../store/job-store.js";
 import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
@@ -62,13 +60,6 @@ export function parseRangeBound(value: string, end: boolean, field: string): num
     if (!Number.isNaN(t)) return t;
   }
   throw new ValidationError(`${field} must be a date (YYYY-MM-DD) or an ISO 8601 time`, { field });
-}
-
-function pageOrThrow<T>(fn: () => Promise<Page<T>>): Promise<Page<T>> {
-  return fn().catch((err: unknown) => {
-    if (err instanceof InvalidCursorError) throw new ValidationError(err.message, { field: "cursor" });
-    throw err;
-  });
 }
 
 /**
@@ -141,10 +132,9 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: ctx.miners.eligibleMiners({ model: body.model, requirements }) },
         );
         const idem = request.headers["idempotency-key"];
-        let result: { job: JobRecord; created: boolean };
-        try {
-          result = await ctx.store.createJob(
-            {
+        // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
+        const result = await ctx.store.createJob(
+          {
               tenant,
               model: body.model,
               input,
@@ -162,12 +152,6 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
             },
             now,
           );
-        } catch (err) {
-          if (err instanceof IdempotencyMismatchError) {
-            throw new ConflictError("idempotency_key_reused", err.message, { job_id: err.jobId });
-          }
-          throw err;
-        }
         const { job, created } = result;
         if (created) {
           request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");
@@ -190,13 +174,11 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
       async (request) => {
         const q = request.query;
         const limit = Math.min(q.limit ?? 20, ctx.config.limits.maxPageSize);
-        const page = await pageOrThrow(() =>
-          ctx.store.listJobs(tenantOf(request), {
-            limit,
-            ...(q.status === undefined ? {} : { status: q.status }),
-            ...(q.cursor === undefined ? {} : { cursor: q.cursor }),
-          }),
-        );
+        const page = await ctx.store.listJobs(tenantOf(request), {
+          limit,
+          ...(q.status === undefined ? {} : { status: q.status }),
+          ...(q.cursor === undefined ? {} : { cursor: q.cursor }),
+        });
         return { jobs: page.items.map(jobSummary), total: page.total, has_more: page.nextCursor !== null, next_cursor: page.nextCursor };
       },
     );
@@ -213,9 +195,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         const to = parseRangeBound(q.to, true, "to");
         if (from > to) throw new ValidationError("from must not be after to", { field: "from" });
         const limit = Math.min(q.limit ?? 50, ctx.config.limits.maxPageSize);
-        const page = await pageOrThrow(() =>
-          ctx.store.listHistory(tenantOf(request), { from, to, limit, ...(q.cursor === undefined ? {} : { cursor: q.cursor }) }),
-        );
+        const page = await ctx.store.listHistory(tenantOf(request), { from, to, limit, ...(q.cursor === undefined ? {} : { cursor: q.cursor }) });
         return { jobs: page.items.map(jobSummary), total: page.total, has_more: page.nextCursor !== null, next_cursor: page.nextCursor };
       },
     );

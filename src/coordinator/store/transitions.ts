@@ -1,3 +1,5 @@
+import { safeEqual } from "../../common/safe-equal.js";
+
 /**
  * The rules of the job lifecycle that do not depend on how jobs are stored: every backend calls
  * these and only writes down what they decide (job-store.ts draws the state machine).
@@ -65,4 +67,47 @@ export function decideExpiry(job: Pick<FailFacts, "cancelRequested" | "failures"
   if (job.cancelRequested) return { kind: "cancelled" };
   if (job.failures + 1 < job.maxAttempts) return { kind: "requeue", notBefore: now + requeueDelayMs(job.failures, backoffMs), reason: "lease_expired" };
   return { kind: "failed", error: { code: "attempts_exhausted", message: `the lease expired on the last of ${job.maxAttempts} attempts` } };
+}
+
+/** The errors terminal states carry, the same whichever backend writes them. */
+export const CANCELLED_BY_CLIENT = { code: "cancelled", message: "cancelled by the client" } as const;
+export const EXPIRED_IN_QUEUE = { code: "expired", message: "no miner could run the job before the queue TTL ran out" } as const;
+export function timedOut(timeoutSeconds: number): { code: string; message: string } {
+  return { code: "timed_out", message: `ran past timeout_seconds (${timeoutSeconds})` };
+}
+
+/** The fencing rule: a (job, attempt, token[, miner]) triple holds the lease only if it is the current one. */
+export function holdsLease(
+  job: { status: string; attempt: number; lease_token: string | null; miner_id: string | null },
+  ref: { attempt: number; leaseToken: string; minerId?: string },
+): boolean {
+  return (
+    (job.status === "assigned" || job.status === "running") &&
+    job.attempt === ref.attempt &&
+    job.lease_token !== null &&
+    safeEqual(job.lease_token, ref.leaseToken) &&
+    (ref.minerId === undefined || job.miner_id === ref.minerId)
+  );
+}
+
+/** What a client's DELETE does: a queued job ends at once; a leased one is asked to stop; a finished one conflicts. */
+export function decideCancel(status: string): "cancel_now" | "request_stop" | "conflict" {
+  if (status === "queued") return "cancel_now";
+  if (status === "assigned" || status === "running") return "request_stop";
+  return "conflict";
+}
+
+/**
+ * What a result does (compare-and-set on the lease): the same output of the committed attempt is
+ * a duplicate; a lease no longer held is stale; a cancel already accepted (202) wins over a result
+ * that arrives before the miner stopped, so a job never completes behind an accepted cancel.
+ */
+export function decideCommit(
+  job: { status: string; attempt: number; lease_token: string | null; miner_id: string | null; cancelRequested: boolean; committed: { attempt: number; sha256: string } | null },
+  ref: { attempt: number; leaseToken: string; minerId?: string },
+  sha256: string,
+): "duplicate" | "stale" | "cancel" | "commit" {
+  if (job.status === "completed") return job.committed?.attempt === ref.attempt && job.committed.sha256 === sha256 ? "duplicate" : "stale";
+  if (!holdsLease(job, ref)) return "stale";
+  return job.cancelRequested ? "cancel" : "commit";
 }

@@ -3,7 +3,7 @@
  * schema_migrations. Never edit a shipped migration: append a new one.
  * Times are integer milliseconds since the epoch (UTC).
  */
-export const MIGRATIONS: readonly string[] = [
+export const SQLITE_MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,0 +1,148 @@
+import type { JobState } from "../../../protocol/version.js";
+import { decodeCursor, encodeCursor } from "../cursor.js";
+import { randomId } from "../ids.js";
+import { PRIORITY_RANK, toEvent, toJob, type EventRow, type JobRow } from "../job-row.js";
+import type { CancelOutcome, JobEvent, JobRecord, NewJob, Page } from "../job-store.js";
+import { IdempotencyMismatchError } from "../store-errors.js";
+import { CANCELLED_BY_CLIENT, decideCancel } from "../transitions.js";
+import type { SqliteDb } from "./sqlite-db.js";
+
+/** The client side's verbs on SQLite: submit, read, list, cancel, counts. */
+
+export function createJob(db: SqliteDb, job: NewJob, now: number): { job: JobRecord; created: boolean } {
+  return db.tx((emit) => {
+    if (job.idempotency !== undefined) {
+      const existing = db.sql("SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?").get(job.tenant, job.idempotency.key) as JobRow | undefined;
+      if (existing !== undefined) {
+        if (existing.request_hash !== job.idempotency.requestHash) throw new IdempotencyMismatchError(existing.id);
+        return { job: toJob(existing), created: false };
+      }
+    }
+    const id = randomId("job_");
+    db.sql(
+      `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
+         priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
+         cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?)`,
+    ).run(
+      id,
+      job.tenant,
+      job.model,
+      job.input,
+      job.inputFileId,
+      job.outputFormat,
+      job.destination,
+      JSON.stringify(job.requirements),
+      job.priority,
+      PRIORITY_RANK[job.priority],
+      job.timeoutSeconds,
+      JSON.stringify(job.parameters),
+      job.maxAttempts,
+      now,
+      job.estimatedCost,
+      job.estimatedTimeSeconds,
+      job.idempotency?.key ?? null,
+      job.idempotency?.requestHash ?? null,
+    );
+    emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority } });
+    return { job: toJob(db.mustRow(id)), created: true };
+  });
+}
+
+export function getJob(db: SqliteDb, tenant: string | null, jobId: string): JobRecord | null {
+  const r = db.read(() => db.row(jobId));
+  return r === undefined || (tenant !== null && r.tenant !== tenant) ? null : toJob(r);
+}
+
+function page(rows: JobRow[], limit: number, total: number, key: (r: JobRow) => number): Page<JobRecord> {
+  const more = rows.length > limit;
+  const items = rows.slice(0, limit);
+  const last = items[items.length - 1];
+  return { items: items.map(toJob), total, nextCursor: more && last !== undefined ? encodeCursor(key(last), last.seq) : null };
+}
+
+export function listJobs(db: SqliteDb, tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Page<JobRecord> {
+  const cursor = decodeCursor(q.cursor);
+  const where = ["tenant = @tenant"];
+  if (q.status !== undefined) where.push("status = @status");
+  const params = { tenant, status: q.status ?? null, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
+  return db.read(() => {
+    const total = (db.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
+    if (cursor !== undefined) where.push("(created_at < @ck OR (created_at = @ck AND seq < @cseq))");
+    const rows = db.sql(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY created_at DESC, seq DESC LIMIT @limit`).all(params) as JobRow[];
+    return page(rows, q.limit, total, (r) => r.created_at);
+  });
+}
+
+export function listHistory(db: SqliteDb, tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Page<JobRecord> {
+  const cursor = decodeCursor(q.cursor);
+  const where = [
+    "tenant = @tenant",
+    "completed_at IS NOT NULL",
+    "status IN ('completed','failed','cancelled','timed_out','expired')",
+    "completed_at >= @from AND completed_at <= @to",
+  ];
+  const params = { tenant, from: q.from, to: q.to, limit: q.limit + 1, ck: cursor?.[0] ?? 0, cseq: cursor?.[1] ?? 0 };
+  return db.read(() => {
+    const total = (db.sql(`SELECT COUNT(*) AS n FROM jobs WHERE ${where.join(" AND ")}`).get(params) as { n: number }).n;
+    if (cursor !== undefined) where.push("(completed_at < @ck OR (completed_at = @ck AND seq < @cseq))");
+    const rows = db.sql(`SELECT * FROM jobs WHERE ${where.join(" AND ")} ORDER BY completed_at DESC, seq DESC LIMIT @limit`).all(params) as JobRow[];
+    return page(rows, q.limit, total, (r) => r.completed_at ?? 0);
+  });
+}
+
+export function requestCancel(db: SqliteDb, tenant: string, jobId: string, now: number): CancelOutcome | null {
+  return db.tx((emit): CancelOutcome | null => {
+    const r = db.row(jobId);
+    if (r === undefined || r.tenant !== tenant) return null;
+    switch (decideCancel(r.status)) {
+      case "cancel_now":
+        db.finish(r, "cancelled", now, emit, { error: CANCELLED_BY_CLIENT });
+        return { outcome: "cancelled", job: toJob(db.mustRow(jobId)) };
+      case "request_stop":
+        if (r.cancel_requested === 0) {
+          db.sql("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").run(jobId);
+          emit({ jobId, type: "cancel_requested", at: now, data: { attempt: r.attempt, miner_id: r.miner_id } });
+        }
+        return { outcome: "cancel_requested", job: toJob(db.mustRow(jobId)) };
+      case "conflict":
+        return { outcome: "conflict", job: toJob(r) };
+    }
+  });
+}
+
+export function countQueued(db: SqliteDb, filter: { tenant?: string; model?: string }): number {
+  return db.read(
+    () =>
+      (
+        db
+          .sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND (@tenant IS NULL OR tenant = @tenant) AND (@model IS NULL OR model = @model)")
+          .get({ tenant: filter.tenant ?? null, model: filter.model ?? null }) as { n: number }
+      ).n,
+  );
+}
+
+export function countByState(db: SqliteDb): Partial<Record<JobState, number>> {
+  const rows = db.read(() => db.sql("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").all() as { status: JobState; n: number }[]);
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+/** Queued jobs the scheduler would pick first: same model, higher priority, or same priority and submitted earlier (seq). */
+export function queuePosition(db: SqliteDb, job: JobRecord): number {
+  return db.read(
+    () =>
+      (
+        db
+          .sql(
+            `SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ?
+               AND (priority_rank > ? OR (priority_rank = ? AND seq < (SELECT seq FROM jobs WHERE id = ?)))`,
+          )
+          .get(job.model, PRIORITY_RANK[job.priority], PRIORITY_RANK[job.priority], job.id) as { n: number }
+      ).n,
+  );
+}
+
+export function listEvents(db: SqliteDb, jobId: string, afterSeq: number): JobEvent[] {
+  const rows = db.read(() => db.sql("SELECT job_id, seq, type, data, at FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq").all(jobId, afterSeq) as EventRow[]);
+  return rows.map(toEvent);
+}

@@ -1,0 +1,180 @@
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { UnavailableError } from "../../../common/errors.js";
+import type { JobEvents } from "../job-events.js";
+import { storedResult, type JobRow } from "../job-row.js";
+import type { JobEvent, StoredResult } from "../job-store.js";
+import { CANCELLED_BY_CLIENT, timedOut, type FailDecision } from "../transitions.js";
+import { SQLITE_MIGRATIONS } from "./migrations.js";
+
+/** Appends an event to the job's log inside the current transaction (published after commit). */
+export type Emit = (e: Omit<JobEvent, "seq">) => void;
+
+export type TerminalStatus = "completed" | "failed" | "cancelled" | "timed_out" | "expired";
+
+/**
+ * The one SQLite connection (better-sqlite3) and what every verb module shares: prepared
+ * statements, the write transaction that appends events and publishes them after the commit,
+ * and the writes several verbs make (a job finishing, a job requeued, stored bytes counted).
+ * better-sqlite3 is synchronous, so a transaction cannot interleave with another: each verb is
+ * atomic. WAL with synchronous=FULL: a commit is on disk before it returns.
+ */
+export class SqliteDb {
+  readonly db: Database.Database;
+  private closed = false;
+  /** Prepared statements, compiled once per SQL text (preparing dominated cheap reads). */
+  private readonly statements = new Map<string, Database.Statement>();
+
+  constructor(
+    file: string,
+    readonly events: JobEvents,
+  ) {
+    if (file !== ":memory:") mkdirSync(path.dirname(file), { recursive: true });
+    // A short busy timeout: better-sqlite3 waits synchronously, so a lock held by another
+    // process (a backup, `aitbc keys`) would stall the event loop for this long; past it the
+    // request gets 503 + Retry-After instead.
+    this.db = new Database(file, { timeout: 250 });
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = FULL");
+    this.db.pragma("foreign_keys = ON");
+    this.migrate();
+  }
+
+  sql(text: string): Database.Statement {
+    let stmt = this.statements.get(text);
+    if (stmt === undefined) {
+      stmt = this.db.prepare(text);
+      this.statements.set(text, stmt);
+    }
+    return stmt;
+  }
+
+  private migrate(): void {
+    this.db.exec("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)");
+    const applied = new Set((this.sql("SELECT version FROM schema_migrations").all() as { version: number }[]).map((r) => r.version));
+    for (const [i, sql] of SQLITE_MIGRATIONS.entries()) {
+      const version = i + 1;
+      if (applied.has(version)) continue;
+      this.db.transaction(() => {
+        this.db.exec(sql);
+        this.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(version, Date.now());
+      })();
+    }
+  }
+
+  /** A read outside a write transaction; storage faults become 503s. */
+  read<T>(fn: () => T): T {
+    if (this.closed) throw new UnavailableError("the job store is closed");
+    try {
+      return fn();
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  /**
+   * Runs fn in an IMMEDIATE transaction; storage faults become 503s, and the events it emitted
+   * are published after the commit. A job's events are numbered 1..n: the connection is the only
+   * writer, so the next number is one past the last.
+   */
+  tx<T>(fn: (emit: Emit) => T): T {
+    if (this.closed) throw new UnavailableError("the job store is closed");
+    const pending: JobEvent[] = [];
+    const emit: Emit = (e) => {
+      const row = this.sql("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = ?").get(e.jobId) as { seq: number };
+      this.sql("INSERT INTO job_events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)").run(e.jobId, row.seq, e.type, JSON.stringify(e.data), e.at);
+      pending.push({ ...e, seq: row.seq });
+    };
+    let out: T;
+    try {
+      out = this.db.transaction(() => fn(emit)).immediate();
+    } catch (err) {
+      throw storageError(err);
+    }
+    for (const e of pending) this.events.publish(e);
+    return out;
+  }
+
+  row(jobId: string): JobRow | undefined {
+    return this.sql("SELECT * FROM jobs WHERE id = ?").get(jobId) as JobRow | undefined;
+  }
+
+  mustRow(jobId: string): JobRow {
+    const r = this.row(jobId);
+    if (r === undefined) throw new Error(`job ${jobId} vanished inside a transaction`);
+    return r;
+  }
+
+  /** Moves a job to a terminal state, clearing its lease. */
+  finish(r: JobRow, status: TerminalStatus, now: number, emit: Emit, extra: { error?: { code: string; message: string }; result?: StoredResult } = {}): void {
+    this.sql(
+      `UPDATE jobs SET status = ?, lease_token = NULL, lease_expires_at = NULL, completed_at = ?,
+         progress = CASE WHEN ? = 'completed' THEN 100 ELSE progress END,
+         result = COALESCE(?, result), error_code = ?, error_message = ?
+       WHERE id = ?`,
+    ).run(status, now, status, extra.result === undefined ? null : JSON.stringify(extra.result), extra.error?.code ?? null, extra.error?.message ?? null, r.id);
+    emit({ jobId: r.id, type: status, at: now, data: { attempt: r.attempt, miner_id: r.miner_id, ...(extra.error === undefined ? {} : { error: extra.error }) } });
+  }
+
+  requeue(r: JobRow, now: number, notBefore: number, reason: string, countsAsFailure: boolean, emit: Emit): void {
+    this.sql(
+      `UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, miner_id = NULL,
+         progress = 0, attempt_started_at = NULL, not_before = ?, failures = failures + ?
+       WHERE id = ?`,
+    ).run(notBefore, countsAsFailure ? 1 : 0, r.id);
+    emit({ jobId: r.id, type: "requeued", at: now, data: { attempt: r.attempt, miner_id: r.miner_id, reason } });
+  }
+
+  /** Writes what transitions.ts decided for a lease that ends (fail or expiry). */
+  apply(r: JobRow, d: FailDecision, now: number, emit: Emit): "requeued" | "failed" | "cancelled" | "timed_out" {
+    switch (d.kind) {
+      case "cancelled":
+        this.finish(r, "cancelled", now, emit, { error: CANCELLED_BY_CLIENT });
+        return "cancelled";
+      case "timed_out":
+        this.finish(r, "timed_out", now, emit, { error: timedOut(r.timeout_seconds) });
+        return "timed_out";
+      case "requeue":
+        this.requeue(r, now, d.notBefore, d.reason, true, emit);
+        return "requeued";
+      case "failed":
+        this.finish(r, "failed", now, emit, { error: d.error });
+        return "failed";
+    }
+  }
+
+  /** Adjusts the tenant's stored bytes (inside a transaction). */
+  addUsage(tenant: string, fileBytes: number, resultBytes: number): void {
+    this.sql(
+      `INSERT INTO tenant_usage (tenant, file_bytes, result_bytes) VALUES (@tenant, MAX(0, @f), MAX(0, @r))
+       ON CONFLICT (tenant) DO UPDATE SET file_bytes = MAX(0, file_bytes + @f), result_bytes = MAX(0, result_bytes + @r)`,
+    ).run({ tenant, f: fileBytes, r: resultBytes });
+  }
+
+  /** Records that a completed job's output is gone (inside a transaction); null when there is none. */
+  markRemoved(r: JobRow, reason: "deleted" | "expired", now: number): { location: string } | null {
+    const result = r.status === "completed" ? storedResult(r) : null;
+    if (result === null || result.removed !== undefined) return null;
+    this.sql("UPDATE jobs SET result = ? WHERE id = ?").run(JSON.stringify({ ...result, removed: { reason, at: now } }), r.id);
+    this.addUsage(r.tenant, 0, -result.bytes);
+    return { location: result.location };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+}
+
+const UNAVAILABLE_CODES = ["SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN"];
+
+/** SQLITE_BUSY / disk-full / read-only errors are UnavailableError (HTTP 503 + Retry-After). */
+function storageError(err: unknown): unknown {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && UNAVAILABLE_CODES.some((c) => code.startsWith(c))) {
+    return new UnavailableError("the job store is temporarily unavailable", { retryAfterSeconds: 1, cause: err });
+  }
+  return err;
+}

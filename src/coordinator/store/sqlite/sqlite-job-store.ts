@@ -1,0 +1,167 @@
+import type { JobState } from "../../../protocol/version.js";
+import type { KeyKind } from "../../auth/api-key.js";
+import { JobEvents } from "../job-events.js";
+import type {
+  ApiKeyRecord,
+  Assignment,
+  CancelOutcome,
+  CommitOutcome,
+  FailOutcome,
+  FileRecord,
+  JobEvent,
+  JobRecord,
+  JobStore,
+  LeaseRef,
+  MinerCapabilities,
+  NewJob,
+  Page,
+  ReapedJob,
+  StoredResult,
+  TenantUsage,
+} from "../job-store.js";
+import * as client from "./client-verbs.js";
+import * as keys from "./key-verbs.js";
+import * as leases from "./lease-verbs.js";
+import { SqliteDb } from "./sqlite-db.js";
+import * as storage from "./storage-verbs.js";
+
+/**
+ * The embedded job store: one SQLite file (better-sqlite3), WAL with `synchronous=FULL`, so a
+ * job is on disk before POST /v1/jobs answers. The verbs live in small modules by what they act
+ * on (client-verbs, lease-verbs, storage-verbs, key-verbs) over one SqliteDb; the rules they
+ * follow are the backend-neutral ones in ../transitions.ts. Storage faults (busy, full,
+ * read-only) are UnavailableError (503 + Retry-After).
+ */
+export class SqliteJobStore implements JobStore {
+  private readonly db: SqliteDb;
+
+  constructor(
+    file: string,
+    readonly events: JobEvents = new JobEvents(),
+  ) {
+    this.db = new SqliteDb(file, events);
+  }
+
+  createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
+    return settle(() => client.createJob(this.db, job, now));
+  }
+  getJob(tenant: string, jobId: string): Promise<JobRecord | null> {
+    return settle(() => client.getJob(this.db, tenant, jobId));
+  }
+  getJobById(jobId: string): Promise<JobRecord | null> {
+    return settle(() => client.getJob(this.db, null, jobId));
+  }
+  listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return settle(() => client.listJobs(this.db, tenant, q));
+  }
+  listHistory(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return settle(() => client.listHistory(this.db, tenant, q));
+  }
+  requestCancel(tenant: string, jobId: string, now: number): Promise<CancelOutcome | null> {
+    return settle(() => client.requestCancel(this.db, tenant, jobId, now));
+  }
+  countQueued(filter: { tenant?: string; model?: string }): Promise<number> {
+    return settle(() => client.countQueued(this.db, filter));
+  }
+  countByState(): Promise<Partial<Record<JobState, number>>> {
+    return settle(() => client.countByState(this.db));
+  }
+  queuePosition(job: JobRecord): Promise<number> {
+    return settle(() => client.queuePosition(this.db, job));
+  }
+  listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]> {
+    return settle(() => client.listEvents(this.db, jobId, afterSeq));
+  }
+
+  createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord> {
+    return settle(() => storage.createFile(this.db, tenant, content, upload, now));
+  }
+  getFile(tenant: string, fileId: string): Promise<FileRecord | null> {
+    return settle(() => storage.getFile(this.db, tenant, fileId));
+  }
+  deleteFile(tenant: string, fileId: string): Promise<boolean> {
+    return settle(() => storage.deleteFile(this.db, tenant, fileId));
+  }
+  usage(tenant: string): Promise<TenantUsage> {
+    return settle(() => storage.usage(this.db, tenant));
+  }
+  removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null> {
+    return settle(() => storage.removeResult(this.db, tenant, jobId, reason, now));
+  }
+  expireResults(before: number, now: number, limit: number): Promise<{ jobId: string; location: string }[]> {
+    return settle(() => storage.expireResults(this.db, before, now, limit));
+  }
+  expireFiles(before: number, limit: number): Promise<number> {
+    return settle(() => storage.expireFiles(this.db, before, limit));
+  }
+  recordUpload(jobId: string, outcome: { uri: string; attempts: number } | { error: { code: string; message: string }; attempts: number }, now: number): Promise<boolean> {
+    return settle(() => storage.recordUpload(this.db, jobId, outcome, now));
+  }
+  listPendingUploads(limit: number): Promise<JobRecord[]> {
+    return settle(() => storage.listPendingUploads(this.db, limit));
+  }
+
+  claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
+    return settle(() => leases.claimNextJob(this.db, miner, now, leaseTtlMs));
+  }
+  markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean> {
+    return settle(() => leases.markRunning(this.db, ref, now, leaseTtlMs));
+  }
+  renewLease(ref: LeaseRef, now: number, leaseTtlMs: number, progress?: number): Promise<{ renewed: boolean; cancelRequested: boolean }> {
+    return settle(() => leases.renewLease(this.db, ref, now, leaseTtlMs, progress));
+  }
+  commitResult(ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
+    return settle(() => leases.commitResult(this.db, ref, result, now));
+  }
+  failAttempt(ref: LeaseRef, failure: { code: string; message: string; retryable: boolean }, now: number, requeueBackoffMs: number): Promise<FailOutcome> {
+    return settle(() => leases.failAttempt(this.db, ref, failure, now, requeueBackoffMs));
+  }
+  releaseLease(ref: LeaseRef, now: number, reason = "released"): Promise<"requeued" | "cancelled" | "stale"> {
+    return settle(() => leases.releaseLease(this.db, ref, now, reason));
+  }
+  listLeasedBy(minerId: string): Promise<JobRecord[]> {
+    return settle(() => leases.listLeasedBy(this.db, minerId));
+  }
+  reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]> {
+    return settle(() => leases.reapExpiredLeases(this.db, now, requeueBackoffMs));
+  }
+  expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]> {
+    return settle(() => leases.expireQueued(this.db, now, queueTtlMs));
+  }
+  timeOutRunning(now: number): Promise<ReapedJob[]> {
+    return settle(() => leases.timeOutRunning(this.db, now));
+  }
+
+  createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
+    return settle(() => keys.createKey(this.db, kind, name, tenant, now));
+  }
+  authenticate(rawKey: string, kind: KeyKind): Promise<ApiKeyRecord | null> {
+    return settle(() => keys.authenticate(this.db, rawKey, kind));
+  }
+  listKeys(): Promise<ApiKeyRecord[]> {
+    return settle(() => keys.listKeys(this.db));
+  }
+  revokeKey(id: string, now: number): Promise<boolean> {
+    return settle(() => keys.revokeKey(this.db, id, now));
+  }
+  revokedAmong(ids: readonly string[]): Promise<string[]> {
+    return settle(() => keys.revokedAmong(this.db, ids));
+  }
+
+  close(): Promise<void> {
+    this.db.close();
+    return Promise.resolve();
+  }
+}
+
+/**
+ * The verbs run synchronously (better-sqlite3) but promise a result: a throw must become a
+ * rejected promise, not escape before the caller has a promise to catch on.
+ */
+function settle<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}
