@@ -1,0 +1,138 @@
+import pg from "pg";
+import { UnavailableError } from "../../../common/errors.js";
+import type { JobEvents } from "../job-events.js";
+import type { JobEvent } from "../job-store.js";
+
+/** A statement runner: the pool (a read) or the client of a transaction. */
+export type Queryable = Pick<pg.PoolClient, "query">;
+
+/** Appends an event to the job's log inside the current transaction (published after commit). */
+export type PgEmit = (e: Omit<JobEvent, "seq">) => Promise<void>;
+
+/** The channel job-state notifications go out on: `{"j": job id, "s": seq, "t": type}`, nothing more. */
+export const JOB_CHANNEL = "aitbc_jobs";
+
+export interface PgDbOptions {
+  url: string;
+  /** Schema the tables live in (search_path); tests give each store its own. Default "public". */
+  schema?: string;
+  /** Pool size. Default 10. */
+  max?: number;
+  /** Application name shown in pg_stat_activity (the replica). */
+  applicationName?: string;
+}
+
+/** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
+const types = {
+  getTypeParser: ((oid: number, format?: "text" | "binary") => {
+    if (oid === 20 || oid === 1700) return (v: string) => Number(v);
+    return pg.types.getTypeParser(oid, format as "text");
+  }) as typeof pg.types.getTypeParser,
+};
+
+/**
+ * The PostgreSQL connection pool and what every verb module shares: the transaction helper that
+ * numbers each job's events (a counter on the job's row, which the verb has locked, so numbers
+ * are 1..n without gaps or collisions across writers) and sends a small NOTIFY for each inside
+ * the transaction (delivered only at commit), then publishes the events in this process after
+ * the commit. Errors of an unreachable or failing database are UnavailableError (503).
+ */
+export class PgDb {
+  readonly pool: pg.Pool;
+  readonly schema: string;
+  private closed = false;
+
+  constructor(
+    readonly options: PgDbOptions,
+    readonly events: JobEvents,
+  ) {
+    this.schema = options.schema ?? "public";
+    if (!/^[a-z_][a-z0-9_]*$/.test(this.schema)) throw new Error(`invalid schema name ${this.schema}`);
+    this.pool = new pg.Pool({
+      connectionString: options.url,
+      max: options.max ?? 10,
+      types,
+      // An unreachable database fails a request fast (503) instead of hanging it.
+      connectionTimeoutMillis: 3_000,
+      idleTimeoutMillis: 30_000,
+      statement_timeout: 15_000,
+      application_name: options.applicationName ?? "aitbc-coordinator",
+      options: `-c search_path=${this.schema}`,
+    });
+    // An idle client's error (the server went away) must not crash the process.
+    this.pool.on("error", () => undefined);
+  }
+
+  async query<R extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
+    if (this.closed) throw new UnavailableError("the job store is closed");
+    try {
+      return (await this.pool.query<R>(text, params)).rows;
+    } catch (err) {
+      throw storageError(err);
+    }
+  }
+
+  /**
+   * Runs fn in a READ COMMITTED transaction. Verbs lock what they change (FOR UPDATE, or one
+   * conditional UPDATE), so the rules in transitions.ts see the row as it is.
+   */
+  async tx<T>(fn: (c: pg.PoolClient, emit: PgEmit) => Promise<T>, options: { asyncCommit?: boolean } = {}): Promise<T> {
+    if (this.closed) throw new UnavailableError("the job store is closed");
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw storageError(err);
+    }
+    const pending: JobEvent[] = [];
+    const emit: PgEmit = async (e) => {
+      const r = await client.query<{ event_seq: number }>("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq", [e.jobId]);
+      const seq = r.rows[0]!.event_seq;
+      await client.query("INSERT INTO job_events (job_id, seq, type, data, at) VALUES ($1, $2, $3, $4, $5)", [e.jobId, seq, e.type, JSON.stringify(e.data), e.at]);
+      await client.query("SELECT pg_notify($1, $2)", [JOB_CHANNEL, JSON.stringify({ j: e.jobId, s: seq, t: e.type })]);
+      pending.push({ ...e, seq });
+    };
+    let out: T;
+    try {
+      await client.query("BEGIN");
+      // A lease renewal may be lost in a crash (the next one renews again); nothing else may.
+      if (options.asyncCommit === true) await client.query("SET LOCAL synchronous_commit = off");
+      out = await fn(client, emit);
+      await client.query("COMMIT");
+    } catch (err) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      client.release(isConnectionError(err));
+      throw storageError(err);
+    }
+    client.release();
+    for (const e of pending) this.events.publish(e);
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pool.end();
+  }
+}
+
+/** SQLSTATE classes and Node errors that mean "the database is not there right now". */
+function isConnectionError(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : "";
+  if (["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH"].includes(code)) return true;
+  // 08: connection exception; 53: insufficient resources; 57P: operator intervention (shutdown); 58: system error.
+  if (/^(08|53|57P|58)/.test(code)) return true;
+  const message = typeof e.message === "string" ? e.message : "";
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i.test(message);
+}
+
+export function storageError(err: unknown): unknown {
+  if (err instanceof UnavailableError) return err;
+  // 40001 serialization failure, 40P01 deadlock, 55P03 lock not available: retryable too.
+  const code = (err as { code?: unknown }).code;
+  if (isConnectionError(err) || code === "40001" || code === "40P01" || code === "55P03") {
+    return new UnavailableError("the job store is temporarily unavailable", { retryAfterSeconds: 1, cause: err });
+  }
+  return err;
+}

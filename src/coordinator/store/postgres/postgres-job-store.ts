@@ -1,0 +1,183 @@
+import type { JobState } from "../../../protocol/version.js";
+import type { KeyKind } from "../../auth/api-key.js";
+import { JobEvents } from "../job-events.js";
+import type {
+  ApiKeyRecord,
+  Assignment,
+  CancelOutcome,
+  CommitOutcome,
+  FailOutcome,
+  FileRecord,
+  JobEvent,
+  JobRecord,
+  JobStore,
+  LeaseRef,
+  MinerCapabilities,
+  NewJob,
+  Page,
+  ReapedJob,
+  StoredResult,
+  TenantUsage,
+} from "../job-store.js";
+import { migrate } from "./migrations.js";
+import { PgDb, type PgDbOptions } from "./pg-db.js";
+import { claimNextJob } from "./verbs/claim-next-job.js";
+import { commitResult } from "./verbs/commit-result.js";
+import { createJob } from "./verbs/create-job.js";
+import { expireQueued } from "./verbs/expire-queued.js";
+import { failAttempt } from "./verbs/fail-attempt.js";
+import { createFile, deleteFile, expireFiles, getFile } from "./verbs/files.js";
+import { getJob } from "./verbs/get-job.js";
+import { authenticate, createKey, listKeys, revokeKey, revokedAmong } from "./verbs/keys.js";
+import { listEvents } from "./verbs/list-events.js";
+import { listHistory, listJobs } from "./verbs/list-jobs.js";
+import { listLeasedBy } from "./verbs/list-leased-by.js";
+import { markRunning } from "./verbs/mark-running.js";
+import { countByState, countQueued, queuePosition } from "./verbs/queue-counts.js";
+import { reapExpiredLeases } from "./verbs/reap-expired-leases.js";
+import { releaseLease } from "./verbs/release-lease.js";
+import { renewLease } from "./verbs/renew-lease.js";
+import { requestCancel } from "./verbs/request-cancel.js";
+import { claimPendingUploads, expireResults, listPendingUploads, recordUpload, removeResult, usage } from "./verbs/results.js";
+import { timeOutRunning } from "./verbs/time-out-running.js";
+
+/**
+ * The job store of several coordinator replicas: one PostgreSQL database (`pg` 8), one verb per
+ * module under verbs/ in graphile-worker's manner, the rules from ../transitions.ts, fencing in
+ * the database (every lease verb locks the row or is one conditional UPDATE on the whole lease;
+ * claims and the reaper take rows with SKIP LOCKED). Submits and results commit synchronously
+ * (accepted means durable); lease renewals asynchronously.
+ */
+export class PostgresJobStore implements JobStore {
+  private constructor(readonly db: PgDb) {}
+
+  get events(): JobEvents {
+    return this.db.events;
+  }
+
+  /** Connects, migrates (once across replicas) and returns the store. */
+  static async open(options: PgDbOptions, events: JobEvents = new JobEvents()): Promise<PostgresJobStore> {
+    const db = new PgDb(options, events);
+    try {
+      await migrate(db);
+    } catch (err) {
+      await db.close();
+      throw err;
+    }
+    return new PostgresJobStore(db);
+  }
+
+  createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
+    return createJob(this.db, job, now);
+  }
+  getJob(tenant: string, jobId: string): Promise<JobRecord | null> {
+    return getJob(this.db, tenant, jobId);
+  }
+  getJobById(jobId: string): Promise<JobRecord | null> {
+    return getJob(this.db, null, jobId);
+  }
+  listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return listJobs(this.db, tenant, q);
+  }
+  listHistory(tenant: string, q: { from: number; to: number; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
+    return listHistory(this.db, tenant, q);
+  }
+  requestCancel(tenant: string, jobId: string, now: number): Promise<CancelOutcome | null> {
+    return requestCancel(this.db, tenant, jobId, now);
+  }
+  countQueued(filter: { tenant?: string; model?: string }): Promise<number> {
+    return countQueued(this.db, filter);
+  }
+  countByState(): Promise<Partial<Record<JobState, number>>> {
+    return countByState(this.db);
+  }
+  queuePosition(job: JobRecord): Promise<number> {
+    return queuePosition(this.db, job);
+  }
+  listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]> {
+    return listEvents(this.db, jobId, afterSeq);
+  }
+
+  createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord> {
+    return createFile(this.db, tenant, content, upload, now);
+  }
+  getFile(tenant: string, fileId: string): Promise<FileRecord | null> {
+    return getFile(this.db, tenant, fileId);
+  }
+  deleteFile(tenant: string, fileId: string): Promise<boolean> {
+    return deleteFile(this.db, tenant, fileId);
+  }
+  usage(tenant: string): Promise<TenantUsage> {
+    return usage(this.db, tenant);
+  }
+  removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null> {
+    return removeResult(this.db, tenant, jobId, reason, now);
+  }
+  expireResults(before: number, now: number, limit: number): Promise<{ jobId: string; location: string }[]> {
+    return expireResults(this.db, before, now, limit);
+  }
+  expireFiles(before: number, limit: number): Promise<number> {
+    return expireFiles(this.db, before, limit);
+  }
+  recordUpload(jobId: string, outcome: { uri: string; attempts: number } | { error: { code: string; message: string }; attempts: number }, now: number): Promise<boolean> {
+    return recordUpload(this.db, jobId, outcome, now);
+  }
+  listPendingUploads(limit: number): Promise<JobRecord[]> {
+    return listPendingUploads(this.db, limit);
+  }
+  /** The re-drive's claim on pending uploads (see verbs/results.ts). */
+  claimPendingUploads(now: number, claimMs: number, limit: number): Promise<JobRecord[]> {
+    return claimPendingUploads(this.db, now, claimMs, limit);
+  }
+
+  claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
+    return claimNextJob(this.db, miner, now, leaseTtlMs);
+  }
+  markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean> {
+    return markRunning(this.db, ref, now, leaseTtlMs);
+  }
+  renewLease(ref: LeaseRef, now: number, leaseTtlMs: number, progress?: number): Promise<{ renewed: boolean; cancelRequested: boolean }> {
+    return renewLease(this.db, ref, now, leaseTtlMs, progress);
+  }
+  commitResult(ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
+    return commitResult(this.db, ref, result, now);
+  }
+  failAttempt(ref: LeaseRef, failure: { code: string; message: string; retryable: boolean }, now: number, requeueBackoffMs: number): Promise<FailOutcome> {
+    return failAttempt(this.db, ref, failure, now, requeueBackoffMs);
+  }
+  releaseLease(ref: LeaseRef, now: number, reason = "released"): Promise<"requeued" | "cancelled" | "stale"> {
+    return releaseLease(this.db, ref, now, reason);
+  }
+  listLeasedBy(minerId: string): Promise<JobRecord[]> {
+    return listLeasedBy(this.db, minerId);
+  }
+  reapExpiredLeases(now: number, requeueBackoffMs: number): Promise<ReapedJob[]> {
+    return reapExpiredLeases(this.db, now, requeueBackoffMs);
+  }
+  expireQueued(now: number, queueTtlMs: number): Promise<ReapedJob[]> {
+    return expireQueued(this.db, now, queueTtlMs);
+  }
+  timeOutRunning(now: number): Promise<ReapedJob[]> {
+    return timeOutRunning(this.db, now);
+  }
+
+  createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
+    return createKey(this.db, kind, name, tenant, now);
+  }
+  authenticate(rawKey: string, kind: KeyKind): Promise<ApiKeyRecord | null> {
+    return authenticate(this.db, rawKey, kind);
+  }
+  listKeys(): Promise<ApiKeyRecord[]> {
+    return listKeys(this.db);
+  }
+  revokeKey(id: string, now: number): Promise<boolean> {
+    return revokeKey(this.db, id, now);
+  }
+  revokedAmong(ids: readonly string[]): Promise<string[]> {
+    return revokedAmong(this.db, ids);
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
+}

@@ -1,0 +1,33 @@
+import { newApiKey, parseApiKey, secretMatches, type KeyKind } from "../../../auth/api-key.js";
+import { toKey, type KeyRow } from "../../job-row.js";
+import type { ApiKeyRecord } from "../../job-store.js";
+import type { PgDb } from "../pg-db.js";
+
+/** API keys: only the id and the secret's hash are stored. */
+
+export async function createKey(db: PgDb, kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
+  const k = newApiKey(kind);
+  await db.query("INSERT INTO api_keys (id, kind, name, tenant, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)", [k.id, kind, name, tenant, k.secretHash, now]);
+  return { record: { id: k.id, kind, name, tenant, createdAt: now, revokedAt: null }, key: k.key };
+}
+
+export async function authenticate(db: PgDb, rawKey: string, kind: KeyKind): Promise<ApiKeyRecord | null> {
+  const parsed = parseApiKey(rawKey, kind);
+  if (parsed === null) return null;
+  const row = (await db.query<KeyRow>("SELECT * FROM api_keys WHERE id = $1", [parsed.id]))[0];
+  if (row === undefined || row.kind !== kind || row.revoked_at !== null) return null;
+  return secretMatches(row.secret_hash, parsed.secret) ? toKey(row) : null;
+}
+
+export async function listKeys(db: PgDb): Promise<ApiKeyRecord[]> {
+  return (await db.query<KeyRow>("SELECT * FROM api_keys ORDER BY created_at, id")).map(toKey);
+}
+
+export async function revokeKey(db: PgDb, id: string, now: number): Promise<boolean> {
+  return (await db.query<{ id: string }>("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING id", [now, id])).length === 1;
+}
+
+export async function revokedAmong(db: PgDb, ids: readonly string[]): Promise<string[]> {
+  if (ids.length === 0) return [];
+  return (await db.query<{ id: string }>("SELECT id FROM api_keys WHERE revoked_at IS NOT NULL AND id = ANY($1::text[])", [ids])).map((r) => r.id);
+}

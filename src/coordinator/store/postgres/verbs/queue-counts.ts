@@ -1,0 +1,31 @@
+import type { JobState } from "../../../../protocol/version.js";
+import { PRIORITY_RANK } from "../../job-row.js";
+import type { JobRecord } from "../../job-store.js";
+import type { PgDb } from "../pg-db.js";
+
+/** Queued jobs, of a tenant or a model (on the partial index of queued jobs). */
+export async function countQueued(db: PgDb, filter: { tenant?: string; model?: string }): Promise<number> {
+  return (
+    await db.query<{ n: number }>(
+      "SELECT COUNT(*)::int AS n FROM jobs WHERE status = 'queued' AND ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR model = $2)",
+      [filter.tenant ?? null, filter.model ?? null],
+    )
+  )[0]!.n;
+}
+
+export async function countByState(db: PgDb): Promise<Partial<Record<JobState, number>>> {
+  const rows = await db.query<{ status: JobState; n: number }>("SELECT status, COUNT(*)::int AS n FROM jobs GROUP BY status");
+  return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+}
+
+/** Queued jobs the scheduler would pick first: same model, higher priority, or same priority and submitted earlier. */
+export async function queuePosition(db: PgDb, job: JobRecord): Promise<number> {
+  const rank = PRIORITY_RANK[job.priority];
+  return (
+    await db.query<{ n: number }>(
+      `SELECT COUNT(*)::int AS n FROM jobs WHERE status = 'queued' AND model = $1
+         AND (priority_rank > $2 OR (priority_rank = $2 AND seq < (SELECT seq FROM jobs WHERE id = $3)))`,
+      [job.model, rank, job.id],
+    )
+  )[0]!.n;
+}
