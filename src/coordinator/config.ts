@@ -1,6 +1,7 @@
 import path from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
 import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
+import { ConfigError } from "../common/errors.js";
 import { parseDuration, parseSize } from "../common/duration.js";
 import type { LogLevel } from "../common/logger.js";
 
@@ -39,8 +40,18 @@ export const CoordinatorConfigSchema = Type.Object(
     ),
     storage: Type.Object(
       {
+        /** "sqlite" (one coordinator, the file data_dir/coordinator.db) or "postgres" (several replicas on one database, `url`). Default "sqlite". */
+        backend: Type.Union([Type.Literal("sqlite"), Type.Literal("postgres")], { default: "sqlite" }),
+        /** PostgreSQL connection URL, e.g. "postgres://aitbc@db:5432/aitbc" (env AITBC_COORDINATOR_STORAGE_URL). Default "". */
+        url: Type.String({ default: "" }),
+        /** PostgreSQL schema the tables live in. Default "public". */
+        schema: Type.String({ default: "public", pattern: "^[a-z_][a-z0-9_]*$" }),
+        /** PostgreSQL connections per replica. Default 10. */
+        pool_size: Type.Integer({ minimum: 1, maximum: 500, default: 10 }),
         /** Directory for the SQLite database and stored results (relative to the working directory). Default "data". */
         data_dir: Type.String({ default: "data" }),
+        /** This replica's name in the miners table, logs and /readyz; "" = <hostname>:<port>. Default "". */
+        replica: Type.String({ default: "", maxLength: 128 }),
       },
       section,
     ),
@@ -137,6 +148,12 @@ export const CoordinatorConfigSchema = Type.Object(
     ),
     results: Type.Object(
       {
+        /** "local" (data_dir/results) or "s3" (the bucket below, through the [s3] endpoint and credentials; required with a postgres store). Default "local". */
+        backend: Type.Union([Type.Literal("local"), Type.Literal("s3")], { default: "local" }),
+        /** Bucket for results when backend = "s3" (env AITBC_COORDINATOR_RESULTS_BUCKET). Default "". */
+        bucket: Type.String({ default: "" }),
+        /** Key prefix inside the bucket, e.g. "aitbc/" (results go under <prefix>results/<job_id>/). Default "". */
+        prefix: Type.String({ default: "", maxLength: 512 }),
         /** Stored results and uploaded files older than this are deleted by a sweep (the job record stays and says its result expired); "0" keeps them forever. Default "30d". */
         retention: Duration("30d", "result and file retention"),
         /** How often the retention sweep runs. Default "1h". */
@@ -214,6 +231,7 @@ export interface CoordinatorConfig {
     keepAliveTimeoutMs: number;
   };
   dataDir: string;
+  storage: { backend: "sqlite" | "postgres"; url: string; schema: string; poolSize: number; replica: string };
   logLevel: LogLevel;
   limits: {
     perMinute: number;
@@ -245,7 +263,7 @@ export interface CoordinatorConfig {
     maxGpuVramMb: number;
     maxTokensPerSecond: number;
   };
-  results: { retentionMs: number; retentionSweepMs: number };
+  results: { backend: "local" | "s3"; bucket: string; prefix: string; retentionMs: number; retentionSweepMs: number };
   scheduler: {
     leaseTtlMs: number;
     heartbeatMs: number;
@@ -270,7 +288,27 @@ export interface CoordinatorConfig {
   };
 }
 
+/** Keys that only make sense together: a postgres store with S3 results, each with what it needs. */
+function checkCombinations(raw: CoordinatorConfigRaw, file: string | undefined): void {
+  const where = file ?? "config";
+  if (raw.storage.backend === "postgres") {
+    if (raw.storage.url === "") {
+      throw new ConfigError(`${where}: storage.url: storage.backend = "postgres" needs a URL, e.g. postgres://aitbc@db:5432/aitbc (or AITBC_COORDINATOR_STORAGE_URL)`, { file, key: "storage.url" });
+    }
+    if (raw.results.backend !== "s3") {
+      throw new ConfigError(
+        `${where}: results.backend: storage.backend = "postgres" needs results.backend = "s3": replicas share no disk, so a result one replica stores must be readable by every other`,
+        { file, key: "results.backend" },
+      );
+    }
+  }
+  if (raw.results.backend === "s3" && raw.results.bucket === "") {
+    throw new ConfigError(`${where}: results.bucket: results.backend = "s3" needs a bucket (or AITBC_COORDINATOR_RESULTS_BUCKET)`, { file, key: "results.bucket" });
+  }
+}
+
 export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string | undefined): CoordinatorConfig {
+  checkCombinations(raw, file);
   const d = (key: string, v: string | number): number => compileField(file, key, () => parseDuration(v));
   const s = (key: string, v: string | number): number => compileField(file, key, () => parseSize(v));
   return {
@@ -285,6 +323,7 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       keepAliveTimeoutMs: d("server.keep_alive_timeout", raw.server.keep_alive_timeout),
     },
     dataDir: path.resolve(raw.storage.data_dir),
+    storage: { backend: raw.storage.backend, url: raw.storage.url, schema: raw.storage.schema, poolSize: raw.storage.pool_size, replica: raw.storage.replica },
     logLevel: raw.log.level as LogLevel,
     limits: {
       perMinute: raw.limits.requests_per_minute,
@@ -317,6 +356,9 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       maxTokensPerSecond: raw.gateway.max_tokens_per_second,
     },
     results: {
+      backend: raw.results.backend,
+      bucket: raw.results.bucket,
+      prefix: raw.results.prefix,
       retentionMs: d("results.retention", raw.results.retention),
       retentionSweepMs: d("results.retention_sweep", raw.results.retention_sweep),
     },

@@ -1,4 +1,3 @@
-import path from "node:path";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
@@ -6,7 +5,7 @@ import websocket from "@fastify/websocket";
 import { MAX_FRAME_BYTES } from "../protocol/frames.js";
 import { packageVersion } from "../common/package-info.js";
 import type { Logger } from "../common/logger.js";
-import { RateLimiter } from "./auth/rate-limiter.js";
+import { MemoryRateLimiter } from "./auth/rate-limiter.js";
 import type { CoordinatorConfig } from "./config.js";
 import type { CoordinatorContext } from "./context.js";
 import { MINER_GATEWAY_PATH, MinerGateway } from "./gateway/miner-gateway.js";
@@ -16,7 +15,6 @@ import { fileRoutes } from "./http/file-routes.js";
 import { healthRoutes } from "./http/health-routes.js";
 import { jobRoutes } from "./http/job-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
-import { LocalResultStore } from "./results/result-store.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
 import { RevocationWatcher } from "./auth/revocation-watcher.js";
@@ -25,7 +23,7 @@ import { StreamRegistry } from "./http/stream-registry.js";
 import { validatorCompiler } from "./http/validator.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
-import { SqliteJobStore } from "./store/sqlite/sqlite-job-store.js";
+import { openJobStore, openResultStore } from "./store/open-store.js";
 
 export interface CoordinatorOptions {
   config: CoordinatorConfig;
@@ -38,9 +36,7 @@ type CoordinatorState = "created" | "starting" | "running" | "stopping" | "stopp
 
 const PUBLIC = [/^\/metrics$/, /^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/, /^\/docs(\/.*)?$/, new RegExp(`^${MINER_GATEWAY_PATH}$`)];
 
-export function databasePath(dataDir: string): string {
-  return path.join(dataDir, "coordinator.db");
-}
+export { databasePath } from "./store/open-store.js";
 
 /**
  * The coordinator: job store, result store, client REST API, miner gateway and scheduler in one
@@ -96,14 +92,14 @@ export class Coordinator {
     this.transition("starting");
     const { config, log } = this.options;
     const events = new JobEvents();
-    const store = new SqliteJobStore(databasePath(config.dataDir), events);
+    const store = await openJobStore(config, events, `aitbc-coordinator ${config.storage.replica}`.trim());
     const ctx: CoordinatorContext = {
       config,
       store,
-      results: new LocalResultStore(path.join(config.dataDir, "results")),
+      results: openResultStore(config, this.options.now ?? Date.now),
       events,
       miners: { eligibleMiners: () => 0, connectedMiners: () => 0 },
-      limiter: new RateLimiter([
+      limiter: new MemoryRateLimiter([
         { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
         { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
       ]),

@@ -612,6 +612,26 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
       });
     });
 
+    describe("the fleet", () => {
+      const miner = (replica: string) => ({ id: "miner_a", keyId: "k1", name: "rig-a", replica, gpus: [H200], models: ["gpt2"], slots: 4 });
+
+      it("a session bumps the miner's epoch; an older session can neither refresh nor close it", async () => {
+        expect(await store.openMinerSession(miner("r1"), T0)).toBe(1);
+        expect(await store.listConnectedMiners(T0)).toMatchObject([{ id: "miner_a", replica: "r1", epoch: 1, connected: true, gpus: [H200], models: ["gpt2"], slots: 4 }]);
+        // The miner reconnects to another replica.
+        expect(await store.openMinerSession(miner("r2"), T0 + 10)).toBe(2);
+        await store.touchMiners("r1", [{ id: "miner_a", epoch: 1, draining: true }], T0 + 20);
+        await store.closeMinerSession("miner_a", 1, T0 + 20);
+        expect(await store.listConnectedMiners(T0)).toMatchObject([{ replica: "r2", epoch: 2, connected: true, lastSeenAt: T0 + 10, draining: false }]);
+        await store.touchMiners("r2", [{ id: "miner_a", epoch: 2, draining: true }], T0 + 30);
+        expect(await store.listConnectedMiners(T0 + 25)).toMatchObject([{ lastSeenAt: T0 + 30, draining: true }]);
+        // Not seen since then: not listed.
+        expect(await store.listConnectedMiners(T0 + 31)).toEqual([]);
+        await store.closeMinerSession("miner_a", 2, T0 + 40);
+        expect(await store.listConnectedMiners(T0)).toEqual([]);
+      });
+    });
+
     describe("keys", () => {
       it("a created key authenticates only as its own kind", async () => {
         const client = await store.createKey("client", "alice", "acme", T0);

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/common/logger.js";
-import { RateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
+import { MemoryRateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
 import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
 import { NO_MINERS, type CoordinatorContext } from "../../src/coordinator/context.js";
 import type { MinerLink } from "../../src/coordinator/gateway/miner-link.js";
@@ -37,7 +37,7 @@ describe("scheduler", () => {
       results: new LocalResultStore(path.join(dir, "results")),
       events,
       miners: NO_MINERS,
-      limiter: new RateLimiter([]),
+      limiter: new MemoryRateLimiter([]),
       streams: new StreamRegistry(10),
       metrics: new CoordinatorMetrics(),
       log: silentLogger(),

@@ -1,9 +1,8 @@
 import type { Command } from "commander";
 import { NotFoundError, ValidationError } from "../../common/errors.js";
-import { databasePath } from "../../coordinator/coordinator.js";
 import { loadCoordinatorConfig } from "../../coordinator/config.js";
-import type { ApiKeyRecord } from "../../coordinator/store/job-store.js";
-import { SqliteJobStore } from "../../coordinator/store/sqlite/sqlite-job-store.js";
+import type { ApiKeyRecord, JobStore } from "../../coordinator/store/job-store.js";
+import { openJobStore } from "../../coordinator/store/open-store.js";
 
 interface KeysOptions {
   config: string;
@@ -78,7 +77,7 @@ export function registerKeysCommand(program: Command): void {
     });
 }
 
-async function withStore(cmd: Command, fn: (store: SqliteJobStore) => Promise<void>): Promise<void> {
+async function withStore(cmd: Command, fn: (store: JobStore) => Promise<void>): Promise<void> {
   // Options of `keys` itself (--config, --data-dir) live on the parent command.
   const parent = cmd.parent ?? cmd;
   const opts = parent.opts<KeysOptions>();
@@ -86,7 +85,7 @@ async function withStore(cmd: Command, fn: (store: SqliteJobStore) => Promise<vo
     optional: parent.getOptionValueSource("config") !== "cli",
     overrides: { "storage.data_dir": opts.dataDir },
   });
-  const store = new SqliteJobStore(databasePath(config.dataDir));
+  const store = await openJobStore(config);
   try {
     await fn(store);
   } finally {

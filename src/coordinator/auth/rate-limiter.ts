@@ -1,8 +1,10 @@
 /**
  * Per-key request limits over two fixed windows (by default 60 a minute and 1000 an hour, as
  * the API reference says). A request counts against both; it is refused when either is full.
- * State is in memory: a coordinator restart forgives the current windows, which errs on the
- * side of the client. Limits can be replaced at run time (SIGHUP reload).
+ * MemoryRateLimiter keeps the state in memory (one coordinator): a restart forgives the current
+ * windows, which errs on the side of the client. With several replicas the windows live in the
+ * database (PostgresRateLimiter) so a key's limits hold across all of them. Limits can be
+ * replaced at run time (SIGHUP reload).
  */
 export interface RateWindow {
   limit: number;
@@ -25,7 +27,14 @@ interface Counter {
   count: number;
 }
 
-export class RateLimiter {
+/** Counts a request of a key against its windows; the memory one for one coordinator, a database one for several. */
+export interface RateLimiter {
+  check(key: string, now: number): Promise<RateDecision>;
+  /** Replaces the windows (SIGHUP reload); the current counts are forgotten. */
+  setWindows(windows: RateWindow[]): void;
+}
+
+export class MemoryRateLimiter implements RateLimiter {
   private readonly counters = new Map<string, Counter[]>();
 
   constructor(private windows: RateWindow[]) {}
@@ -35,7 +44,11 @@ export class RateLimiter {
     this.counters.clear();
   }
 
-  check(key: string, now: number): RateDecision {
+  check(key: string, now: number): Promise<RateDecision> {
+    return Promise.resolve(this.checkNow(key, now));
+  }
+
+  private checkNow(key: string, now: number): RateDecision {
     let counters = this.counters.get(key);
     if (counters === undefined || counters.length !== this.windows.length) {
       counters = this.windows.map(() => ({ windowStart: now, count: 0 }));

@@ -43,7 +43,7 @@ export function registerAuth(app: FastifyInstance, ctx: CoordinatorContext, isPu
       );
     }
     request.apiKey = key;
-    const d = ctx.limiter.check(key.id, ctx.now());
+    const d = await ctx.limiter.check(key.id, ctx.now());
     void reply.header("RateLimit-Limit", String(d.limit));
     void reply.header("RateLimit-Remaining", String(d.remaining));
     void reply.header("RateLimit-Reset", String(d.resetSeconds));

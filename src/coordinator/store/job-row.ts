@@ -1,5 +1,5 @@
 import type { JobState, Priority } from "../../protocol/version.js";
-import type { ApiKeyRecord, FileRecord, JobEvent, JobRecord, StoredResult } from "./job-store.js";
+import type { ApiKeyRecord, FileRecord, JobEvent, JobRecord, MinerRecord, StoredResult } from "./job-store.js";
 
 /**
  * The tables as both SQL backends lay them out (snake_case columns, times in epoch ms), and the
@@ -71,6 +71,22 @@ export interface EventRow {
   at: number;
 }
 
+export interface MinerRow {
+  id: string;
+  key_id: string;
+  name: string;
+  replica: string | null;
+  epoch: number;
+  connected: number | boolean;
+  connected_at: number | null;
+  last_seen_at: number | null;
+  gpus: unknown;
+  models: unknown;
+  slots: number;
+  free_slots: number;
+  draining: number | boolean;
+}
+
 export const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high: 2 };
 
 /** A JSON column: text (SQLite) or already parsed (PostgreSQL jsonb). */
@@ -127,4 +143,21 @@ export function toFile(r: FileRow): FileRecord {
 
 export function toEvent(r: EventRow): JobEvent {
   return { jobId: r.job_id, seq: r.seq, type: r.type, data: jsonColumn<Record<string, unknown>>(r.data), at: r.at };
+}
+
+export function toMiner(r: MinerRow): MinerRecord {
+  return {
+    id: r.id,
+    keyId: r.key_id,
+    name: r.name,
+    replica: r.replica,
+    epoch: r.epoch,
+    connected: r.connected === true || r.connected === 1,
+    connectedAt: r.connected_at,
+    lastSeenAt: r.last_seen_at,
+    gpus: jsonColumn<MinerRecord["gpus"]>(r.gpus),
+    models: jsonColumn<string[]>(r.models),
+    slots: r.slots,
+    draining: r.draining === true || r.draining === 1,
+  };
 }

@@ -174,6 +174,25 @@ export interface TenantUsage {
   resultBytes: number;
 }
 
+/** A miner as the whole fleet sees it (the miners table). */
+export interface MinerRecord {
+  id: string;
+  keyId: string;
+  name: string;
+  /** The replica holding its session, while connected. */
+  replica: string | null;
+  /** Sessions it has had: a newer session fences an older one out. */
+  epoch: number;
+  connected: boolean;
+  connectedAt: number | null;
+  /** Last refreshed by the replica holding it (every heartbeat). */
+  lastSeenAt: number | null;
+  gpus: GpuInfo[];
+  models: string[];
+  slots: number;
+  draining: boolean;
+}
+
 /** What one reaper pass did, for logs, metrics and telling miners to stop. */
 export interface ReapedJob {
   jobId: string;
@@ -259,6 +278,16 @@ export interface JobStore {
   listPendingUploads(limit: number): Promise<JobRecord[]>;
   /** Jobs this miner holds a lease on (assigned or running). */
   listLeasedBy(minerId: string): Promise<JobRecord[]>;
+
+  // --- the fleet (every replica's miners)
+  /** A miner's session opened on `replica`: its row written, its epoch bumped; returns the new epoch. */
+  openMinerSession(m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number }, now: number): Promise<number>;
+  /** The replica's live sessions were seen now (one statement per replica heartbeat); a session fenced out by a newer epoch is not touched. */
+  touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void>;
+  /** That session ended; a newer session of the miner (another epoch) is left as it is. */
+  closeMinerSession(id: string, epoch: number, now: number): Promise<void>;
+  /** Miners connected and seen since `seenSince`. */
+  listConnectedMiners(seenSince: number): Promise<MinerRecord[]>;
 
   // --- keys
   createKey(kind: "client" | "miner", name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }>;

@@ -23,11 +23,10 @@ export interface PgDbOptions {
 }
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
+const toNumber = (v: string): number => Number(v);
 const types = {
-  getTypeParser: ((oid: number, format?: "text" | "binary") => {
-    if (oid === 20 || oid === 1700) return (v: string) => Number(v);
-    return pg.types.getTypeParser(oid, format as "text");
-  }) as typeof pg.types.getTypeParser,
+  getTypeParser: ((oid: number, format?: "text" | "binary") =>
+    oid === 20 || oid === 1700 ? toNumber : (pg.types.getTypeParser as (o: number, f?: "text" | "binary") => unknown)(oid, format)) as typeof pg.types.getTypeParser,
 };
 
 /**

@@ -1,3 +1,4 @@
+import type { GpuInfo } from "../../../protocol/frames.js";
 import type { JobState } from "../../../protocol/version.js";
 import type { KeyKind } from "../../auth/api-key.js";
 import { JobEvents } from "../job-events.js";
@@ -13,6 +14,7 @@ import type {
   JobStore,
   LeaseRef,
   MinerCapabilities,
+  MinerRecord,
   NewJob,
   Page,
   ReapedJob,
@@ -33,6 +35,7 @@ import { listEvents } from "./verbs/list-events.js";
 import { listHistory, listJobs } from "./verbs/list-jobs.js";
 import { listLeasedBy } from "./verbs/list-leased-by.js";
 import { markRunning } from "./verbs/mark-running.js";
+import { closeMinerSession, listConnectedMiners, openMinerSession, touchMiners } from "./verbs/miners.js";
 import { countByState, countQueued, queuePosition } from "./verbs/queue-counts.js";
 import { reapExpiredLeases } from "./verbs/reap-expired-leases.js";
 import { releaseLease } from "./verbs/release-lease.js";
@@ -159,6 +162,19 @@ export class PostgresJobStore implements JobStore {
   }
   timeOutRunning(now: number): Promise<ReapedJob[]> {
     return timeOutRunning(this.db, now);
+  }
+
+  openMinerSession(m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number }, now: number): Promise<number> {
+    return openMinerSession(this.db, m, now);
+  }
+  touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void> {
+    return touchMiners(this.db, replica, sessions, now);
+  }
+  closeMinerSession(id: string, epoch: number, now: number): Promise<void> {
+    return closeMinerSession(this.db, id, epoch, now);
+  }
+  listConnectedMiners(seenSince: number): Promise<MinerRecord[]> {
+    return listConnectedMiners(this.db, seenSince);
   }
 
   createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {

@@ -97,4 +97,22 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   CREATE INDEX files_created ON files (created_at);
   CREATE INDEX jobs_completed ON jobs (status, completed_at);
   `,
+  // The fleet as the store sees it (one replica here; the same table as PostgreSQL's).
+  `
+  CREATE TABLE miners (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    replica TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    connected INTEGER NOT NULL DEFAULT 0,
+    connected_at INTEGER,
+    last_seen_at INTEGER,
+    gpus TEXT NOT NULL DEFAULT '[]',
+    models TEXT NOT NULL DEFAULT '[]',
+    slots INTEGER NOT NULL DEFAULT 0,
+    free_slots INTEGER NOT NULL DEFAULT 0,
+    draining INTEGER NOT NULL DEFAULT 0
+  );
+  `,
 ];

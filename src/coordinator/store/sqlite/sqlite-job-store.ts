@@ -1,3 +1,4 @@
+import type { GpuInfo } from "../../../protocol/frames.js";
 import type { JobState } from "../../../protocol/version.js";
 import type { KeyKind } from "../../auth/api-key.js";
 import { JobEvents } from "../job-events.js";
@@ -13,6 +14,7 @@ import type {
   JobStore,
   LeaseRef,
   MinerCapabilities,
+  MinerRecord,
   NewJob,
   Page,
   ReapedJob,
@@ -22,6 +24,7 @@ import type {
 import * as client from "./client-verbs.js";
 import * as keys from "./key-verbs.js";
 import * as leases from "./lease-verbs.js";
+import * as miners from "./miner-verbs.js";
 import { SqliteDb } from "./sqlite-db.js";
 import * as storage from "./storage-verbs.js";
 
@@ -130,6 +133,19 @@ export class SqliteJobStore implements JobStore {
   }
   timeOutRunning(now: number): Promise<ReapedJob[]> {
     return settle(() => leases.timeOutRunning(this.db, now));
+  }
+
+  openMinerSession(m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number }, now: number): Promise<number> {
+    return settle(() => miners.openMinerSession(this.db, m, now));
+  }
+  touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void> {
+    return settle(() => miners.touchMiners(this.db, replica, sessions, now));
+  }
+  closeMinerSession(id: string, epoch: number, now: number): Promise<void> {
+    return settle(() => miners.closeMinerSession(this.db, id, epoch, now));
+  }
+  listConnectedMiners(seenSince: number): Promise<MinerRecord[]> {
+    return settle(() => miners.listConnectedMiners(this.db, seenSince));
   }
 
   createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
