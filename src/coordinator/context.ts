@@ -8,14 +8,14 @@ import type { JobStore } from "./store/job-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { StreamRegistry } from "./http/stream-registry.js";
 
-/** Connected miners, as the client API needs to see them ("how many could run this job"). */
+/** Connected miners, as the client API needs to see them ("how many could run this job"): this replica's, or the whole fleet's. */
 export interface MinerDirectory {
-  eligibleMiners(job: { model: string; requirements: Requirements }): number;
-  connectedMiners(): number;
+  eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number>;
+  connectedMiners(): Promise<number>;
 }
 
 /** An empty directory: no miner connected (the coordinator before its gateway starts). */
-export const NO_MINERS: MinerDirectory = { eligibleMiners: () => 0, connectedMiners: () => 0 };
+export const NO_MINERS: MinerDirectory = { eligibleMiners: () => Promise.resolve(0), connectedMiners: () => Promise.resolve(0) };
 
 /** What the HTTP routes, the gateway and the scheduler share. */
 export interface CoordinatorContext {
@@ -30,4 +30,6 @@ export interface CoordinatorContext {
   metrics: CoordinatorMetrics;
   log: Logger;
   now: () => number;
+  /** This replica's name (the miners table, logs, welcome frames). */
+  replica: string;
 }

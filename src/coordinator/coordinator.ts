@@ -5,9 +5,15 @@ import websocket from "@fastify/websocket";
 import { MAX_FRAME_BYTES } from "../protocol/frames.js";
 import { packageVersion } from "../common/package-info.js";
 import type { Logger } from "../common/logger.js";
+import { hostname } from "node:os";
+import { errorMessage } from "../common/errors.js";
+import { PostgresRateLimiter } from "./auth/postgres-rate-limiter.js";
 import { MemoryRateLimiter } from "./auth/rate-limiter.js";
+import { FleetDirectory } from "./replica/fleet-directory.js";
+import { PgSignals } from "./replica/pg-signals.js";
+import { PostgresJobStore } from "./store/postgres/postgres-job-store.js";
 import type { CoordinatorConfig } from "./config.js";
-import type { CoordinatorContext } from "./context.js";
+import { NO_MINERS, type CoordinatorContext } from "./context.js";
 import { MINER_GATEWAY_PATH, MinerGateway } from "./gateway/miner-gateway.js";
 import { registerAuth } from "./http/auth-hook.js";
 import { eventsRoute } from "./http/events-route.js";
@@ -38,6 +44,11 @@ const PUBLIC = [/^\/metrics$/, /^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/,
 
 export { databasePath } from "./store/open-store.js";
 
+/** `[storage] replica`, else <hostname>:<port> (the process id when the port is chosen by the system). */
+export function replicaName(config: CoordinatorConfig): string {
+  return config.storage.replica !== "" ? config.storage.replica : `${hostname()}:${config.server.port === 0 ? `pid${process.pid}` : config.server.port}`;
+}
+
 /**
  * The coordinator: job store, result store, client REST API, miner gateway and scheduler in one
  * process. `start()` opens the store and listens; `stop()` is idempotent and ordered: stop taking
@@ -54,6 +65,8 @@ export class Coordinator {
   private uploaderInstance: S3Uploader | undefined;
   private revocationsInstance: RevocationWatcher | undefined;
   private retentionInstance: RetentionSweeper | undefined;
+  private signalsInstance: PgSignals | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
   private address = "";
 
   constructor(private readonly options: CoordinatorOptions) {}
@@ -92,35 +105,44 @@ export class Coordinator {
     this.transition("starting");
     const { config, log } = this.options;
     const events = new JobEvents();
-    const store = await openJobStore(config, events, `aitbc-coordinator ${config.storage.replica}`.trim());
+    const replica = replicaName(config);
+    const store = await openJobStore(config, events, replica);
+    const windows = [
+      { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
+      { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
+    ];
+    const pg = store instanceof PostgresJobStore ? store : undefined;
+    const now = this.options.now ?? Date.now;
     const ctx: CoordinatorContext = {
       config,
       store,
-      results: openResultStore(config, this.options.now ?? Date.now),
+      results: openResultStore(config, now),
       events,
-      miners: { eligibleMiners: () => 0, connectedMiners: () => 0 },
-      limiter: new MemoryRateLimiter([
-        { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
-        { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },
-      ]),
+      miners: NO_MINERS,
+      // Several replicas share their rate-limit windows in the database; one keeps them in memory.
+      limiter: pg === undefined ? new MemoryRateLimiter(windows) : new PostgresRateLimiter(pg.db, windows),
       streams: new StreamRegistry(config.limits.maxStreamsPerKey),
       metrics: new CoordinatorMetrics(),
       log,
-      now: this.options.now ?? Date.now,
+      now,
+      replica,
     };
     const gateway = new MinerGateway(ctx);
-    ctx.miners = gateway;
+    // One coordinator knows its miners; replicas count the whole fleet from the miners table.
+    ctx.miners = pg === undefined ? gateway : new FleetDirectory(store, config.scheduler.heartbeatMs, now);
     ctx.metrics.bind({ countByState: () => store.countByState(), miners: () => gateway.miners() });
     this.ctxInstance = ctx;
     this.gatewayInstance = gateway;
     try {
-      // Before miners can connect: nothing is being written yet.
-      const swept = await ctx.results.sweep(async (jobId) => {
-        const job = await store.getJobById(jobId);
-        // A removed result (deleted, expired) keeps its record but not its file.
-        return job === null ? undefined : job.result === null || job.result.removed !== undefined ? null : job.result.location;
-      });
-      if (swept.removed > 0 || swept.unknown > 0) log.info(swept, "result files swept: removed those no committed result points to");
+      if (pg !== undefined) {
+        const signals = new PgSignals({ db: pg.db, url: config.storage.url, schema: config.storage.schema, events, replica, log: log.child({ component: "signals" }), resyncMs: 5_000 });
+        signals.onMinerSession((h) => gateway.onMinerSession(h));
+        this.signalsInstance = signals;
+        await signals.start();
+      }
+      // Local files: before miners can connect, nothing is being written yet. S3 (shared by
+      // replicas): only objects old enough that no replica can still be committing them.
+      await this.sweepResults(ctx);
       const app = await this.buildApp(ctx, gateway);
       this.appInstance = app;
       this.address = await app.listen({ host: config.server.host, port: config.server.port });
@@ -138,6 +160,10 @@ export class Coordinator {
       });
       this.retentionInstance = retention;
       retention.start();
+      if (config.results.backend === "s3") {
+        this.sweepTimer = setInterval(() => void this.sweepResults(ctx), config.results.retentionSweepMs);
+        this.sweepTimer.unref();
+      }
       const uploader = new S3Uploader({ config: config.s3, store, results: ctx.results, events, log, now: ctx.now });
       this.uploaderInstance = uploader;
       await uploader.start();
@@ -146,8 +172,26 @@ export class Coordinator {
       throw err;
     }
     this.transition("running");
-    log.info({ url: this.address, dataDir: config.dataDir }, "coordinator listening");
+    log.info({ url: this.address, replica: ctx.replica, storage: config.storage.backend, results: config.results.backend }, "coordinator listening");
     return this.address;
+  }
+
+  /** Removes result files (or objects) no committed result points to, on one replica at a time. */
+  private async sweepResults(ctx: CoordinatorContext): Promise<void> {
+    try {
+      const swept = await ctx.store.runExclusive("result-sweep", () =>
+        ctx.results.sweep(async (jobId) => {
+          const job = await ctx.store.getJobById(jobId);
+          // A removed result (deleted, expired) keeps its record but not its file.
+          return job === null ? undefined : job.result === null || job.result.removed !== undefined ? null : job.result.location;
+        }),
+      );
+      if (swept !== undefined && (swept.removed > 0 || swept.unknown > 0)) ctx.log.info(swept, "result files swept: removed those no committed result points to");
+    } catch (err) {
+      // Local files that cannot be read are a broken data dir; an S3 sweep is tried again later.
+      if (this.state === "starting" && ctx.config.results.backend === "local") throw err;
+      ctx.log.warn({ err: errorMessage(err) }, "result sweep failed");
+    }
   }
 
   private async buildApp(ctx: CoordinatorContext, gateway: MinerGateway): Promise<FastifyInstance> {
@@ -234,11 +278,13 @@ export class Coordinator {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.transition("stopping");
+      clearInterval(this.sweepTimer);
       await this.revocationsInstance?.stop();
       await this.retentionInstance?.stop();
       await this.gatewayInstance?.stop();
       await this.appInstance?.close();
       await this.uploaderInstance?.stop();
+      await this.signalsInstance?.stop();
       await this.ctxInstance?.store.close();
       this.transition("stopped");
     })();

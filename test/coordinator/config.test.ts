@@ -94,6 +94,13 @@ describe("loadCoordinatorConfig", () => {
     expect(failure('[log]\nlevel = "loud"\n')).toMatch(/log\.level/);
   });
 
+  it("refuses a postgres store without a URL or without S3 results, and S3 results without a bucket, saying why", () => {
+    expect(failure('[storage]\nbackend = "postgres"\n')).toMatch(/storage\.url: .*needs a URL/);
+    expect(failure('[storage]\nbackend = "postgres"\nurl = "postgres://x@db/aitbc"\n')).toMatch(/results\.backend: .*needs results\.backend = "s3".*share no disk/);
+    expect(failure('[results]\nbackend = "s3"\n')).toMatch(/results\.bucket/);
+    expect(failure("", { AITBC_COORDINATOR_STORAGE_BACKEND: "postgres", AITBC_COORDINATOR_STORAGE_URL: "postgres://x@db/aitbc", AITBC_COORDINATOR_RESULTS_BACKEND: "s3" })).toMatch(/results\.bucket/);
+  });
+
   it("names the environment variable when an override is bad", () => {
     expect(failure("", { AITBC_COORDINATOR_SERVER_PORT: "-1" })).toMatch(/AITBC_COORDINATOR_SERVER_PORT/);
   });

@@ -42,6 +42,7 @@ describe("scheduler", () => {
       metrics: new CoordinatorMetrics(),
       log: silentLogger(),
       now: Date.now,
+      replica: "test",
     };
   });
 
@@ -57,7 +58,7 @@ describe("scheduler", () => {
   function session(name: string, link: { open: boolean; sends: boolean }): MinerSession {
     const fake = { open: link.open, send: () => link.sends, close: () => undefined } as unknown as MinerLink;
     return new MinerSession(
-      { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models: ["gpt2"], slots: 1, protocolVersion: 2 },
+      { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models: ["gpt2"], slots: 1, protocolVersion: 2, epoch: 1 },
       fake,
       new ChunkBuffer(new ResultBufferPool(1024), 1024),
       silentLogger(),

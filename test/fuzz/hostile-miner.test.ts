@@ -352,7 +352,7 @@ describe("connection limits", () => {
     const c = await RawMiner.open(hh.wsUrl, other.key);
     await expect(RawMiner.open(hh.wsUrl, other.key)).rejects.toThrow(/503/);
     for (const m of [a, b, c]) m.close();
-    await waitFor("connections released", () => Promise.resolve(hh.coordinator.gateway.connectedMiners()), (n) => n === 0);
+    await waitFor("connections released", () => hh.coordinator.gateway.connectedMiners(), (n) => n === 0);
     const d = await waitFor("a connection fits again", () => RawMiner.open(hh.wsUrl, hh.minerKey).catch(() => undefined), (m) => m !== undefined);
     d!.close();
 

@@ -45,7 +45,7 @@ export function registerCoordinatorCommand(program: Command): void {
       process.on("SIGHUP", onHup);
       await runUntilSignal(coordinator, log, async () => {
         const queued = await coordinator.store.countQueued({});
-        return `${coordinator.gateway.connectedMiners()} miners connected, ${queued} jobs queued, listening on ${coordinator.url}`;
+        return `${await coordinator.gateway.connectedMiners()} miners connected, ${queued} jobs queued, listening on ${coordinator.url}`;
       });
     });
 }

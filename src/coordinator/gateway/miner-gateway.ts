@@ -75,6 +75,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
   private readonly pool: ResultBufferPool;
   private readonly results: ResultIntake;
   private readonly leaseFrames: LeaseFrames;
+  private touchTimer: NodeJS.Timeout | undefined;
   readonly scheduler: Scheduler;
 
   constructor(private readonly ctx: CoordinatorContext) {
@@ -84,16 +85,29 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     this.scheduler = new Scheduler(ctx, this);
   }
 
-  // ------------------------------------------------------------------ directory and fleet
-
-  eligibleMiners(job: { model: string; requirements: Requirements }): number {
-    let n = 0;
-    for (const s of this.sessions.values()) if (!s.draining && minerCanRun(job, s)) n += 1;
-    return n;
+  /**
+   * A miner opened a session on another replica (its epoch is newer): the session here, if any,
+   * is fenced out and closed, as a reconnect on the same replica replaces the old connection.
+   */
+  onMinerSession(h: { minerId: string; epoch: number; replica: string }): void {
+    if (h.replica === this.ctx.replica) return;
+    const s = this.sessions.get(h.minerId);
+    if (s === undefined || s.identity.epoch >= h.epoch) return;
+    s.log.info({ epoch: s.identity.epoch, newer: h.epoch, replica: h.replica }, "miner reconnected to another replica: closing this session");
+    this.sessions.delete(h.minerId);
+    s.close(4000, "replaced by a new connection");
   }
 
-  connectedMiners(): number {
-    return this.sessions.size;
+  // ------------------------------------------------------------------ directory and fleet
+
+  eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number> {
+    let n = 0;
+    for (const s of this.sessions.values()) if (!s.draining && minerCanRun(job, s)) n += 1;
+    return Promise.resolve(n);
+  }
+
+  connectedMiners(): Promise<number> {
+    return Promise.resolve(this.sessions.size);
   }
 
   /** Connected miners (for metrics and status). */
@@ -148,10 +162,17 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
 
   start(): void {
     this.scheduler.start();
+    // The fleet's view of this replica's sessions, refreshed each heartbeat in one statement.
+    this.touchTimer = setInterval(() => {
+      const sessions = [...this.sessions.values()].map((s) => ({ id: s.minerId, epoch: s.identity.epoch, draining: s.draining }));
+      this.ctx.store.touchMiners(this.ctx.replica, sessions, this.ctx.now()).catch((err: unknown) => this.ctx.log.warn({ err: errorMessage(err) }, "refreshing the miners table failed"));
+    }, this.ctx.config.scheduler.heartbeatMs);
+    this.touchTimer.unref();
   }
 
   /** Tells every miner to stop pulling and closes the connections (leases stay: miners resume after a restart). */
   async stop(): Promise<void> {
+    clearInterval(this.touchTimer);
     await this.scheduler.stop();
     for (const c of this.connections) {
       c.link.send({ type: "drain", reason: "coordinator_shutdown" });
@@ -244,6 +265,8 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       this.sessions.delete(s.minerId);
       s.log.info({ code, leases: s.leases.size }, "miner disconnected");
     }
+    // Only this epoch's row: a newer session (here or on another replica) is left as it is.
+    this.ctx.store.closeMinerSession(s.minerId, s.identity.epoch, this.ctx.now()).catch((err: unknown) => s.log.warn({ err: errorMessage(err) }, "recording the disconnect failed"));
   }
 
   private onFailure(conn: Connection, err: unknown, frame: MinerFrame): void {
@@ -306,10 +329,15 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const slog = log.child({ minerId });
     const clamped = clampHello(hello, this.ctx.config.gateway);
     if (clamped.notes.length > 0) slog.warn({ clamped: clamped.notes }, "implausible hello figures clamped");
+    // The fleet learns of the session first (its epoch fences older sessions out, on every replica).
+    const epoch = await this.ctx.store.openMinerSession(
+      { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots },
+      this.ctx.now(),
+    );
     const previous = this.sessions.get(minerId);
     if (previous !== undefined) previous.close(4000, "replaced by a new connection");
     const session = new MinerSession(
-      { minerId, keyId: key.id, name: hello.miner_name, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots, protocolVersion: hello.protocol_version },
+      { minerId, keyId: key.id, name: hello.miner_name, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots, protocolVersion: hello.protocol_version, epoch },
       link,
       new ChunkBuffer(this.pool, this.ctx.config.gateway.maxBufferedBytesPerConnection),
       slog,

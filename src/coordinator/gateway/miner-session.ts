@@ -26,6 +26,8 @@ export interface MinerIdentity {
   models: string[];
   slots: number;
   protocolVersion: number;
+  /** This session's number among the miner's sessions (miners table): a newer one fences it out. */
+  epoch: number;
 }
 
 /**

@@ -78,6 +78,7 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           ended = true;
           ctx.streams.remove(stream);
           unsubscribe();
+          unsubscribeRemote();
           clearInterval(keepalive);
           raw.end();
         };
@@ -106,6 +107,16 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           (e) => (replaying ? buffered.push(e) : sendChange(e)),
           sendProgress,
         );
+        // Changes another replica commits arrive as hints: re-read the log past what was sent.
+        let rereading: Promise<void> = Promise.resolve();
+        const unsubscribeRemote = ctx.events.onJobRemote(job.id, () => {
+          rereading = rereading
+            .then(async () => {
+              if (ended || replaying) return;
+              for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
+            })
+            .catch(() => undefined);
+        });
         const stream: OpenStream = { keyId, end };
         ctx.streams.add(stream);
         const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);

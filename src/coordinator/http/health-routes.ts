@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
 import type { CoordinatorContext } from "../context.js";
 
-/** Liveness (the process answers) and readiness (the store answers a query). */
+/** Liveness (the process answers) and readiness (started, and the store answers a query). */
 const Ready = Type.Object({ status: Type.String(), miners: Type.Integer(), queued: Type.Integer() });
 
 export function healthRoutes(ctx: CoordinatorContext, isReady: () => boolean): FastifyPluginAsyncTypebox {
@@ -15,8 +15,14 @@ export function healthRoutes(ctx: CoordinatorContext, isReady: () => boolean): F
         if (!isReady()) {
           return reply.code(503).type("application/problem+json").send({ status: "starting", miners: 0, queued: 0 });
         }
-        const queued = await ctx.store.countQueued({});
-        return { status: "ready", miners: ctx.miners.connectedMiners(), queued };
+        // Not ready while the store does not answer (a load balancer sends traffic elsewhere).
+        try {
+          const queued = await ctx.store.countQueued({});
+          return { status: "ready", miners: await ctx.miners.connectedMiners(), queued };
+        } catch {
+          void reply.header("Retry-After", "1");
+          return reply.code(503).type("application/problem+json").send({ status: "storage_unavailable", miners: 0, queued: 0 });
+        }
       },
     );
   };

@@ -129,7 +129,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         const estimate = estimateJob(
           ctx.config,
           { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
-          { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: ctx.miners.eligibleMiners({ model: body.model, requirements }) },
+          { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: await ctx.miners.eligibleMiners({ model: body.model, requirements }) },
         );
         const idem = request.headers["idempotency-key"];
         // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
@@ -208,7 +208,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
         if (job.status !== "queued") return jobView(withLiveProgress(job, ctx.events));
         return jobView(job, {
-          eligibleMiners: ctx.miners.eligibleMiners(job),
+          eligibleMiners: await ctx.miners.eligibleMiners(job),
           queuePosition: await ctx.store.queuePosition(job),
         });
       },

@@ -2,7 +2,18 @@ import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
 import type { AssignFrame, GpuInfo } from "../../protocol/frames.js";
 import type { CoordinatorContext } from "../context.js";
+import type { RemoteChange } from "../store/job-events.js";
 import type { ReapedJob } from "../store/job-store.js";
+
+/** Remote changes after which the miner holding the attempt must stop, and the reason it is told. */
+const STOP_REASONS: Partial<Record<string, string>> = {
+  cancel_requested: "cancelled",
+  cancelled: "cancelled",
+  timed_out: "timed_out",
+  requeued: "lease_lost",
+  failed: "lease_lost",
+  expired: "lease_lost",
+};
 
 /** What the scheduler needs of a connected miner (the gateway's sessions implement it). */
 export interface DispatchTarget {
@@ -41,7 +52,7 @@ export class Scheduler {
   private dispatching = false;
   private again = false;
   private timer: NodeJS.Timeout | undefined;
-  private unsubscribe: (() => void) | undefined;
+  private readonly unsubscribe: (() => void)[] = [];
   private startedAt: number;
   private readonly log: Logger;
   private reaping: Promise<void> = Promise.resolve();
@@ -59,7 +70,7 @@ export class Scheduler {
     // The grace counts from when miners can reconnect (the server listens), not from construction:
     // building the app can take longer than a lease TTL on a busy host.
     this.startedAt = this.ctx.now();
-    this.unsubscribe = this.ctx.events.onChange((e) => {
+    this.unsubscribe.push(this.ctx.events.onChange((e) => {
       if (e.type === "queued" || e.type === "requeued") this.dispatch();
       // A requeued job waits out its backoff (not_before); nothing else would wake dispatch then.
       if (e.type === "requeued") void this.dispatchWhenDue(e.jobId);
@@ -68,7 +79,11 @@ export class Scheduler {
         const attempt = typeof e.data.attempt === "number" ? e.data.attempt : undefined;
         if (minerId !== undefined && attempt !== undefined) this.tellStop(minerId, e.jobId, attempt, "cancelled");
       }
-    });
+    }));
+    // Changes committed by other replicas arrive as hints (NOTIFY): new work → dispatch here too;
+    // a cancel, a reaped lease or an end → the miner holding it, if its session is here, is told.
+    this.unsubscribe.push(this.ctx.events.onRemote((c) => void this.remoteChange(c)));
+    this.unsubscribe.push(this.ctx.events.onResync(() => this.dispatch()));
     this.timer = setInterval(() => {
       this.reaping = this.reap().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "reaper pass failed"));
     }, this.ctx.config.scheduler.reapIntervalMs);
@@ -76,7 +91,7 @@ export class Scheduler {
   }
 
   async stop(): Promise<void> {
-    this.unsubscribe?.();
+    for (const u of this.unsubscribe.splice(0)) u();
     if (this.timer !== undefined) clearInterval(this.timer);
     for (const t of this.dueTimers) clearTimeout(t);
     this.dueTimers.clear();
@@ -99,6 +114,21 @@ export class Scheduler {
           this.dispatch();
         }
       });
+  }
+
+  private async remoteChange(c: RemoteChange): Promise<void> {
+    if (c.type === "queued" || c.type === "requeued") this.dispatch();
+    if (c.type === "requeued") await this.dispatchWhenDue(c.jobId);
+    const reason = STOP_REASONS[c.type];
+    if (reason === undefined) return;
+    try {
+      const e = (await this.ctx.store.listEvents(c.jobId, c.seq - 1))[0];
+      const minerId = typeof e?.data.miner_id === "string" ? e.data.miner_id : undefined;
+      const attempt = typeof e?.data.attempt === "number" ? e.data.attempt : undefined;
+      if (minerId !== undefined && attempt !== undefined && this.fleet.target(minerId) !== undefined) this.tellStop(minerId, c.jobId, attempt, reason);
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err), jobId: c.jobId }, "reading a remote change failed");
+    }
   }
 
   /** Asks for a dispatch run once a requeued job's backoff is over. */

@@ -276,6 +276,13 @@ export interface JobStore {
   recordUpload(jobId: string, outcome: { uri: string; attempts: number } | { error: { code: string; message: string }; attempts: number }, now: number): Promise<boolean>;
   /** Completed jobs of all tenants with an s3:// destination whose result is not uploaded yet, oldest first. */
   listPendingUploads(limit: number): Promise<JobRecord[]>;
+  /** Pending uploads claimed for this replica until now + claimMs (replicas re-driving at once take different ones). */
+  claimPendingUploads(now: number, claimMs: number, limit: number): Promise<JobRecord[]>;
+  /**
+   * Runs housekeeping that is not per row (sweeps) on one replica at a time: fn runs when this
+   * replica gets the named lock, and undefined is returned (fn not run) while another holds it.
+   */
+  runExclusive<T>(name: string, fn: () => Promise<T>): Promise<T | undefined>;
   /** Jobs this miner holds a lease on (assigned or running). */
   listLeasedBy(minerId: string): Promise<JobRecord[]>;
 

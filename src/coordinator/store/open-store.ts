@@ -17,10 +17,15 @@ export function databasePath(dataDir: string): string {
  * PostgreSQL (storage.url, migrated on open). The coordinator and every command that opens the
  * store (`aitbc keys`, `aitbc up`) come through here.
  */
-export async function openJobStore(config: CoordinatorConfig, events: JobEvents = new JobEvents(), applicationName?: string): Promise<JobStore> {
+export async function openJobStore(config: CoordinatorConfig, events: JobEvents = new JobEvents(), replica?: string): Promise<JobStore> {
   if (config.storage.backend === "postgres") {
     return PostgresJobStore.open(
-      { url: config.storage.url, schema: config.storage.schema, max: config.storage.poolSize, ...(applicationName === undefined ? {} : { applicationName }) },
+      {
+        url: config.storage.url,
+        schema: config.storage.schema,
+        max: config.storage.poolSize,
+        ...(replica === undefined ? { applicationName: "aitbc" } : { applicationName: `aitbc-coordinator ${replica}`, replica }),
+      },
       events,
     );
   }

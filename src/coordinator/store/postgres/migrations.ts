@@ -131,6 +131,7 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   CREATE FUNCTION aitbc_rate_take(p_key text, p_now bigint, p_windows bigint[], p_limits integer[])
   RETURNS TABLE (allowed boolean, window_ms bigint, window_start bigint, used integer, lim integer)
   LANGUAGE plpgsql AS $$
+  #variable_conflict use_column
   DECLARE
     i integer;
     ok boolean := true;

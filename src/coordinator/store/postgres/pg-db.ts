@@ -9,7 +9,7 @@ export type Queryable = Pick<pg.PoolClient, "query">;
 /** Appends an event to the job's log inside the current transaction (published after commit). */
 export type PgEmit = (e: Omit<JobEvent, "seq">) => Promise<void>;
 
-/** The channel job-state notifications go out on: `{"j": job id, "s": seq, "t": type}`, nothing more. */
+/** The channel job-state notifications go out on: `{"j": job id, "s": seq, "t": type, "o": replica}`, nothing more. */
 export const JOB_CHANNEL = "aitbc_jobs";
 
 export interface PgDbOptions {
@@ -18,8 +18,10 @@ export interface PgDbOptions {
   schema?: string;
   /** Pool size. Default 10. */
   max?: number;
-  /** Application name shown in pg_stat_activity (the replica). */
+  /** Application name shown in pg_stat_activity. */
   applicationName?: string;
+  /** This replica's name, sent with each notification so a replica can tell its own from others'. */
+  replica?: string;
 }
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
@@ -55,6 +57,8 @@ export class PgDb {
       connectionTimeoutMillis: 3_000,
       idleTimeoutMillis: 30_000,
       statement_timeout: 15_000,
+      // Client side too: a database behind a dead link never answers, and a request must not hang.
+      query_timeout: 20_000,
       application_name: options.applicationName ?? "aitbc-coordinator",
       options: `-c search_path=${this.schema}`,
     });
@@ -88,7 +92,7 @@ export class PgDb {
       const r = await client.query<{ event_seq: number }>("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq", [e.jobId]);
       const seq = r.rows[0]!.event_seq;
       await client.query("INSERT INTO job_events (job_id, seq, type, data, at) VALUES ($1, $2, $3, $4, $5)", [e.jobId, seq, e.type, JSON.stringify(e.data), e.at]);
-      await client.query("SELECT pg_notify($1, $2)", [JOB_CHANNEL, JSON.stringify({ j: e.jobId, s: seq, t: e.type })]);
+      await client.query("SELECT pg_notify($1, $2)", [JOB_CHANNEL, JSON.stringify({ j: e.jobId, s: seq, t: e.type, o: this.options.replica ?? "" })]);
       pending.push({ ...e, seq });
     };
     let out: T;

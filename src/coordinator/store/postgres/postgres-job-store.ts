@@ -22,7 +22,7 @@ import type {
   TenantUsage,
 } from "../job-store.js";
 import { migrate } from "./migrations.js";
-import { PgDb, type PgDbOptions } from "./pg-db.js";
+import { PgDb, storageError, type PgDbOptions } from "./pg-db.js";
 import { claimNextJob } from "./verbs/claim-next-job.js";
 import { commitResult } from "./verbs/commit-result.js";
 import { createJob } from "./verbs/create-job.js";
@@ -131,6 +131,24 @@ export class PostgresJobStore implements JobStore {
   /** The re-drive's claim on pending uploads (see verbs/results.ts). */
   claimPendingUploads(now: number, claimMs: number, limit: number): Promise<JobRecord[]> {
     return claimPendingUploads(this.db, now, claimMs, limit);
+  }
+
+  /** A session advisory lock named by `name`, held while fn runs (pg_try_advisory_lock: never waits). */
+  async runExclusive<T>(name: string, fn: () => Promise<T>): Promise<T | undefined> {
+    const client = await this.db.pool.connect().catch((err: unknown) => {
+      throw storageError(err);
+    });
+    try {
+      const got = (await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock(hashtext($1)) AS ok", [`aitbc:${name}`])).rows[0]?.ok === true;
+      if (!got) return undefined;
+      try {
+        return await fn();
+      } finally {
+        await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`aitbc:${name}`]);
+      }
+    } finally {
+      client.release();
+    }
   }
 
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {

@@ -104,6 +104,15 @@ export class SqliteJobStore implements JobStore {
     return settle(() => storage.listPendingUploads(this.db, limit));
   }
 
+  /** One process: every pending upload is this one's. */
+  claimPendingUploads(_now: number, _claimMs: number, limit: number): Promise<JobRecord[]> {
+    return this.listPendingUploads(limit);
+  }
+  /** One process, one writer: nothing to exclude. */
+  runExclusive<T>(_name: string, fn: () => Promise<T>): Promise<T | undefined> {
+    return fn();
+  }
+
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
     return settle(() => leases.claimNextJob(this.db, miner, now, leaseTtlMs));
   }

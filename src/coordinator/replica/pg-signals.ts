@@ -1,0 +1,162 @@
+import pg from "pg";
+import { Backoff } from "../../common/backoff.js";
+import { errorMessage } from "../../common/errors.js";
+import type { Logger } from "../../common/logger.js";
+import type { JobEvents, ProgressEvent } from "../store/job-events.js";
+import { JOB_CHANNEL, type PgDb } from "../store/postgres/pg-db.js";
+import { CONTROL_CHANNEL } from "../store/postgres/verbs/miners.js";
+
+/** A miner's session opened on some replica (its epoch fences older sessions out). */
+export interface MinerSessionHint {
+  minerId: string;
+  epoch: number;
+  replica: string;
+}
+
+/** Under NOTIFY's 8000-byte payload limit, with room to spare. */
+const MAX_PAYLOAD = 7_000;
+
+/**
+ * Signals between replicas over PostgreSQL LISTEN/NOTIFY, as hints only: a notification wakes a
+ * replica to re-read the store, never carries what it must not lose. Job-state changes (sent by
+ * the store inside the committing transaction, `{j, s, t, o}`) become JobEvents remote changes;
+ * miner sessions opened elsewhere (`{k: "miner"}`) go to the gateway; progress of running jobs
+ * goes out once a second per replica, batched (`{k: "progress", p: [...]}`), never per frame.
+ *
+ * `pg`'s listening client does not reconnect by itself and notifications sent while it is away
+ * are lost: this one reconnects with the shared backoff and, each time it is back, asks every
+ * listener to re-read (JobEvents resync); a periodic resync covers anything else missed.
+ */
+export class PgSignals {
+  private client: pg.Client | undefined;
+  private stopped = false;
+  private readonly backoff = new Backoff({ baseMs: 200, maxMs: 5_000 });
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private progressTimer: NodeJS.Timeout | undefined;
+  private readonly outbox = new Map<string, ProgressEvent>();
+  private readonly minerHandlers = new Set<(h: MinerSessionHint) => void>();
+  private connected = false;
+  /** Progress of jobs running on this replica's miners goes to the outbox, sent once a second. */
+  private unsubscribe: (() => void) | undefined;
+
+  constructor(
+    private readonly deps: { db: PgDb; url: string; schema: string; events: JobEvents; replica: string; log: Logger; resyncMs: number },
+  ) {}
+
+  /** Whether the listening connection is up (readiness). */
+  get listening(): boolean {
+    return this.connected;
+  }
+
+  async start(): Promise<void> {
+    this.unsubscribe = this.deps.events.onLocalProgress((p) => this.outbox.set(p.jobId, p));
+    await this.connect();
+    this.resyncTimer = setInterval(() => this.deps.events.publishResync(), this.deps.resyncMs);
+    this.resyncTimer.unref();
+    this.progressTimer = setInterval(() => void this.flushProgress(), 1_000);
+    this.progressTimer.unref();
+  }
+
+  onMinerSession(fn: (h: MinerSessionHint) => void): void {
+    this.minerHandlers.add(fn);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.unsubscribe?.();
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.resyncTimer);
+    clearInterval(this.progressTimer);
+    await this.client?.end().catch(() => undefined);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    const client = new pg.Client({ connectionString: this.deps.url, connectionTimeoutMillis: 3_000, application_name: `aitbc-listen ${this.deps.replica}` });
+    this.client = client;
+    const lost = (why: string): void => {
+      if (this.client !== client || this.stopped) return;
+      this.connected = false;
+      this.client = undefined;
+      client.end().catch(() => undefined);
+      const delay = this.backoff.next();
+      this.deps.log.warn({ why, delayMs: delay }, "lost the LISTEN connection: reconnecting");
+      this.reconnectTimer = setTimeout(() => void this.connect(), delay);
+    };
+    client.on("error", (err) => lost(err.message));
+    client.on("end", () => lost("connection ended"));
+    client.on("notification", (n) => this.notified(n.channel, n.payload));
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${JOB_CHANNEL}`);
+      await client.query(`LISTEN ${CONTROL_CHANNEL}`);
+    } catch (err) {
+      lost(errorMessage(err));
+      return;
+    }
+    const wasDown = this.backoff.attempts > 0;
+    this.connected = true;
+    this.backoff.reset();
+    if (wasDown) this.deps.log.info("LISTEN connection back: re-reading what was followed");
+    // Anything sent while we were away is lost: re-dispatch and re-read every open stream.
+    this.deps.events.publishResync();
+  }
+
+  private notified(channel: string, payload: string | undefined): void {
+    if (payload === undefined) return;
+    let msg: unknown;
+    try {
+      msg = JSON.parse(payload);
+    } catch {
+      return;
+    }
+    if (typeof msg !== "object" || msg === null) return;
+    const m = msg as Record<string, unknown>;
+    if (channel === JOB_CHANNEL) {
+      // Our own changes were published in this process after their commit.
+      if (m.o === this.deps.replica) return;
+      if (typeof m.j === "string" && typeof m.s === "number" && typeof m.t === "string") this.deps.events.publishRemote({ jobId: m.j, seq: m.s, type: m.t });
+      return;
+    }
+    if (m.k === "miner" && typeof m.id === "string" && typeof m.e === "number" && typeof m.r === "string") {
+      for (const fn of this.minerHandlers) fn({ minerId: m.id, epoch: m.e, replica: m.r });
+    } else if (m.k === "progress" && m.o !== this.deps.replica && Array.isArray(m.p)) {
+      for (const item of m.p as unknown[]) {
+        const p = item as Partial<Record<string, unknown>>;
+        if (typeof p.j !== "string" || typeof p.a !== "number" || typeof p.p !== "number") continue;
+        this.deps.events.publishProgress({
+          jobId: p.j,
+          attempt: p.a,
+          progress: p.p,
+          tokens: typeof p.t === "number" ? p.t : 0,
+          maxTokens: typeof p.m === "number" ? p.m : 0,
+          tokensPerSecond: typeof p.r === "number" ? p.r : 0,
+          at: Date.now(),
+        }, true);
+      }
+    }
+  }
+
+  private async flushProgress(): Promise<void> {
+    if (this.outbox.size === 0 || !this.connected) return;
+    const items = [...this.outbox.values()].map((p) => ({ j: p.jobId, a: p.attempt, p: Math.round(p.progress * 10) / 10, t: p.tokens, m: p.maxTokens, r: Math.round(p.tokensPerSecond * 10) / 10 }));
+    this.outbox.clear();
+    const payloads: string[] = [];
+    let batch: typeof items = [];
+    const pack = (b: typeof items): string => JSON.stringify({ k: "progress", o: this.deps.replica, p: b });
+    for (const item of items) {
+      if (pack([...batch, item]).length > MAX_PAYLOAD && batch.length > 0) {
+        payloads.push(pack(batch));
+        batch = [];
+      }
+      batch.push(item);
+    }
+    if (batch.length > 0) payloads.push(pack(batch));
+    try {
+      await this.deps.db.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", [CONTROL_CHANNEL, payloads]);
+    } catch (err) {
+      this.deps.log.debug({ err: errorMessage(err) }, "progress notification not sent");
+    }
+  }
+}

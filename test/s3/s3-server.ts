@@ -1,0 +1,32 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
+import os from "node:os";
+import path from "node:path";
+
+interface S3rverInstance {
+  run(): Promise<{ address: string; port: number }>;
+  close(): Promise<void>;
+}
+type S3rverCtor = new (opts: Record<string, unknown>) => S3rverInstance;
+// s3rver ships no types; only its constructor, run() and close() are used.
+const S3rver = createRequire(import.meta.url)("s3rver") as S3rverCtor;
+
+/** A real S3-compatible server (s3rver) on a free port, over a temp directory, with these buckets. */
+export async function startS3(buckets: string[]): Promise<{ endpoint: string; dir: string; close: () => Promise<void> }> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "aitbc-s3rver-"));
+  const server = new S3rver({ port: 0, address: "127.0.0.1", silent: true, directory: dir, configureBuckets: buckets.map((name) => ({ name })) });
+  const { port } = await server.run();
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    dir,
+    close: async () => {
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The coordinator's [s3] settings for that server. */
+export function s3Settings(endpoint: string): Record<string, unknown> {
+  return { "s3.endpoint": endpoint, "s3.access_key_id": "S3RVER", "s3.secret_access_key": "S3RVER", "s3.force_path_style": true };
+}
