@@ -199,6 +199,8 @@ export const CoordinatorConfigSchema = Type.Object(
         upload_backoff: Duration("1s", "first upload retry delay"),
         /** Longest delay between tries. Default "30s". */
         upload_backoff_max: Duration("30s", "longest upload retry delay"),
+        /** How often uploads not done yet (a failed round, or one a crashed replica left) are tried again. Default "5m". */
+        redrive_interval: Duration("5m", "pending upload re-drive interval"),
       },
       section,
     ),
@@ -285,6 +287,7 @@ export interface CoordinatorConfig {
     uploadAttempts: number;
     uploadBackoffMs: number;
     uploadBackoffMaxMs: number;
+    redriveMs: number;
   };
 }
 
@@ -387,6 +390,7 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       uploadAttempts: raw.s3.upload_attempts,
       uploadBackoffMs: d("s3.upload_backoff", raw.s3.upload_backoff),
       uploadBackoffMaxMs: d("s3.upload_backoff_max", raw.s3.upload_backoff_max),
+      redriveMs: Math.max(1_000, d("s3.redrive_interval", raw.s3.redrive_interval)),
     },
   };
 }

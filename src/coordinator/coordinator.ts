@@ -106,7 +106,13 @@ export class Coordinator {
     const { config, log } = this.options;
     const events = new JobEvents();
     const replica = replicaName(config);
-    const store = await openJobStore(config, events, replica);
+    const dblog = log.child({ component: "store" });
+    // A replica starts without its database and answers 503 until the database is back.
+    const store = await openJobStore(config, events, replica, {
+      waitForDatabase: true,
+      onWaiting: (why) => dblog.error({ why }, "PostgreSQL not usable: answering 503 and retrying"),
+      onReady: () => dblog.info("PostgreSQL usable: migrated and serving"),
+    });
     const windows = [
       { limit: config.limits.perMinute, windowMs: config.limits.minuteWindowMs },
       { limit: config.limits.perHour, windowMs: config.limits.hourWindowMs },

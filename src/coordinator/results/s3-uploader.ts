@@ -40,6 +40,7 @@ export class S3Uploader {
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly abort = new AbortController();
   private unsubscribe: (() => void) | undefined;
+  private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: S3UploaderDeps) {
     const c = deps.config;
@@ -60,13 +61,32 @@ export class S3Uploader {
     this.unsubscribe = this.deps.events.onChange((e) => {
       if (e.type === "completed") this.kick(e.jobId);
     });
-    const pending = await this.deps.store.listPendingUploads(10_000);
-    if (pending.length > 0) this.deps.log.info({ jobs: pending.length }, "re-driving pending s3 uploads");
-    for (const job of pending) this.kick(job.id);
+    await this.redrive();
+    // Not only at start: uploads a crashed replica left behind are claimed by a live one.
+    this.timer = setInterval(() => void this.redrive(), this.deps.config.redriveMs);
+    this.timer.unref();
+  }
+
+  /**
+   * Claims pending uploads (a replica's claim lasts a little longer than a full round of tries,
+   * so replicas re-driving at once take different jobs) and starts them. A store that cannot
+   * answer now is asked again at the next round.
+   */
+  private async redrive(): Promise<void> {
+    const { config, store, log, now } = this.deps;
+    const claimMs = config.uploadAttempts * config.uploadBackoffMaxMs + 60_000;
+    try {
+      const pending = await store.claimPendingUploads(now(), claimMs, 1_000);
+      if (pending.length > 0) log.info({ jobs: pending.length }, "re-driving pending s3 uploads");
+      for (const job of pending) this.kick(job.id);
+    } catch (err) {
+      log.warn({ err: describe(err) }, "could not read pending s3 uploads; trying again later");
+    }
   }
 
   /** Stops listening, abandons retries (they stay pending for the next start) and waits for uploads in flight. */
   async stop(): Promise<void> {
+    clearInterval(this.timer);
     this.unsubscribe?.();
     this.abort.abort(new Error("uploader stopping"));
     await Promise.allSettled([...this.inFlight.values()]);

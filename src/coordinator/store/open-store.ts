@@ -17,7 +17,12 @@ export function databasePath(dataDir: string): string {
  * PostgreSQL (storage.url, migrated on open). The coordinator and every command that opens the
  * store (`aitbc keys`, `aitbc up`) come through here.
  */
-export async function openJobStore(config: CoordinatorConfig, events: JobEvents = new JobEvents(), replica?: string): Promise<JobStore> {
+export async function openJobStore(
+  config: CoordinatorConfig,
+  events: JobEvents = new JobEvents(),
+  replica?: string,
+  wait: Parameters<typeof PostgresJobStore.open>[2] = {},
+): Promise<JobStore> {
   if (config.storage.backend === "postgres") {
     return PostgresJobStore.open(
       {
@@ -27,6 +32,7 @@ export async function openJobStore(config: CoordinatorConfig, events: JobEvents 
         ...(replica === undefined ? { applicationName: "aitbc" } : { applicationName: `aitbc-coordinator ${replica}`, replica }),
       },
       events,
+      wait,
     );
   }
   return new SqliteJobStore(databasePath(config.dataDir), events);

@@ -42,6 +42,8 @@ export class PgDb {
   readonly pool: pg.Pool;
   readonly schema: string;
   private closed = false;
+  /** Why the database cannot be used yet (not reached, or not migrated); undefined once it can. */
+  notReady: string | undefined;
 
   constructor(
     readonly options: PgDbOptions,
@@ -66,8 +68,13 @@ export class PgDb {
     this.pool.on("error", () => undefined);
   }
 
-  async query<R extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
+  private usable(): void {
     if (this.closed) throw new UnavailableError("the job store is closed");
+    if (this.notReady !== undefined) throw new UnavailableError(`the database is not ready: ${this.notReady}`);
+  }
+
+  async query<R extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
+    this.usable();
     try {
       return (await this.pool.query<R>(text, params)).rows;
     } catch (err) {
@@ -80,7 +87,7 @@ export class PgDb {
    * conditional UPDATE), so the rules in transitions.ts see the row as it is.
    */
   async tx<T>(fn: (c: pg.PoolClient, emit: PgEmit) => Promise<T>, options: { asyncCommit?: boolean } = {}): Promise<T> {
-    if (this.closed) throw new UnavailableError("the job store is closed");
+    this.usable();
     let client: pg.PoolClient;
     try {
       client = await this.pool.connect();
@@ -112,6 +119,10 @@ export class PgDb {
     return out;
   }
 
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -120,12 +131,13 @@ export class PgDb {
 }
 
 /** SQLSTATE classes and Node errors that mean "the database is not there right now". */
-function isConnectionError(err: unknown): boolean {
+export function isConnectionError(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown };
   const code = typeof e.code === "string" ? e.code : "";
   if (["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH"].includes(code)) return true;
-  // 08: connection exception; 53: insufficient resources; 57P: operator intervention (shutdown); 58: system error.
-  if (/^(08|53|57P|58)/.test(code)) return true;
+  // 08: connection exception; 28: bad credentials; 3D000: no such database; 53: insufficient
+  // resources; 57P: operator intervention (shutdown); 58: system error.
+  if (/^(08|28|3D000|53|57P|58)/.test(code)) return true;
   const message = typeof e.message === "string" ? e.message : "";
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|connection is closed/i.test(message);
 }

@@ -22,7 +22,9 @@ import type {
   TenantUsage,
 } from "../job-store.js";
 import { migrate } from "./migrations.js";
-import { PgDb, storageError, type PgDbOptions } from "./pg-db.js";
+import { Backoff } from "../../../common/backoff.js";
+import { errorMessage } from "../../../common/errors.js";
+import { PgDb, isConnectionError, storageError, type PgDbOptions } from "./pg-db.js";
 import { claimNextJob } from "./verbs/claim-next-job.js";
 import { commitResult } from "./verbs/commit-result.js";
 import { createJob } from "./verbs/create-job.js";
@@ -58,16 +60,51 @@ export class PostgresJobStore implements JobStore {
     return this.db.events;
   }
 
-  /** Connects, migrates (once across replicas) and returns the store. */
-  static async open(options: PgDbOptions, events: JobEvents = new JobEvents()): Promise<PostgresJobStore> {
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  /**
+   * Connects, migrates (once across replicas) and returns the store. With `waitForDatabase` (a
+   * coordinator replica), a database that cannot be reached, or refuses the credentials, does not
+   * stop the start: the store answers UnavailableError (503) and keeps trying, with the shared
+   * backoff, until it migrates; `onReady` says when. A schema newer than the code always fails.
+   */
+  static async open(
+    options: PgDbOptions,
+    events: JobEvents = new JobEvents(),
+    wait: { waitForDatabase?: boolean; onWaiting?: (why: string) => void; onReady?: () => void } = {},
+  ): Promise<PostgresJobStore> {
     const db = new PgDb(options, events);
+    const store = new PostgresJobStore(db);
     try {
       await migrate(db);
     } catch (err) {
-      await db.close();
-      throw err;
+      if (wait.waitForDatabase !== true || !isConnectionError(err)) {
+        await db.close();
+        throw err;
+      }
+      db.notReady = errorMessage(err);
+      wait.onWaiting?.(db.notReady);
+      store.retryMigration(new Backoff({ baseMs: 500, maxMs: 10_000 }), wait);
     }
-    return new PostgresJobStore(db);
+    return store;
+  }
+
+  private retryMigration(backoff: Backoff, wait: { onWaiting?: (why: string) => void; onReady?: () => void }): void {
+    this.retryTimer = setTimeout(() => {
+      migrate(this.db).then(
+        () => {
+          this.db.notReady = undefined;
+          wait.onReady?.();
+        },
+        (err: unknown) => {
+          if (this.db.isClosed) return;
+          this.db.notReady = errorMessage(err);
+          wait.onWaiting?.(this.db.notReady);
+          this.retryMigration(backoff, wait);
+        },
+      );
+    }, backoff.next());
+    this.retryTimer.unref();
   }
 
   createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
@@ -212,6 +249,7 @@ export class PostgresJobStore implements JobStore {
   }
 
   close(): Promise<void> {
+    clearTimeout(this.retryTimer);
     return this.db.close();
   }
 }
