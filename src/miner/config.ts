@@ -34,8 +34,12 @@ export const MinerConfigSchema = Type.Object(
   {
     coordinator: Type.Object(
       {
-        /** Coordinator address: ws(s)://host:port[/path] or http(s)://…; a bare host:port gets "/v1/miners/connect". Default "ws://127.0.0.1:8080". */
-        url: Type.String({ minLength: 1, default: "ws://127.0.0.1:8080" }),
+        /**
+         * Coordinator address: ws(s)://host:port[/path] or http(s)://…; a bare host:port gets
+         * "/v1/miners/connect". Several replicas: a list, or one string with commas (as the
+         * environment gives it); the miner moves to the next when one fails. Default "ws://127.0.0.1:8080".
+         */
+        url: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64 })], { default: "ws://127.0.0.1:8080" }),
         /** Miner key (sent as `Authorization: Bearer …`). Prefer key_file or AITBC_MINER_COORDINATOR_KEY. Default "" (unset). */
         key: Type.String({ default: "" }),
         /** File holding the miner key (first line), relative to the config file. Default "" (unset). */
@@ -135,8 +139,10 @@ export interface FakeEngineOptions {
 export interface MinerConfig {
   file: string | undefined;
   coordinator: {
-    /** Full WebSocket URL of the gateway. */
+    /** Full WebSocket URL of the gateway (the first of `urls`). */
     url: string;
+    /** Every gateway URL, in the order the miner tries them. */
+    urls: string[];
     key: string;
     connectTimeoutMs: number;
     reconnectMinMs: number;
@@ -178,6 +184,13 @@ export function gatewayUrl(raw: string): string {
   return url.toString();
 }
 
+/** `url` as the file or the environment give it: one URL, a list, or URLs separated by commas. */
+export function coordinatorUrls(raw: string | string[]): string[] {
+  const all = (Array.isArray(raw) ? raw : [raw]).flatMap((u) => u.split(",")).map((u) => u.trim()).filter((u) => u !== "");
+  if (all.length === 0) throw new Error("no coordinator URL");
+  return [...new Set(all.map(gatewayUrl))];
+}
+
 export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined): MinerConfig {
   const dur = (key: string, v: string | number): number => compileField(file, key, () => parseDuration(v));
   let key = raw.coordinator.key.trim();
@@ -196,7 +209,10 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
   return {
     file,
     coordinator: {
-      url: compileField(file, "coordinator.url", () => gatewayUrl(raw.coordinator.url)),
+      ...((): { url: string; urls: string[] } => {
+        const urls = compileField(file, "coordinator.url", () => coordinatorUrls(raw.coordinator.url));
+        return { url: urls[0]!, urls };
+      })(),
       key,
       connectTimeoutMs: dur("coordinator.connect_timeout", raw.coordinator.connect_timeout),
       reconnectMinMs: dur("coordinator.reconnect_min", raw.coordinator.reconnect_min),

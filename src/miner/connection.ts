@@ -31,8 +31,11 @@ import {
 const MAX_BAD_FRAMES = 3;
 
 export interface MinerConnectionOptions {
-  /** Full ws(s) URL of the gateway. */
-  url: string;
+  /**
+   * Full ws(s) URLs of the gateway (coordinator replicas, or one load balancer). The connection
+   * uses one at a time; after a failure it moves to the next, with the same backoff.
+   */
+  urls: string[];
   /** Miner key; sent only in the upgrade's Authorization header, never logged. */
   key: string;
   log: Logger;
@@ -61,6 +64,8 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
   private badFrames = 0;
   private lastHeardAt = 0;
   private attempts = 0;
+  /** Which of `urls` the next connection dials. */
+  private next = 0;
   private closed: Promise<void> | undefined;
   private readonly backoff: Backoff;
   private readonly log: Logger;
@@ -131,8 +136,9 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
     if (this.closing) return;
     this.attempts++;
     this.emit("connecting", { attempt: this.attempts });
-    this.log.info({ url: this.options.url, attempt: this.attempts }, "connecting to coordinator");
-    const ws = new WebSocket(this.options.url, {
+    const url = this.options.urls[this.next % this.options.urls.length]!;
+    this.log.info({ url, attempt: this.attempts }, "connecting to coordinator");
+    const ws = new WebSocket(url, {
       headers: { Authorization: `Bearer ${this.options.key}` },
       handshakeTimeout: this.options.connectTimeoutMs,
       maxPayload: MAX_FRAME_BYTES,
@@ -175,6 +181,8 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
       this.log.info({ code, reason, wasWelcomed }, "disconnected from coordinator");
       this.emit("disconnected", { code, reason });
       if (!this.closing) {
+        // This coordinator failed (or went away): the next one in the list gets the next try.
+        this.next = (this.next + 1) % this.options.urls.length;
         const delay = this.backoff.next();
         this.log.info({ delayMs: delay }, "reconnecting after backoff");
         this.reconnectTimer = setTimeout(() => this.connect(), delay);
@@ -196,7 +204,7 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
         this.welcomed = true;
         this.backoff.reset();
         this.startHeartbeats(ws, frame.heartbeat_ms, frame.lease_ttl_ms);
-        this.log.info({ minerId: frame.miner_id, heartbeatMs: frame.heartbeat_ms }, "welcomed by coordinator");
+        this.log.info({ minerId: frame.miner_id, heartbeatMs: frame.heartbeat_ms, replica: frame.replica }, "welcomed by coordinator");
         this.emit("welcome", frame);
       } else if (frame.type === "error") {
         this.log.error({ code: frame.code, message: frame.message, fatal: frame.fatal }, "coordinator refused hello");

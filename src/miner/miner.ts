@@ -83,7 +83,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       onJobEnded: (outcome, tokens, tps) => options.metrics?.jobEnded(outcome, tokens, tps),
     });
     this.connection = new MinerConnection({
-      url: config.coordinator.url,
+      urls: config.coordinator.urls,
       key: config.coordinator.key,
       log: options.log,
       connectTimeoutMs: config.coordinator.connectTimeoutMs,

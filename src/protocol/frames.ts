@@ -14,7 +14,7 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *
  *   miner                                   coordinator
  *   hello {protocol_version, …, in_flight} ─▶
- *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused}
+ *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused, replica}
  *                                            (or error {fatal: true} and close)
  *   pull {free_slots}                     ─▶   (after each welcome and whenever a slot frees up)
  *                                         ◀─ assign {job, attempt, lease_token, lease_expires_at}
@@ -311,6 +311,8 @@ export const WelcomeFrameSchema = Type.Object(
     }),
     /** hello.in_flight entries the miner must drop (lease lost, job cancelled or finished). */
     refused: Type.Array(Type.Object({ job_id: Id, attempt: Attempt, reason: Code }, strict), { maxItems: 4096 }),
+    /** The coordinator replica holding this session (protocol 3; for logs and status). */
+    replica: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
   strict,
 );

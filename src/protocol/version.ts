@@ -7,8 +7,10 @@
  *   2  `code` and `reason` fields (fail, released, error, cancel, welcome.refused) are restricted
  *      to letters, digits and `_ . : -`; a v1 miner's frames that use other characters are
  *      refused like any invalid frame (ours never did)
+ *   3  welcome carries `replica`, the coordinator replica holding the session (several replicas
+ *      share one database); a protocol 2 miner gets the welcome without it
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The oldest protocol version a coordinator still accepts in a hello. */
 export const OLDEST_PROTOCOL_VERSION = PROTOCOL_VERSION - 1;
 

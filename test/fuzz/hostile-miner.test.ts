@@ -41,6 +41,11 @@ async function job(hh: ApiHarness, id: string): Promise<Record<string, unknown>>
   return (await res.json()) as Record<string, unknown>;
 }
 
+/** Whether a miner of protocol `v` accepts this welcome: v2 had no `replica` field (its schema was strict). */
+function parseCoordinatorFrameAs(v: number, welcome: WelcomeFrame): boolean {
+  return v >= 3 ? typeof welcome.replica === "string" : !("replica" in welcome);
+}
+
 /** The result frame for (a) with these fields changed (chunked results, odd figures). */
 function resultWith(a: AssignFrame, output: string, over: Record<string, unknown>): Record<string, unknown> {
   return { ...(resultFrame(a, output) as unknown as Record<string, unknown>), ...over };
@@ -205,6 +210,8 @@ describe("hostile miner: codes and text (5)", () => {
     for (const v of [OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION]) {
       const { welcome } = await minerWith(hh, `v${v}`, { protocol_version: v });
       expect(welcome.type).toBe("welcome");
+      // A previous-version miner parses strictly: its welcome has only the fields it knows.
+      expect(parseCoordinatorFrameAs(v, welcome)).toBe(true);
     }
     for (const v of [PROTOCOL_VERSION + 1, 99]) {
       const m = await RawMiner.open(hh.wsUrl, hh.minerKey);

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "../../src/common/errors.js";
-import { computeSlots, gatewayUrl, loadMinerConfig } from "../../src/miner/config.js";
+import { computeSlots, coordinatorUrls, gatewayUrl, loadMinerConfig } from "../../src/miner/config.js";
 
 const REPO_CONFIG = path.join(import.meta.dirname, "..", "..", "config", "miner.toml");
 
@@ -62,6 +62,9 @@ describe("miner config", () => {
     expect(gatewayUrl("coord:9000")).toBe("ws://coord:9000/v1/miners/connect");
     expect(gatewayUrl("ws://coord:9000/custom")).toBe("ws://coord:9000/custom");
     expect(() => gatewayUrl("ftp://coord")).toThrow();
+    expect(coordinatorUrls("a:1, b:2,a:1")).toEqual(["ws://a:1/v1/miners/connect", "ws://b:2/v1/miners/connect"]);
+    expect(coordinatorUrls(["wss://x", "http://y:8080"])).toEqual(["wss://x/v1/miners/connect", "ws://y:8080/v1/miners/connect"]);
+    expect(() => coordinatorUrls(" , ")).toThrow();
   });
 
   it("computes slots per GPU, capped by max_concurrent", () => {

@@ -24,9 +24,9 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function connection(url: string, key: string, connectTimeoutMs = 5_000): MinerConnection {
+function connection(url: string | string[], key: string, connectTimeoutMs = 5_000): MinerConnection {
   const c = new MinerConnection({
-    url,
+    urls: Array.isArray(url) ? url : [url],
     key,
     log: silentLogger(),
     hello,
@@ -86,6 +86,21 @@ describe("MinerConnection", () => {
     const before = coordinator.frames("heartbeat").length;
     await coordinator.waitFor(() => coordinator.frames("heartbeat").length >= before + 3);
     expect(disconnects).toBe(0);
+    expect(c.ready).toBe(true);
+  });
+
+  it("with several coordinator URLs, moves to the next one when a coordinator goes away", async () => {
+    const one = await FakeCoordinator.start();
+    const two = await FakeCoordinator.start();
+    cleanups.push(() => two.close());
+    const c = connection([`${one.url}/v1/miners/connect`, `${two.url}/v1/miners/connect`], one.key);
+    const welcomed = new Promise((resolve) => c.once("welcome", resolve));
+    c.start();
+    await welcomed;
+    expect(one.frames("hello")).toHaveLength(1);
+    await one.close();
+    await two.waitForType("hello");
+    await new Promise<void>((resolve) => (c.ready ? resolve() : c.once("welcome", () => resolve())));
     expect(c.ready).toBe(true);
   });
 

@@ -19,7 +19,11 @@ export function registerMinerCommand(program: Command): void {
     .command("miner")
     .description("run the miner daemon: detect GPUs, connect to the coordinator, run jobs")
     .option("-c, --config <file>", "miner config file", "config/miner.toml")
-    .option("--coordinator <url>", "coordinator URL (overrides [coordinator] url)")
+    .option(
+      "--coordinator <url>",
+      "coordinator URL (overrides [coordinator] url); repeat it, or separate with commas, for several replicas",
+      (v: string, all: string[] | undefined) => [...(all ?? []), ...v.split(",")],
+    )
     .option("--key-file <file>", "file holding the miner key (overrides [coordinator] key_file)")
     .option("--name <name>", "miner name (overrides [miner] name)")
     .option("--cpu", "run as a CPU miner even when GPUs are present")
@@ -123,7 +127,7 @@ export function registerMinerCommand(program: Command): void {
 
 interface MinerCommandOptions {
   config: string;
-  coordinator?: string;
+  coordinator?: string[];
   keyFile?: string;
   name?: string;
   cpu?: boolean;

@@ -395,11 +395,14 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       );
       slog.info({ jobId: job.id, attempt: job.attempt, outcome }, "lease of a restarted miner given up");
     }
+    // Protocol 2 miners parse welcomes strictly: only protocol 3 ones learn the replica.
+    if (hello.protocol_version >= 3) welcome.replica = this.ctx.replica;
     session.send(welcome);
     slog.info(
       {
         name: hello.miner_name,
         protocol: hello.protocol_version,
+        replica: this.ctx.replica,
         gpus: session.gpus.length,
         models: hello.models,
         slots: session.slots,
