@@ -41,11 +41,24 @@ export interface InvariantReport {
   violations: string[];
 }
 
-interface JobRow {
+export interface JobRow {
   id: string;
   status: string;
   attempt: number;
-  result: string | null;
+  /** jobs.result: JSON text (SQLite) or parsed jsonb (PostgreSQL). */
+  result: unknown;
+}
+
+interface StoredResultRow {
+  sha256: string;
+  bytes: number;
+  location: string;
+  attempt: number;
+}
+
+function resultOf(j: JobRow): StoredResultRow | null {
+  if (j.result === null || j.result === undefined) return null;
+  return (typeof j.result === "string" ? JSON.parse(j.result) : j.result) as StoredResultRow;
 }
 
 /**
@@ -67,7 +80,22 @@ export function checkInvariants(dataDir: string, acceptedIds: Iterable<string>):
   } finally {
     db.close();
   }
-  const byJob = readEventLogs(dataDir);
+  return checkRecords(jobs, readEventLogs(dataDir), acceptedIds, (location) => {
+    const file = path.join(dataDir, "results", location);
+    return existsSync(file) ? readFileSync(file) : undefined;
+  });
+}
+
+/**
+ * The same checks over records read from any store: the jobs, their event logs, and the bytes
+ * each committed result location holds (undefined when it holds none).
+ */
+export function checkRecords(
+  jobs: JobRow[],
+  byJob: Map<string, LoggedEvent[]>,
+  acceptedIds: Iterable<string>,
+  resultBytes: (location: string) => Buffer | undefined,
+): InvariantReport {
   const violations: string[] = [];
   const ids = new Set(jobs.map((j) => j.id));
   for (const id of acceptedIds) if (!ids.has(id)) violations.push(`${id}: accepted (2xx) but missing from the store`);
@@ -143,16 +171,15 @@ export function checkInvariants(dataDir: string, acceptedIds: Iterable<string>):
     if (state !== j.status) bad(`status ${j.status} but the events end in ${state}`);
 
     if (j.status === "completed") {
-      const result = j.result === null ? null : (JSON.parse(j.result) as { sha256: string; bytes: number; location: string; attempt: number });
+      const result = resultOf(j);
       if (result === null) bad("completed without a result");
       else {
         if (result.attempt !== j.attempt) bad(`result of attempt ${result.attempt}, job at attempt ${j.attempt}`);
         const completed = evs.find((e) => e.type === "completed");
         if (completed !== undefined && attemptOf(completed) !== result.attempt) bad(`result of attempt ${result.attempt}, completed event of attempt ${attemptOf(completed)}`);
-        const file = path.join(dataDir, "results", result.location);
-        if (!existsSync(file)) bad(`result file ${result.location} missing`);
+        const bytes = resultBytes(result.location);
+        if (bytes === undefined) bad(`result file ${result.location} missing`);
         else {
-          const bytes = readFileSync(file);
           const sha = createHash("sha256").update(bytes).digest("hex");
           if (sha !== result.sha256 || bytes.length !== result.bytes) bad("result file does not match jobs.result sha256/bytes");
         }
