@@ -131,6 +131,22 @@ describe("two replicas on one PostgreSQL", () => {
     expect(page.total).toBe(20);
   });
 
+  it("pending S3 uploads re-driven by two replicas at once: each job claimed by one of them, until its claim runs out", async () => {
+    const { a, b } = await twoReplicas();
+    for (let i = 0; i < 20; i++) {
+      const { job } = await a.createJob(newJob({ destination: "s3://bucket/p" }), T0);
+      const lease = (await a.claimNextJob({ minerId: "m", gpus: [], models: ["gpt2"] }, T0, TTL))!;
+      const result = { sha256: "ab".repeat(32), bytes: 3, location: `results/${job.id}/attempt-1-x.txt`, finishReason: "length", usage: { prompt_tokens: 1, completion_tokens: 1 }, tokensPerSecond: 1, attempt: 1 };
+      expect(await a.commitResult(ref(lease), result, T0 + 1)).toBe("committed");
+    }
+    const [x, y] = await Promise.all([a.claimPendingUploads(T0 + 2, 60_000, 15), b.claimPendingUploads(T0 + 2, 60_000, 15)]);
+    const ids = [...x, ...y].map((j) => j.id);
+    expect(ids).toHaveLength(20);
+    expect(new Set(ids).size).toBe(20);
+    expect(await a.claimPendingUploads(T0 + 3, 60_000, 50)).toEqual([]);
+    expect(await b.claimPendingUploads(T0 + 2 + 60_001, 60_000, 50)).toHaveLength(20);
+  });
+
   it("replicas that start together migrate once, under the advisory lock", async () => {
     const { schema, drop } = await freshSchema("m");
     cleanups.push(drop);
