@@ -6,7 +6,7 @@ import { startApi, type ApiHarness } from "../coordinator/api-harness.js";
 import { PG_URL, freshSchema, requirePostgres } from "../coordinator/pg-harness.js";
 import { ROOT, freePort, waitFor } from "../e2e/cluster.js";
 import { RawMiner, helloFrame, isAck, resultFrame } from "../e2e/raw-miner.js";
-import { s3Settings, startS3 } from "../s3/s3-server.js";
+import { replicaSettings, startS3 } from "../s3/s3-server.js";
 
 /**
  * The README's HAProxy example (config/haproxy.cfg) in front of two coordinator replicas on
@@ -28,12 +28,7 @@ beforeAll(async () => {
   const { schema, drop } = await freshSchema("lb");
   cleanups.push(drop);
   const settings = {
-    "storage.backend": "postgres",
-    "storage.url": PG_URL,
-    "storage.schema": schema,
-    "results.backend": "s3",
-    "results.bucket": "lb-results",
-    ...s3Settings(s3.endpoint),
+    ...replicaSettings(PG_URL, schema, s3.endpoint, "lb-results"),
     "limits.requests_per_minute": 100_000,
     "limits.requests_per_hour": 100_000,
     "scheduler.heartbeat": "300ms",

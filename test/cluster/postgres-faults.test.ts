@@ -7,7 +7,7 @@ import { PostgresJobStore } from "../../src/coordinator/store/postgres/postgres-
 import { expectProblem } from "../coordinator/api-harness.js";
 import { PG_URL, freshSchema, requirePostgres } from "../coordinator/pg-harness.js";
 import { freePort, waitFor } from "../e2e/cluster.js";
-import { s3Settings, startS3 } from "../s3/s3-server.js";
+import { replicaSettings, startS3 } from "../s3/s3-server.js";
 
 /**
  * A replica whose PostgreSQL goes away, or is not there when it starts: every API request is
@@ -81,12 +81,7 @@ beforeAll(async () => {
     env: {},
     overrides: {
       "server.port": 0,
-      "storage.backend": "postgres",
-      "storage.url": viaGate(gate.port),
-      "storage.schema": schema,
-      "results.backend": "s3",
-      "results.bucket": "aitbc-results",
-      ...s3Settings(s3.endpoint),
+      ...replicaSettings(viaGate(gate.port), schema, s3.endpoint, "aitbc-results"),
       "log.level": "silent",
     },
   });

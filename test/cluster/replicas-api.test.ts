@@ -4,7 +4,7 @@ import { expectProblem, startApi, type ApiHarness } from "../coordinator/api-har
 import { PG_URL, freshSchema, requirePostgres } from "../coordinator/pg-harness.js";
 import { waitFor } from "../e2e/cluster.js";
 import { RawMiner, helloFrame, isAck, resultFrame } from "../e2e/raw-miner.js";
-import { s3Settings, startS3 } from "../s3/s3-server.js";
+import { replicaSettings, startS3 } from "../s3/s3-server.js";
 
 /**
  * Two coordinator replicas in this process on one real PostgreSQL schema, results in a real
@@ -22,13 +22,8 @@ beforeAll(async () => {
   const { schema, drop } = await freshSchema("api");
   cleanups.push(drop);
   const settings = {
-    "storage.backend": "postgres",
-    "storage.url": PG_URL,
-    "storage.schema": schema,
-    "results.backend": "s3",
-    "results.bucket": "aitbc-results",
+    ...replicaSettings(PG_URL, schema, s3.endpoint, "aitbc-results"),
     "results.prefix": "replicas/",
-    ...s3Settings(s3.endpoint),
     "limits.requests_per_minute": 1_000,
     "scheduler.heartbeat": "300ms",
   };

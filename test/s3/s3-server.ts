@@ -30,3 +30,15 @@ export async function startS3(buckets: string[]): Promise<{ endpoint: string; di
 export function s3Settings(endpoint: string): Record<string, unknown> {
   return { "s3.endpoint": endpoint, "s3.access_key_id": "S3RVER", "s3.secret_access_key": "S3RVER", "s3.force_path_style": true };
 }
+
+/** A replica's config on a PostgreSQL schema with results in that server's bucket (startApi overrides). */
+export function replicaSettings(pgUrl: string, schema: string, endpoint: string, bucket: string): Record<string, unknown> {
+  return {
+    "storage.backend": "postgres",
+    "storage.url": pgUrl,
+    "storage.schema": schema,
+    "results.backend": "s3",
+    "results.bucket": bucket,
+    ...s3Settings(endpoint),
+  };
+}

@@ -1,5 +1,5 @@
 import type { JobState, Priority } from "../../protocol/version.js";
-import type { ApiKeyRecord, FileRecord, JobEvent, JobRecord, MinerRecord, StoredResult } from "./job-store.js";
+import type { ApiKeyRecord, FileRecord, JobEvent, JobRecord, MinerRecord, NewJob, StoredResult } from "./job-store.js";
 
 /**
  * The tables as both SQL backends lay them out (snake_case columns, times in epoch ms), and the
@@ -88,6 +88,35 @@ export interface MinerRow {
 }
 
 export const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high: 2 };
+
+/**
+ * A new job's values, in the order both backends insert them: id, tenant, model, input,
+ * input_file_id, output_format, destination, requirements, priority, priority_rank,
+ * timeout_seconds, parameters, max_attempts, created_at, estimated_cost,
+ * estimated_time_seconds, idempotency_key, request_hash.
+ */
+export function newJobValues(job: NewJob, id: string, now: number): unknown[] {
+  return [
+    id,
+    job.tenant,
+    job.model,
+    job.input,
+    job.inputFileId,
+    job.outputFormat,
+    job.destination,
+    JSON.stringify(job.requirements),
+    job.priority,
+    PRIORITY_RANK[job.priority],
+    job.timeoutSeconds,
+    JSON.stringify(job.parameters),
+    job.maxAttempts,
+    now,
+    job.estimatedCost,
+    job.estimatedTimeSeconds,
+    job.idempotency?.key ?? null,
+    job.idempotency?.requestHash ?? null,
+  ];
+}
 
 /** A JSON column: text (SQLite) or already parsed (PostgreSQL jsonb). */
 export function jsonColumn<T>(v: unknown): T {

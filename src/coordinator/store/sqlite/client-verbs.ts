@@ -1,7 +1,7 @@
 import type { JobState } from "../../../protocol/version.js";
 import { decodeCursor, encodeCursor } from "../cursor.js";
 import { randomId } from "../ids.js";
-import { PRIORITY_RANK, toEvent, toJob, type EventRow, type JobRow } from "../job-row.js";
+import { PRIORITY_RANK, newJobValues, toEvent, toJob, type EventRow, type JobRow } from "../job-row.js";
 import type { CancelOutcome, JobEvent, JobRecord, NewJob, Page } from "../job-store.js";
 import { IdempotencyMismatchError } from "../store-errors.js";
 import { CANCELLED_BY_CLIENT, decideCancel } from "../transitions.js";
@@ -24,26 +24,7 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): { job: JobRec
          priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
          cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?)`,
-    ).run(
-      id,
-      job.tenant,
-      job.model,
-      job.input,
-      job.inputFileId,
-      job.outputFormat,
-      job.destination,
-      JSON.stringify(job.requirements),
-      job.priority,
-      PRIORITY_RANK[job.priority],
-      job.timeoutSeconds,
-      JSON.stringify(job.parameters),
-      job.maxAttempts,
-      now,
-      job.estimatedCost,
-      job.estimatedTimeSeconds,
-      job.idempotency?.key ?? null,
-      job.idempotency?.requestHash ?? null,
-    );
+    ).run(...newJobValues(job, id, now));
     emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority } });
     return { job: toJob(db.mustRow(id)), created: true };
   });

@@ -1,5 +1,5 @@
 import { randomId } from "../../ids.js";
-import { PRIORITY_RANK, toJob, type JobRow } from "../../job-row.js";
+import { newJobValues, toJob, type JobRow } from "../../job-row.js";
 import type { JobRecord, NewJob } from "../../job-store.js";
 import { IdempotencyMismatchError } from "../../store-errors.js";
 import type { PgDb } from "../pg-db.js";
@@ -19,26 +19,7 @@ export function createJob(db: PgDb, job: NewJob, now: number): Promise<{ job: Jo
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14, $15, $16, $17, $18)
        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
        RETURNING *`,
-      [
-        id,
-        job.tenant,
-        job.model,
-        job.input,
-        job.inputFileId,
-        job.outputFormat,
-        job.destination,
-        JSON.stringify(job.requirements),
-        job.priority,
-        PRIORITY_RANK[job.priority],
-        job.timeoutSeconds,
-        JSON.stringify(job.parameters),
-        job.maxAttempts,
-        now,
-        job.estimatedCost,
-        job.estimatedTimeSeconds,
-        job.idempotency?.key ?? null,
-        job.idempotency?.requestHash ?? null,
-      ],
+      newJobValues(job, id, now),
     );
     const row = inserted.rows[0];
     if (row === undefined) {
