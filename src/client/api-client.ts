@@ -27,6 +27,10 @@ export type JobStreamEvent =
   /** A change from the job's event log: queued, assigned, running, requeued, cancel_requested, or a terminal state. */
   | { type: "state"; state: string; seq: number; data: Record<string, unknown> }
   | { type: "progress"; progress: number; tokens: number; maxTokens: number; tokensPerSecond: number; attempt: number }
+  /** Generated text as it comes: the attempt's text is now `text.slice(0, index) + text`. */
+  | { type: "token"; attempt: number; index: number; text: string }
+  /** A new attempt generates the text again (the next token starts at index 0). */
+  | { type: "text_restart"; attempt: number }
   /** The stream dropped; the next connection resumes after `lastEventId` in `delayMs`. */
   | { type: "reconnecting"; attempt: number; delayMs: number; reason: string };
 
@@ -238,6 +242,8 @@ function toStreamEvent(event: string, data: string, id: string | undefined): Job
   if (event === "progress") {
     return { type: "progress", progress: num(d.progress), tokens: num(d.tokens), maxTokens: num(d.max_tokens), tokensPerSecond: num(d.tokens_per_second), attempt: num(d.attempt) };
   }
+  if (event === "token") return typeof d.text === "string" ? { type: "token", attempt: num(d.attempt), index: num(d.index), text: d.text } : undefined;
+  if (event === "text_restart") return { type: "text_restart", attempt: num(d.attempt) };
   const seq = Number(id);
   return { type: "state", state: event, seq: Number.isInteger(seq) ? seq : 0, data: d };
 }

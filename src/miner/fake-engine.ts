@@ -1,6 +1,7 @@
 import { AppError } from "../common/errors.js";
 import { Prng } from "../common/prng.js";
 import type { Engine, EngineModelInfo, GenerateRequest, GenerateResult } from "../inference/engine.js";
+import { StopSequenceMatcher } from "../inference/stop-sequences.js";
 import type { FakeEngineOptions } from "./config.js";
 
 /**
@@ -47,6 +48,8 @@ export class FakeEngine implements Engine {
     const maxTokens = request.params.max_new_tokens;
     const ids: number[] = [];
     let text = "";
+    const matcher = new StopSequenceMatcher(request.params.stop);
+    let tokensPerSecond = 0;
     let firstTokenMs = 0;
     let finish: GenerateResult["finish_reason"] = "length";
     const signal = request.signal;
@@ -89,23 +92,25 @@ export class FakeEngine implements Engine {
       }
       const id = Math.floor(rand() * WORDS.length);
       ids.push(id);
-      const delta = (text === "" ? "" : " ") + WORDS[id]!;
+      const piece = (ids.length === 1 ? "" : " ") + WORDS[id]!;
+      // As the real engine: text that may start a stop sequence is held back, so the deltas
+      // streamed add up to the result exactly.
+      const { delta, stopped } = matcher.push(piece);
       text += delta;
       const now = performance.now();
       if (i === 0) firstTokenMs = now - start;
       const decodeSeconds = (now - start) / 1000;
-      request.onToken?.({
-        delta,
-        tokens: ids.length,
-        maxTokens,
-        tokensPerSecond: decodeSeconds > 0 ? ids.length / decodeSeconds : 0,
-      });
-      const stop = request.params.stop.find((s) => text.includes(s));
-      if (stop !== undefined) {
-        text = text.slice(0, text.indexOf(stop));
+      tokensPerSecond = decodeSeconds > 0 ? ids.length / decodeSeconds : 0;
+      request.onToken?.({ delta, tokens: ids.length, maxTokens, tokensPerSecond });
+      if (stopped) {
         finish = "stop";
         break;
       }
+    }
+    const rest = matcher.flush();
+    if (rest !== "") {
+      text += rest;
+      request.onToken?.({ delta: rest, tokens: ids.length, maxTokens, tokensPerSecond });
     }
     const totalMs = performance.now() - start;
     return {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Logger } from "../common/logger.js";
 import { toAppError } from "../common/errors.js";
 import type { Engine, GenerateResult } from "../inference/engine.js";
+import { TextStream } from "./text-stream.js";
 import {
   RESULT_CHUNK_BYTES,
   RESULT_INLINE_MAX_BYTES,
@@ -42,6 +43,8 @@ interface TrackedJob {
   resends: number;
   done: Promise<void>;
   log: Logger;
+  /** The text sent as it comes, while running on a protocol 4 connection. */
+  text?: TextStream;
 }
 
 export interface JobRunnerOptions {
@@ -53,6 +56,11 @@ export interface JobRunnerOptions {
   slots: number;
   /** Least time between progress frames of one job, ms. */
   progressIntervalMs: number;
+  /**
+   * Protocol 4 text streaming (text frames replace progress frames) while `enabled()` says the
+   * connection speaks it; absent, progress frames only.
+   */
+  text?: { enabled: () => boolean; intervalMs: number; maxTokens: number };
   /** Called when a running job ends (its slot is free again). */
   onSlotFreed?: () => void;
   /** Called with the code when the engine fails a job (not for cancel/timeout/release). */
@@ -206,7 +214,11 @@ export class JobRunner {
         this.settled();
       }
     }
-    for (const job of this.jobs.values()) if (job.state === "finished") this.sendFinal(job);
+    for (const job of this.jobs.values()) {
+      if (job.state === "finished") this.sendFinal(job);
+      // The lease may now live on another replica, which has none of the text: all of it again.
+      else if (this.options.text?.enabled() === true) job.text?.resend();
+    }
   }
 
   /** Aborts every running job and hands it back with `released{reason}`. */
@@ -279,6 +291,8 @@ export class JobRunner {
     const timer = setTimeout(() => this.abort(job, "timed_out", "timeout_seconds"), timeoutMs);
     const interval = this.options.progressIntervalMs;
     let lastProgress = -Infinity;
+    const t = this.options.text;
+    if (t !== undefined) job.text = new TextStream(ref, { send: (f) => this.options.send(f), intervalMs: t.intervalMs, maxTokens: t.maxTokens });
     log.info({ model: frame.job.model, maxTokens: frame.job.parameters.max_new_tokens }, "job started");
     this.options.send({ type: "started", ...ref });
     let final: MinerFrame[];
@@ -290,18 +304,19 @@ export class JobRunner {
         params: frame.job.parameters,
         signal: job.controller.signal,
         onToken: (e) => {
+          const tokensPerSecond = Math.round(e.tokensPerSecond * 100) / 100;
+          if (job.text !== undefined && this.options.text?.enabled() === true) {
+            job.text.push(e.delta, e.tokens, tokensPerSecond);
+            return;
+          }
           const now = performance.now();
           if (now - lastProgress < interval) return;
           lastProgress = now;
-          this.options.send({
-            type: "progress",
-            ...ref,
-            tokens: e.tokens,
-            max_tokens: e.maxTokens,
-            tokens_per_s: Math.round(e.tokensPerSecond * 100) / 100,
-          });
+          this.options.send({ type: "progress", ...ref, tokens: e.tokens, max_tokens: e.maxTokens, tokens_per_s: tokensPerSecond });
         },
       });
+      // The text frames the result ends: the coordinator's live text is whole before the result.
+      if (job.abort === undefined && this.options.text?.enabled() === true) job.text?.flush();
       final = job.abort === undefined ? resultFrames(ref, result) : this.abortedFrames(job);
       this.options.onJobEnded?.(job.abort?.kind ?? "completed", result.usage.completion_tokens, job.abort === undefined ? result.timing.tokens_per_second : undefined);
       if (job.abort === undefined) {
@@ -320,6 +335,7 @@ export class JobRunner {
       }
     } finally {
       clearTimeout(timer);
+      job.text?.close();
     }
     job.state = "finished";
     job.final = final;

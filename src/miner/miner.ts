@@ -62,6 +62,8 @@ export class Miner extends EventEmitter<MinerEvents> {
   private readonly connection: MinerConnection;
   /** Set by a coordinator `drain` frame; cleared by the next welcome. */
   private intakePaused = false;
+  /** The protocol this connection speaks: the welcome's `protocol_version` (absent from a protocol 3 coordinator). */
+  private protocol = 3;
   private stopping: Promise<void> | undefined;
   /** Set when the miner stopped itself because the engine died; the CLI exits non-zero. */
   fatalError: string | undefined;
@@ -78,6 +80,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       log: options.log.child({ component: "job-runner" }),
       slots: this.slots,
       progressIntervalMs: config.miner.progressIntervalMs,
+      text: { enabled: () => this.protocol >= 4, intervalMs: config.miner.textIntervalMs, maxTokens: config.miner.textMaxTokens },
       onSlotFreed: () => this.pull(),
       onEngineError: (code) => this.onEngineError(code),
       onJobEnded: (outcome, tokens, tps) => options.metrics?.jobEnded(outcome, tokens, tps),
@@ -206,6 +209,7 @@ export class Miner extends EventEmitter<MinerEvents> {
 
   private onWelcome(w: WelcomeFrame): void {
     this.intakePaused = false;
+    this.protocol = Math.min(PROTOCOL_VERSION, w.protocol_version ?? 3);
     if (w.resumed.length > 0 || w.refused.length > 0) {
       this.log.info({ resumed: w.resumed.length, refused: w.refused.length }, "leases after reconnect");
     }

@@ -21,6 +21,7 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *                                            (zero or more, now or when matching jobs arrive)
  *   started {job_id, attempt, lease_token} ─▶
  *   progress {…, tokens, max_tokens, tokens_per_s} ─▶   (throttled; renews the lease)
+ *   text {…, index, delta, tokens, tokens_per_s} ─▶   (protocol 4: the text as it comes, coalesced; replaces progress)
  *   heartbeat {in_flight, free_slots}     ─▶   (every heartbeat_ms; renews every listed lease)
  *   result_chunk {…, seq, data} × n       ─▶   (only for outputs over RESULT_INLINE_MAX_BYTES)
  *   result {…, output | chunks, sha256}   ─▶
@@ -227,6 +228,25 @@ export const ProgressFrameSchema = Type.Object(
   strict,
 );
 
+/** Most UTF-16 code units one text frame carries (a longer resend goes in several frames). */
+export const TEXT_FRAME_MAX_CHARS = 32 * 1024;
+
+export const TextFrameSchema = Type.Object(
+  {
+    type: Type.Literal("text"),
+    job_id: Id,
+    attempt: Attempt,
+    lease_token: LeaseToken,
+    /** Where `delta` starts in the attempt's text, in UTF-16 code units: the length sent before it; 0 restarts the text (a resend). */
+    index: Count,
+    delta: Type.String({ maxLength: TEXT_FRAME_MAX_CHARS }),
+    /** As in progress: completion tokens so far and the decode speed. */
+    tokens: Count,
+    tokens_per_s: Type.Number({ minimum: 0 }),
+  },
+  strict,
+);
+
 export const HeartbeatFrameSchema = Type.Object(
   {
     type: Type.Literal("heartbeat"),
@@ -313,6 +333,8 @@ export const WelcomeFrameSchema = Type.Object(
     refused: Type.Array(Type.Object({ job_id: Id, attempt: Attempt, reason: Code }, strict), { maxItems: 4096 }),
     /** The coordinator replica holding this session (protocol 3; for logs and status). */
     replica: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    /** The protocol both sides speak: the lower of the hello's and the coordinator's (protocol 4). */
+    protocol_version: Type.Optional(Type.Integer({ minimum: 1 })),
   },
   strict,
 );
@@ -375,6 +397,7 @@ export type HelloFrame = Static<typeof HelloFrameSchema>;
 export type PullFrame = Static<typeof PullFrameSchema>;
 export type StartedFrame = Static<typeof StartedFrameSchema>;
 export type ProgressFrame = Static<typeof ProgressFrameSchema>;
+export type TextFrame = Static<typeof TextFrameSchema>;
 export type HeartbeatFrame = Static<typeof HeartbeatFrameSchema>;
 export type ResultChunkFrame = Static<typeof ResultChunkFrameSchema>;
 export type ResultFrame = Static<typeof ResultFrameSchema>;
@@ -392,6 +415,7 @@ export type MinerFrame =
   | PullFrame
   | StartedFrame
   | ProgressFrame
+  | TextFrame
   | HeartbeatFrame
   | ResultChunkFrame
   | ResultFrame
@@ -406,6 +430,7 @@ export const MINER_FRAME_SCHEMAS = {
   pull: PullFrameSchema,
   started: StartedFrameSchema,
   progress: ProgressFrameSchema,
+  text: TextFrameSchema,
   heartbeat: HeartbeatFrameSchema,
   result_chunk: ResultChunkFrameSchema,
   result: ResultFrameSchema,

@@ -9,8 +9,13 @@
  *      refused like any invalid frame (ours never did)
  *   3  welcome carries `replica`, the coordinator replica holding the session (several replicas
  *      share one database); a protocol 2 miner gets the welcome without it
+ *   4  the generated text streams: miners send `text` frames (coalesced deltas, which also carry
+ *      the progress figures, so they replace progress frames), and resend the whole text so far
+ *      after a welcome that resumed the lease; the welcome says the protocol both sides speak
+ *      (`protocol_version`; a miner sends text only when it is 4 or more). Protocol 3 miners
+ *      get a welcome without it and keep sending progress
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The oldest protocol version a coordinator still accepts in a hello. */
 export const OLDEST_PROTOCOL_VERSION = PROTOCOL_VERSION - 1;
 

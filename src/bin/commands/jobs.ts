@@ -65,6 +65,7 @@ interface SubmitOptions extends ConnectionOptions {
   format?: OutputFormat;
   idempotencyKey?: string;
   wait?: boolean;
+  stream?: boolean;
   output?: string;
   raw?: boolean;
   json?: boolean;
@@ -167,6 +168,7 @@ export function registerJobsCommand(program: Command): void {
       .addOption(new Option("--format <format>", "result format of the download").choices(OUTPUT_FORMATS))
       .option("--idempotency-key <key>", "a retried submit with the same key returns the same job")
       .option("--wait", "follow the job until it ends, then print the result text")
+      .option("--stream", "with --wait: print the text on stdout as it is generated (progress stays on stderr)")
       .option("--output <file>", "with --wait: write the result text to this file instead of stdout")
       .option("--raw", "with --wait: print the result as it is even on a terminal (control characters are escaped by default there)")
       .option("--json", "print the API's JSON (with --wait: the final job status)"),
@@ -180,12 +182,14 @@ export function registerJobsCommand(program: Command): void {
       .description("follow a job until it ends (progress, then the result text)")
       .argument("<job_id>", "job id")
       .option("--output <file>", "write the result text to this file instead of stdout")
+      .option("--stream", "print the text on stdout as it is generated (progress stays on stderr)")
       .option("--raw", "print the result as it is even on a terminal (control characters are escaped by default there)")
       .option("--json", "print the final job status as JSON"),
   ).action(
-    action(async (jobId: string, opts: ConnectionOptions & { output?: string; raw?: boolean; json?: boolean }) =>
-      follow(clientFor(opts), jobId, { output: opts.output, raw: opts.raw === true, json: opts.json === true }),
-    ),
+    action(async (jobId: string, opts: ConnectionOptions & { output?: string; raw?: boolean; json?: boolean; stream?: boolean }) => {
+      checkStream(opts);
+      return follow(clientFor(opts), jobId, { output: opts.output, raw: opts.raw === true, json: opts.json === true, stream: opts.stream === true });
+    }),
   );
 
   withConnection(jobs.command("status").description("show a job's status").argument("<job_id>", "job id").option("--json", "print the API's JSON")).action(
@@ -273,6 +277,8 @@ async function submit(opts: SubmitOptions): Promise<number> {
   if ((opts.input === undefined) === (opts.inputFile === undefined)) {
     throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "pass exactly one of --input and --input-file");
   }
+  if (opts.stream === true && opts.wait !== true) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream needs --wait");
+  checkStream(opts);
   if (opts.output !== undefined && opts.wait !== true) {
     throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--output needs --wait (or use aitbc jobs download ID --output FILE)");
   }
@@ -322,7 +328,63 @@ async function submit(opts: SubmitOptions): Promise<number> {
     return JOBS_EXIT.ok;
   }
   if (opts.json !== true) process.stderr.write(`submitted ${submitted.job_id}\n`);
-  return follow(client, submitted.job_id, { output: opts.output, raw: opts.raw === true, json: opts.json === true });
+  return follow(client, submitted.job_id, { output: opts.output, raw: opts.raw === true, json: opts.json === true, stream: opts.stream === true });
+}
+
+function checkStream(opts: { stream?: boolean; output?: string; json?: boolean }): void {
+  if (opts.stream !== true) return;
+  if (opts.output !== undefined) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream prints the text on stdout: it cannot go with --output");
+  if (opts.json === true) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream prints the text on stdout: it cannot go with --json");
+}
+
+/**
+ * The text as it streams, on stdout. What was printed cannot be taken back: a piece that
+ * rewrites printed text (a new attempt, a resend that differs) starts a new line, said on stderr.
+ */
+class TextPrinter {
+  printed = "";
+  private attempt: number | undefined;
+
+  constructor(private readonly raw: boolean) {}
+
+  token(attempt: number, index: number, text: string): void {
+    if (this.attempt !== undefined && attempt !== this.attempt) this.restart(attempt);
+    this.attempt = attempt;
+    const next = this.printed.slice(0, Math.min(index, this.printed.length)) + text;
+    if (next.startsWith(this.printed)) this.write(next.slice(this.printed.length));
+    else {
+      this.note("the streamed text changed: printing it again");
+      this.write(next);
+    }
+    this.printed = next;
+  }
+
+  restart(attempt: number): void {
+    if (this.printed === "" && this.attempt === attempt) return;
+    this.note(`attempt ${attempt} generates the text again`);
+    this.printed = "";
+    this.attempt = attempt;
+  }
+
+  /** At the end: what the stream did not show of the result. */
+  finish(output: string): void {
+    if (output.startsWith(this.printed)) this.write(output.slice(this.printed.length));
+    else {
+      this.note("the result differs from the streamed text: the result follows");
+      this.write(output);
+    }
+    if (!output.endsWith("\n") || output === "") process.stdout.write("\n");
+  }
+
+  private note(line: string): void {
+    if (this.printed !== "") process.stdout.write("\n");
+    process.stderr.write(`(${line})\n`);
+  }
+
+  private write(text: string): void {
+    if (text === "") return;
+    writeResult(text, this.raw);
+  }
 }
 
 /** Shows a job's progress: a cli-progress bar on a TTY, throttled plain lines otherwise. */
@@ -398,7 +460,7 @@ function queuedLine(job: JobStatus): string {
  * Follows a job to its end over Server-Sent Events, then prints the result text (completed) or
  * the error; the exit code says which. Ctrl-C only stops following.
  */
-async function follow(client: ApiClient, jobId: string, opts: { output?: string | undefined; raw?: boolean; json: boolean }): Promise<number> {
+async function follow(client: ApiClient, jobId: string, opts: { output?: string | undefined; raw?: boolean; json: boolean; stream?: boolean }): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
   const onSigint = (): void => {
@@ -406,7 +468,9 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
     controller.abort();
   };
   process.once("SIGINT", onSigint);
-  const view = new ProgressView(process.stderr.isTTY === true && !opts.json);
+  // Streaming, the bar would share the terminal with the text: plain progress lines instead.
+  const view = new ProgressView(process.stderr.isTTY === true && !opts.json && opts.stream !== true);
+  const printer = opts.stream === true ? new TextPrinter(opts.raw === true) : undefined;
   const quiet = opts.json;
   let snapshot: JobStatus | undefined;
   try {
@@ -417,6 +481,8 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
       if (e.type === "snapshot") snapshot = e.job.status === "queued" && e.job.eligible_miners === undefined ? await client.getJob(jobId) : e.job;
       else if (e.type === "state") view.state(e.state === "queued" && snapshot?.status === "queued" ? queuedLine(snapshot) : stateLine(e.state, e.data), e.state);
       else if (e.type === "progress") view.progress(e);
+      else if (e.type === "token") printer?.token(e.attempt, e.index, e.text);
+      else if (e.type === "text_restart") printer?.restart(e.attempt);
       else view.state(`connection lost, reconnecting in ${(e.delayMs / 1000).toFixed(1)} s`, "reconnecting");
     }
   } finally {
@@ -430,7 +496,8 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
   const job = await client.getJob(jobId);
   if (job.status === "completed") {
     const text = await client.resultText(jobId);
-    if (opts.output !== undefined) {
+    if (printer !== undefined) printer.finish(text);
+    else if (opts.output !== undefined) {
       writeOutput(opts.output, Buffer.from(text, "utf8"));
       if (!quiet) process.stderr.write(`wrote the result to ${opts.output}\n`);
     } else if (!quiet) {

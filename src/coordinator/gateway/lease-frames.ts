@@ -1,18 +1,19 @@
-import type { FailFrame, HeartbeatFrame, ProgressFrame, ReleasedFrame, StartedFrame } from "../../protocol/frames.js";
+import type { FailFrame, HeartbeatFrame, ProgressFrame, ReleasedFrame, StartedFrame, TextFrame } from "../../protocol/frames.js";
 import type { CoordinatorContext } from "../context.js";
 import type { LeaseRef } from "../store/job-store.js";
 import { leaseKey, type HeldLease, type MinerSession } from "./miner-session.js";
 import { clampProgress } from "./plausibility.js";
 
 /**
- * The frames that keep or end a lease: started, progress, heartbeat, fail, released.
+ * The frames that keep or end a lease: started, progress, text, heartbeat, fail, released.
  *
  * Renewals are coalesced: a lease this connection holds is extended in the store at most once
  * per third of the lease TTL, however many progress frames or heartbeat entries name it, so one
  * connection cannot turn frames into fsyncs. Live progress goes to SSE subscribers from memory
  * (JobEvents) on every frame and into the job row at the renewals. A frame for a lease this
  * connection does not hold touches no store: the miner is told to stop. fail and released end
- * the lease and are fenced in the store.
+ * the lease and are fenced in the store. Text frames (protocol 4) are progress frames that also
+ * carry the generated text: it goes to JobEvents, in memory only, never to the store.
  */
 export class LeaseFrames {
   private readonly started = new WeakSet<HeldLease>();
@@ -31,14 +32,16 @@ export class LeaseFrames {
     if (await this.ctx.store.markRunning(ref(f, s), now, this.ctx.config.scheduler.leaseTtlMs)) lease.renewedAt = now;
   }
 
-  async progress(s: MinerSession, f: ProgressFrame): Promise<void> {
+  async progress(s: MinerSession, f: ProgressFrame | TextFrame): Promise<void> {
     const lease = s.held(f.job_id, f.attempt, f.lease_token);
     if (lease === undefined) {
       s.stop(f.job_id, f.attempt, "lease_lost");
       return;
     }
     const now = this.ctx.now();
-    const { tokens, tokensPerSecond } = clampProgress(f, lease.maxTokens, this.ctx.config.gateway);
+    // A hostile miner's text is bounded by what its tokens could spell (GPT-2 tokens are short).
+    if (f.type === "text") this.ctx.events.publishText({ jobId: f.job_id, attempt: f.attempt, index: f.index, delta: f.delta }, false, 64 * (lease.maxTokens + 1));
+    const { tokens, tokensPerSecond } = clampProgress({ tokens: f.tokens, tokens_per_s: f.tokens_per_s }, lease.maxTokens, this.ctx.config.gateway);
     // Below 100 until the result is committed: 100 means "done and downloadable".
     const progress = lease.maxTokens > 0 ? Math.min(99, (100 * tokens) / lease.maxTokens) : 0;
     this.ctx.events.publishProgress({ jobId: f.job_id, attempt: f.attempt, progress, tokens, maxTokens: lease.maxTokens, tokensPerSecond, at: now });

@@ -299,6 +299,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       case "started":
         return this.leaseFrames.markStarted(s, frame);
       case "progress":
+      case "text":
         return this.leaseFrames.progress(s, frame);
       case "heartbeat":
         return this.leaseFrames.heartbeat(s, frame);
@@ -397,6 +398,8 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     }
     // Protocol 2 miners parse welcomes strictly: only protocol 3 ones learn the replica.
     if (hello.protocol_version >= 3) welcome.replica = this.ctx.replica;
+    // Protocol 3 miners parse welcomes strictly too: only protocol 4 ones are told what both speak.
+    if (hello.protocol_version >= 4) welcome.protocol_version = Math.min(hello.protocol_version, PROTOCOL_VERSION);
     session.send(welcome);
     slog.info(
       {

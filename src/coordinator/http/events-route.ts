@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
-import { AppError, NotFoundError } from "../../common/errors.js";
+import { AppError, NotFoundError, errorMessage } from "../../common/errors.js";
 import { JobIdParamsSchema } from "../../protocol/jobs.js";
 import { isTerminal, type JobState } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
@@ -11,6 +11,8 @@ import { jobView, withLiveProgress } from "./job-view.js";
 import type { OpenStream } from "./stream-registry.js";
 
 const KEEPALIVE_MS = 15_000;
+/** Outputs up to this size are read at completion to send the text the client has not seen. */
+const COMPLETION_TEXT_MAX_BYTES = 8 * 1024 * 1024;
 
 /**
  * GET /v1/jobs/{id}/events — Server-Sent Events, so a client follows a job without polling:
@@ -19,6 +21,12 @@ const KEEPALIVE_MS = 15_000;
  *   event: <state>    id: <seq>; each state change from the job's event log (queued, assigned,
  *                     running, requeued, cancel_requested, completed, failed, …)
  *   event: progress   live progress of the running attempt (tokens, max_tokens, tokens/s)
+ *   event: token      {attempt, index, text}: the generated text as it comes; the text is now
+ *                     text.slice(0, index) + text. A client that joins (or reconnects) while the
+ *                     job runs first gets the text so far in one token event at index 0
+ *   event: text_restart  a new attempt generates the text again: the next token starts at 0
+ *   event: completed  also carries the result summary (finish_reason, usage, output_sha256,
+ *                     download_url); the token events before it add up to the output exactly
  *
  * A reconnecting client sends Last-Event-ID (or ?after=) and gets the changes it missed. The
  * stream ends after the terminal state, when the coordinator closes, and when its key is revoked.
@@ -78,15 +86,64 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           ended = true;
           ctx.streams.remove(stream);
           unsubscribe();
+          unsubscribeText();
           unsubscribeRemote();
           clearInterval(keepalive);
           raw.end();
         };
+        // The text this client has, and of which attempt.
+        let textAttempt: number | undefined;
+        let clientText = "";
+        const sendText = (attempt: number, index: number, delta: string): void => {
+          if (attempt !== textAttempt) {
+            if (textAttempt !== undefined) write("text_restart", { job_id: job.id, attempt, reason: "a new attempt generates the text again" });
+            textAttempt = attempt;
+            clientText = "";
+          }
+          if (index > clientText.length) {
+            // A piece past what this client has: the whole text known here instead.
+            const live = ctx.events.liveText(job.id);
+            if (live === undefined || live.attempt !== attempt) return;
+            index = 0;
+            delta = live.text;
+          }
+          if (index === clientText.length && delta === "") return;
+          write("token", { job_id: job.id, attempt, index, text: delta });
+          clientText = clientText.slice(0, index) + delta;
+        };
+        /**
+         * Before `completed`: the part of the output the client has not seen (or, when what it has
+         * is not the output's beginning, all of it again), so its token events add up to the
+         * output exactly. Returns the result summary for the completed event.
+         */
+        const finishText = async (): Promise<Record<string, unknown>> => {
+          const current = await ctx.store.getJob(tenant, job.id);
+          if (current === null) return {};
+          const result = current.result;
+          if (result !== null && result.removed === undefined && result.bytes <= COMPLETION_TEXT_MAX_BYTES) {
+            const output = (await ctx.results.read(result.location)).toString("utf8");
+            if (textAttempt === current.attempt && output.startsWith(clientText)) sendText(current.attempt, clientText.length, output.slice(clientText.length));
+            else sendText(current.attempt, 0, output);
+          }
+          return { result: jobView(current).result };
+        };
+        // Writes go in order through one chain: some need a read first (the completed summary).
+        let chain: Promise<void> = Promise.resolve();
+        const serial = (fn: () => void | Promise<void>): void => {
+          chain = chain.then(fn).catch((err: unknown) => {
+            request.log.warn({ err: errorMessage(err), jobId: job.id }, "event stream write failed");
+          });
+        };
         const sendChange = (e: JobEvent): void => {
-          if (ended || e.seq <= after) return;
-          after = e.seq;
-          write(e.type, { job_id: e.jobId, status: e.type, at: new Date(e.at).toISOString(), ...e.data }, e.seq);
-          if (isTerminal(e.type as JobState)) end();
+          serial(async () => {
+            if (ended || e.seq <= after) return;
+            after = e.seq;
+            let data: Record<string, unknown> = { job_id: e.jobId, status: e.type, at: new Date(e.at).toISOString(), ...e.data };
+            if (e.type === "completed") data = { ...data, ...(await finishText()) };
+            if (ended) return;
+            write(e.type, data, e.seq);
+            if (isTerminal(e.type as JobState)) end();
+          });
         };
         const sendProgress = (p: ProgressEvent): void => {
           if (ended) return;
@@ -107,6 +164,10 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           (e) => (replaying ? buffered.push(e) : sendChange(e)),
           sendProgress,
         );
+        // Pieces during the replay are in the text-so-far sent after it.
+        const unsubscribeText = ctx.events.onJobText(job.id, (t) => {
+          if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
+        });
         // Changes another replica commits arrive as hints: re-read the log past what was sent.
         let rereading: Promise<void> = Promise.resolve();
         const unsubscribeRemote = ctx.events.onJobRemote(job.id, () => {
@@ -123,12 +184,19 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         request.raw.on("close", end);
 
         write("snapshot", jobView(withLiveProgress(job, ctx.events)));
-        for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
+        const replayed = await ctx.store.listEvents(job.id, after);
+        for (const e of replayed) sendChange(e);
+        // Then the text so far, in one event, unless the log already ends the job (completed sends it whole).
+        if (!replayed.some((e) => isTerminal(e.type as JobState))) {
+          const live = ctx.events.liveText(job.id);
+          if (live !== undefined && live.attempt >= job.attempt) serial(() => sendText(live.attempt, 0, live.text));
+          else if (!isTerminal(job.status)) ctx.events.wantText(job.id);
+        }
         replaying = false;
         for (const e of buffered) sendChange(e);
         if (!ended && isTerminal(job.status)) {
           const current = await ctx.store.getJob(tenant, job.id);
-          if (current !== null && isTerminal(current.status)) end();
+          if (current !== null && isTerminal(current.status)) serial(() => end());
         }
       },
     );

@@ -2,7 +2,7 @@ import pg from "pg";
 import { Backoff } from "../../common/backoff.js";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
-import type { JobEvents, ProgressEvent } from "../store/job-events.js";
+import type { JobEvents, ProgressEvent, TextEvent } from "../store/job-events.js";
 import { JOB_CHANNEL, type PgDb } from "../store/postgres/pg-db.js";
 import { CONTROL_CHANNEL } from "../store/postgres/verbs/miners.js";
 
@@ -15,6 +15,24 @@ export interface MinerSessionHint {
 
 /** Under NOTIFY's 8000-byte payload limit, with room to spare. */
 const MAX_PAYLOAD = 7_000;
+/**
+ * The generated text's own channel (never the job-state one, whose payloads carry no text).
+ * Pieces travel in slices of at most TEXT_SLICE code units: JSON escapes a code unit into at most
+ * 6 bytes, so a slice always fits a payload with its header.
+ */
+export const TEXT_CHANNEL = "aitbc_text";
+const TEXT_SLICE = 1_000;
+/** Text of this replica's miners goes out this often, coalesced. */
+const TEXT_FLUSH_MS = 25;
+/** A replica asks again for a job's whole text at most this often. */
+const WANT_EVERY_MS = 1_000;
+
+interface TextPiece {
+  j: string;
+  a: number;
+  i: number;
+  d: string;
+}
 
 /**
  * Signals between replicas over PostgreSQL LISTEN/NOTIFY, as hints only: a notification wakes a
@@ -22,6 +40,12 @@ const MAX_PAYLOAD = 7_000;
  * the store inside the committing transaction, `{j, s, t, o}`) become JobEvents remote changes;
  * miner sessions opened elsewhere (`{k: "miner"}`) go to the gateway; progress of running jobs
  * goes out once a second per replica, batched (`{k: "progress", p: [...]}`), never per frame.
+ *
+ * The generated text of running jobs has its own channel (TEXT_CHANNEL): pieces from this
+ * replica's miners, coalesced every TEXT_FLUSH_MS and sliced under NOTIFY's payload limit
+ * (`{o, p: [{j, a, i, d}]}`). A replica that follows a job whose text it lacks (a client joined
+ * late, a piece was missed) asks for it (`{o, want: jobId}`) and the replica holding the miner
+ * sends the whole text from index 0.
  *
  * `pg`'s listening client does not reconnect by itself and notifications sent while it is away
  * are lost: this one reconnects with the shared backoff and, each time it is back, asks every
@@ -35,6 +59,10 @@ export class PgSignals {
   private resyncTimer: NodeJS.Timeout | undefined;
   private progressTimer: NodeJS.Timeout | undefined;
   private readonly outbox = new Map<string, ProgressEvent>();
+  private textOutbox: TextPiece[] = [];
+  private textTimer: NodeJS.Timeout | undefined;
+  private readonly wanted = new Map<string, number>();
+  private unsubscribeText: (() => void)[] = [];
   private readonly minerHandlers = new Set<(h: MinerSessionHint) => void>();
   private connected = false;
   /** Progress of jobs running on this replica's miners goes to the outbox, sent once a second. */
@@ -51,6 +79,10 @@ export class PgSignals {
 
   async start(): Promise<void> {
     this.unsubscribe = this.deps.events.onLocalProgress((p) => this.outbox.set(p.jobId, p));
+    this.unsubscribeText = [
+      this.deps.events.onLocalText((t) => this.queueText(t)),
+      this.deps.events.onWantText((jobId) => this.want(jobId)),
+    ];
     await this.connect();
     this.resyncTimer = setInterval(() => this.deps.events.publishResync(), this.deps.resyncMs);
     this.resyncTimer.unref();
@@ -65,6 +97,8 @@ export class PgSignals {
   async stop(): Promise<void> {
     this.stopped = true;
     this.unsubscribe?.();
+    for (const u of this.unsubscribeText) u();
+    clearTimeout(this.textTimer);
     clearTimeout(this.reconnectTimer);
     clearInterval(this.resyncTimer);
     clearInterval(this.progressTimer);
@@ -91,6 +125,7 @@ export class PgSignals {
       await client.connect();
       await client.query(`LISTEN ${JOB_CHANNEL}`);
       await client.query(`LISTEN ${CONTROL_CHANNEL}`);
+      await client.query(`LISTEN ${TEXT_CHANNEL}`);
     } catch (err) {
       lost(errorMessage(err));
       return;
@@ -113,6 +148,10 @@ export class PgSignals {
     }
     if (typeof msg !== "object" || msg === null) return;
     const m = msg as Record<string, unknown>;
+    if (channel === TEXT_CHANNEL) {
+      if (m.o !== this.deps.replica) this.textNotified(m);
+      return;
+    }
     if (channel === JOB_CHANNEL) {
       // Our own changes were published in this process after their commit.
       if (m.o === this.deps.replica) return;
@@ -138,6 +177,69 @@ export class PgSignals {
     }
   }
 
+  private queueText(t: TextEvent): void {
+    const last = this.textOutbox[this.textOutbox.length - 1];
+    // Consecutive pieces of one attempt coalesce into one.
+    if (last !== undefined && last.j === t.jobId && last.a === t.attempt && last.i + last.d.length === t.index) last.d += t.delta;
+    else this.textOutbox.push({ j: t.jobId, a: t.attempt, i: t.index, d: t.delta });
+    if (this.textTimer === undefined) {
+      this.textTimer = setTimeout(() => void this.flushText(), TEXT_FLUSH_MS);
+      this.textTimer.unref();
+    }
+  }
+
+  private want(jobId: string): void {
+    const now = Date.now();
+    if ((this.wanted.get(jobId) ?? 0) > now - WANT_EVERY_MS) return;
+    this.wanted.set(jobId, now);
+    if (this.wanted.size > 10_000) for (const [j, at] of this.wanted) if (at <= now - WANT_EVERY_MS) this.wanted.delete(j);
+    void this.notify(TEXT_CHANNEL, [JSON.stringify({ o: this.deps.replica, want: jobId })]);
+  }
+
+  private textNotified(m: Record<string, unknown>): void {
+    if (typeof m.want === "string") {
+      const live = this.deps.events.liveText(m.want);
+      if (live?.local === true) this.queueText({ jobId: m.want, attempt: live.attempt, index: 0, delta: live.text });
+      return;
+    }
+    if (!Array.isArray(m.p)) return;
+    for (const item of m.p as unknown[]) {
+      const p = item as Partial<Record<string, unknown>>;
+      if (typeof p.j !== "string" || typeof p.a !== "number" || typeof p.i !== "number" || typeof p.d !== "string") continue;
+      if (this.deps.events.publishText({ jobId: p.j, attempt: p.a, index: p.i, delta: p.d }, true) === "gap" && this.deps.events.followsText(p.j)) this.want(p.j);
+    }
+  }
+
+  private async flushText(): Promise<void> {
+    this.textTimer = undefined;
+    const pieces = this.textOutbox;
+    this.textOutbox = [];
+    if (pieces.length === 0 || !this.connected) return;
+    const payloads: string[] = [];
+    let batch: TextPiece[] = [];
+    const pack = (b: TextPiece[]): string => JSON.stringify({ o: this.deps.replica, p: b });
+    for (const piece of pieces) {
+      for (const slice of sliceText(piece)) {
+        if (batch.length > 0 && Buffer.byteLength(pack([...batch, slice])) > MAX_PAYLOAD) {
+          payloads.push(pack(batch));
+          batch = [];
+        }
+        batch.push(slice);
+      }
+    }
+    if (batch.length > 0) payloads.push(pack(batch));
+    await this.notify(TEXT_CHANNEL, payloads);
+  }
+
+  private async notify(channel: string, payloads: string[]): Promise<void> {
+    if (!this.connected) return;
+    try {
+      await this.deps.db.query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", [channel, payloads]);
+    } catch (err) {
+      this.deps.log.debug({ err: errorMessage(err), channel }, "notification not sent");
+    }
+  }
+
   private async flushProgress(): Promise<void> {
     if (this.outbox.size === 0 || !this.connected) return;
     const items = [...this.outbox.values()].map((p) => ({ j: p.jobId, a: p.attempt, p: Math.round(p.progress * 10) / 10, t: p.tokens, m: p.maxTokens, r: Math.round(p.tokensPerSecond * 10) / 10 }));
@@ -159,4 +261,18 @@ export class PgSignals {
       this.deps.log.debug({ err: errorMessage(err) }, "progress notification not sent");
     }
   }
+}
+
+/** A piece in slices of at most TEXT_SLICE code units, never splitting a surrogate pair. */
+function sliceText(piece: TextPiece): TextPiece[] {
+  if (piece.d.length <= TEXT_SLICE) return [piece];
+  const out: TextPiece[] = [];
+  for (let off = 0; off < piece.d.length; ) {
+    let end = Math.min(piece.d.length, off + TEXT_SLICE);
+    const last = piece.d.charCodeAt(end - 1);
+    if (end < piece.d.length && last >= 0xd800 && last <= 0xdbff) end--;
+    out.push({ j: piece.j, a: piece.a, i: piece.i + off, d: piece.d.slice(off, end) });
+    off = end;
+  }
+  return out;
 }
