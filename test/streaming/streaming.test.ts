@@ -64,8 +64,7 @@ describe("token streaming (coordinator + miners as processes)", () => {
       finish_reason: expect.stringMatching(/^(length|eos|stop)$/) as unknown,
     });
     expect((summary.usage as { completion_tokens: number }).completion_tokens).toBeGreaterThan(0);
-    miner.proc.kill("SIGTERM");
-    await waitFor("miner exit", () => Promise.resolve(miner.proc.running), (r) => !r, 20_000);
+    await miner.proc.kill("SIGTERM");
   });
 
   it("restarts the text on a new attempt and says so; the tokens still add up to the output", { timeout: 90_000 }, async () => {
@@ -88,8 +87,7 @@ describe("token streaming (coordinator + miners as processes)", () => {
     expect(restart?.data.attempt).toBe(2);
     expect(seen.text).toBe(await output(jobId));
     expect((await cluster.job(jobId)).attempt).toBe(2);
-    second.proc.kill("SIGTERM");
-    await waitFor("miner exit", () => Promise.resolve(second.proc.running), (r) => !r, 20_000);
+    await second.proc.kill("SIGTERM");
   });
 
   it("a client that joins while the job runs first gets the text so far in one event, then the rest", async () => {
@@ -117,8 +115,7 @@ describe("token streaming (coordinator + miners as processes)", () => {
     expect(tokens).toHaveLength(1);
     expect(tokens[0]!.data).toMatchObject({ index: 0, text: out });
     expect(after.findIndex((e) => e.event === "token")).toBeLessThan(after.findIndex((e) => e.event === "completed"));
-    miner.proc.kill("SIGTERM");
-    await waitFor("miner exit", () => Promise.resolve(miner.proc.running), (r) => !r, 20_000);
+    await miner.proc.kill("SIGTERM");
   });
 
   it("aitbc jobs submit --wait --stream prints the text live on stdout, progress on stderr", async () => {
@@ -136,7 +133,6 @@ describe("token streaming (coordinator + miners as processes)", () => {
     );
     expect(usage.code).toBe(3);
     expect(usage.stderr).toMatch(/--stream .* --json/);
-    miner.proc.kill("SIGTERM");
-    await waitFor("miner exit", () => Promise.resolve(miner.proc.running), (r2) => !r2, 20_000);
+    await miner.proc.kill("SIGTERM");
   });
 });
