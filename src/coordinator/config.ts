@@ -112,6 +112,15 @@ export const CoordinatorConfigSchema = Type.Object(
         requeue_backoff: Duration("1s", "requeue backoff"),
         /** Default `timeout_seconds` of a job that sets none. Default 3600. */
         default_timeout_seconds: Type.Integer({ minimum: 1, default: 3600 }),
+        /** Answer 422 to a job no connected miner can run (model or requirements), instead of queueing it with a waiting_reason. Default false. */
+        reject_unservable: Type.Boolean({ default: false }),
+      },
+      section,
+    ),
+    openai: Type.Object(
+      {
+        /** A client that disconnects from a streamed POST /v1/completions cancels its job (a replica shutting down does not). Default true. */
+        cancel_on_disconnect: Type.Boolean({ default: true }),
       },
       section,
     ),
@@ -274,7 +283,9 @@ export interface CoordinatorConfig {
     reapIntervalMs: number;
     requeueBackoffMs: number;
     defaultTimeoutSeconds: number;
+    rejectUnservable: boolean;
   };
+  openai: { cancelOnDisconnect: boolean };
   estimates: { defaultTokensPerSecond: number; tokensPerSecond: Record<string, number>; overheadSeconds: number };
   pricing: { per1kTokens: Record<string, number>; perGpuHour: Record<string, number> };
   tenants: Record<string, { s3Buckets: string[] }>;
@@ -373,7 +384,9 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       reapIntervalMs: d("scheduler.reap_interval", raw.scheduler.reap_interval),
       requeueBackoffMs: d("scheduler.requeue_backoff", raw.scheduler.requeue_backoff),
       defaultTimeoutSeconds: raw.scheduler.default_timeout_seconds,
+      rejectUnservable: raw.scheduler.reject_unservable,
     },
+    openai: { cancelOnDisconnect: raw.openai.cancel_on_disconnect },
     estimates: {
       defaultTokensPerSecond: raw.estimates.default_tokens_per_second,
       tokensPerSecond: raw.estimates.tokens_per_second,

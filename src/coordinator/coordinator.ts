@@ -20,6 +20,7 @@ import { eventsRoute } from "./http/events-route.js";
 import { fileRoutes } from "./http/file-routes.js";
 import { healthRoutes } from "./http/health-routes.js";
 import { jobRoutes } from "./http/job-routes.js";
+import { openaiRoutes } from "./http/openai-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
@@ -240,6 +241,7 @@ export class Coordinator {
     await app.register(healthRoutes(ctx, () => this.state === "running"));
     await app.register(jobRoutes(ctx));
     await app.register(eventsRoute(ctx));
+    await app.register(openaiRoutes(ctx));
     await app.register(fileRoutes(ctx));
     await app.register(async (scope) => gateway.register(scope));
     app.get("/metrics", { schema: { hide: true } }, async (_request, reply) =>

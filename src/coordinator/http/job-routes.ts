@@ -16,6 +16,7 @@ import {
   type SubmitJobBody,
 } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
+import type { JobRecord } from "../store/job-store.js";
 import { estimateJob } from "../estimates.js";
 import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
@@ -76,6 +77,78 @@ function sortedKeys(_key: string, value: unknown): unknown {
   return Object.fromEntries(Object.keys(record).sort().map((k) => [k, record[k]]));
 }
 
+/**
+ * Accepts a job: checks the input, destination, limits, quotas and queue, estimates it and
+ * creates it (or returns the job an Idempotency-Key already made). POST /v1/jobs and the
+ * OpenAI-compatible POST /v1/completions both come here, so they share every rule.
+ */
+export async function acceptJob(
+  ctx: CoordinatorContext,
+  tenant: string,
+  body: SubmitJobBody,
+  idem: string | undefined,
+  reply: { header: (name: string, value: string) => unknown },
+): Promise<{ job: JobRecord; created: boolean }> {
+    const now = ctx.now();
+    let input = body.input;
+    let inputFileId: string | null = null;
+    if (FILE_ID.test(body.input)) {
+      const file = await ctx.store.getFile(tenant, body.input);
+      if (file === null) throw new AppError("file_not_found", `no uploaded file ${body.input}`, { status: 422 });
+      input = file.content;
+      inputFileId = file.id;
+    }
+    if (input.length > ctx.config.limits.maxInputChars) {
+      throw new ValidationError(`input is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "input" });
+    }
+    const destination = body.output_config?.destination ?? "local";
+    checkDestination(ctx, tenant, destination);
+    const timeoutSeconds = body.timeout_seconds ?? ctx.config.scheduler.defaultTimeoutSeconds;
+    if (timeoutSeconds > ctx.config.limits.maxTimeoutSeconds) {
+      throw new ValidationError(`timeout_seconds may be at most ${ctx.config.limits.maxTimeoutSeconds}`, { field: "timeout_seconds" });
+    }
+    const requirements = body.requirements ?? {};
+    const parameters = resolveGenerationParameters(body.parameters, () => randomInt(0, GENERATION_BOUNDS.seed.max));
+    const usage = await ctx.store.usage(tenant);
+    if (usage.resultBytes >= ctx.config.limits.maxResultBytesPerTenant) {
+      throw new AppError(
+        "storage_quota_exceeded",
+        `this tenant's stored results take ${usage.resultBytes} bytes of its ${ctx.config.limits.maxResultBytesPerTenant}-byte quota ([limits] max_result_bytes_per_tenant): delete results (DELETE /v1/jobs/{id}/result) or wait for them to expire`,
+        { status: 429, details: { quota: "results", limit_bytes: ctx.config.limits.maxResultBytesPerTenant, used_bytes: usage.resultBytes } },
+      );
+    }
+    const queued = await ctx.store.countQueued({ tenant });
+    if (queued >= ctx.config.limits.maxQueuedPerTenant) {
+      void reply.header("Retry-After", "10");
+      throw new AppError("queue_full", `this tenant already has ${queued} queued jobs`, { status: 429, retryable: true });
+    }
+    const estimate = estimateJob(
+      ctx.config,
+      { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
+      { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: await ctx.miners.eligibleMiners({ model: body.model, requirements }) },
+    );
+    // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
+    return ctx.store.createJob(
+      {
+          tenant,
+          model: body.model,
+          input,
+          inputFileId,
+          outputFormat: body.output_config?.format ?? "json",
+          destination,
+          requirements,
+          priority: body.priority ?? "normal",
+          timeoutSeconds,
+          parameters,
+          maxAttempts: ctx.config.scheduler.maxAttempts,
+          estimatedCost: estimate.estimatedCost,
+          estimatedTimeSeconds: estimate.estimatedTimeSeconds,
+          ...(idem === undefined ? {} : { idempotency: { key: idem, requestHash: requestHash(body) } }),
+        },
+        now,
+      );
+}
+
 export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
   return async (app) => {
     app.post(
@@ -92,66 +165,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
       },
       async (request, reply) => {
         const tenant = tenantOf(request);
-        const body = request.body;
-        const now = ctx.now();
-        let input = body.input;
-        let inputFileId: string | null = null;
-        if (FILE_ID.test(body.input)) {
-          const file = await ctx.store.getFile(tenant, body.input);
-          if (file === null) throw new AppError("file_not_found", `no uploaded file ${body.input}`, { status: 422 });
-          input = file.content;
-          inputFileId = file.id;
-        }
-        if (input.length > ctx.config.limits.maxInputChars) {
-          throw new ValidationError(`input is longer than ${ctx.config.limits.maxInputChars} characters`, { field: "input" });
-        }
-        const destination = body.output_config?.destination ?? "local";
-        checkDestination(ctx, tenant, destination);
-        const timeoutSeconds = body.timeout_seconds ?? ctx.config.scheduler.defaultTimeoutSeconds;
-        if (timeoutSeconds > ctx.config.limits.maxTimeoutSeconds) {
-          throw new ValidationError(`timeout_seconds may be at most ${ctx.config.limits.maxTimeoutSeconds}`, { field: "timeout_seconds" });
-        }
-        const requirements = body.requirements ?? {};
-        const parameters = resolveGenerationParameters(body.parameters, () => randomInt(0, GENERATION_BOUNDS.seed.max));
-        const usage = await ctx.store.usage(tenant);
-        if (usage.resultBytes >= ctx.config.limits.maxResultBytesPerTenant) {
-          throw new AppError(
-            "storage_quota_exceeded",
-            `this tenant's stored results take ${usage.resultBytes} bytes of its ${ctx.config.limits.maxResultBytesPerTenant}-byte quota ([limits] max_result_bytes_per_tenant): delete results (DELETE /v1/jobs/{id}/result) or wait for them to expire`,
-            { status: 429, details: { quota: "results", limit_bytes: ctx.config.limits.maxResultBytesPerTenant, used_bytes: usage.resultBytes } },
-          );
-        }
-        const queued = await ctx.store.countQueued({ tenant });
-        if (queued >= ctx.config.limits.maxQueuedPerTenant) {
-          void reply.header("Retry-After", "10");
-          throw new AppError("queue_full", `this tenant already has ${queued} queued jobs`, { status: 429, retryable: true });
-        }
-        const estimate = estimateJob(
-          ctx.config,
-          { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
-          { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: await ctx.miners.eligibleMiners({ model: body.model, requirements }) },
-        );
-        const idem = request.headers["idempotency-key"];
-        // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
-        const result = await ctx.store.createJob(
-          {
-              tenant,
-              model: body.model,
-              input,
-              inputFileId,
-              outputFormat: body.output_config?.format ?? "json",
-              destination,
-              requirements,
-              priority: body.priority ?? "normal",
-              timeoutSeconds,
-              parameters,
-              maxAttempts: ctx.config.scheduler.maxAttempts,
-              estimatedCost: estimate.estimatedCost,
-              estimatedTimeSeconds: estimate.estimatedTimeSeconds,
-              ...(idem === undefined ? {} : { idempotency: { key: idem, requestHash: requestHash(body) } }),
-            },
-            now,
-          );
+        const result = await acceptJob(ctx, tenant, request.body, request.headers["idempotency-key"], reply);
         const { job, created } = result;
         if (created) {
           request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");

@@ -40,7 +40,26 @@ export function problem(status: number, code: string, detail: string, extra: Rec
   return { ...extra, type: `https://aitbc.dev/problems/${code}`, title: TITLES[status] ?? "Error", status, code, detail };
 }
 
+/** Routes whose errors take OpenAI's shape, so OpenAI SDKs surface them (the status codes stay ours). */
+const OPENAI_PATHS = /^\/v1\/(completions|chat\/completions|models)(\/|\?|$)/;
+
+function openaiType(status: number): string {
+  if (status === 401) return "authentication_error";
+  if (status === 403) return "permission_error";
+  if (status === 404) return "not_found_error";
+  if (status === 429) return "rate_limit_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
 export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
+  if (OPENAI_PATHS.test(reply.request.url)) {
+    const param = typeof p.field === "string" ? p.field : (p.errors?.[0]?.path.replace(/^body\//, "").split("/")[0] ?? null);
+    return reply
+      .code(p.status)
+      .type("application/json")
+      .send({ error: { message: p.detail, type: openaiType(p.status), code: p.code, param } });
+  }
   return reply.code(p.status).type("application/problem+json").send(p);
 }
 
