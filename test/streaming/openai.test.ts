@@ -105,7 +105,7 @@ describe("OpenAI-compatible endpoints (official openai client)", () => {
 
   it("lists the models the connected fleet serves, with miners and free slots", async () => {
     const page = await client.models.list();
-    const model = page.data.find((m) => m.id === "tiny-gpt2") as (OpenAI.Model & { miners?: number; slots?: number; free_slots?: number }) | undefined;
+    const model: (OpenAI.Model & { miners?: number; slots?: number; free_slots?: number }) | undefined = page.data.find((m) => m.id === "tiny-gpt2");
     expect(model).toMatchObject({ id: "tiny-gpt2", object: "model", owned_by: "aitbc", miners: 1, slots: 1, free_slots: 1 });
   });
 
@@ -118,7 +118,7 @@ describe("OpenAI-compatible endpoints (official openai client)", () => {
       body: JSON.stringify({ model: "slow-model", prompt: "go away", max_tokens: 200, stream: true }),
       signal: ac.signal,
     });
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const first = new TextDecoder().decode((await reader.read()).value);
     const id = /"id":"(job_\w+)"/.exec(first)?.[1];
     expect(id, first).toBeDefined();
@@ -177,14 +177,14 @@ describe("OpenAI streams when a coordinator shuts down", () => {
       headers: { authorization: `Bearer ${cluster.clientKey}`, "content-type": "application/json" },
       body: JSON.stringify({ model: "tiny-gpt2", prompt: "outlive the replica", max_tokens: 60, stream: true }),
     });
-    const reader = res.body!.getReader();
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     const first = new TextDecoder().decode((await reader.read()).value);
     const id = /"id":"(job_\w+)"/.exec(first)![1]!;
     await cluster.coordinator!.kill("SIGTERM");
     // The stream ends (without [DONE]) when the coordinator goes.
     let rest = "";
     for (;;) {
-      const r = await reader.read().catch(() => ({ done: true, value: undefined }));
+      const r: { done: boolean; value?: Uint8Array } = await reader.read().catch(() => ({ done: true }));
       if (r.done === true) break;
       rest += new TextDecoder().decode(r.value);
     }
