@@ -32,4 +32,6 @@ export interface CoordinatorContext {
   now: () => number;
   /** This replica's name (the miners table, logs, welcome frames). */
   replica: string;
+  /** Every model a miner has advertised to this replica since it started (waiting reasons). */
+  advertisedModels: Set<string>;
 }

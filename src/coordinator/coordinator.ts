@@ -133,6 +133,7 @@ export class Coordinator {
       log,
       now,
       replica,
+      advertisedModels: new Set(),
     };
     const gateway = new MinerGateway(ctx);
     // One coordinator knows its miners; replicas count the whole fleet from the miners table.

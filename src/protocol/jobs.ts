@@ -58,6 +58,8 @@ export const SubmitJobResponseSchema = Type.Object({
   estimated_cost: Type.Number(),
   estimated_time_seconds: Type.Number(),
   status: JobStateSchema,
+  /** Why no connected miner can run the job yet (it stays queued: a miner may join). */
+  waiting_reason: Type.Optional(Type.String()),
 });
 export type SubmitJobResponse = Static<typeof SubmitJobResponseSchema>;
 
@@ -110,6 +112,8 @@ export const JobStatusSchema = Type.Object({
   error: Nullable(JobErrorSchema),
   /** For queued jobs: connected miners that could run it now (0 says why it waits). */
   eligible_miners: Type.Optional(Type.Integer()),
+  /** For queued jobs no connected miner can run: why, e.g. "no connected miner serves model gpt2 (served: tiny-gpt2)". */
+  waiting_reason: Type.Optional(Type.String()),
   /** For queued jobs: jobs ahead of it. */
   queue_position: Type.Optional(Type.Integer()),
   parameters: Type.Record(Type.String(), Type.Unknown()),

@@ -37,6 +37,7 @@ describe("scheduler", () => {
       results: new LocalResultStore(path.join(dir, "results")),
       events,
       miners: NO_MINERS,
+      advertisedModels: new Set(),
       limiter: new MemoryRateLimiter([]),
       streams: new StreamRegistry(10),
       metrics: new CoordinatorMetrics(),

@@ -451,7 +451,7 @@ function stateLine(state: string, data: Record<string, unknown>): string {
 }
 
 function queuedLine(job: JobStatus): string {
-  if (job.eligible_miners === 0) return "queued (no connected miner can run this job yet)";
+  if (job.eligible_miners === 0) return `queued (${job.waiting_reason === undefined ? "no connected miner can run this job yet" : terminalLine(job.waiting_reason)})`;
   if (job.queue_position !== undefined && job.queue_position > 0) return `queued (${job.queue_position} ahead)`;
   return "queued";
 }

@@ -330,6 +330,8 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const slog = log.child({ minerId });
     const clamped = clampHello(hello, this.ctx.config.gateway);
     if (clamped.notes.length > 0) slog.warn({ clamped: clamped.notes }, "implausible hello figures clamped");
+    // For waiting reasons: a model no miner ever advertised here is "unknown" (bounded set).
+    for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000) this.ctx.advertisedModels.add(m);
     // The fleet learns of the session first (its epoch fences older sessions out, on every replica).
     const epoch = await this.ctx.store.openMinerSession(
       { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots },

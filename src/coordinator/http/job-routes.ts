@@ -18,6 +18,7 @@ import {
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
 import { estimateJob } from "../estimates.js";
+import { fleetWaitingReason } from "../waiting-reason.js";
 import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
@@ -88,7 +89,7 @@ export async function acceptJob(
   body: SubmitJobBody,
   idem: string | undefined,
   reply: { header: (name: string, value: string) => unknown },
-): Promise<{ job: JobRecord; created: boolean }> {
+): Promise<{ job: JobRecord; created: boolean; waitingReason: string | undefined }> {
     const now = ctx.now();
     let input = body.input;
     let inputFileId: string | null = null;
@@ -122,13 +123,18 @@ export async function acceptJob(
       void reply.header("Retry-After", "10");
       throw new AppError("queue_full", `this tenant already has ${queued} queued jobs`, { status: 429, retryable: true });
     }
+    const eligibleMiners = await ctx.miners.eligibleMiners({ model: body.model, requirements });
+    const waitingReason = eligibleMiners === 0 ? await fleetWaitingReason(ctx, { model: body.model, requirements }) : undefined;
+    if (waitingReason !== undefined && ctx.config.scheduler.rejectUnservable) {
+      throw new AppError("unservable", `${waitingReason}; this coordinator refuses such jobs ([scheduler] reject_unservable)`, { status: 422, details: { waiting_reason: waitingReason } });
+    }
     const estimate = estimateJob(
       ctx.config,
       { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
-      { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners: await ctx.miners.eligibleMiners({ model: body.model, requirements }) },
+      { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners },
     );
     // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
-    return ctx.store.createJob(
+    const created = await ctx.store.createJob(
       {
           tenant,
           model: body.model,
@@ -147,6 +153,7 @@ export async function acceptJob(
         },
         now,
       );
+    return { ...created, waitingReason };
 }
 
 export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
@@ -176,6 +183,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           estimated_cost: job.estimatedCost,
           estimated_time_seconds: job.estimatedTimeSeconds,
           status: job.status,
+          ...(result.waitingReason === undefined || job.status !== "queued" ? {} : { waiting_reason: result.waitingReason }),
         });
       },
     );
@@ -221,10 +229,10 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         const job = await ctx.store.getJob(tenantOf(request), request.params.job_id);
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
         if (job.status !== "queued") return jobView(withLiveProgress(job, ctx.events));
-        return jobView(job, {
-          eligibleMiners: await ctx.miners.eligibleMiners(job),
-          queuePosition: await ctx.store.queuePosition(job),
-        });
+        const eligibleMiners = await ctx.miners.eligibleMiners(job);
+        const view = jobView(job, { eligibleMiners, queuePosition: await ctx.store.queuePosition(job) });
+        const reason = eligibleMiners === 0 ? await fleetWaitingReason(ctx, job) : undefined;
+        return reason === undefined ? view : { ...view, waiting_reason: reason };
       },
     );
 
