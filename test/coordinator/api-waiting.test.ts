@@ -57,7 +57,7 @@ describe("waiting_reason", () => {
     const queued = await submit({ model: "gpt2", requirements: { gpu_type: "v100" } });
     expect(queued.json.waiting_reason).toBe("no connected miner serving gpt2 has a GPU matching v100 (connected: none)");
     gpt2.close();
-    const s = await waitFor("gpt2 rig gone", () => status(queued.json.job_id as string), (j) => typeof j.waiting_reason === "string" && (j.waiting_reason as string).startsWith("no connected miner serves"));
+    const s = await waitFor("gpt2 rig gone", () => status(queued.json.job_id as string), (j) => typeof j.waiting_reason === "string" && j.waiting_reason.startsWith("no connected miner serves"));
     expect(s.waiting_reason).toBe("no connected miner serves model gpt2 (served: tiny-gpt2)");
     const tiny = await submit({ model: "tiny-gpt2", requirements: { gpu_type: "v100" } });
     expect(tiny.json.waiting_reason).toBe("no connected miner serving tiny-gpt2 has a GPU matching v100 (connected: NVIDIA H200 ×2)");
@@ -74,7 +74,7 @@ describe("waiting_reason", () => {
     const r = await submit({ model: "evil-model", requirements: { gpu_type: "h100" } });
     const reason = r.json.waiting_reason as string;
     expect(reason).toMatch(/^no connected miner serving evil-model has a GPU matching h100 \(connected: \?\[2J\?\[31mEVILx+…\)$/);
-    // eslint-disable-next-line no-control-regex
+     
     expect(reason).not.toMatch(/[\u0000-\u001f]/);
     expect(reason.length).toBeLessThan(200);
   });
