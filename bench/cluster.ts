@@ -29,7 +29,7 @@
  * on PostgreSQL and SQLite, with a short queue (only the jobs the claims take), with 10,000 more
  * of the same model queued behind them, and with 10,000 of a model the miner does not serve.
  *
- * Environment: BENCH_ROUNDS (3), BENCH_JOBS (per side per round, 1500), BENCH_WARMUP (150),
+ * Environment: BENCH_ROUNDS (3), BENCH_JOBS (per side per round, 300), BENCH_WARMUP (50),
  * BENCH_CONCURRENCY (32), BENCH_TOKENS (8), BENCH_TPS (2000), BENCH_MINERS (4), BENCH_SLOTS (8),
  * BENCH_DEPTH (10000), BENCH_CLAIMS (claims per queue per round, 150), BENCH_SIDES (a comma
  * list of the side keys above, without spaces: sqlite,pg1,pg3,bullmq-aof,bullmq-mem).
@@ -56,8 +56,8 @@ import { CLI, Proc, ROOT, assertBuilt, waitFor } from "../test/e2e/cluster.js";
 import { freePort, median, stopChild, tsx } from "./bench-support.js";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const JOBS = Number(process.env.BENCH_JOBS ?? 1500);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 150);
+const JOBS = Number(process.env.BENCH_JOBS ?? 300);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 50);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 8);
 const TPS = Number(process.env.BENCH_TPS ?? 2000);
@@ -100,7 +100,8 @@ interface Running {
   /** Where the driver submits (rotating) and follows (the next one). */
   urls: string[];
   submit(url: string, i: number): Promise<string>;
-  follow(url: string, id: string): Promise<void>;
+  /** Resolves once the job is seen completed; ours also say when (store time, ms) it was queued, assigned, running, completed. */
+  follow(url: string, id: string): Promise<Partial<Record<Stage, number>> | undefined>;
   /** After the run: a line saying what the store holds (every accepted job completed), or a problem. */
   check(expected: number): Promise<string>;
   /** Server-wide counters to difference over the measured run (PostgreSQL: commits, WAL flushes). */
@@ -113,6 +114,9 @@ interface Side {
   label: string;
   start(): Promise<Running>;
 }
+
+const STAGES = ["queued", "assigned", "running", "completed"] as const;
+type Stage = (typeof STAGES)[number];
 
 function body(i: number): Record<string, unknown> {
   return { model: MODEL, input: `bench job ${i}`, parameters: { max_new_tokens: TOKENS, seed: i } };
@@ -175,6 +179,12 @@ function ourClient(urls: string[], clientKey: string): Pick<Running, "urls" | "s
       const res = await fetch(`${url}/v1/jobs/${id}/events`, { headers: { authorization: `Bearer ${clientKey}` } });
       const text = await res.text(); // the stream ends after the job's terminal event
       if (!text.includes("event: completed")) throw new Error(`job ${id} did not complete: ${res.status} ${text.slice(-300)}`);
+      const at: Partial<Record<Stage, number>> = {};
+      for (const m of text.matchAll(/^event: (\w+)\ndata: (.*)$/gm)) {
+        const stage = STAGES.find((s) => s === m[1]);
+        if (stage !== undefined) at[stage] = Date.parse((JSON.parse(m[2]!) as { at: string }).at);
+      }
+      return at;
     },
   };
 }
@@ -366,6 +376,7 @@ function bullSide(durable: boolean): Side {
             const res = await fetch(`${u}/v1/jobs/${id}/wait`);
             const got = (await res.json()) as { status: string };
             if (got.status !== "completed") throw new Error(`job ${id} did not complete: ${JSON.stringify(got).slice(0, 300)}`);
+            return undefined;
           },
           check: async (expected) => {
             const q = new Queue(queueName, { connection: { host: "127.0.0.1", port: redisPort } });
@@ -401,12 +412,15 @@ interface RunResult {
   check: string;
   /** Per measured job: the differences of Running.counters. */
   perJob: Record<string, number>;
+  /** Medians, ms: submit answered, queued → assigned, assigned → running, running → completed, completed → seen by the client. */
+  stages: number[] | undefined;
 }
 
 /** `jobs` jobs, CONCURRENCY outstanding: seconds from the first submit to the last job seen completed, and each job's latency. */
-async function drive(r: Running, jobs: number, offset: number): Promise<{ seconds: number; latencies: number[] }> {
+async function drive(r: Running, jobs: number, offset: number): Promise<{ seconds: number; latencies: number[]; stages: number[][] }> {
   let next = 0;
   const latencies: number[] = [];
+  const stages: number[][] = [];
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
@@ -414,13 +428,19 @@ async function drive(r: Running, jobs: number, offset: number): Promise<{ second
         const i = next++;
         if (i >= jobs) return;
         const t = performance.now();
+        const wall0 = Date.now();
         const id = await r.submit(r.urls[i % r.urls.length]!, offset + i);
-        await r.follow(r.urls[(i + 1) % r.urls.length]!, id);
+        const submitted = performance.now() - t;
+        const at = await r.follow(r.urls[(i + 1) % r.urls.length]!, id);
+        const seen = Date.now();
         latencies.push(performance.now() - t);
+        if (at?.queued !== undefined && at.assigned !== undefined && at.running !== undefined && at.completed !== undefined) {
+          stages.push([submitted, at.assigned - at.queued, at.running - at.assigned, at.completed - at.running, seen - at.completed, at.queued - wall0]);
+        }
       }
     }),
   );
-  return { seconds: (performance.now() - t0) / 1000, latencies };
+  return { seconds: (performance.now() - t0) / 1000, latencies, stages };
 }
 
 async function runSide(side: Side): Promise<RunResult> {
@@ -428,10 +448,10 @@ async function runSide(side: Side): Promise<RunResult> {
   try {
     await drive(r, WARMUP, 0);
     const before = await r.counters?.();
-    const { seconds, latencies } = await drive(r, JOBS, WARMUP);
+    const { seconds, latencies, stages } = await drive(r, JOBS, WARMUP);
     const after = await r.counters?.();
     const perJob = Object.fromEntries(Object.entries(after ?? {}).map(([k, v]) => [k, (v - (before?.[k] ?? 0)) / JOBS]));
-    return { jobsPerSecond: JOBS / seconds, p50: median(latencies), check: await r.check(WARMUP + JOBS), perJob };
+    return { jobsPerSecond: JOBS / seconds, p50: median(latencies), check: await r.check(WARMUP + JOBS), perJob, stages: stages.length === 0 ? undefined : stages[0]!.map((_, k) => median(stages.map((x) => x[k]!))) };
   } finally {
     await r.stop();
   }
@@ -482,16 +502,20 @@ const pgClaims: ClaimBackend = {
         await sql.query(`INSERT INTO jobs (${cols.join(", ")}) SELECT ${pick} FROM jobs j, generate_series(1, $3::int) g WHERE j.id = $1 ORDER BY g`, [id, model, n, `${++clones}`]);
         await sql.query("ANALYZE jobs");
       },
-      explain: async () =>
-        (
-          await sql.query<{ "QUERY PLAN": string }>(
-            `EXPLAIN SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ${Date.now()} AND model = ANY(ARRAY['${MODEL}']::text[])
-               AND (priority_rank < 3 OR (priority_rank = 3 AND seq > 0)) ORDER BY priority_rank DESC, seq LIMIT 32 FOR UPDATE SKIP LOCKED`,
-          )
-        ).rows
-          .map((r) => r["QUERY PLAN"].trim())
-          .filter((l) => /Scan|Index Cond/.test(l))
-          .join(" | "),
+      // The claim's SELECT as claim-next-job.ts sends it for a miner of one model, and for several.
+      explain: async () => {
+        const plans: string[] = [];
+        for (const cond of [`model = '${MODEL}'`, `model = ANY(ARRAY['${MODEL}', 'other']::text[])`]) {
+          const rows = (
+            await sql.query<{ "QUERY PLAN": string }>(
+              `EXPLAIN SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ${Date.now()} AND ${cond}
+                 AND (priority_rank < 3 OR (priority_rank = 3 AND seq > 0)) ORDER BY priority_rank DESC, seq LIMIT 32 FOR UPDATE SKIP LOCKED`,
+            )
+          ).rows;
+          plans.push(`${cond.startsWith("model = ANY") ? "several models" : "one model"}: ${rows.map((r) => r["QUERY PLAN"].replace(/\s+\(cost=[^)]*\)/, "").trim()).filter((l) => /Scan|Index Cond|Sort Key/.test(l)).join(" ")}`);
+        }
+        return plans.join("\n  ");
+      },
       close: async () => {
         await sql.end();
         await store.close();
@@ -639,6 +663,15 @@ async function main(): Promise<void> {
       lines.push(`  ${s.label}: ${keys.map((k) => `${median(results.get(s.key)!.map((r) => r.perJob[k] ?? 0)).toFixed(1)} ${k}`).join(", ")}`);
     }
   }
+  const staged = sides.filter((s) => results.get(s.key)![0]!.stages !== undefined);
+  if (staged.length > 0) {
+    lines.push("where a job's time goes on our sides (medians over jobs, then rounds; ms; stage times from the job's events):");
+    lines.push(`  ${"".padEnd(28)}${"submit".padStart(8)}${"→assign".padStart(9)}${"→running".padStart(10)}${"→commit".padStart(9)}${"→seen".padStart(8)}`);
+    for (const s of staged) {
+      const st = (k: number): string => median(results.get(s.key)!.map((r) => r.stages![k]!)).toFixed(1);
+      lines.push(`  ${s.label.padEnd(28)}${st(0).padStart(8)}${st(1).padStart(9)}${st(2).padStart(10)}${st(3).padStart(9)}${st(4).padStart(8)}`);
+    }
+  }
   lines.push(
     "",
     "BullMQ is driven through a REST front (one fastify process: POST → queue.add, GET …/wait → waitUntilFinished), no auth; ours through the coordinators' REST API with a client key, followed over SSE.",
@@ -654,7 +687,7 @@ async function main(): Promise<void> {
         `${name.padEnd(10)}${q.label.padEnd(32)}${p50.toFixed(2).padStart(8)}${p99.toFixed(2).padStart(8)}${`${(p50 / median(r.p50.short)).toFixed(2)}×`.padStart(14)}${`${(p99 / median(r.p99.short)).toFixed(2)}×`.padStart(14)}`,
       );
     }
-    if (r.plan !== undefined) lines.push(`${name} plan of the claim's SELECT on the deep queue: ${r.plan}`);
+    if (r.plan !== undefined) lines.push(`${name}, EXPLAIN of the claim's SELECT on the +${DEPTH} queue:\n  ${r.plan}`);
   }
   if (noBull !== undefined && wanted.some((k) => k.startsWith("bullmq"))) {
     lines.push("", `BullMQ sides NOT RUN: ${noBull}; no ratio against BullMQ in this run.`);
