@@ -29,7 +29,7 @@
  * on PostgreSQL and SQLite, with a short queue (only the jobs the claims take), with 10,000 more
  * of the same model queued behind them, and with 10,000 of a model the miner does not serve.
  *
- * Environment: BENCH_ROUNDS (3), BENCH_JOBS (per side per round, 300), BENCH_WARMUP (50),
+ * Environment: BENCH_ROUNDS (3), BENCH_JOBS (per side per round, 200), BENCH_WARMUP (30),
  * BENCH_CONCURRENCY (32), BENCH_TOKENS (8), BENCH_TPS (2000), BENCH_MINERS (4), BENCH_SLOTS (8),
  * BENCH_DEPTH (10000), BENCH_CLAIMS (claims per queue per round, 150), BENCH_SIDES (a comma
  * list of the side keys above, without spaces: sqlite,pg1,pg3,bullmq-aof,bullmq-mem).
@@ -56,8 +56,8 @@ import { CLI, Proc, ROOT, assertBuilt, waitFor } from "../test/e2e/cluster.js";
 import { freePort, median, stopChild, tsx } from "./bench-support.js";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-const JOBS = Number(process.env.BENCH_JOBS ?? 300);
-const WARMUP = Number(process.env.BENCH_WARMUP ?? 50);
+const JOBS = Number(process.env.BENCH_JOBS ?? 200);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 30);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32);
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 8);
 const TPS = Number(process.env.BENCH_TPS ?? 2000);
