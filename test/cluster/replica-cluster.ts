@@ -82,7 +82,7 @@ export class ReplicaCluster {
   }
 
   async startReplica(r: Replica, env: Record<string, string> = {}): Promise<void> {
-    r.proc = this.spawn(`replica ${r.name}`, ["coordinator", "-c", path.join(this.dir, "coordinator.toml"), "--port", String(r.port), "--data-dir", path.join(this.dir, r.name), "--log-level", "info"], {
+    r.proc = this.spawn(`replica ${r.name}`, ["coordinator", "-c", path.join(this.dir, "coordinator.toml"), "--port", String(r.port), "--data-dir", path.join(this.dir, r.name), "--log-level", env.AITBC_COORDINATOR_LOG_LEVEL ?? "info"], {
       ...REPLICA_SCHEDULER,
       AITBC_COORDINATOR_STORAGE_BACKEND: "postgres",
       AITBC_COORDINATOR_STORAGE_URL: PG_URL,
