@@ -81,6 +81,48 @@ describe("two replicas on PostgreSQL and S3", () => {
     m.close();
   });
 
+  it("a job's text reaches SSE clients on the other replica; a late joiner there gets the text so far", async () => {
+    const model = "gpt2-text-replicas";
+    const m = await RawMiner.open(wsUrl(b), minerKey);
+    m.send({ ...helloFrame("texter-b"), models: [model] });
+    await m.next<WelcomeFrame>((f) => f.type === "welcome");
+    const res = await a.call("POST", "/v1/jobs", { json: { model, input: "text across", parameters: { max_new_tokens: 64 } } });
+    const id = ((await res.json()) as { job_id: string }).job_id;
+    m.send({ type: "pull", free_slots: 1 });
+    const assign = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);
+    const lease = { job_id: id, attempt: assign.attempt, lease_token: assign.lease_token };
+    m.send({ type: "started", ...lease });
+    await waitFor("running", async () => (await a.coordinator.store.getJobById(id))?.status, (s) => s === "running");
+    const early = sse(a, id);
+    await early.opened;
+    // A piece longer than one NOTIFY payload (slices must reassemble), then short ones.
+    const big = `${"é".repeat(5_000)}\u{1F600}${"ß".repeat(3_000)}`;
+    const pieces = [big, " and", " more", " text"];
+    let text = "";
+    for (const [i, piece] of pieces.entries()) {
+      m.send({ type: "text", ...lease, index: text.length, delta: piece, tokens: i + 1, tokens_per_s: 10 });
+      text += piece;
+    }
+    // The early client on A follows the text made on B.
+    await waitFor("A's client has B's text", () => Promise.resolve(rebuild(early.events())), (t) => t === text);
+    // A client that joins on A now gets the whole text so far in one token event.
+    const late = sse(a, id);
+    await late.opened;
+    await waitFor("the late joiner's first token", () => Promise.resolve(late.events().filter((e) => e.event === "token").length), (n) => n >= 1);
+    const firstLate = late.events().find((e) => e.event === "token")!;
+    expect(firstLate.data).toMatchObject({ index: 0, text });
+    m.send({ type: "text", ...lease, index: text.length, delta: " end", tokens: 5, tokens_per_s: 10 });
+    text += " end";
+    m.send(resultFrame(assign, text));
+    expect(await m.next<AckFrame>(isAck(id, assign.attempt))).toMatchObject({ status: "committed" });
+    for (const stream of [early, late]) {
+      const events = await stream.done;
+      expect(events.at(-1)?.event).toBe("completed");
+      expect(rebuild(events)).toBe(text);
+    }
+    m.close();
+  });
+
   it("a miner that reconnects to the other replica fences its old session out", async () => {
     const first = await RawMiner.open(wsUrl(a), minerKey);
     first.send(helloFrame("mover"));
@@ -107,3 +149,46 @@ describe("two replicas on PostgreSQL and S3", () => {
     expect(Number((await b.call("GET", "/v1/jobs", { key: limited.key })).headers.get("ratelimit-remaining"))).toBe(995);
   });
 });
+
+interface Sse {
+  event: string;
+  data: Record<string, unknown>;
+}
+
+/** A job's SSE stream on a replica: `opened` once the snapshot came, `done` when it ends. */
+function sse(h: ApiHarness & { key: string }, id: string): { opened: Promise<void>; done: Promise<Sse[]>; events: () => Sse[] } {
+  const seen: Sse[] = [];
+  let opened: () => void = () => undefined;
+  const openedP = new Promise<void>((resolve) => (opened = resolve));
+  const done = (async () => {
+    const res = await fetch(`${h.url}/v1/jobs/${id}/events`, { headers: { authorization: `Bearer ${h.key}` } });
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event === undefined || data === undefined) continue;
+        seen.push({ event, data: JSON.parse(data) as Record<string, unknown> });
+        if (event === "snapshot") opened();
+      }
+    }
+    return seen;
+  })();
+  return { opened: openedP, done, events: () => seen };
+}
+
+/** The text a client rebuilds from token events: each makes it text.slice(0, index) + text. */
+function rebuild(events: Sse[]): string {
+  let text = "";
+  for (const e of events) {
+    if (e.event === "text_restart") text = "";
+    if (e.event === "token") text = text.slice(0, e.data.index as number) + (e.data.text as string);
+  }
+  return text;
+}
+
