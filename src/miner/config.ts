@@ -65,6 +65,8 @@ export const MinerConfigSchema = Type.Object(
         drain_grace: Duration("30s", "drain grace period"),
         /** Least time between two progress frames of one job. Default "500ms". */
         progress_interval: Duration("500ms", "progress throttle"),
+        /** Protocol 4: send the generated text as it comes (false: progress frames only; clients see the text at the end). Default true. */
+        stream_text: Type.Boolean({ default: true }),
         /** Protocol 4: the generated text is sent at least this often while it grows (coalesced deltas). Default "50ms". */
         text_interval: Duration("50ms", "text stream interval"),
         /** Protocol 4: …or as soon as this many tokens are waiting, whichever comes first. Default 16. */
@@ -159,6 +161,7 @@ export interface MinerConfig {
     maxConcurrentPerGpu: number;
     drainGraceMs: number;
     progressIntervalMs: number;
+    streamText: boolean;
     textIntervalMs: number;
     textMaxTokens: number;
   };
@@ -230,6 +233,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
       maxConcurrentPerGpu: raw.miner.max_concurrent_per_gpu,
       drainGraceMs: dur("miner.drain_grace", raw.miner.drain_grace),
       progressIntervalMs: dur("miner.progress_interval", raw.miner.progress_interval),
+      streamText: raw.miner.stream_text,
       textIntervalMs: dur("miner.text_interval", raw.miner.text_interval),
       textMaxTokens: raw.miner.text_max_tokens,
     },

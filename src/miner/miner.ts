@@ -80,7 +80,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       log: options.log.child({ component: "job-runner" }),
       slots: this.slots,
       progressIntervalMs: config.miner.progressIntervalMs,
-      text: { enabled: () => this.protocol >= 4, intervalMs: config.miner.textIntervalMs, maxTokens: config.miner.textMaxTokens },
+      ...(config.miner.streamText ? { text: { enabled: () => this.protocol >= 4, intervalMs: config.miner.textIntervalMs, maxTokens: config.miner.textMaxTokens } } : {}),
       onSlotFreed: () => this.pull(),
       onEngineError: (code) => this.onEngineError(code),
       onJobEnded: (outcome, tokens, tps) => options.metrics?.jobEnded(outcome, tokens, tps),

@@ -68,7 +68,7 @@ describe("miner config", () => {
   });
 
   it("computes slots per GPU, capped by max_concurrent", () => {
-    const m = { maxConcurrent: 0, maxConcurrentPerGpu: 2, drainGraceMs: 0, progressIntervalMs: 0, textIntervalMs: 50, textMaxTokens: 16, name: "x" };
+    const m = { maxConcurrent: 0, maxConcurrentPerGpu: 2, drainGraceMs: 0, progressIntervalMs: 0, streamText: true, textIntervalMs: 50, textMaxTokens: 16, name: "x" };
     expect(computeSlots(m, 8)).toBe(16);
     expect(computeSlots({ ...m, maxConcurrent: 5 }, 8)).toBe(5);
     expect(computeSlots(m, 0)).toBe(1);
