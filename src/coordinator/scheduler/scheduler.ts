@@ -69,8 +69,8 @@ export class Scheduler {
   private readonly log: Logger;
   private reaping: Promise<void> = Promise.resolve();
   private readonly dueTimers = new Set<NodeJS.Timeout>();
-  /** Where the next dispatch run starts among the sessions that want work (round-robin). */
-  private cursor = 0;
+  /** The session served last: the next dispatch run starts after it (round-robin across runs). */
+  private lastServed: string | undefined;
 
   constructor(
     private readonly ctx: CoordinatorContext,
@@ -167,11 +167,15 @@ export class Scheduler {
     const { leaseTtlMs } = this.ctx.config.scheduler;
     // Only the sessions that want work, starting after the one served last (round-robin across
     // runs, not only within one: with one job per run the first session listed would get them all).
-    const ready: DispatchTarget[] = [];
-    for (const s of this.fleet.targets()) if (s.wantsWork()) ready.push(s);
-    if (ready.length === 0) return;
-    const start = this.cursor % ready.length;
-    const order = start === 0 ? ready : [...ready.slice(start), ...ready.slice(0, start)];
+    const before: DispatchTarget[] = [];
+    const after: DispatchTarget[] = [];
+    let passedLast = this.lastServed === undefined;
+    for (const s of this.fleet.targets()) {
+      if (s.wantsWork()) (passedLast ? after : before).push(s);
+      if (s.minerId === this.lastServed) passedLast = true;
+    }
+    const order = passedLast ? [...after, ...before] : before;
+    if (order.length === 0) return;
     // A claim depends only on the miner's models and GPUs: once one session of a capability found
     // nothing, every other one of it would too, so each run asks the store once per capability,
     // not once per session (a fleet of idle miners cost one claim query each per job before).
@@ -210,7 +214,7 @@ export class Scheduler {
           empty.delete(capability);
           continue;
         }
-        this.cursor = start + i + 1;
+        this.lastServed = s.minerId;
         this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
         this.log.info({ jobId: a.job.id, attempt: a.attempt, minerId: s.minerId, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
         progress = true;
