@@ -24,7 +24,7 @@ import { PROTOCOL_VERSION } from "../src/protocol/version.js";
 
 export type ParentMessage = { t: "mark"; replica: string } | { t: "stop" };
 export type ChildMessage =
-  | { t: "status"; welcomed: number; byReplica: Record<string, number>; heartbeats: number; assigns: number; refused: number; marked: number; moved: number; movedAtMax: number; moveMs: number[] }
+  | { t: "status"; busy: number; ackMs: number[]; welcomed: number; byReplica: Record<string, number>; heartbeats: number; assigns: number; refused: number; marked: number; moved: number; movedAtMax: number; moveMs: number[] }
   | { t: "assigns"; list: [string, number][] };
 
 const urls = (process.env.BENCH_FLEET_URLS ?? "").split(",").filter((u) => u !== "");
@@ -41,6 +41,9 @@ let assignsSeen = 0;
 let refused = 0;
 let stopping = false;
 let pendingAssigns: [string, number][] = [];
+/** Results sent and not yet acknowledged: job id → when sent. */
+const awaitingAck = new Map<string, number>();
+let ackMs: number[] = [];
 /** The kill under way: when it began, and the miners that were on that replica then. */
 let mark: { replica: string; at: number; miners: Set<SimMiner>; backAt: Map<SimMiner, number> } | undefined;
 
@@ -89,6 +92,11 @@ class SimMiner {
           if (mark !== undefined && mark.miners.has(this) && !mark.backAt.has(this) && this.replica !== mark.replica) mark.backAt.set(this, now());
           settled();
         } else if (f.type === "assign") this.work(f);
+        else if (f.type === "ack" && f.of === "result") {
+          const sent = awaitingAck.get(f.job_id);
+          if (sent !== undefined) ackMs.push(now() - sent);
+          awaitingAck.delete(f.job_id);
+        }
       });
       ws.on("unexpected-response", () => {
         refused++;
@@ -114,6 +122,7 @@ class SimMiner {
     assignsSeen++;
     this.send({ type: "started", job_id: a.job.job_id, attempt: a.attempt, lease_token: a.lease_token });
     const output = `ok ${a.job.job_id}`;
+    awaitingAck.set(a.job.job_id, now());
     this.send({
       type: "result",
       job_id: a.job.job_id,
@@ -151,7 +160,8 @@ function status(): void {
     byReplica[m.replica] = (byReplica[m.replica] ?? 0) + 1;
   }
   const moveMs = mark === undefined ? [] : [...mark.backAt.values()].map((t) => t - mark!.at);
-  send({ t: "status", welcomed, byReplica, heartbeats, assigns: assignsSeen, refused, marked: mark?.miners.size ?? 0, moved: mark?.backAt.size ?? 0, movedAtMax: Math.max(0, ...moveMs), moveMs });
+  send({ t: "status", busy: awaitingAck.size, ackMs, welcomed, byReplica, heartbeats, assigns: assignsSeen, refused, marked: mark?.miners.size ?? 0, moved: mark?.backAt.size ?? 0, movedAtMax: Math.max(0, ...moveMs), moveMs });
+  ackMs = [];
   if (pendingAssigns.length > 0) {
     send({ t: "assigns", list: pendingAssigns });
     pendingAssigns = [];

@@ -19,7 +19,9 @@
  *
  * Environment: BENCH_MINERS (default 5000), BENCH_MINER_PROCS (3), BENCH_RATE (50 jobs/s),
  * BENCH_LOAD_SECONDS (60), BENCH_IDLE_SECONDS (CPU window, 30 = 3 heartbeats),
- * BENCH_FAILOVER_SECONDS (40), BENCH_LOG_LEVEL (replicas', warn), AITBC_TEST_PG_URL.
+ * BENCH_FAILOVER_SECONDS (40), BENCH_LOG_LEVEL (replicas', warn), BENCH_LOGS (a directory for the
+ * replicas' logs), BENCH_REPLICA_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"),
+ * AITBC_TEST_PG_URL.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -116,6 +118,9 @@ async function main(): Promise<void> {
   const fleet: ChildProcess[] = [];
   const statuses = new Map<ChildProcess, Extract<ChildMessage, { t: "status" }>>();
   const assignedAt = new Map<string, number>();
+  /** Result sent → ack received, every result of the run (ms). */
+  const ackMs: number[] = [];
+  let busyMax = 0;
   let interrupted = false;
   const onSignal = (): void => {
     interrupted = true;
@@ -146,13 +151,12 @@ async function main(): Promise<void> {
       const port = await freePort();
       const child = spawn(
         process.execPath,
-        [path.join(ROOT, "dist/bin/aitbc.js"), "coordinator", "-c", path.join(dir, "coordinator.toml"), "--port", String(port), "--data-dir", path.join(dir, name), "--log-level", LOG_LEVEL],
+        [...(process.env.BENCH_REPLICA_NODE_ARGS ?? "").split(" ").filter((a) => a !== ""), path.join(ROOT, "dist/bin/aitbc.js"), "coordinator", "-c", path.join(dir, "coordinator.toml"), "--port", String(port), "--data-dir", path.join(dir, name), "--log-level", LOG_LEVEL],
         {
           cwd: ROOT,
           stdio: ["ignore", "pipe", "pipe"],
           env: {
             ...process.env,
-            NODE_OPTIONS: process.env.BENCH_REPLICA_NODE_OPTIONS ?? "",
             AITBC_COORDINATOR_STORAGE_BACKEND: "postgres",
             AITBC_COORDINATOR_STORAGE_URL: PG_URL,
             AITBC_COORDINATOR_STORAGE_SCHEMA: schema,
@@ -219,11 +223,18 @@ async function main(): Promise<void> {
         },
       });
       child.on("message", (m: ChildMessage) => {
-        if (m.t === "status") statuses.set(child, m);
+        if (m.t === "status") {
+          statuses.set(child, m);
+          for (const x of m.ackMs) ackMs.push(x);
+        }
         else for (const [id, at] of m.list) if (!assignedAt.has(id)) assignedAt.set(id, at);
       });
       fleet.push(child);
     }
+    const busyTimer = setInterval(() => {
+      busyMax = Math.max(busyMax, sum([...statuses.values()].map((s) => s.busy)));
+    }, 250);
+    busyTimer.unref();
     const welcomed = (): number => sum([...statuses.values()].map((s) => s.welcomed));
     const heartbeatsSent = (): number => sum([...statuses.values()].map((s) => s.heartbeats));
     await waitFor(`${MINERS} miners welcomed`, () => interrupted || welcomed() >= MINERS, 300_000);
@@ -360,6 +371,7 @@ async function main(): Promise<void> {
       `${"assign latency (submit → assign)".padEnd(34)}${"jobs".padStart(8)}${"unassigned".padStart(12)}${"p50 ms".padStart(9)}${"p99 ms".padStart(9)}${"max ms".padStart(9)}`,
       `${`steady ${RATE} jobs/s`.padEnd(34)}${String(loadJobs.length).padStart(8)}${String(load.missing).padStart(12)}${p(load.ms, 50).padStart(9)}${p(load.ms, 99).padStart(9)}${(load.ms.length ? Math.max(...load.ms).toFixed(1) : "-").padStart(9)}`,
       `${`across the kill of ${victim.name}`.padEnd(34)}${String(failoverJobs.length).padStart(8)}${String(failover.missing).padStart(12)}${p(failover.ms, 50).padStart(9)}${p(failover.ms, 99).padStart(9)}${(failover.ms.length ? Math.max(...failover.ms).toFixed(1) : "-").padStart(9)}`,
+      `result → ack p50 ${p(ackMs, 50)} ms, p99 ${p(ackMs, 99)} ms; at most ${busyMax} miners at once waiting on an ack (the miner's pull waits behind its result)`,
       `POST /v1/jobs answered in p50 ${p(postMs, 50)} ms, p99 ${p(postMs, 99)} ms (all phases)`,
       `submit errors (the killed replica's refused POSTs included): ${submitErrors}`,
       "",
