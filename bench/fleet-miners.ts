@@ -24,7 +24,7 @@ import { PROTOCOL_VERSION } from "../src/protocol/version.js";
 
 export type ParentMessage = { t: "mark"; replica: string } | { t: "stop" };
 export type ChildMessage =
-  | { t: "status"; busy: number; ackMs: number[]; welcomed: number; byReplica: Record<string, number>; heartbeats: number; assigns: number; refused: number; marked: number; moved: number; movedAtMax: number; moveMs: number[] }
+  | { t: "status"; busy: number; ackMs: number[]; welcomed: number; byReplica: Record<string, number>; heartbeats: number; assigns: number; refused: number; marked: number; moved: number; movedAtMax: number; /** When each marked miner was welcomed elsewhere (epoch ms). */ moveMs: number[] }
   | { t: "assigns"; list: [string, number][] };
 
 const urls = (process.env.BENCH_FLEET_URLS ?? "").split(",").filter((u) => u !== "");
@@ -34,6 +34,8 @@ const prefix = process.env.BENCH_FLEET_PREFIX ?? "fleet";
 const offset = Number(process.env.BENCH_FLEET_OFFSET ?? 0);
 /** Upgrades in flight at once while the fleet first connects (spreads the ramp). */
 const RAMP_CONCURRENCY = 64;
+/** The real miner's default [coordinator] connect_timeout. */
+const CONNECT_TIMEOUT_MS = 10_000;
 const now = (): number => performance.timeOrigin + performance.now();
 
 let heartbeats = 0;
@@ -71,14 +73,17 @@ class SimMiner {
     return new Promise((settled) => {
       if (stopping) return settled();
       const url = urls[this.next % urls.length]!;
-      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` }, handshakeTimeout: 10_000 });
+      const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` }, handshakeTimeout: CONNECT_TIMEOUT_MS });
       this.ws = ws;
+      // As the real miner: the upgrade and the welcome within connect_timeout, or drop and redial.
+      const welcomeTimer = setTimeout(() => ws.terminate(), CONNECT_TIMEOUT_MS);
       ws.on("open", () =>
         this.send({ type: "hello", protocol_version: PROTOCOL_VERSION, miner_name: this.name, version: "0.0.0-bench", gpus: [], models: ["tiny-gpt2"], slots: 1, free_slots: 1, in_flight: [] }),
       );
       ws.on("message", (d: Buffer) => {
         const f = JSON.parse(d.toString()) as CoordinatorFrame;
         if (f.type === "welcome") {
+          clearTimeout(welcomeTimer);
           this.backoff.reset();
           this.replica = f.replica ?? url;
           clearInterval(this.heartbeat);
@@ -104,6 +109,7 @@ class SimMiner {
       });
       ws.on("error", () => undefined);
       ws.on("close", () => {
+        clearTimeout(welcomeTimer);
         clearInterval(this.heartbeat);
         if (this.ws === ws) {
           this.ws = undefined;
@@ -159,7 +165,7 @@ function status(): void {
     welcomed++;
     byReplica[m.replica] = (byReplica[m.replica] ?? 0) + 1;
   }
-  const moveMs = mark === undefined ? [] : [...mark.backAt.values()].map((t) => t - mark!.at);
+  const moveMs = mark === undefined ? [] : [...mark.backAt.values()];
   send({ t: "status", busy: awaitingAck.size, ackMs, welcomed, byReplica, heartbeats, assigns: assignsSeen, refused, marked: mark?.miners.size ?? 0, moved: mark?.backAt.size ?? 0, movedAtMax: Math.max(0, ...moveMs), moveMs });
   ackMs = [];
   if (pendingAssigns.length > 0) {

@@ -329,17 +329,17 @@ async function main(): Promise<void> {
     let allBackS = NaN;
     await waitFor("the killed replica's miners back at work", () => interrupted || (marked() > 0 && moved() >= marked()), (FAILOVER_S - 5) * 1000).then(
       () => {
-        allBackS = Math.max(...[...statuses.values()].map((s) => s.movedAtMax)) / 1000;
+        allBackS = (Math.max(...[...statuses.values()].map((s) => s.movedAtMax)) - killedAt) / 1000;
       },
       () => undefined,
     );
     await flow;
     await waitFor("the failover's last assigns", () => interrupted || failoverJobs.every((id) => assignedAt.has(id)), 20_000).catch(() => undefined);
     await sleep(500);
-    const moveMs = [...statuses.values()].flatMap((s) => s.moveMs);
+    const moveMs = [...statuses.values()].flatMap((s) => s.moveMs.map((t) => t - killedAt));
+    const refusedUpgrades = sum([...statuses.values()].map((s) => s.refused));
     const failover = latencies(failoverJobs);
     const afterKill = byReplica();
-    void killedAt;
 
     // ------------------------------------------------------------ the table
     const mib = (xs: number[]): string => sum(xs).toFixed(0);
@@ -375,7 +375,7 @@ async function main(): Promise<void> {
       `POST /v1/jobs answered in p50 ${p(postMs, 50)} ms, p99 ${p(postMs, 99)} ms (all phases)`,
       `submit errors (the killed replica's refused POSTs included): ${submitErrors}`,
       "",
-      `kill -9 ${victim.name}: ${marked()} miners on it; ${moved()} welcomed by another replica and pulling; all back after ${Number.isNaN(allBackS) ? "— (not all within the window)" : `${allBackS.toFixed(2)} s`} (median ${moveMs.length ? (median(moveMs) / 1000).toFixed(2) : "-"} s); spread after: ${JSON.stringify(afterKill)}`,
+      `kill -9 ${victim.name}: ${marked()} miners on it; ${moved()} welcomed by another replica and pulling; all back after ${Number.isNaN(allBackS) ? "— (not all within the window)" : `${allBackS.toFixed(2)} s`} (median ${moveMs.length ? (median(moveMs) / 1000).toFixed(2) : "-"} s); spread after: ${JSON.stringify(afterKill)}; upgrades refused in the run: ${refusedUpgrades}`,
       "",
       `ratio fleet idle / no miners RSS: ${(sum(rssIdle) / sum(rssEmpty)).toFixed(2)}; CPU loaded / idle: ${(sum(cpuLoad) / sum(cpuIdle)).toFixed(2)}`,
       `ratio assign p99 / target ${TARGET_P99_MS} ms: ${(pct(load.ms, 99) / TARGET_P99_MS).toFixed(2)} (${pct(load.ms, 99) < TARGET_P99_MS && load.missing === 0 ? "target held" : "target MISSED"})`,
