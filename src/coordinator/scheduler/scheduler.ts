@@ -34,6 +34,18 @@ export interface Fleet {
   target(minerId: string): DispatchTarget | undefined;
 }
 
+const capabilityKeys = new WeakMap<DispatchTarget, string>();
+
+/** What a claim depends on besides the queue: the miner's models and GPUs (fixed for a session). */
+function capabilityKey(t: DispatchTarget): string {
+  let k = capabilityKeys.get(t);
+  if (k === undefined) {
+    k = JSON.stringify([[...t.models].sort(), t.gpus.map((g) => [g.name, g.vram_total_mb]).sort()]);
+    capabilityKeys.set(t, k);
+  }
+  return k;
+}
+
 /**
  * Hands queued jobs to connected miners and keeps leases honest.
  *
@@ -57,6 +69,8 @@ export class Scheduler {
   private readonly log: Logger;
   private reaping: Promise<void> = Promise.resolve();
   private readonly dueTimers = new Set<NodeJS.Timeout>();
+  /** The session served last: the next dispatch run starts after it (round-robin across runs). */
+  private lastServed: string | undefined;
 
   constructor(
     private readonly ctx: CoordinatorContext,
@@ -151,14 +165,35 @@ export class Scheduler {
 
   private async runDispatch(): Promise<void> {
     const { leaseTtlMs } = this.ctx.config.scheduler;
+    // Only the sessions that want work, starting after the one served last (round-robin across
+    // runs, not only within one: with one job per run the first session listed would get them all).
+    const before: DispatchTarget[] = [];
+    const after: DispatchTarget[] = [];
+    let passedLast = this.lastServed === undefined;
+    for (const s of this.fleet.targets()) {
+      if (s.wantsWork()) (passedLast ? after : before).push(s);
+      if (s.minerId === this.lastServed) passedLast = true;
+    }
+    const order = passedLast ? [...after, ...before] : before;
+    if (order.length === 0) return;
+    // A claim depends only on the miner's models and GPUs: once one session of a capability found
+    // nothing, every other one of it would too, so each run asks the store once per capability,
+    // not once per session (a fleet of idle miners cost one claim query each per job before).
+    const empty = new Set<string>();
     let progress = true;
     // Round-robin: one job per miner per round, so one fast puller does not take the whole queue.
     while (progress) {
       progress = false;
-      for (const s of this.fleet.targets()) {
+      for (let i = 0; i < order.length; i++) {
+        const s = order[i]!;
         if (!s.wantsWork()) continue;
+        const capability = capabilityKey(s);
+        if (empty.has(capability)) continue;
         const a = await this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, this.ctx.now(), leaseTtlMs);
-        if (a === null) continue;
+        if (a === null) {
+          empty.add(capability);
+          continue;
+        }
         const frame: AssignFrame = {
           type: "assign",
           job: {
@@ -175,8 +210,11 @@ export class Scheduler {
         if (!s.offer(frame, a.job.parameters.max_new_tokens, this.ctx.now())) {
           // The socket is closing: the session took itself out of dispatch (see MinerSession.offer).
           await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
+          // Handed back: others of this capability may take it (it was found for one of them).
+          empty.delete(capability);
           continue;
         }
+        this.lastServed = s.minerId;
         this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
         this.log.info({ jobId: a.job.id, attempt: a.attempt, minerId: s.minerId, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
         progress = true;
