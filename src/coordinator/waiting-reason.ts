@@ -10,7 +10,7 @@ const MAX_LISTED = 6;
 const MAX_NAME = 64;
 
 function clean(name: string): string {
-  // eslint-disable-next-line no-control-regex
+   
   const safe = name.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, "?");
   return safe.length > MAX_NAME ? `${safe.slice(0, MAX_NAME - 1)}…` : safe;
 }
