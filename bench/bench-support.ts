@@ -57,8 +57,8 @@ export function freePort(): Promise<number> {
 }
 
 /** `node --import tsx <args>` in the repository root, stderr inherited. */
-export function tsx(args: string[], env: NodeJS.ProcessEnv = {}, stdout: "pipe" | "ignore" = "pipe"): ChildProcess {
-  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", stdout, "inherit"] });
+export function tsx(args: string[], env: NodeJS.ProcessEnv = {}, stdout: "pipe" | "ignore" = "pipe", stdin: "pipe" | "ignore" = "ignore"): ChildProcess {
+  return spawn(process.execPath, ["--import", "tsx", ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: [stdin, stdout, "inherit"] });
 }
 
 /** `aitbc coordinator` from the sources on a free port over `dataDir`; resolves once /readyz answers. */

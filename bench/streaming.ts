@@ -1,12 +1,12 @@
 /**
  * `npm run bench:streaming`: what streaming the text costs. A coordinator (child process, SQLite)
  * and, in this process, a CPU miner running tiny-gpt2 on the real engine with 8 jobs at once,
- * each followed by an SSE client here. Rounds alternate the miner streaming its text (protocol 4
+ * each followed by an SSE client (in a process of their own, bench/streaming-clients.ts). Rounds alternate the miner streaming its text (protocol 4
  * text frames) and not (progress frames only); the same 8 prompts and seeds each round.
  *
  * Prints the miner's decode tokens/s with and without streaming (the cost must stay under 5%),
  * the time from a token being sampled on the miner to its delta reaching the SSE client
- * (p50/p99; the miner and the clients share this process's clock), and the coordinator's CPU
+ * (p50/p99; both processes read the machine's clock), and the coordinator's CPU
  * per 1,000 deltas. BENCH_ROUNDS (default 6), BENCH_TOKENS (default 192) tune it.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -19,7 +19,7 @@ import type { Engine, GenerateRequest, GenerateResult } from "../src/inference/e
 import { loadMinerConfig } from "../src/miner/config.js";
 import { createEngine } from "../src/miner/engine-factory.js";
 import { Miner } from "../src/miner/miner.js";
-import { ensureModel, median, startCoordinator, stopChild } from "./bench-support.js";
+import { ensureModel, median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
@@ -45,7 +45,7 @@ function tracing(engine: Engine, samples: Samples, spans: { start: number; end: 
         ...request,
         onToken: (e) => {
           length += e.delta.length;
-          list.push({ end: length, at: performance.now() });
+          list.push({ end: length, at: performance.timeOrigin + performance.now() });
           request.onToken?.(e);
         },
       });
@@ -75,27 +75,36 @@ interface Round {
   matched: boolean;
 }
 
-async function follow(url: string, key: string, jobId: string, onToken: (index: number, text: string, at: number) => void): Promise<{ completed: boolean }> {
-  const res = await fetch(`${url}/v1/jobs/${jobId}/events`, { headers: { authorization: `Bearer ${key}` } });
-  const decoder = new TextDecoder();
+interface ClientLine {
+  id: string;
+  opened?: boolean;
+  index?: number;
+  length?: number;
+  at?: number;
+  live?: boolean;
+  text?: string;
+  completed?: boolean;
+}
+
+/** The SSE clients in their own process (bench/streaming-clients.ts): their lines, once every stream ended, and when all opened. */
+function clients(url: string, key: string, ids: string[]): { opened: Promise<void>; lines: Promise<ClientLine[]> } {
+  const child = tsx([path.join(ROOT, "bench/streaming-clients.ts")], {}, "pipe", "pipe");
+  child.stdin!.end(`${JSON.stringify({ url, key, ids })}\n`);
+  const lines: ClientLine[] = [];
   let buf = "";
-  let completed = false;
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    const at = performance.now();
-    buf += decoder.decode(chunk, { stream: true });
+  let opened: () => void = () => undefined;
+  const openedP = new Promise<void>((resolve) => (opened = resolve));
+  child.stdout!.on("data", (d: Buffer) => {
+    buf += d.toString();
     let i: number;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const block = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const event = /^event: (.*)$/m.exec(block)?.[1];
-      const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (data === undefined) continue;
-      const d = JSON.parse(data) as { index?: number; text?: string };
-      if (event === "token") onToken(d.index ?? 0, d.text ?? "", at);
-      if (event === "completed") completed = true;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      const l = JSON.parse(buf.slice(0, i)) as ClientLine;
+      buf = buf.slice(i + 1);
+      lines.push(l);
+      if (lines.filter((x) => x.opened === true).length === ids.length) opened();
     }
-  }
-  return { completed };
+  });
+  return { opened: openedP, lines: new Promise((resolve) => child.once("exit", () => resolve(lines))) };
 }
 
 async function round(n: number, streaming: boolean, url: string, keys: { client: string; miner: string }, pid: number): Promise<Round> {
@@ -129,29 +138,28 @@ async function round(n: number, streaming: boolean, url: string, keys: { client:
     });
     ids.push(((await res.json()) as { job_id: string }).job_id);
   }
-  const latencies: number[] = [];
-  let deltas = 0;
-  const texts = new Map<string, string>();
-  const streams = ids.map((id, i) =>
-    follow(url, keys.client, id, (index, text, at) => {
-      deltas++;
-      const before = texts.get(id) ?? "";
-      texts.set(id, before.slice(0, index) + text);
-      // Only live pieces count: a catch-up from index 0 is not a token's way to the client.
-      if (index !== before.length || text === "") return;
-      for (const s of samples.get(prompts[i]!) ?? []) if (s.end > index && s.end <= index + text.length) latencies.push(at - s.at);
-    }),
-  );
-  await new Promise((r) => setTimeout(r, 300));
+  const followers = clients(url, keys.client, ids);
+  await followers.opened;
   const cpuBefore = cpuMs(pid);
   await miner.start();
-  const ended = await Promise.all(streams);
+  const lines = await followers.lines;
   const cpu = cpuMs(pid) - cpuBefore;
   await miner.stop({ graceMs: 0 });
-  let matched = ended.every((e) => e.completed);
-  for (const id of ids) {
+  const latencies: number[] = [];
+  let deltas = 0;
+  let matched = true;
+  for (const [i, id] of ids.entries()) {
+    const mine = lines.filter((l) => l.id === id);
+    const end = mine.find((l) => l.text !== undefined);
     const d = (await (await fetch(`${url}/v1/jobs/${id}/download`, { headers: { authorization: `Bearer ${keys.client}` } })).json()) as { output: string };
-    if (texts.get(id) !== d.output) matched = false;
+    if (end?.completed !== true || end.text !== d.output) matched = false;
+    for (const l of mine) {
+      if (l.index === undefined || l.length === undefined || l.at === undefined) continue;
+      deltas++;
+      // Only live pieces count: a catch-up from index 0 is not a token's way to the client.
+      if (l.live !== true || l.length === 0) continue;
+      for (const s of samples.get(prompts[i]!) ?? []) if (s.end > l.index && s.end <= l.index + l.length) latencies.push(l.at - s.at);
+    }
   }
   const tokens = spans.reduce((a, s) => a + s.tokens, 0);
   const seconds = (Math.max(...spans.map((s) => s.end)) - Math.min(...spans.map((s) => s.start))) / 1000;

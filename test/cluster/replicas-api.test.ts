@@ -86,7 +86,7 @@ describe("two replicas on PostgreSQL and S3", () => {
     const m = await RawMiner.open(wsUrl(b), minerKey);
     m.send({ ...helloFrame("texter-b"), models: [model] });
     await m.next<WelcomeFrame>((f) => f.type === "welcome");
-    const res = await a.call("POST", "/v1/jobs", { json: { model, input: "text across", parameters: { max_new_tokens: 64 } } });
+    const res = await a.call("POST", "/v1/jobs", { json: { model, input: "text across", parameters: { max_new_tokens: 512 } } });
     const id = ((await res.json()) as { job_id: string }).job_id;
     m.send({ type: "pull", free_slots: 1 });
     const assign = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);

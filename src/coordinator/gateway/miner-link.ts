@@ -110,7 +110,13 @@ export class MinerLink {
     const frame = parsed.frame;
     this.queued++;
     this.queue = this.queue
-      .then(() => (this.closing && frame.type === "hello" ? undefined : this.o.onFrame(frame)))
+      .then(async () => {
+        if (this.closing && frame.type === "hello") return;
+        // A frame its handler refuses (a second hello) counts as invalid; one it handles ends the row.
+        const before = this.badFrames;
+        await this.o.onFrame(frame);
+        if (this.badFrames === before) this.badFrames = 0;
+      })
       .catch((err: unknown) => this.o.onFailure(err, frame))
       .finally(() => {
         this.queued--;
