@@ -43,7 +43,10 @@ async function job(hh: ApiHarness, id: string): Promise<Record<string, unknown>>
 
 /** Whether a miner of protocol `v` accepts this welcome: v2 had no `replica` field (its schema was strict). */
 function parseCoordinatorFrameAs(v: number, welcome: WelcomeFrame): boolean {
-  return v >= 3 ? typeof welcome.replica === "string" : !("replica" in welcome);
+  const replica = v >= 3 ? typeof welcome.replica === "string" : !("replica" in welcome);
+  // Protocol 4 added `protocol_version`: the speaking version, only to miners that know the field.
+  const version = v >= 4 ? welcome.protocol_version === Math.min(v, PROTOCOL_VERSION) : !("protocol_version" in welcome);
+  return replica && version;
 }
 
 /** The result frame for (a) with these fields changed (chunked results, odd figures). */

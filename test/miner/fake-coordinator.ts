@@ -42,6 +42,8 @@ export class FakeCoordinator {
   autoAck = true;
   heartbeatMs = 200;
   leaseTtlMs = 30_000;
+  /** welcome.protocol_version; undefined = a protocol 3 coordinator (no such field). */
+  protocolVersion: number | undefined;
 
   private constructor(readonly key: string) {
     this.server = new WebSocketServer({
@@ -189,6 +191,7 @@ export class FakeCoordinator {
               lease_expires_at: new Date(Date.now() + 30_000).toISOString(),
             })),
           refused,
+          ...(this.protocolVersion === undefined ? {} : { protocol_version: this.protocolVersion }),
         };
         ws.send(encodeFrame(welcome));
         return;

@@ -125,6 +125,29 @@ describe("Miner against a fake coordinator", () => {
     expect(coordinator.frames("pull").at(-1)!.free_slots).toBe(2);
   });
 
+  it("with a protocol 4 welcome streams the text in text frames that add up to the result; a protocol 3 welcome gets progress only", async () => {
+    const { coordinator } = await setup();
+    await coordinator.waitForType("pull");
+    // The welcome above had no protocol_version (a protocol 3 coordinator): progress frames only.
+    coordinator.enqueue({ job_id: "job_v3", parameters: { max_new_tokens: 12, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: 3 } });
+    await coordinator.waitFor((r) => r.frame.type === "result" && r.frame.job_id === "job_v3");
+    expect(coordinator.frames("text")).toHaveLength(0);
+    expect(coordinator.frames("progress").length).toBeGreaterThan(0);
+    // Reconnected to a protocol 4 coordinator: text frames instead of progress.
+    coordinator.protocolVersion = 4;
+    coordinator.drop();
+    await coordinator.waitFor((r) => r.frame.type === "hello" && coordinator.frames("hello").length >= 2);
+    const progressBefore = coordinator.frames("progress").length;
+    coordinator.enqueue({ job_id: "job_v4", parameters: { max_new_tokens: 40, temperature: 0, top_k: 0, top_p: 1, repetition_penalty: 1, stop: [], seed: 3 } });
+    const result = await coordinator.waitFor((r) => r.frame.type === "result" && r.frame.job_id === "job_v4");
+    const texts = coordinator.frames("text").filter((f) => f.job_id === "job_v4");
+    expect(texts.length).toBeGreaterThan(0);
+    expect(coordinator.frames("progress").length).toBe(progressBefore);
+    const streamed = texts.reduce((t, f) => t.slice(0, f.index) + f.delta, "");
+    expect(result.frame.type === "result" ? result.frame.output : undefined).toBe(streamed);
+    expect(texts.at(-1)!.tokens).toBe(40);
+  });
+
   it("gives the same output for the same seed on a second attempt", async () => {
     const { coordinator } = await setup();
     await coordinator.waitForType("pull");
