@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AckFrame, AssignFrame, CancelFrame, WelcomeFrame } from "../../src/protocol/frames.js";
 import { expectProblem, startApi, type ApiHarness } from "../coordinator/api-harness.js";
 import { PG_URL, freshSchema, requirePostgres } from "../coordinator/pg-harness.js";
-import { waitFor } from "../e2e/cluster.js";
+import { readSse, waitFor, type SseEvent } from "../e2e/cluster.js";
 import { RawMiner, helloFrame, isAck, resultFrame } from "../e2e/raw-miner.js";
 import { replicaSettings, startS3 } from "../s3/s3-server.js";
 
@@ -150,10 +150,7 @@ describe("two replicas on PostgreSQL and S3", () => {
   });
 });
 
-interface Sse {
-  event: string;
-  data: Record<string, unknown>;
-}
+type Sse = SseEvent;
 
 /** A job's SSE stream on a replica: `opened` once the snapshot came, `done` when it ends. */
 function sse(h: ApiHarness & { key: string }, id: string): { opened: Promise<void>; done: Promise<Sse[]>; events: () => Sse[] } {
@@ -162,20 +159,9 @@ function sse(h: ApiHarness & { key: string }, id: string): { opened: Promise<voi
   const openedP = new Promise<void>((resolve) => (opened = resolve));
   const done = (async () => {
     const res = await fetch(`${h.url}/v1/jobs/${id}/events`, { headers: { authorization: `Bearer ${h.key}` } });
-    const decoder = new TextDecoder();
-    let buf = "";
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(chunk, { stream: true });
-      let i: number;
-      while ((i = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const event = /^event: (.*)$/m.exec(block)?.[1];
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (event === undefined || data === undefined) continue;
-        seen.push({ event, data: JSON.parse(data) as Record<string, unknown> });
-        if (event === "snapshot") opened();
-      }
+    for await (const e of readSse(res.body!)) {
+      seen.push(e);
+      if (e.event === "snapshot") opened();
     }
     return seen;
   })();

@@ -319,20 +319,9 @@ export class Cluster {
         signal: ac.signal,
       });
       if (res.status !== 200 || res.body === null) throw new Error(`events answered ${res.status}`);
-      const decoder = new TextDecoder();
-      let buf = "";
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += decoder.decode(chunk, { stream: true });
-        let i: number;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const e = parseSse(block);
-          if (e !== undefined) {
-            out.push(e);
-            onEvent?.(e);
-          }
-        }
+      for await (const e of readSse(res.body)) {
+        out.push(e);
+        onEvent?.(e);
       }
     } catch (err) {
       if (!ac.signal.aborted) throw err;
@@ -358,6 +347,21 @@ export class Cluster {
   async close(): Promise<void> {
     await this.stop();
     rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** The events of a Server-Sent Events body, as they arrive. */
+export async function* readSse(body: ReadableStream<Uint8Array>): AsyncGenerator<SseEvent> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf("\n\n")) >= 0) {
+      const e = parseSse(buf.slice(0, i));
+      buf = buf.slice(i + 2);
+      if (e !== undefined) yield e;
+    }
   }
 }
 

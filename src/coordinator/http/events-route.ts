@@ -8,7 +8,7 @@ import type { JobEvent } from "../store/job-store.js";
 import type { ProgressEvent } from "../store/job-events.js";
 import { tenantOf } from "./auth-hook.js";
 import { jobView, withLiveProgress } from "./job-view.js";
-import type { OpenStream } from "./stream-registry.js";
+import { SSE_HEADERS, type OpenStream } from "./stream-registry.js";
 
 const KEEPALIVE_MS = 15_000;
 /** Outputs up to this size are read at completion to send the text the client has not seen. */
@@ -64,10 +64,7 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         reply.hijack();
         const raw = reply.raw;
         raw.writeHead(200, {
-          "Content-Type": "text/event-stream; charset=utf-8",
-          "Cache-Control": "no-cache, no-transform",
-          Connection: "keep-alive",
-          "X-Accel-Buffering": "no",
+          ...SSE_HEADERS,
           ...Object.fromEntries(
             ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map((h) => [h, String(reply.getHeader(h) ?? "")]),
           ),

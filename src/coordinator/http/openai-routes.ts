@@ -9,7 +9,7 @@ import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
 import { tenantOf } from "./auth-hook.js";
 import { acceptJob } from "./job-routes.js";
-import type { OpenStream } from "./stream-registry.js";
+import { SSE_HEADERS, type OpenStream } from "./stream-registry.js";
 
 /** The routes answered in OpenAI's shapes (their errors too: see problem.ts). */
 export const OPENAI_ROUTES = ["/v1/completions", "/v1/chat/completions", "/v1/models"];
@@ -205,12 +205,7 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
 
         reply.hijack();
         const raw = reply.raw;
-        raw.writeHead(200, {
-          "Content-Type": "text/event-stream; charset=utf-8",
-          "Cache-Control": "no-cache, no-transform",
-          Connection: "keep-alive",
-          "X-Accel-Buffering": "no",
-        });
+        raw.writeHead(200, SSE_HEADERS);
         const data = (payload: unknown): void => {
           raw.write(`data: ${typeof payload === "string" ? payload : JSON.stringify(payload)}\n\n`);
         };

@@ -56,3 +56,11 @@ export class StreamRegistry implements RevocationHolder {
     for (const set of [...this.byKey.values()]) for (const s of [...set]) s.end();
   }
 }
+
+/** The headers of every Server-Sent Events answer (no caching, no proxy buffering). */
+export const SSE_HEADERS = {
+  "Content-Type": "text/event-stream; charset=utf-8",
+  "Cache-Control": "no-cache, no-transform",
+  Connection: "keep-alive",
+  "X-Accel-Buffering": "no",
+} as const;
