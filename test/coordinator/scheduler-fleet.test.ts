@@ -1,21 +1,13 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/common/logger.js";
-import { MemoryRateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
-import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
-import { NO_MINERS, type CoordinatorContext } from "../../src/coordinator/context.js";
+import { type CoordinatorContext } from "../../src/coordinator/context.js";
 import type { MinerLink } from "../../src/coordinator/gateway/miner-link.js";
 import { MinerSession } from "../../src/coordinator/gateway/miner-session.js";
 import { ChunkBuffer, ResultBufferPool } from "../../src/coordinator/gateway/result-chunks.js";
-import { StreamRegistry } from "../../src/coordinator/http/stream-registry.js";
-import { CoordinatorMetrics } from "../../src/coordinator/metrics.js";
-import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
 import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
-import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
+import { schedulerContext } from "./scheduler-harness.js";
 import { newJob } from "./job-store-contract.js";
 
 /**
@@ -23,33 +15,16 @@ import { newJob } from "./job-store-contract.js";
  * costs the store when a whole fleet of idle sessions wants work (bench/fleet.ts's finding).
  */
 describe("scheduler with a fleet", () => {
-  let dir: string;
   let store: SqliteJobStore;
   let ctx: CoordinatorContext;
+  let close: () => Promise<void>;
 
   beforeEach(() => {
-    dir = mkdtempSync(path.join(tmpdir(), "aitbc-scheduler-"));
-    const events = new JobEvents();
-    store = new SqliteJobStore(path.join(dir, "coordinator.db"), events);
-    ctx = {
-      config: loadCoordinatorConfig(undefined, { optional: true, env: {}, overrides: { "storage.data_dir": dir, "log.level": "silent" } }),
-      store,
-      results: new LocalResultStore(path.join(dir, "results")),
-      events,
-      miners: NO_MINERS,
-      advertisedModels: new Set(),
-      limiter: new MemoryRateLimiter([]),
-      streams: new StreamRegistry(10),
-      metrics: new CoordinatorMetrics(),
-      log: silentLogger(),
-      now: Date.now,
-      replica: "test",
-    };
+    ({ store, ctx, close } = schedulerContext());
   });
 
   afterEach(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+    await close();
   });
 
   /**
