@@ -14,14 +14,16 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *
  *   miner                                   coordinator
  *   hello {protocol_version, …, in_flight} ─▶
- *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused, replica}
+ *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused, replica, protocol_version}
+ *                                            (replica from protocol 3 on, protocol_version from 4 on: the version both speak)
  *                                            (or error {fatal: true} and close)
  *   pull {free_slots}                     ─▶   (after each welcome and whenever a slot frees up)
  *                                         ◀─ assign {job, attempt, lease_token, lease_expires_at}
  *                                            (zero or more, now or when matching jobs arrive)
  *   started {job_id, attempt, lease_token} ─▶
  *   progress {…, tokens, max_tokens, tokens_per_s} ─▶   (throttled; renews the lease)
- *   text {…, index, delta, tokens, tokens_per_s} ─▶   (protocol 4: the text as it comes, coalesced; replaces progress)
+ *   text {…, index, delta, tokens, tokens_per_s} ─▶   (protocol 4: the text as it comes, coalesced; replaces progress;
+ *                                            the whole text again from index 0 after every welcome)
  *   heartbeat {in_flight, free_slots}     ─▶   (every heartbeat_ms; renews every listed lease)
  *   result_chunk {…, seq, data} × n       ─▶   (only for outputs over RESULT_INLINE_MAX_BYTES)
  *   result {…, output | chunks, sha256}   ─▶
