@@ -94,6 +94,10 @@ export class PgDb {
     } catch (err) {
       throw storageError(err);
     }
+    // A checked-out client between two queries has no listener of the pool's: a connection reset
+    // then would be an uncaught 'error' (the next query fails and rolls back instead).
+    const onError = (): void => undefined;
+    client.on("error", onError);
     const pending: JobEvent[] = [];
     const emit: PgEmit = async (e) => {
       const r = await client.query<{ event_seq: number }>("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq", [e.jobId]);
@@ -111,9 +115,11 @@ export class PgDb {
       await client.query("COMMIT");
     } catch (err) {
       await client.query("ROLLBACK").catch(() => undefined);
+      client.off("error", onError);
       client.release(isConnectionError(err));
       throw storageError(err);
     }
+    client.off("error", onError);
     client.release();
     for (const e of pending) this.events.publish(e);
     return out;

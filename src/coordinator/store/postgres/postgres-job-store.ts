@@ -175,16 +175,24 @@ export class PostgresJobStore implements JobStore {
     const client = await this.db.pool.connect().catch((err: unknown) => {
       throw storageError(err);
     });
+    // Held while fn runs on other connections: a reset of this one meanwhile must not be an
+    // uncaught 'error' (the unlock then fails, and the broken client is not pooled again).
+    let broken = false;
+    const onError = (): void => {
+      broken = true;
+    };
+    client.on("error", onError);
     try {
       const got = (await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock(hashtext($1)) AS ok", [`aitbc:${name}`])).rows[0]?.ok === true;
       if (!got) return undefined;
       try {
         return await fn();
       } finally {
-        await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`aitbc:${name}`]);
+        if (!broken) await client.query("SELECT pg_advisory_unlock(hashtext($1))", [`aitbc:${name}`]).catch(() => (broken = true));
       }
     } finally {
-      client.release();
+      client.off("error", onError);
+      client.release(broken);
     }
   }
 
