@@ -2,6 +2,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { silentLogger } from "../../src/common/logger.js";
+import type { MinerLink } from "../../src/coordinator/gateway/miner-link.js";
+import { MinerSession } from "../../src/coordinator/gateway/miner-session.js";
+import { ChunkBuffer, ResultBufferPool } from "../../src/coordinator/gateway/result-chunks.js";
+import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
+import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
 import { MemoryRateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
 import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
 import { NO_MINERS, type CoordinatorContext } from "../../src/coordinator/context.js";
@@ -10,6 +15,7 @@ import { CoordinatorMetrics } from "../../src/coordinator/metrics.js";
 import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
+import { newJob } from "./job-store-contract.js";
 
 /** A coordinator context over a real SQLite store in a temp dir, for the scheduler's tests; `close` removes it. */
 export function schedulerContext(): { store: SqliteJobStore; ctx: CoordinatorContext; close: () => Promise<void> } {
@@ -38,4 +44,46 @@ export function schedulerContext(): { store: SqliteJobStore; ctx: CoordinatorCon
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A session over a stand-in link: `open` is what the link says of its socket, `sends` whether
+ * a frame handed to it goes out (a real link refuses exactly when it is not open).
+ */
+export function fakeSession(name: string, link: { open: boolean; sends: boolean }, models = ["gpt2"]): MinerSession {
+  const fake = { open: link.open, send: () => link.sends, close: () => undefined } as unknown as MinerLink;
+  return new MinerSession(
+    { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models, slots: 1, protocolVersion: 2, epoch: 1 },
+    fake,
+    new ChunkBuffer(new ResultBufferPool(1024), 1024),
+    silentLogger(),
+  );
+}
+
+export async function queuedJob(store: SqliteJobStore): Promise<string> {
+  const { job } = await store.createJob(newJob(), Date.now());
+  return job.id;
+}
+
+/**
+ * Runs one dispatch for these sessions, then waits `settleMs` (0: one timer turn, which comes
+ * only once the dispatcher stops running in microtasks); returns how many claims the store saw.
+ */
+export async function dispatchTo(ctx: CoordinatorContext, store: SqliteJobStore, sessions: MinerSession[], settleMs = 0): Promise<number> {
+  // Each claim is counted; past 20 the store finds nothing, so a dispatcher that keeps
+  // offering the job ends here instead of spinning (and hanging the test's process).
+  let claims = 0;
+  const claim = store.claimNextJob.bind(store);
+  store.claimNextJob = (miner: MinerCapabilities, now: number, ttl: number): Promise<Assignment | null> =>
+    ++claims > 20 ? Promise.resolve(null) : claim(miner, now, ttl);
+  const scheduler = new Scheduler(ctx, { targets: () => sessions, target: (id) => sessions.find((s) => s.minerId === id) });
+  scheduler.start();
+  try {
+    scheduler.dispatch();
+    await new Promise((resolve) => setTimeout(resolve, settleMs));
+  } finally {
+    await scheduler.stop();
+    store.claimNextJob = claim;
+  }
+  return claims;
 }
