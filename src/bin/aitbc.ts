@@ -12,6 +12,7 @@ import { packageVersion } from "../common/package-info.js";
  */
 type Register = (p: Command) => void;
 const COMMANDS: Record<string, () => Promise<Register>> = {
+  admin: async () => (await import("./commands/admin.js")).registerAdminCommand,
   config: async () => (await import("./commands/config.js")).registerConfigCommand,
   coordinator: async () => (await import("./commands/coordinator.js")).registerCoordinatorCommand,
   doctor: async () => (await import("./commands/doctor.js")).registerDoctorCommand,

@@ -124,6 +124,19 @@ export const CoordinatorConfigSchema = Type.Object(
       },
       section,
     ),
+    admin: Type.Object(
+      {
+        /** Operators see prompts and outputs (job input, live text, downloads) on /v1/admin and the dashboard; otherwise only metadata. Default false. */
+        show_outputs: Type.Boolean({ default: false }),
+        /** How long a dashboard login lasts (the session cookie's lifetime). Default "1h". */
+        session_ttl: Duration("1h", "dashboard session lifetime"),
+        /** Requests per minute one operator key may make (a live dashboard polls every 2 s). Default 600. */
+        requests_per_minute: Type.Integer({ minimum: 1, default: 600 }),
+        /** Requests per hour one operator key may make. Default 20000. */
+        requests_per_hour: Type.Integer({ minimum: 1, default: 20000 }),
+      },
+      section,
+    ),
     gateway: Type.Object(
       {
         /** Pings a miner misses in a row (one per scheduler.heartbeat) before its connection is dropped. Default 2. */
@@ -286,6 +299,7 @@ export interface CoordinatorConfig {
     rejectUnservable: boolean;
   };
   openai: { cancelOnDisconnect: boolean };
+  admin: { showOutputs: boolean; sessionTtlMs: number; perMinute: number; perHour: number };
   estimates: { defaultTokensPerSecond: number; tokensPerSecond: Record<string, number>; overheadSeconds: number };
   pricing: { per1kTokens: Record<string, number>; perGpuHour: Record<string, number> };
   tenants: Record<string, { s3Buckets: string[] }>;
@@ -387,6 +401,12 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       rejectUnservable: raw.scheduler.reject_unservable,
     },
     openai: { cancelOnDisconnect: raw.openai.cancel_on_disconnect },
+    admin: {
+      showOutputs: raw.admin.show_outputs,
+      sessionTtlMs: d("admin.session_ttl", raw.admin.session_ttl),
+      perMinute: raw.admin.requests_per_minute,
+      perHour: raw.admin.requests_per_hour,
+    },
     estimates: {
       defaultTokensPerSecond: raw.estimates.default_tokens_per_second,
       tokensPerSecond: raw.estimates.tokens_per_second,

@@ -17,6 +17,21 @@ export interface MinerDirectory {
 /** An empty directory: no miner connected (the coordinator before its gateway starts). */
 export const NO_MINERS: MinerDirectory = { eligibleMiners: () => Promise.resolve(0), connectedMiners: () => Promise.resolve(0) };
 
+/** What operator actions need of this replica's gateway. */
+export interface OperatorGateway {
+  setDrained(minerId: string, drained: boolean): void;
+  /** False when the miner's session is not on this replica. */
+  disconnect(minerId: string): Promise<boolean>;
+}
+
+/** Tells the replica holding a miner's session to act on it. */
+export interface FleetControl {
+  /** Asks every replica to close this miner's session (the one holding it does). */
+  disconnectElsewhere(minerId: string): Promise<void>;
+}
+
+export const NO_REPLICAS: FleetControl = { disconnectElsewhere: () => Promise.resolve() };
+
 /** What the HTTP routes, the gateway and the scheduler share. */
 export interface CoordinatorContext {
   config: CoordinatorConfig;
@@ -25,6 +40,12 @@ export interface CoordinatorContext {
   events: JobEvents;
   miners: MinerDirectory;
   limiter: RateLimiter;
+  /** Operator keys' own rate limits ([admin] requests_per_minute/hour). */
+  adminLimiter: RateLimiter;
+  /** Operator actions on a miner held by another replica (none with one coordinator). */
+  fleetControl: FleetControl;
+  /** This replica's miner sessions, for operator actions (set once the gateway exists). */
+  gateway?: OperatorGateway;
   /** Open event streams, by key (limits, revocation). */
   streams: StreamRegistry;
   metrics: CoordinatorMetrics;

@@ -13,9 +13,11 @@ import { FleetDirectory } from "./replica/fleet-directory.js";
 import { PgSignals } from "./replica/pg-signals.js";
 import { PostgresJobStore } from "./store/postgres/postgres-job-store.js";
 import type { CoordinatorConfig } from "./config.js";
-import { NO_MINERS, type CoordinatorContext } from "./context.js";
+import { NO_MINERS, NO_REPLICAS, type CoordinatorContext } from "./context.js";
 import { MINER_GATEWAY_PATH, MinerGateway } from "./gateway/miner-gateway.js";
 import { registerAuth } from "./http/auth-hook.js";
+import { adminRoutes } from "./http/admin-routes.js";
+import { dashboardRoutes } from "./http/dashboard-routes.js";
 import { eventsRoute } from "./http/events-route.js";
 import { fileRoutes } from "./http/file-routes.js";
 import { healthRoutes } from "./http/health-routes.js";
@@ -48,6 +50,14 @@ export { databasePath } from "./store/open-store.js";
 /** `[storage] replica`, else <hostname>:<port> (the process id when the port is chosen by the system). */
 export function replicaName(config: CoordinatorConfig): string {
   return config.storage.replica !== "" ? config.storage.replica : `${hostname()}:${config.server.port === 0 ? `pid${process.pid}` : config.server.port}`;
+}
+
+/** Operator keys' windows: the same lengths as clients', their own counts. */
+function adminWindows(config: CoordinatorConfig): { limit: number; windowMs: number }[] {
+  return [
+    { limit: config.admin.perMinute, windowMs: config.limits.minuteWindowMs },
+    { limit: config.admin.perHour, windowMs: config.limits.hourWindowMs },
+  ];
 }
 
 /**
@@ -128,6 +138,8 @@ export class Coordinator {
       miners: NO_MINERS,
       // Several replicas share their rate-limit windows in the database; one keeps them in memory.
       limiter: pg === undefined ? new MemoryRateLimiter(windows) : new PostgresRateLimiter(pg.db, windows),
+      adminLimiter: pg === undefined ? new MemoryRateLimiter(adminWindows(config)) : new PostgresRateLimiter(pg.db, adminWindows(config)),
+      fleetControl: NO_REPLICAS,
       streams: new StreamRegistry(config.limits.maxStreamsPerKey),
       metrics: new CoordinatorMetrics(),
       log,
@@ -136,6 +148,7 @@ export class Coordinator {
       advertisedModels: new Set(),
     };
     const gateway = new MinerGateway(ctx);
+    ctx.gateway = gateway;
     // One coordinator knows its miners; replicas count the whole fleet from the miners table.
     ctx.miners = pg === undefined ? gateway : new FleetDirectory(store, config.scheduler.heartbeatMs, now);
     ctx.metrics.bind({ countByState: () => store.countByState(), miners: () => gateway.miners() });
@@ -145,6 +158,11 @@ export class Coordinator {
       if (pg !== undefined) {
         const signals = new PgSignals({ db: pg.db, url: config.storage.url, schema: config.storage.schema, events, replica, log: log.child({ component: "signals" }), resyncMs: 5_000 });
         signals.onMinerSession((h) => gateway.onMinerSession(h));
+        signals.onMinerControl((c) => {
+          if (c.kind === "drain") gateway.setDrained(c.minerId, c.drained);
+          else void gateway.disconnect(c.minerId).catch((err: unknown) => log.warn({ err: errorMessage(err), minerId: c.minerId }, "disconnecting a miner failed"));
+        });
+        ctx.fleetControl = signals;
         this.signalsInstance = signals;
         await signals.start();
       }
@@ -244,6 +262,8 @@ export class Coordinator {
     await app.register(eventsRoute(ctx));
     await app.register(openaiRoutes(ctx));
     await app.register(fileRoutes(ctx));
+    await app.register(adminRoutes(ctx));
+    await app.register(dashboardRoutes(ctx));
     await app.register(async (scope) => gateway.register(scope));
     app.get("/metrics", { schema: { hide: true } }, async (_request, reply) =>
       reply.type(ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics()),
@@ -275,10 +295,14 @@ export class Coordinator {
       ]);
       changed.push("limits");
     }
+    if (!same(cur.admin, next.admin) || !same(cur.limits, next.limits)) {
+      ctx.adminLimiter.setWindows(adminWindows(next));
+      if (!same(cur.admin, next.admin)) changed.push("admin");
+    }
     if (!same(cur.estimates, next.estimates)) changed.push("estimates");
     if (!same(cur.pricing, next.pricing)) changed.push("pricing");
     if (!same(cur.tenants, next.tenants)) changed.push("tenants");
-    ctx.config = { ...cur, logLevel: next.logLevel, limits: next.limits, estimates: next.estimates, pricing: next.pricing, tenants: next.tenants };
+    ctx.config = { ...cur, logLevel: next.logLevel, limits: next.limits, admin: next.admin, estimates: next.estimates, pricing: next.pricing, tenants: next.tenants };
     this.options.log.info({ changed }, changed.length === 0 ? "config reloaded: nothing changed" : "config reloaded");
     return changed;
   }

@@ -9,7 +9,7 @@ import { Scheduler } from "../../src/coordinator/scheduler/scheduler.js";
 import type { Assignment, MinerCapabilities } from "../../src/coordinator/store/job-store.js";
 import { MemoryRateLimiter } from "../../src/coordinator/auth/rate-limiter.js";
 import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
-import { NO_MINERS, type CoordinatorContext } from "../../src/coordinator/context.js";
+import { NO_MINERS, NO_REPLICAS, type CoordinatorContext } from "../../src/coordinator/context.js";
 import { StreamRegistry } from "../../src/coordinator/http/stream-registry.js";
 import { CoordinatorMetrics } from "../../src/coordinator/metrics.js";
 import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
@@ -30,6 +30,8 @@ export function schedulerContext(): { store: SqliteJobStore; ctx: CoordinatorCon
     miners: NO_MINERS,
     advertisedModels: new Set(),
     limiter: new MemoryRateLimiter([]),
+    adminLimiter: new MemoryRateLimiter([]),
+    fleetControl: NO_REPLICAS,
     streams: new StreamRegistry(10),
     metrics: new CoordinatorMetrics(),
     log: silentLogger(),

@@ -17,7 +17,7 @@ interface KeysOptions {
 export function registerKeysCommand(program: Command): void {
   const keys = program
     .command("keys")
-    .description("create, list and revoke API keys (client keys by default, --miner for miner keys)")
+    .description("create, list and revoke API keys (client keys by default, --miner for miner keys, --operator for operator keys)")
     .option("-c, --config <file>", "coordinator config file", "config/coordinator.toml")
     .option("--data-dir <dir>", "data directory (overrides [storage] data_dir)");
 
@@ -27,8 +27,10 @@ export function registerKeysCommand(program: Command): void {
     .requiredOption("--name <name>", "what the key is for (shown by keys list)")
     .option("--tenant <tenant>", "the tenant whose jobs the key sees (client keys)", "default")
     .option("--miner", "a miner key (for aitbc miner) instead of a client key")
+    .option("--operator", "an operator key (for /v1/admin, /dashboard and aitbc admin) instead of a client key")
     .option("--json", "print {id, key, kind, name, tenant} as JSON")
-    .action(async (opts: { name: string; tenant: string; miner?: boolean; json?: boolean }, cmd: Command) => {
+    .action(async (opts: { name: string; tenant: string; miner?: boolean; operator?: boolean; json?: boolean }, cmd: Command) => {
+      if (opts.miner === true && opts.operator === true) throw new ValidationError("--miner and --operator are different kinds of key: choose one", { field: "operator" });
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.tenant)) {
         throw new ValidationError("--tenant must be 1-64 letters, digits, '.', '_' or '-'", { field: "tenant" });
       }
@@ -36,7 +38,7 @@ export function registerKeysCommand(program: Command): void {
         throw new ValidationError("--name must be 1-128 characters", { field: "name" });
       }
       await withStore(cmd, async (store) => {
-        const kind = opts.miner === true ? "miner" : "client";
+        const kind = opts.miner === true ? "miner" : opts.operator === true ? "operator" : "client";
         const { record, key } = await store.createKey(kind, opts.name, opts.tenant, Date.now());
         if (opts.json === true) {
           process.stdout.write(`${JSON.stringify({ id: record.id, key, kind, name: record.name, tenant: record.tenant })}\n`);

@@ -2,13 +2,17 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { randomId } from "../store/ids.js";
 
 /**
- * API keys: `aitbc_<ck|mk|ok>_<12-char id>_<32-char secret>` (client, miner, …). Only the id and
- * the SHA-256 of the secret are stored; the key itself is shown once, at creation.
+ * API keys: `aitbc_<ck|mk|ok>_<12-char id>_<32-char secret>` (client, miner, operator). Only the
+ * id and the SHA-256 of the secret are stored; the key itself is shown once, at creation. Each
+ * kind opens one door: the client API, the miner gateway, or the operator endpoints (/v1/admin,
+ * /dashboard).
  */
-export type KeyKind = "client" | "miner";
+export type KeyKind = "client" | "miner" | "operator";
 
-const PREFIX: Record<KeyKind, string> = { client: "ck", miner: "mk" };
-const KEY_FORMAT = /^aitbc_(ck|mk)_([a-z0-9]{12})_([A-Za-z0-9_-]{32})$/;
+export const KEY_KINDS: readonly KeyKind[] = ["client", "miner", "operator"];
+
+const PREFIX: Record<KeyKind, string> = { client: "ck", miner: "mk", operator: "ok" };
+const KEY_FORMAT = /^aitbc_(ck|mk|ok)_([a-z0-9]{12})_([A-Za-z0-9_-]{32})$/;
 
 export function hashSecret(secret: string): Buffer {
   return createHash("sha256").update(secret).digest();
@@ -26,6 +30,13 @@ export function parseApiKey(raw: string, kind: KeyKind): { id: string; secret: s
   const m = KEY_FORMAT.exec(raw);
   if (m === null || m[1] !== PREFIX[kind]) return null;
   return { id: m[2]!, secret: m[3]! };
+}
+
+/** The kind a well-formed key says it is (its prefix), or null. */
+export function keyKindOf(raw: string): KeyKind | null {
+  const m = KEY_FORMAT.exec(raw);
+  if (m === null) return null;
+  return KEY_KINDS.find((k) => PREFIX[k] === m[1]) ?? null;
 }
 
 /** Whether a presented secret matches the stored hash (constant time). */

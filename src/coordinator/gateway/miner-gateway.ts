@@ -98,11 +98,51 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     s.close(4000, "replaced by a new connection");
   }
 
+  // ------------------------------------------------------------------ operator actions
+
+  /** An operator's drain or undrain (already in the miners table), applied to this replica's session, if any. */
+  setDrained(minerId: string, drained: boolean): void {
+    const s = this.sessions.get(minerId);
+    if (s === undefined || s.operatorDrained === drained) return;
+    s.operatorDrained = drained;
+    s.log.info({ drained }, drained ? "miner drained by an operator: no new jobs" : "miner undrained by an operator");
+    if (!drained) this.scheduler.dispatch();
+  }
+
+  /**
+   * An operator disconnects the miner: its connection here is closed and every lease it holds is
+   * handed back at once (requeued without burning an attempt). The daemon reconnects with its
+   * backoff; drain it first to keep it from taking jobs. False when its session is not here.
+   */
+  async disconnect(minerId: string): Promise<boolean> {
+    const s = this.sessions.get(minerId);
+    if (s === undefined) return false;
+    s.log.warn("miner disconnected by an operator");
+    this.sessions.delete(minerId);
+    s.send({ type: "error", code: "disconnected", message: "disconnected by an operator", fatal: true });
+    s.close(4001, "disconnected by an operator");
+    const now = this.ctx.now();
+    for (const job of await this.ctx.store.listLeasedBy(minerId)) {
+      if (job.leaseToken === null) continue;
+      const outcome = await this.ctx.store.releaseLease({ jobId: job.id, attempt: job.attempt, leaseToken: job.leaseToken, minerId }, now, "operator_disconnect");
+      s.log.info({ jobId: job.id, attempt: job.attempt, outcome }, "lease of a disconnected miner handed back");
+    }
+    return true;
+  }
+
+  /** Each heartbeat: drains another replica applied while this one missed the hint. */
+  private async refreshDrains(): Promise<void> {
+    const ids = [...this.sessions.keys()];
+    if (ids.length === 0) return;
+    const drained = new Set(await this.ctx.store.drainedAmong(ids));
+    for (const id of ids) this.setDrained(id, drained.has(id));
+  }
+
   // ------------------------------------------------------------------ directory and fleet
 
   eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number> {
     let n = 0;
-    for (const s of this.sessions.values()) if (!s.draining && minerCanRun(job, s)) n += 1;
+    for (const s of this.sessions.values()) if (!s.draining && !s.operatorDrained && minerCanRun(job, s)) n += 1;
     return Promise.resolve(n);
   }
 
@@ -165,7 +205,10 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     // The fleet's view of this replica's sessions, refreshed each heartbeat in one statement.
     this.touchTimer = setInterval(() => {
       const sessions = [...this.sessions.values()].map((s) => ({ id: s.minerId, epoch: s.identity.epoch, draining: s.draining }));
-      this.ctx.store.touchMiners(this.ctx.replica, sessions, this.ctx.now()).catch((err: unknown) => this.ctx.log.warn({ err: errorMessage(err) }, "refreshing the miners table failed"));
+      this.ctx.store
+        .touchMiners(this.ctx.replica, sessions, this.ctx.now())
+        .then(() => this.refreshDrains())
+        .catch((err: unknown) => this.ctx.log.warn({ err: errorMessage(err) }, "refreshing the miners table failed"));
     }, this.ctx.config.scheduler.heartbeatMs);
     this.touchTimer.unref();
   }
@@ -339,12 +382,15 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     );
     const previous = this.sessions.get(minerId);
     if (previous !== undefined) previous.close(4000, "replaced by a new connection");
+    // An operator's drain outlives sessions: the new one starts drained too.
+    const drained = (await this.ctx.store.getMiner(minerId))?.drained ?? false;
     const session = new MinerSession(
       { minerId, keyId: key.id, name: hello.miner_name, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots, protocolVersion: hello.protocol_version, epoch },
       link,
       new ChunkBuffer(this.pool, this.ctx.config.gateway.maxBufferedBytesPerConnection),
       slog,
     );
+    session.operatorDrained = drained;
     this.sessions.set(minerId, session);
     const known = this.minersByKey.get(key.id) ?? new Set<string>();
     known.add(minerId);

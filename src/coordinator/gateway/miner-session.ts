@@ -40,6 +40,8 @@ export interface MinerIdentity {
 export class MinerSession implements DispatchTarget {
   credits = 0;
   draining = false;
+  /** An operator drained this miner (the miners table keeps it across reconnects): no new jobs. */
+  operatorDrained = false;
   readonly leases = new Map<string, HeldLease>();
   readonly connectedAt = Date.now();
   readonly log: Logger;
@@ -89,7 +91,7 @@ export class MinerSession implements DispatchTarget {
   }
 
   wantsWork(): boolean {
-    return this.credits > 0 && !this.draining && this.link.open;
+    return this.credits > 0 && !this.draining && !this.operatorDrained && this.link.open;
   }
 
   offer(frame: AssignFrame, maxTokens: number, now: number): boolean {

@@ -4,7 +4,8 @@ import { AppError, NotFoundError, errorMessage } from "../../common/errors.js";
 import { JobIdParamsSchema } from "../../protocol/jobs.js";
 import { isTerminal, type JobState } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
-import type { JobEvent } from "../store/job-store.js";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import type { JobEvent, JobRecord } from "../store/job-store.js";
 import type { ProgressEvent } from "../store/job-events.js";
 import { tenantOf } from "./auth-hook.js";
 import { jobView, withLiveProgress } from "./job-view.js";
@@ -48,154 +49,173 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       },
       async (request, reply) => {
         const tenant = tenantOf(request);
-        const keyId = request.apiKey!.id;
         const job = await ctx.store.getJob(tenant, request.params.job_id);
         if (job === null) throw new NotFoundError("job_not_found", "no such job");
-        if (!ctx.streams.hasRoom(keyId)) {
-          void reply.header("Retry-After", "5");
-          throw new AppError("too_many_streams", `this API key already has ${ctx.config.limits.maxStreamsPerKey} event streams open ([limits] max_streams_per_key)`, {
-            status: 429,
-            retryable: true,
-          });
-        }
-        const lastId = Number(request.headers["last-event-id"] ?? request.query.after ?? 0);
-        let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
-
-        reply.hijack();
-        const raw = reply.raw;
-        raw.writeHead(200, {
-          ...SSE_HEADERS,
-          ...Object.fromEntries(
-            ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map((h) => [h, String(reply.getHeader(h) ?? "")]),
-          ),
-        });
-        // HEAD gets the stream's headers only: Node sends them at end(), so an open stream would hang.
-        if (request.method === "HEAD") {
-          raw.end();
-          return;
-        }
-        const write = (event: string, data: unknown, id?: number): void => {
-          raw.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-        };
-        let ended = false;
-        const end = (): void => {
-          if (ended) return;
-          ended = true;
-          ctx.streams.remove(stream);
-          unsubscribe();
-          unsubscribeText();
-          unsubscribeRemote();
-          clearInterval(keepalive);
-          raw.end();
-        };
-        // The text this client has, and of which attempt.
-        let textAttempt: number | undefined;
-        let clientText = "";
-        const sendText = (attempt: number, index: number, delta: string): void => {
-          if (attempt !== textAttempt) {
-            if (textAttempt !== undefined) write("text_restart", { job_id: job.id, attempt, reason: "a new attempt generates the text again" });
-            textAttempt = attempt;
-            clientText = "";
-          }
-          if (index > clientText.length) {
-            // A piece past what this client has: the whole text known here instead.
-            const live = ctx.events.liveText(job.id);
-            if (live === undefined || live.attempt !== attempt) return;
-            index = 0;
-            delta = live.text;
-          }
-          if (index === clientText.length && delta === "") return;
-          write("token", { job_id: job.id, attempt, index, text: delta });
-          clientText = clientText.slice(0, index) + delta;
-        };
-        /**
-         * Before `completed`: the part of the output the client has not seen (or, when what it has
-         * is not the output's beginning, all of it again), so its token events add up to the
-         * output exactly. Returns the result summary for the completed event.
-         */
-        const finishText = async (): Promise<Record<string, unknown>> => {
-          const current = await ctx.store.getJob(tenant, job.id);
-          if (current === null) return {};
-          const result = current.result;
-          if (result !== null && result.removed === undefined && result.bytes <= COMPLETION_TEXT_MAX_BYTES) {
-            const output = (await ctx.results.read(result.location)).toString("utf8");
-            if (textAttempt === current.attempt && output.startsWith(clientText)) sendText(current.attempt, clientText.length, output.slice(clientText.length));
-            else sendText(current.attempt, 0, output);
-          }
-          return { result: jobView(current).result };
-        };
-        // Writes go in order through one chain: some need a read first (the completed summary).
-        let chain: Promise<void> = Promise.resolve();
-        const serial = (fn: () => void | Promise<void>): void => {
-          chain = chain.then(fn).catch((err: unknown) => {
-            request.log.warn({ err: errorMessage(err), jobId: job.id }, "event stream write failed");
-          });
-        };
-        const sendChange = (e: JobEvent): void => {
-          serial(async () => {
-            if (ended || e.seq <= after) return;
-            after = e.seq;
-            let data: Record<string, unknown> = { job_id: e.jobId, status: e.type, at: new Date(e.at).toISOString(), ...e.data };
-            if (e.type === "completed") data = { ...data, ...(await finishText()) };
-            if (ended) return;
-            write(e.type, data, e.seq);
-            if (isTerminal(e.type as JobState)) end();
-          });
-        };
-        const sendProgress = (p: ProgressEvent): void => {
-          if (ended) return;
-          write("progress", {
-            job_id: p.jobId,
-            attempt: p.attempt,
-            progress: Math.round(p.progress * 10) / 10,
-            tokens: p.tokens,
-            max_tokens: p.maxTokens,
-            tokens_per_second: Math.round(p.tokensPerSecond * 10) / 10,
-          });
-        };
-        // Subscribe first, then replay the log, so nothing falls between the two.
-        const buffered: JobEvent[] = [];
-        let replaying = true;
-        const unsubscribe = ctx.events.onJob(
-          job.id,
-          (e) => (replaying ? buffered.push(e) : sendChange(e)),
-          sendProgress,
-        );
-        // Pieces during the replay are in the text-so-far sent after it.
-        const unsubscribeText = ctx.events.onJobText(job.id, (t) => {
-          if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
-        });
-        // Changes another replica commits arrive as hints: re-read the log past what was sent.
-        let rereading: Promise<void> = Promise.resolve();
-        const unsubscribeRemote = ctx.events.onJobRemote(job.id, () => {
-          rereading = rereading
-            .then(async () => {
-              if (ended || replaying) return;
-              for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
-            })
-            .catch(() => undefined);
-        });
-        const stream: OpenStream = { keyId, end };
-        ctx.streams.add(stream);
-        const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
-        request.raw.on("close", end);
-
-        write("snapshot", jobView(withLiveProgress(job, ctx.events)));
-        const replayed = await ctx.store.listEvents(job.id, after);
-        for (const e of replayed) sendChange(e);
-        // Then the text so far, in one event, unless the log already ends the job (completed sends it whole).
-        if (!replayed.some((e) => isTerminal(e.type as JobState))) {
-          const live = ctx.events.liveText(job.id);
-          if (live !== undefined && live.attempt >= job.attempt) serial(() => sendText(live.attempt, 0, live.text));
-          else if (!isTerminal(job.status)) ctx.events.wantText(job.id);
-        }
-        replaying = false;
-        for (const e of buffered) sendChange(e);
-        if (!ended && isTerminal(job.status)) {
-          const current = await ctx.store.getJob(tenant, job.id);
-          if (current !== null && isTerminal(current.status)) serial(() => end());
-        }
+        const after = request.query.after;
+        await followJob(ctx, request, reply, job, { lookup: (id) => ctx.store.getJob(tenant, id), text: true, ...(after === undefined ? {} : { after }) });
       },
     );
   };
+}
+
+/** How a stream reads its job and whether it carries the generated text. */
+export interface FollowOptions {
+  /** The job as this caller may see it (the tenant's, or any for an operator). */
+  lookup: (jobId: string) => Promise<JobRecord | null>;
+  /** Token events and the completion text (false: state changes and progress only). */
+  text: boolean;
+  after?: number;
+}
+
+/**
+ * Streams one job's changes over SSE (see eventsRoute for the events): the client's stream and
+ * the operator's (GET /v1/admin/jobs/{id}/events, all tenants, text only with [admin] show_outputs).
+ */
+export async function followJob(ctx: CoordinatorContext, request: FastifyRequest, reply: FastifyReply, job: JobRecord, opts: FollowOptions): Promise<void> {
+  const keyId = request.apiKey!.id;
+  if (!ctx.streams.hasRoom(keyId)) {
+    void reply.header("Retry-After", "5");
+    throw new AppError("too_many_streams", `this API key already has ${ctx.config.limits.maxStreamsPerKey} event streams open ([limits] max_streams_per_key)`, {
+      status: 429,
+      retryable: true,
+    });
+  }
+  const lastId = Number(request.headers["last-event-id"] ?? opts.after ?? 0);
+  let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
+
+  reply.hijack();
+  const raw = reply.raw;
+  raw.writeHead(200, {
+    ...SSE_HEADERS,
+    ...Object.fromEntries(
+      ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map((h) => [h, String(reply.getHeader(h) ?? "")]),
+    ),
+  });
+  // HEAD gets the stream's headers only: Node sends them at end(), so an open stream would hang.
+  if (request.method === "HEAD") {
+    raw.end();
+    return;
+  }
+  const write = (event: string, data: unknown, id?: number): void => {
+    raw.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  };
+  let ended = false;
+  const end = (): void => {
+    if (ended) return;
+    ended = true;
+    ctx.streams.remove(stream);
+    unsubscribe();
+    unsubscribeText();
+    unsubscribeRemote();
+    clearInterval(keepalive);
+    raw.end();
+  };
+  // The text this client has, and of which attempt.
+  let textAttempt: number | undefined;
+  let clientText = "";
+  const sendText = (attempt: number, index: number, delta: string): void => {
+    if (!opts.text) return;
+    if (attempt !== textAttempt) {
+      if (textAttempt !== undefined) write("text_restart", { job_id: job.id, attempt, reason: "a new attempt generates the text again" });
+      textAttempt = attempt;
+      clientText = "";
+    }
+    if (index > clientText.length) {
+      // A piece past what this client has: the whole text known here instead.
+      const live = ctx.events.liveText(job.id);
+      if (live === undefined || live.attempt !== attempt) return;
+      index = 0;
+      delta = live.text;
+    }
+    if (index === clientText.length && delta === "") return;
+    write("token", { job_id: job.id, attempt, index, text: delta });
+    clientText = clientText.slice(0, index) + delta;
+  };
+  /**
+   * Before `completed`: the part of the output the client has not seen (or, when what it has
+   * is not the output's beginning, all of it again), so its token events add up to the
+   * output exactly. Returns the result summary for the completed event.
+   */
+  const finishText = async (): Promise<Record<string, unknown>> => {
+    const current = await opts.lookup(job.id);
+    if (current === null) return {};
+    const result = current.result;
+    if (opts.text && result !== null && result.removed === undefined && result.bytes <= COMPLETION_TEXT_MAX_BYTES) {
+      const output = (await ctx.results.read(result.location)).toString("utf8");
+      if (textAttempt === current.attempt && output.startsWith(clientText)) sendText(current.attempt, clientText.length, output.slice(clientText.length));
+      else sendText(current.attempt, 0, output);
+    }
+    return { result: jobView(current).result };
+  };
+  // Writes go in order through one chain: some need a read first (the completed summary).
+  let chain: Promise<void> = Promise.resolve();
+  const serial = (fn: () => void | Promise<void>): void => {
+    chain = chain.then(fn).catch((err: unknown) => {
+      request.log.warn({ err: errorMessage(err), jobId: job.id }, "event stream write failed");
+    });
+  };
+  const sendChange = (e: JobEvent): void => {
+    serial(async () => {
+      if (ended || e.seq <= after) return;
+      after = e.seq;
+      let data: Record<string, unknown> = { job_id: e.jobId, status: e.type, at: new Date(e.at).toISOString(), ...e.data };
+      if (e.type === "completed") data = { ...data, ...(await finishText()) };
+      if (ended) return;
+      write(e.type, data, e.seq);
+      if (isTerminal(e.type as JobState)) end();
+    });
+  };
+  const sendProgress = (p: ProgressEvent): void => {
+    if (ended) return;
+    write("progress", {
+      job_id: p.jobId,
+      attempt: p.attempt,
+      progress: Math.round(p.progress * 10) / 10,
+      tokens: p.tokens,
+      max_tokens: p.maxTokens,
+      tokens_per_second: Math.round(p.tokensPerSecond * 10) / 10,
+    });
+  };
+  // Subscribe first, then replay the log, so nothing falls between the two.
+  const buffered: JobEvent[] = [];
+  let replaying = true;
+  const unsubscribe = ctx.events.onJob(
+    job.id,
+    (e) => (replaying ? buffered.push(e) : sendChange(e)),
+    sendProgress,
+  );
+  // Pieces during the replay are in the text-so-far sent after it.
+  const unsubscribeText = ctx.events.onJobText(job.id, (t) => {
+    if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
+  });
+  // Changes another replica commits arrive as hints: re-read the log past what was sent.
+  let rereading: Promise<void> = Promise.resolve();
+  const unsubscribeRemote = ctx.events.onJobRemote(job.id, () => {
+    rereading = rereading
+      .then(async () => {
+        if (ended || replaying) return;
+        for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
+      })
+      .catch(() => undefined);
+  });
+  const stream: OpenStream = { keyId, end };
+  ctx.streams.add(stream);
+  const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
+  request.raw.on("close", end);
+
+  write("snapshot", jobView(withLiveProgress(job, ctx.events)));
+  const replayed = await ctx.store.listEvents(job.id, after);
+  for (const e of replayed) sendChange(e);
+  // Then the text so far, in one event, unless the log already ends the job (completed sends it whole).
+  if (!replayed.some((e) => isTerminal(e.type as JobState))) {
+    const live = ctx.events.liveText(job.id);
+    if (live !== undefined && live.attempt >= job.attempt) serial(() => sendText(live.attempt, 0, live.text));
+    else if (!isTerminal(job.status) && opts.text) ctx.events.wantText(job.id);
+  }
+  replaying = false;
+  for (const e of buffered) sendChange(e);
+  if (!ended && isTerminal(job.status)) {
+    const current = await opts.lookup(job.id);
+    if (current !== null && isTerminal(current.status)) serial(() => end());
+  }
 }

@@ -33,7 +33,7 @@ export class FleetDirectory implements MinerDirectory {
   }
 
   async eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number> {
-    return (await this.miners()).filter((m) => !m.draining && minerCanRun(job, m)).length;
+    return (await this.miners()).filter((m) => !m.draining && !m.drained && minerCanRun(job, m)).length;
   }
 
   async connectedMiners(): Promise<number> {

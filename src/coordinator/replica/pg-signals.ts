@@ -13,6 +13,9 @@ export interface MinerSessionHint {
   replica: string;
 }
 
+/** An operator's action on a miner, for the replica holding its session. */
+export type MinerControl = { kind: "drain"; minerId: string; drained: boolean } | { kind: "disconnect"; minerId: string };
+
 /** Under NOTIFY's 8000-byte payload limit, with room to spare. */
 const MAX_PAYLOAD = 7_000;
 /**
@@ -38,7 +41,8 @@ interface TextPiece {
  * Signals between replicas over PostgreSQL LISTEN/NOTIFY, as hints only: a notification wakes a
  * replica to re-read the store, never carries what it must not lose. Job-state changes (sent by
  * the store inside the committing transaction, `{j, s, t, o}`) become JobEvents remote changes;
- * miner sessions opened elsewhere (`{k: "miner"}`) go to the gateway; progress of running jobs
+ * miner sessions opened elsewhere (`{k: "miner"}`) and operators' drains and disconnects
+ * (`{k: "drain" | "disconnect", id}`) go to the gateway; progress of running jobs
  * goes out once a second per replica, batched (`{k: "progress", p: [...]}`), never per frame.
  *
  * The generated text of running jobs has its own channel (TEXT_CHANNEL): pieces from this
@@ -64,6 +68,7 @@ export class PgSignals {
   private readonly wanted = new Map<string, number>();
   private unsubscribeText: (() => void)[] = [];
   private readonly minerHandlers = new Set<(h: MinerSessionHint) => void>();
+  private readonly controlHandlers = new Set<(c: MinerControl) => void>();
   private connected = false;
   /** Progress of jobs running on this replica's miners goes to the outbox, sent once a second. */
   private unsubscribe: (() => void) | undefined;
@@ -92,6 +97,16 @@ export class PgSignals {
 
   onMinerSession(fn: (h: MinerSessionHint) => void): void {
     this.minerHandlers.add(fn);
+  }
+
+  /** Operator actions on miners (a drain is sent by the store with its commit; a disconnect by disconnectElsewhere). */
+  onMinerControl(fn: (c: MinerControl) => void): void {
+    this.controlHandlers.add(fn);
+  }
+
+  /** Asks the other replicas to close this miner's session (the one holding it does). */
+  async disconnectElsewhere(minerId: string): Promise<void> {
+    await this.deps.db.query("SELECT pg_notify($1, $2)", [CONTROL_CHANNEL, JSON.stringify({ k: "disconnect", id: minerId, o: this.deps.replica })]);
   }
 
   async stop(): Promise<void> {
@@ -160,6 +175,10 @@ export class PgSignals {
     }
     if (m.k === "miner" && typeof m.id === "string" && typeof m.e === "number" && typeof m.r === "string") {
       for (const fn of this.minerHandlers) fn({ minerId: m.id, epoch: m.e, replica: m.r });
+    } else if (m.k === "drain" && typeof m.id === "string" && typeof m.d === "boolean") {
+      for (const fn of this.controlHandlers) fn({ kind: "drain", minerId: m.id, drained: m.d });
+    } else if (m.k === "disconnect" && typeof m.id === "string" && m.o !== this.deps.replica) {
+      for (const fn of this.controlHandlers) fn({ kind: "disconnect", minerId: m.id });
     } else if (m.k === "progress" && m.o !== this.deps.replica && Array.isArray(m.p)) {
       for (const item of m.p as unknown[]) {
         const p = item as Partial<Record<string, unknown>>;

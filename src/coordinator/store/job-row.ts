@@ -42,6 +42,7 @@ export interface JobRow {
   estimated_time_seconds: number;
   idempotency_key: string | null;
   request_hash: string | null;
+  retry_of: string | null;
 }
 
 export interface KeyRow {
@@ -85,6 +86,11 @@ export interface MinerRow {
   slots: number;
   free_slots: number;
   draining: number | boolean;
+  drained: number | boolean;
+  jobs_done: number;
+  jobs_failed: number;
+  last_error: unknown;
+  tokens_per_s: number | null;
 }
 
 export const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high: 2 };
@@ -93,7 +99,7 @@ export const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high
  * A new job's values, in the order both backends insert them: id, tenant, model, input,
  * input_file_id, output_format, destination, requirements, priority, priority_rank,
  * timeout_seconds, parameters, max_attempts, created_at, estimated_cost,
- * estimated_time_seconds, idempotency_key, request_hash.
+ * estimated_time_seconds, idempotency_key, request_hash, retry_of.
  */
 export function newJobValues(job: NewJob, id: string, now: number): unknown[] {
   return [
@@ -115,6 +121,7 @@ export function newJobValues(job: NewJob, id: string, now: number): unknown[] {
     job.estimatedTimeSeconds,
     job.idempotency?.key ?? null,
     job.idempotency?.requestHash ?? null,
+    job.retryOf ?? null,
   ];
 }
 
@@ -159,6 +166,7 @@ export function toJob(r: JobRow): JobRecord {
     error: r.error_code === null ? null : { code: r.error_code, message: r.error_message ?? "" },
     estimatedCost: r.estimated_cost,
     estimatedTimeSeconds: r.estimated_time_seconds,
+    retryOf: r.retry_of ?? null,
   };
 }
 
@@ -188,5 +196,10 @@ export function toMiner(r: MinerRow): MinerRecord {
     models: jsonColumn<string[]>(r.models),
     slots: r.slots,
     draining: r.draining === true || r.draining === 1,
+    drained: r.drained === true || r.drained === 1,
+    jobsDone: Number(r.jobs_done ?? 0),
+    jobsFailed: Number(r.jobs_failed ?? 0),
+    lastError: r.last_error === null || r.last_error === undefined ? null : jsonColumn<MinerRecord["lastError"]>(r.last_error),
+    tokensPerSecond: r.tokens_per_s ?? null,
   };
 }

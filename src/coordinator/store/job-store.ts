@@ -2,6 +2,7 @@ import type { ResolvedGenerationParameters } from "../../protocol/generation.js"
 import type { GpuInfo } from "../../protocol/frames.js";
 import type { Requirements } from "../../protocol/jobs.js";
 import type { JobState, Priority } from "../../protocol/version.js";
+import type { KeyKind } from "../auth/api-key.js";
 
 /**
  * The job store: every durable fact of the coordinator behind domain verbs. SQLite is the
@@ -59,6 +60,8 @@ export interface JobRecord {
   error: { code: string; message: string } | null;
   estimatedCost: number;
   estimatedTimeSeconds: number;
+  /** The failed job an operator retried as this one (terminal jobs never change: a retry is a new job). */
+  retryOf: string | null;
 }
 
 export interface StoredResult {
@@ -104,6 +107,8 @@ export interface NewJob {
   estimatedTimeSeconds: number;
   /** Idempotency-Key header and a hash of the request it came with. */
   idempotency?: { key: string; requestHash: string };
+  /** An operator's retry of this job (see JobRecord.retryOf). */
+  retryOf?: string;
 }
 
 export interface LeaseRef {
@@ -151,7 +156,7 @@ export interface Page<T> {
 
 export interface ApiKeyRecord {
   id: string;
-  kind: "client" | "miner";
+  kind: KeyKind;
   name: string;
   tenant: string;
   createdAt: number;
@@ -190,7 +195,42 @@ export interface MinerRecord {
   gpus: GpuInfo[];
   models: string[];
   slots: number;
+  /** The miner itself is draining (it said so, or its session stopped pulling). */
   draining: boolean;
+  /** An operator drained it: no new jobs, kept across reconnects and replicas until undrained. */
+  drained: boolean;
+  /** Attempts it finished with a result, and attempts that failed on it (failures, lost leases, timeouts). */
+  jobsDone: number;
+  jobsFailed: number;
+  /** Its latest failed attempt. */
+  lastError: { code: string; message: string; at: number } | null;
+  /** Decode speed of its latest result. */
+  tokensPerSecond: number | null;
+}
+
+/** What an operator filters every tenant's jobs by (GET /v1/admin/jobs); times are created_at bounds. */
+export interface AdminJobQuery {
+  status?: JobState;
+  model?: string;
+  tenant?: string;
+  minerId?: string;
+  from?: number;
+  to?: number;
+  limit: number;
+  cursor?: string;
+}
+
+export interface QueueDepth {
+  model: string;
+  priority: Priority;
+  count: number;
+}
+
+/** Completions in one fixed time bucket: jobs and generated tokens. */
+export interface ThroughputBucket {
+  start: number;
+  jobs: number;
+  tokens: number;
 }
 
 /** What one reaper pass did, for logs, metrics and telling miners to stop. */
@@ -295,11 +335,31 @@ export interface JobStore {
   closeMinerSession(id: string, epoch: number, now: number): Promise<void>;
   /** Miners connected and seen since `seenSince`. */
   listConnectedMiners(seenSince: number): Promise<MinerRecord[]>;
+  /** Every miner connected now or seen since `seenSince`, connected first. */
+  listMiners(seenSince: number): Promise<MinerRecord[]>;
+  getMiner(id: string): Promise<MinerRecord | null>;
+  /** An operator's drain (true) or undrain; false when no such miner. With replicas, the one holding it is told. */
+  setMinerDrained(id: string, drained: boolean, now: number): Promise<boolean>;
+  /** Which of these miners an operator has drained (each replica re-reads its sessions' drains every heartbeat). */
+  drainedAmong(ids: readonly string[]): Promise<string[]>;
+
+  // --- operators (every tenant)
+  /** Jobs of every tenant, newest first, filtered. */
+  listAllJobs(q: AdminJobQuery): Promise<Page<JobRecord>>;
+  /** Assigned and running jobs of the whole fleet (at most `limit`). */
+  listActiveLeases(limit: number): Promise<JobRecord[]>;
+  queueDepth(): Promise<QueueDepth[]>;
+  /** Completions since `since` in buckets of `bucketMs` (only buckets with completions). */
+  throughput(since: number, bucketMs: number): Promise<ThroughputBucket[]>;
+  /** Jobs that ended failed or timed_out since `since`, latest first. */
+  recentFailures(since: number, limit: number): Promise<JobRecord[]>;
 
   // --- keys
-  createKey(kind: "client" | "miner", name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }>;
+  createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }>;
   /** The key's record when it is valid, of that kind, and not revoked; else null. */
-  authenticate(rawKey: string, kind: "client" | "miner"): Promise<ApiKeyRecord | null>;
+  authenticate(rawKey: string, kind: KeyKind): Promise<ApiKeyRecord | null>;
+  /** A key by id with its stored secret hash (operator sessions are signed with it), or null. */
+  getKey(id: string): Promise<{ record: ApiKeyRecord; secretHash: Buffer } | null>;
   listKeys(): Promise<ApiKeyRecord[]>;
   revokeKey(id: string, now: number): Promise<boolean>;
   /** Which of these key ids are revoked (for connections opened before the revocation). */

@@ -34,7 +34,7 @@ export interface FailFacts {
 export type FailDecision =
   | { kind: "cancelled" }
   | { kind: "timed_out" }
-  | { kind: "requeue"; notBefore: number; reason: string }
+  | { kind: "requeue"; notBefore: number; reason: string; message: string }
   | { kind: "failed"; error: { code: string; message: string } };
 
 /**
@@ -57,7 +57,7 @@ export function decideFail(job: FailFacts, failure: { code: string; message: str
       }
     : { code: failure.code, message: failure.message };
   if (failure.retryable && job.failures + 1 < job.maxAttempts) {
-    return { kind: "requeue", notBefore: now + requeueDelayMs(job.failures, backoffMs), reason: error.code };
+    return { kind: "requeue", notBefore: now + requeueDelayMs(job.failures, backoffMs), reason: error.code, message: error.message };
   }
   return { kind: "failed", error };
 }
@@ -65,8 +65,35 @@ export function decideFail(job: FailFacts, failure: { code: string; message: str
 /** What an expired lease does: cancelled when asked, else requeued while attempts are left, else failed. */
 export function decideExpiry(job: Pick<FailFacts, "cancelRequested" | "failures" | "maxAttempts">, now: number, backoffMs: number): FailDecision {
   if (job.cancelRequested) return { kind: "cancelled" };
-  if (job.failures + 1 < job.maxAttempts) return { kind: "requeue", notBefore: now + requeueDelayMs(job.failures, backoffMs), reason: "lease_expired" };
+  if (job.failures + 1 < job.maxAttempts) {
+    return { kind: "requeue", notBefore: now + requeueDelayMs(job.failures, backoffMs), reason: "lease_expired", message: LEASE_EXPIRED_MESSAGE };
+  }
   return { kind: "failed", error: { code: "attempts_exhausted", message: `the lease expired on the last of ${job.maxAttempts} attempts` } };
+}
+
+const LEASE_EXPIRED_MESSAGE = "the lease expired before the miner renewed it";
+
+/**
+ * What an attempt's end adds to its miner's figures in the miners table (the operator's fleet
+ * view): a result is one done; a failure that counts against the job (a failed attempt, a lost
+ * lease, a timeout) is one failed and its latest error; a cancel or a hand-back is neither.
+ */
+export interface MinerTally {
+  done: 0 | 1;
+  failed: 0 | 1;
+  tokensPerSecond: number | null;
+  lastError: { code: string; message: string; at: number } | null;
+}
+
+export function minerTally(
+  end: { status: "completed" | "failed" | "cancelled" | "timed_out" | "expired" | "requeued"; countsAsFailure?: boolean },
+  facts: { now: number; error?: { code: string; message: string }; tokensPerSecond?: number },
+): MinerTally | null {
+  if (end.status === "completed") return { done: 1, failed: 0, tokensPerSecond: facts.tokensPerSecond ?? null, lastError: null };
+  const failed = end.status === "failed" || end.status === "timed_out" || (end.status === "requeued" && end.countsAsFailure === true);
+  if (!failed) return null;
+  const error = facts.error ?? { code: end.status, message: end.status };
+  return { done: 0, failed: 1, tokensPerSecond: null, lastError: { ...error, at: facts.now } };
 }
 
 /** The errors terminal states carry, the same whichever backend writes them. */

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { storedResult, type JobRow } from "../job-row.js";
 import type { StoredResult } from "../job-store.js";
-import { CANCELLED_BY_CLIENT, timedOut, type FailDecision } from "../transitions.js";
+import { CANCELLED_BY_CLIENT, minerTally, timedOut, type FailDecision, type MinerTally } from "../transitions.js";
 import type { PgEmit } from "./pg-db.js";
 
 /** The writes several PostgreSQL verbs make, each inside the caller's transaction on a row it has locked. */
@@ -28,17 +28,38 @@ export async function finish(
      WHERE id = $6`,
     [status, now, extra.result === undefined ? null : JSON.stringify(extra.result), extra.error?.code ?? null, extra.error?.message ?? null, r.id],
   );
+  await tally(c, r.miner_id, minerTally({ status }, { now, ...(extra.error === undefined ? {} : { error: extra.error }), ...(extra.result === undefined ? {} : { tokensPerSecond: extra.result.tokensPerSecond }) }));
   await emit({ jobId: r.id, type: status, at: now, data: { attempt: r.attempt, miner_id: r.miner_id, ...(extra.error === undefined ? {} : { error: extra.error }) } });
 }
 
-export async function requeue(c: pg.PoolClient, r: JobRow, now: number, notBefore: number, reason: string, countsAsFailure: boolean, emit: PgEmit): Promise<void> {
+export async function requeue(
+  c: pg.PoolClient,
+  r: JobRow,
+  now: number,
+  notBefore: number,
+  reason: string,
+  countsAsFailure: boolean,
+  emit: PgEmit,
+  message = reason,
+): Promise<void> {
   await c.query(
     `UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, miner_id = NULL,
        progress = 0, attempt_started_at = NULL, not_before = $1, failures = failures + $2
      WHERE id = $3`,
     [notBefore, countsAsFailure ? 1 : 0, r.id],
   );
+  await tally(c, r.miner_id, minerTally({ status: "requeued", countsAsFailure }, { now, error: { code: reason, message } }));
   await emit({ jobId: r.id, type: "requeued", at: now, data: { attempt: r.attempt, miner_id: r.miner_id, reason } });
+}
+
+/** Adds an attempt's end to its miner's figures (a miner with no row is left alone). */
+async function tally(c: pg.PoolClient, minerId: string | null, t: MinerTally | null): Promise<void> {
+  if (minerId === null || t === null) return;
+  await c.query(
+    `UPDATE miners SET jobs_done = jobs_done + $1, jobs_failed = jobs_failed + $2,
+       tokens_per_s = COALESCE($3, tokens_per_s), last_error = COALESCE($4::jsonb, last_error) WHERE id = $5`,
+    [t.done, t.failed, t.tokensPerSecond, t.lastError === null ? null : JSON.stringify(t.lastError), minerId],
+  );
 }
 
 /** Writes what transitions.ts decided for a lease that ends (fail or expiry). */
@@ -51,7 +72,7 @@ export async function apply(c: pg.PoolClient, r: JobRow, d: FailDecision, now: n
       await finish(c, r, "timed_out", now, emit, { error: timedOut(r.timeout_seconds) });
       return "timed_out";
     case "requeue":
-      await requeue(c, r, now, d.notBefore, d.reason, true, emit);
+      await requeue(c, r, now, d.notBefore, d.reason, true, emit, d.message);
       return "requeued";
     case "failed":
       await finish(c, r, "failed", now, emit, { error: d.error });

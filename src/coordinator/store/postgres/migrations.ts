@@ -159,6 +159,21 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     END LOOP;
   END $$;
   `,
+  // Operators: a third key kind, the fleet's figures per miner and an operator's drain, retries
+  // linked to the job they retry, every tenant's jobs by creation time, and recent failures.
+  `
+  ALTER TABLE api_keys DROP CONSTRAINT api_keys_kind_check;
+  ALTER TABLE api_keys ADD CONSTRAINT api_keys_kind_check CHECK (kind IN ('client', 'miner', 'operator'));
+  ALTER TABLE miners
+    ADD COLUMN drained boolean NOT NULL DEFAULT false,
+    ADD COLUMN jobs_done bigint NOT NULL DEFAULT 0,
+    ADD COLUMN jobs_failed bigint NOT NULL DEFAULT 0,
+    ADD COLUMN last_error jsonb,
+    ADD COLUMN tokens_per_s double precision;
+  ALTER TABLE jobs ADD COLUMN retry_of text;
+  CREATE INDEX jobs_created ON jobs (created_at DESC, seq DESC);
+  CREATE INDEX jobs_failures ON jobs (completed_at) WHERE status IN ('failed', 'timed_out');
+  `,
 ];
 
 /** The advisory lock key migrations run under (any int8; this one spells "aitbcmig"). */

@@ -3,6 +3,9 @@ import type { JobState } from "../../../protocol/version.js";
 import type { KeyKind } from "../../auth/api-key.js";
 import { JobEvents } from "../job-events.js";
 import type {
+  AdminJobQuery,
+  QueueDepth,
+  ThroughputBucket,
   ApiKeyRecord,
   Assignment,
   CancelOutcome,
@@ -32,7 +35,8 @@ import { expireQueued } from "./verbs/expire-queued.js";
 import { failAttempt } from "./verbs/fail-attempt.js";
 import { createFile, deleteFile, expireFiles, getFile } from "./verbs/files.js";
 import { getJob } from "./verbs/get-job.js";
-import { authenticate, createKey, listKeys, revokeKey, revokedAmong } from "./verbs/keys.js";
+import { authenticate, createKey, getKey, listKeys, revokeKey, revokedAmong } from "./verbs/keys.js";
+import * as operator from "./verbs/operator.js";
 import { listEvents } from "./verbs/list-events.js";
 import { listHistory, listJobs } from "./verbs/list-jobs.js";
 import { listLeasedBy } from "./verbs/list-leased-by.js";
@@ -240,6 +244,34 @@ export class PostgresJobStore implements JobStore {
     return listConnectedMiners(this.db, seenSince);
   }
 
+  listMiners(seenSince: number): Promise<MinerRecord[]> {
+    return operator.listMiners(this.db, seenSince);
+  }
+  getMiner(id: string): Promise<MinerRecord | null> {
+    return operator.getMiner(this.db, id);
+  }
+  setMinerDrained(id: string, drained: boolean, _now: number): Promise<boolean> {
+    return operator.setMinerDrained(this.db, id, drained);
+  }
+  drainedAmong(ids: readonly string[]): Promise<string[]> {
+    return operator.drainedAmong(this.db, ids);
+  }
+  listAllJobs(q: AdminJobQuery): Promise<Page<JobRecord>> {
+    return operator.listAllJobs(this.db, q);
+  }
+  listActiveLeases(limit: number): Promise<JobRecord[]> {
+    return operator.listActiveLeases(this.db, limit);
+  }
+  queueDepth(): Promise<QueueDepth[]> {
+    return operator.queueDepth(this.db);
+  }
+  throughput(since: number, bucketMs: number): Promise<ThroughputBucket[]> {
+    return operator.throughput(this.db, since, bucketMs);
+  }
+  recentFailures(since: number, limit: number): Promise<JobRecord[]> {
+    return operator.recentFailures(this.db, since, limit);
+  }
+
   createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
     return createKey(this.db, kind, name, tenant, now);
   }
@@ -248,6 +280,9 @@ export class PostgresJobStore implements JobStore {
   }
   listKeys(): Promise<ApiKeyRecord[]> {
     return listKeys(this.db);
+  }
+  getKey(id: string): Promise<{ record: ApiKeyRecord; secretHash: Buffer } | null> {
+    return getKey(this.db, id);
   }
   revokeKey(id: string, now: number): Promise<boolean> {
     return revokeKey(this.db, id, now);

@@ -22,10 +22,10 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): { job: JobRec
     db.sql(
       `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
          priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
-         cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?)`,
+         cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash, retry_of)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?, ?)`,
     ).run(...newJobValues(job, id, now));
-    emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority } });
+    emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority, ...(job.retryOf === undefined ? {} : { retry_of: job.retryOf }) } });
     return { job: toJob(db.mustRow(id)), created: true };
   });
 }

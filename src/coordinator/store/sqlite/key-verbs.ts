@@ -39,3 +39,8 @@ export function revokedAmong(db: SqliteDb, ids: readonly string[]): string[] {
   }
   return out;
 }
+
+export function getKey(db: SqliteDb, id: string): { record: ApiKeyRecord; secretHash: Buffer } | null {
+  const row = db.read(() => db.sql("SELECT * FROM api_keys WHERE id = ?").get(id) as KeyRow | undefined);
+  return row === undefined ? null : { record: toKey(row), secretHash: row.secret_hash };
+}

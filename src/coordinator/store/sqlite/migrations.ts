@@ -115,4 +115,29 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     draining INTEGER NOT NULL DEFAULT 0
   );
   `,
+  // Operators: a third key kind (SQLite cannot alter a CHECK: the table is rebuilt), the fleet's
+  // figures per miner and an operator's drain, retries linked to the job they retry, and every
+  // tenant's jobs by creation time.
+  `
+  CREATE TABLE api_keys_v5 (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('client', 'miner', 'operator')),
+    name TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+  );
+  INSERT INTO api_keys_v5 (id, kind, name, tenant, secret_hash, created_at, revoked_at)
+    SELECT id, kind, name, tenant, secret_hash, created_at, revoked_at FROM api_keys;
+  DROP TABLE api_keys;
+  ALTER TABLE api_keys_v5 RENAME TO api_keys;
+  ALTER TABLE miners ADD COLUMN drained INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE miners ADD COLUMN jobs_done INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE miners ADD COLUMN jobs_failed INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE miners ADD COLUMN last_error TEXT;
+  ALTER TABLE miners ADD COLUMN tokens_per_s REAL;
+  ALTER TABLE jobs ADD COLUMN retry_of TEXT;
+  CREATE INDEX jobs_created ON jobs (created_at DESC, seq DESC);
+  `,
 ];

@@ -5,7 +5,7 @@ import { UnavailableError } from "../../../common/errors.js";
 import type { JobEvents } from "../job-events.js";
 import { storedResult, type JobRow } from "../job-row.js";
 import type { JobEvent, StoredResult } from "../job-store.js";
-import { CANCELLED_BY_CLIENT, timedOut, type FailDecision } from "../transitions.js";
+import { CANCELLED_BY_CLIENT, minerTally, timedOut, type FailDecision, type MinerTally } from "../transitions.js";
 import { SQLITE_MIGRATIONS } from "./migrations.js";
 
 /** Appends an event to the job's log inside the current transaction (published after commit). */
@@ -114,16 +114,27 @@ export class SqliteDb {
          result = COALESCE(?, result), error_code = ?, error_message = ?
        WHERE id = ?`,
     ).run(status, now, status, extra.result === undefined ? null : JSON.stringify(extra.result), extra.error?.code ?? null, extra.error?.message ?? null, r.id);
+    this.tally(r.miner_id, minerTally({ status }, { now, ...(extra.error === undefined ? {} : { error: extra.error }), ...(extra.result === undefined ? {} : { tokensPerSecond: extra.result.tokensPerSecond }) }));
     emit({ jobId: r.id, type: status, at: now, data: { attempt: r.attempt, miner_id: r.miner_id, ...(extra.error === undefined ? {} : { error: extra.error }) } });
   }
 
-  requeue(r: JobRow, now: number, notBefore: number, reason: string, countsAsFailure: boolean, emit: Emit): void {
+  requeue(r: JobRow, now: number, notBefore: number, reason: string, countsAsFailure: boolean, emit: Emit, message = reason): void {
     this.sql(
       `UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, miner_id = NULL,
          progress = 0, attempt_started_at = NULL, not_before = ?, failures = failures + ?
        WHERE id = ?`,
     ).run(notBefore, countsAsFailure ? 1 : 0, r.id);
+    this.tally(r.miner_id, minerTally({ status: "requeued", countsAsFailure }, { now, error: { code: reason, message } }));
     emit({ jobId: r.id, type: "requeued", at: now, data: { attempt: r.attempt, miner_id: r.miner_id, reason } });
+  }
+
+  /** Adds an attempt's end to its miner's figures (a miner with no row is left alone). */
+  private tally(minerId: string | null, t: MinerTally | null): void {
+    if (minerId === null || t === null) return;
+    this.sql(
+      `UPDATE miners SET jobs_done = jobs_done + ?, jobs_failed = jobs_failed + ?,
+         tokens_per_s = COALESCE(?, tokens_per_s), last_error = COALESCE(?, last_error) WHERE id = ?`,
+    ).run(t.done, t.failed, t.tokensPerSecond, t.lastError === null ? null : JSON.stringify(t.lastError), minerId);
   }
 
   /** Writes what transitions.ts decided for a lease that ends (fail or expiry). */
@@ -136,7 +147,7 @@ export class SqliteDb {
         this.finish(r, "timed_out", now, emit, { error: timedOut(r.timeout_seconds) });
         return "timed_out";
       case "requeue":
-        this.requeue(r, now, d.notBefore, d.reason, true, emit);
+        this.requeue(r, now, d.notBefore, d.reason, true, emit, d.message);
         return "requeued";
       case "failed":
         this.finish(r, "failed", now, emit, { error: d.error });

@@ -3,6 +3,9 @@ import type { JobState } from "../../../protocol/version.js";
 import type { KeyKind } from "../../auth/api-key.js";
 import { JobEvents } from "../job-events.js";
 import type {
+  AdminJobQuery,
+  QueueDepth,
+  ThroughputBucket,
   ApiKeyRecord,
   Assignment,
   CancelOutcome,
@@ -25,6 +28,7 @@ import * as client from "./client-verbs.js";
 import * as keys from "./key-verbs.js";
 import * as leases from "./lease-verbs.js";
 import * as miners from "./miner-verbs.js";
+import * as operator from "./operator-verbs.js";
 import { SqliteDb } from "./sqlite-db.js";
 import * as storage from "./storage-verbs.js";
 
@@ -157,6 +161,34 @@ export class SqliteJobStore implements JobStore {
     return settle(() => miners.listConnectedMiners(this.db, seenSince));
   }
 
+  listMiners(seenSince: number): Promise<MinerRecord[]> {
+    return settle(() => operator.listMiners(this.db, seenSince));
+  }
+  getMiner(id: string): Promise<MinerRecord | null> {
+    return settle(() => operator.getMiner(this.db, id));
+  }
+  setMinerDrained(id: string, drained: boolean, _now: number): Promise<boolean> {
+    return settle(() => operator.setMinerDrained(this.db, id, drained));
+  }
+  drainedAmong(ids: readonly string[]): Promise<string[]> {
+    return settle(() => operator.drainedAmong(this.db, ids));
+  }
+  listAllJobs(q: AdminJobQuery): Promise<Page<JobRecord>> {
+    return settle(() => operator.listAllJobs(this.db, q));
+  }
+  listActiveLeases(limit: number): Promise<JobRecord[]> {
+    return settle(() => operator.listActiveLeases(this.db, limit));
+  }
+  queueDepth(): Promise<QueueDepth[]> {
+    return settle(() => operator.queueDepth(this.db));
+  }
+  throughput(since: number, bucketMs: number): Promise<ThroughputBucket[]> {
+    return settle(() => operator.throughput(this.db, since, bucketMs));
+  }
+  recentFailures(since: number, limit: number): Promise<JobRecord[]> {
+    return settle(() => operator.recentFailures(this.db, since, limit));
+  }
+
   createKey(kind: KeyKind, name: string, tenant: string, now: number): Promise<{ record: ApiKeyRecord; key: string }> {
     return settle(() => keys.createKey(this.db, kind, name, tenant, now));
   }
@@ -165,6 +197,9 @@ export class SqliteJobStore implements JobStore {
   }
   listKeys(): Promise<ApiKeyRecord[]> {
     return settle(() => keys.listKeys(this.db));
+  }
+  getKey(id: string): Promise<{ record: ApiKeyRecord; secretHash: Buffer } | null> {
+    return settle(() => keys.getKey(this.db, id));
   }
   revokeKey(id: string, now: number): Promise<boolean> {
     return settle(() => keys.revokeKey(this.db, id, now));

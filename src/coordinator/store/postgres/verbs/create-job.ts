@@ -15,8 +15,8 @@ export function createJob(db: PgDb, job: NewJob, now: number): Promise<{ job: Jo
     const inserted = await c.query<JobRow>(
       `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
          priority, priority_rank, timeout_seconds, parameters, status, max_attempts, created_at,
-         estimated_cost, estimated_time_seconds, idempotency_key, request_hash)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14, $15, $16, $17, $18)
+         estimated_cost, estimated_time_seconds, idempotency_key, request_hash, retry_of)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14, $15, $16, $17, $18, $19)
        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
        RETURNING *`,
       newJobValues(job, id, now),
@@ -27,7 +27,7 @@ export function createJob(db: PgDb, job: NewJob, now: number): Promise<{ job: Jo
       if (existing.request_hash !== job.idempotency!.requestHash) throw new IdempotencyMismatchError(existing.id);
       return { job: toJob(existing), created: false };
     }
-    await emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority } });
+    await emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority, ...(job.retryOf === undefined ? {} : { retry_of: job.retryOf }) } });
     return { job: toJob(row), created: true };
   });
 }

@@ -31,3 +31,8 @@ export async function revokedAmong(db: PgDb, ids: readonly string[]): Promise<st
   if (ids.length === 0) return [];
   return (await db.query<{ id: string }>("SELECT id FROM api_keys WHERE revoked_at IS NOT NULL AND id = ANY($1::text[])", [ids])).map((r) => r.id);
 }
+
+export async function getKey(db: PgDb, id: string): Promise<{ record: ApiKeyRecord; secretHash: Buffer } | null> {
+  const row = (await db.query<KeyRow>("SELECT * FROM api_keys WHERE id = $1", [id]))[0];
+  return row === undefined ? null : { record: toKey(row), secretHash: row.secret_hash };
+}

@@ -1,0 +1,259 @@
+import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
+import { Type } from "@sinclair/typebox";
+import { ConflictError, NotFoundError, ValidationError } from "../../common/errors.js";
+import { JobIdParamsSchema, JobStateSchema } from "../../protocol/jobs.js";
+import { isTerminal } from "../../protocol/version.js";
+import type { CoordinatorContext } from "../context.js";
+import type { JobRecord } from "../store/job-store.js";
+import { adminJobView, adminMinerView, type AdminMinerView } from "./admin-view.js";
+import { followJob } from "./events-route.js";
+
+/** Throughput is shown over the last hour in one-minute buckets. */
+const BUCKET_MS = 60_000;
+const BUCKETS = 60;
+/** Miners seen within this long are listed even when disconnected. */
+const RECENT_MINERS_MS = 24 * 3_600_000;
+/** Leases read per fleet view (each miner's current jobs). */
+const MAX_LEASES = 10_000;
+const FAILURES_SINCE_MS = 24 * 3_600_000;
+
+const MinerIdParams = Type.Object({ miner_id: Type.String({ pattern: "^miner_[a-z0-9]{1,64}$", maxLength: 70 }) });
+const AdminJobsQuery = Type.Object(
+  {
+    status: Type.Optional(JobStateSchema),
+    model: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
+    miner_id: Type.Optional(Type.String({ minLength: 1, maxLength: 70 })),
+    /** Created at or after (ISO time). */
+    from: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    /** Created at or before (ISO time). */
+    to: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
+    cursor: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+function time(field: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const t = Date.parse(v);
+  if (Number.isNaN(t)) throw new ValidationError(`${field} is not a date or time (ISO 8601, e.g. 2026-12-02T10:00:00Z)`, { field });
+  return t;
+}
+
+/** The fleet, miners connected first, each with its current jobs. */
+async function fleet(ctx: CoordinatorContext): Promise<AdminMinerView[]> {
+  const now = ctx.now();
+  const [miners, leases] = await Promise.all([ctx.store.listMiners(now - RECENT_MINERS_MS), ctx.store.listActiveLeases(MAX_LEASES)]);
+  // A row still marked connected whose replica stopped refreshing it is not connected any more.
+  const stale = now - 3 * ctx.config.scheduler.heartbeatMs;
+  return miners.map((m) => adminMinerView(m.connected && (m.lastSeenAt ?? 0) < stale ? { ...m, connected: false } : m, leases));
+}
+
+async function throughput(ctx: CoordinatorContext): Promise<{ bucket_seconds: number; buckets: { start: string; jobs: number; tokens: number; tokens_per_second: number; jobs_per_minute: number }[] }> {
+  const now = ctx.now();
+  const since = Math.floor(now / BUCKET_MS) * BUCKET_MS - (BUCKETS - 1) * BUCKET_MS;
+  const got = new Map((await ctx.store.throughput(since, BUCKET_MS)).map((b) => [b.start, b]));
+  const buckets = [];
+  for (let i = 0; i < BUCKETS; i += 1) {
+    const start = since + i * BUCKET_MS;
+    const b = got.get(start);
+    const jobs = b?.jobs ?? 0;
+    const tokens = b?.tokens ?? 0;
+    buckets.push({ start: new Date(start).toISOString(), jobs, tokens, tokens_per_second: Math.round((tokens / (BUCKET_MS / 1000)) * 10) / 10, jobs_per_minute: jobs });
+  }
+  return { bucket_seconds: BUCKET_MS / 1000, buckets };
+}
+
+async function failures(ctx: CoordinatorContext, limit: number): Promise<Record<string, unknown>[]> {
+  return (await ctx.store.recentFailures(ctx.now() - FAILURES_SINCE_MS, limit)).map((j) => ({
+    job_id: j.id,
+    tenant: j.tenant,
+    model: j.model,
+    status: j.status,
+    error: j.error,
+    miner_id: j.minerId,
+    attempt: j.attempt,
+    completed_at: j.completedAt === null ? null : new Date(j.completedAt).toISOString(),
+  }));
+}
+
+async function queue(ctx: CoordinatorContext): Promise<{ items: { model: string; priority: string; count: number }[]; total: number }> {
+  const items = await ctx.store.queueDepth();
+  return { items, total: items.reduce((n, q) => n + q.count, 0) };
+}
+
+/**
+ * The operator endpoints, /v1/admin/… (operator keys or a dashboard session; see auth-hook.ts):
+ * the fleet, every tenant's jobs, queue depth, throughput, failures, and the actions drain,
+ * undrain, disconnect, cancel and retry. Jobs show metadata; prompts and live text only with
+ * `[admin] show_outputs = true`.
+ */
+export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
+  return async (app) => {
+    const tags = ["admin"];
+    const show = (): boolean => ctx.config.admin.showOutputs;
+    const anyJob = async (id: string): Promise<JobRecord> => {
+      const job = await ctx.store.getJobById(id);
+      if (job === null) throw new NotFoundError("job_not_found", "no such job");
+      return job;
+    };
+
+    app.get("/v1/admin/overview", { schema: { summary: "Everything the dashboard shows, in one read", tags } }, async () => {
+      const [miners, byState, q, t, f] = await Promise.all([fleet(ctx), ctx.store.countByState(), queue(ctx), throughput(ctx), failures(ctx, 20)]);
+      const connected = miners.filter((m) => m.connected);
+      return {
+        at: new Date(ctx.now()).toISOString(),
+        replica: ctx.replica,
+        storage: ctx.config.storage.backend,
+        show_outputs: show(),
+        summary: {
+          miners_connected: connected.length,
+          miners_drained: connected.filter((m) => m.drained).length,
+          slots: connected.reduce((n, m) => n + m.slots, 0),
+          slots_free: connected.reduce((n, m) => n + (m.drained ? 0 : m.slots_free), 0),
+          tokens_per_second: t.buckets[t.buckets.length - 2]?.tokens_per_second ?? 0,
+          jobs: byState,
+        },
+        miners,
+        queue: q,
+        throughput: t,
+        failures: f,
+      };
+    });
+
+    app.get("/v1/admin/miners", { schema: { summary: "The fleet: every miner connected or seen in the last 24 h", tags } }, async () => ({ items: await fleet(ctx) }));
+
+    const minerAction = (verb: "drain" | "undrain"): void => {
+      app.post(
+        `/v1/admin/miners/:miner_id/${verb}`,
+        {
+          schema: {
+            summary: verb === "drain" ? "Drain a miner: no new jobs (kept across reconnects and replicas)" : "Undrain a miner",
+            tags,
+            params: MinerIdParams,
+          },
+        },
+        async (request) => {
+          const id = request.params.miner_id;
+          const drained = verb === "drain";
+          if (!(await ctx.store.setMinerDrained(id, drained, ctx.now()))) throw new NotFoundError("miner_not_found", "no such miner");
+          ctx.gateway?.setDrained(id, drained);
+          request.log.info({ minerId: id, operator: request.apiKey?.id, drained }, drained ? "operator drained a miner" : "operator undrained a miner");
+          const m = (await fleet(ctx)).find((x) => x.miner_id === id);
+          return m ?? { miner_id: id, drained };
+        },
+      );
+    };
+    minerAction("drain");
+    minerAction("undrain");
+
+    app.post(
+      "/v1/admin/miners/:miner_id/disconnect",
+      { schema: { summary: "Disconnect a miner (its leases are handed back; the daemon reconnects: drain it first to keep it idle)", tags, params: MinerIdParams } },
+      async (request, reply) => {
+        const id = request.params.miner_id;
+        const m = await ctx.store.getMiner(id);
+        if (m === null) throw new NotFoundError("miner_not_found", "no such miner");
+        if (!m.connected) throw new ConflictError("miner_not_connected", "the miner is not connected");
+        request.log.info({ minerId: id, operator: request.apiKey?.id }, "operator disconnected a miner");
+        const here = (await ctx.gateway?.disconnect(id)) ?? false;
+        if (!here) await ctx.fleetControl.disconnectElsewhere(id);
+        return reply.code(202).send({ miner_id: id, disconnected: true, replica: m.replica });
+      },
+    );
+
+    app.get("/v1/admin/jobs", { schema: { summary: "Every tenant's jobs, newest first, filtered and paged", tags, querystring: AdminJobsQuery } }, async (request) => {
+      const q = request.query;
+      const from = time("from", q.from);
+      const to = time("to", q.to);
+      const page = await ctx.store.listAllJobs({
+        limit: q.limit ?? 50,
+        ...(q.status === undefined ? {} : { status: q.status }),
+        ...(q.model === undefined ? {} : { model: q.model }),
+        ...(q.tenant === undefined ? {} : { tenant: q.tenant }),
+        ...(q.miner_id === undefined ? {} : { minerId: q.miner_id }),
+        ...(from === undefined ? {} : { from }),
+        ...(to === undefined ? {} : { to }),
+        ...(q.cursor === undefined ? {} : { cursor: q.cursor }),
+      });
+      return { items: page.items.map((j) => adminJobView(j, show())), total: page.total, next_cursor: page.nextCursor };
+    });
+
+    app.get("/v1/admin/jobs/:job_id", { schema: { summary: "One job of any tenant, with its event log", tags, params: JobIdParamsSchema } }, async (request) => {
+      const job = await anyJob(request.params.job_id);
+      const events = await ctx.store.listEvents(job.id, 0);
+      return {
+        ...adminJobView(job, show()),
+        events: events.map((e) => ({ seq: e.seq, type: e.type, at: new Date(e.at).toISOString(), ...e.data })),
+        ...(show() ? { live_text: ctx.events.liveText(job.id)?.text ?? null } : {}),
+      };
+    });
+
+    app.get(
+      "/v1/admin/jobs/:job_id/events",
+      {
+        schema: {
+          summary: "Follow any tenant's job (Server-Sent Events, as GET /v1/jobs/{id}/events; token events only with [admin] show_outputs)",
+          tags,
+          params: JobIdParamsSchema,
+          querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+        },
+      },
+      async (request, reply) => {
+        const job = await anyJob(request.params.job_id);
+        const after = request.query.after;
+        await followJob(ctx, request, reply, job, { lookup: (id) => ctx.store.getJobById(id), text: show(), ...(after === undefined ? {} : { after }) });
+      },
+    );
+
+    app.post("/v1/admin/jobs/:job_id/cancel", { schema: { summary: "Cancel any tenant's job", tags, params: JobIdParamsSchema } }, async (request, reply) => {
+      const job = await anyJob(request.params.job_id);
+      const r = await ctx.store.requestCancel(job.tenant, job.id, ctx.now());
+      if (r === null) throw new NotFoundError("job_not_found", "no such job");
+      if (r.outcome === "conflict") throw new ConflictError("job_finished", `the job is already ${r.job.status}`, { job_id: r.job.id, state: r.job.status });
+      request.log.info({ jobId: job.id, operator: request.apiKey?.id, outcome: r.outcome }, "operator cancelled a job");
+      return reply.code(r.outcome === "cancelled" ? 200 : 202).send({ job_id: r.job.id, status: r.job.status, cancel_requested: r.job.cancelRequested });
+    });
+
+    app.post(
+      "/v1/admin/jobs/:job_id/retry",
+      { schema: { summary: "Retry a failed, timed-out, expired or cancelled job as a new job linked by retry_of", tags, params: JobIdParamsSchema } },
+      async (request, reply) => {
+        const job = await anyJob(request.params.job_id);
+        if (!isTerminal(job.status) || job.status === "completed") {
+          throw new ConflictError("not_retryable", `only a failed, timed_out, expired or cancelled job can be retried; this one is ${job.status}`, { job_id: job.id, state: job.status });
+        }
+        const { job: created } = await ctx.store.createJob(
+          {
+            tenant: job.tenant,
+            model: job.model,
+            input: job.input,
+            inputFileId: job.inputFileId,
+            outputFormat: job.outputFormat,
+            destination: job.destination,
+            requirements: job.requirements,
+            priority: job.priority,
+            timeoutSeconds: job.timeoutSeconds,
+            parameters: job.parameters,
+            maxAttempts: ctx.config.scheduler.maxAttempts,
+            estimatedCost: job.estimatedCost,
+            estimatedTimeSeconds: job.estimatedTimeSeconds,
+            retryOf: job.id,
+          },
+          ctx.now(),
+        );
+        request.log.info({ jobId: created.id, retryOf: job.id, operator: request.apiKey?.id }, "operator retried a job");
+        return reply.code(201).header("Location", `/v1/admin/jobs/${created.id}`).send(adminJobView(created, show()));
+      },
+    );
+
+    app.get("/v1/admin/queue", { schema: { summary: "Queued jobs by model and priority", tags } }, async () => queue(ctx));
+    app.get("/v1/admin/throughput", { schema: { summary: "Completions over the last hour: jobs and tokens per one-minute bucket", tags } }, async () => throughput(ctx));
+    app.get(
+      "/v1/admin/failures",
+      { schema: { summary: "Jobs that failed or timed out in the last 24 h, latest first", tags, querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })) }, { additionalProperties: false }) } },
+      async (request) => ({ items: await failures(ctx, request.query.limit ?? 50) }),
+    );
+  };
+}
