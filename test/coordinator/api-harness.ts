@@ -18,7 +18,7 @@ export interface ApiHarness {
   dir: string;
   /** Sends a request with `Authorization: Bearer <key>` (or none when key is null). */
   call(method: string, route: string, opts?: { key?: string | null; json?: unknown; body?: RequestInit["body"]; headers?: Record<string, string> }): Promise<Response>;
-  newKey(tenant: string, kind?: "client" | "miner"): Promise<{ key: string; id: string }>;
+  newKey(tenant: string, kind?: "client" | "miner" | "operator"): Promise<{ key: string; id: string }>;
   /** Claims the job (alone on its model), marks it running, at the real time. */
   run(jobId: string): Promise<{ jobId: string; attempt: number; leaseToken: string }>;
   /**
@@ -46,7 +46,7 @@ export async function startApi(overrides: Record<string, unknown> = {}, dir?: st
   const url = await coordinator.start();
   const store = coordinator.store;
 
-  const newKey = async (tenant: string, kind: "client" | "miner" = "client") => {
+  const newKey = async (tenant: string, kind: "client" | "miner" | "operator" = "client") => {
     const k = await store.createKey(kind, `test-${tenant}`, tenant, Date.now());
     return { key: k.key, id: k.record.id };
   };

@@ -632,6 +632,108 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
       });
     });
 
+    describe("operators' view", () => {
+      const rig = (id: string, name: string) => ({ id, keyId: "k1", name, replica: "r1", gpus: [H200], models: ["gpt2"], slots: 2 });
+
+      it("an operator's drain is kept across the miner's sessions until undrained", async () => {
+        await store.openMinerSession(rig("miner_a", "rig-a"), T0);
+        expect(await store.setMinerDrained("miner_a", true, T0 + 1)).toBe(true);
+        expect(await store.setMinerDrained("miner_nosuch", true, T0 + 1)).toBe(false);
+        await store.closeMinerSession("miner_a", 1, T0 + 2);
+        await store.openMinerSession(rig("miner_a", "rig-a"), T0 + 3);
+        expect(await store.getMiner("miner_a")).toMatchObject({ drained: true, connected: true, epoch: 2 });
+        expect(await store.drainedAmong(["miner_a", "miner_b"])).toEqual(["miner_a"]);
+        await store.setMinerDrained("miner_a", false, T0 + 4);
+        expect(await store.drainedAmong(["miner_a"])).toEqual([]);
+        expect(await store.getMiner("miner_nosuch")).toBeNull();
+      });
+
+      it("counts each miner's results and failed attempts with its latest error and speed", async () => {
+        await store.openMinerSession(rig("m-cpu", "rig-cpu"), T0);
+        const a = await create();
+        const done = await claim(a.id);
+        await store.commitResult(ref(done), result(done.attempt), T0 + 1);
+        const b = await create({}, T0 + 2);
+        const failing = await claim(b.id, T0 + 2);
+        await store.failAttempt(ref(failing), { code: "oom", message: "out of memory", retryable: true }, T0 + 3, BACKOFF);
+        // Handed back and cancelled attempts are neither done nor failed.
+        const again = await claim(b.id, T0 + 3 + 10 * BACKOFF);
+        await store.releaseLease(ref(again), T0 + 3 + 10 * BACKOFF, "draining");
+        const m = await store.getMiner("m-cpu");
+        expect(m).toMatchObject({ jobsDone: 1, jobsFailed: 1, tokensPerSecond: 100, lastError: { code: "oom", message: "out of memory", at: T0 + 3 } });
+        expect((await store.listMiners(T0))[0]).toMatchObject({ id: "m-cpu", jobsDone: 1 });
+      });
+
+      it("lists miners connected or seen recently, connected first", async () => {
+        await store.openMinerSession(rig("miner_a", "a"), T0);
+        await store.openMinerSession(rig("miner_b", "b"), T0);
+        await store.closeMinerSession("miner_a", 1, T0 + 5);
+        expect((await store.listMiners(T0)).map((m) => [m.id, m.connected])).toEqual([["miner_b", true], ["miner_a", false]]);
+        expect((await store.listMiners(T0 + 6)).map((m) => m.id)).toEqual(["miner_b"]);
+      });
+
+      it("lists every tenant's jobs newest first with filters and pages", async () => {
+        const a = await create({ tenant: "acme", model: "gpt2" }, T0);
+        const b = await create({ tenant: "other", model: "gpt2" }, T0 + 1);
+        const c = await create({ tenant: "other", model: "tiny" }, T0 + 2);
+        const running = await claim(a.id, T0 + 3);
+        expect((await store.listAllJobs({ limit: 10 })).items.map((j) => j.id)).toEqual([c.id, b.id, a.id]);
+        expect((await store.listAllJobs({ limit: 10, tenant: "other" })).items.map((j) => j.id)).toEqual([c.id, b.id]);
+        expect((await store.listAllJobs({ limit: 10, model: "tiny" })).items.map((j) => j.id)).toEqual([c.id]);
+        expect((await store.listAllJobs({ limit: 10, status: "assigned" })).items.map((j) => j.id)).toEqual([a.id]);
+        expect((await store.listAllJobs({ limit: 10, minerId: "m-cpu" })).items.map((j) => j.id)).toEqual([a.id]);
+        expect((await store.listAllJobs({ limit: 10, from: T0 + 1, to: T0 + 1 })).items.map((j) => j.id)).toEqual([b.id]);
+        const p1 = await store.listAllJobs({ limit: 2 });
+        expect(p1.total).toBe(3);
+        const p2 = await store.listAllJobs({ limit: 2, cursor: p1.nextCursor! });
+        expect([...p1.items, ...p2.items].map((j) => j.id)).toEqual([c.id, b.id, a.id]);
+        expect(p2.nextCursor).toBeNull();
+        expect((await store.listActiveLeases(10)).map((j) => [j.id, j.minerId])).toEqual([[a.id, running.job.minerId]]);
+      });
+
+      it("queue depth by model and priority; throughput in buckets; recent failures latest first", async () => {
+        await create({ model: "gpt2", priority: "high" });
+        await create({ model: "gpt2", priority: "high" });
+        await create({ model: "tiny", priority: "low" });
+        expect(await store.queueDepth()).toEqual([
+          { model: "gpt2", priority: "high", count: 2 },
+          { model: "tiny", priority: "low", count: 1 },
+        ]);
+        // Two completions in the first minute, one in the third.
+        const ends = [T0 + 1_000, T0 + 2_000, T0 + 125_000];
+        for (const at of ends) {
+          const j = await create({ model: "m2" }, T0);
+          const a = await claim(j.id, T0, cpuMiner("m-cpu", ["m2"]));
+          await store.commitResult(ref(a), result(a.attempt), at);
+        }
+        expect(await store.throughput(T0, 60_000)).toEqual([
+          { start: T0, jobs: 2, tokens: 22 },
+          { start: T0 + 120_000, jobs: 1, tokens: 11 },
+        ]);
+        expect(await store.throughput(T0 + 60_000, 60_000)).toEqual([{ start: T0 + 120_000, jobs: 1, tokens: 11 }]);
+        const f1 = await create({ model: "m3", maxAttempts: 1 }, T0);
+        const a1 = await claim(f1.id, T0, cpuMiner("m-cpu", ["m3"]));
+        await store.failAttempt(ref(a1), { code: "bad_model", message: "broken weights", retryable: false }, T0 + 10, BACKOFF);
+        const f2 = await create({ model: "m3", maxAttempts: 1 }, T0);
+        const a2 = await claim(f2.id, T0, cpuMiner("m-cpu", ["m3"]));
+        await store.markRunning(ref(a2), T0 + 1, TTL);
+        await store.timeOutRunning(T0 + 61_000 + 60_000);
+        const failures = await store.recentFailures(T0, 10);
+        expect(failures.map((j) => [j.id, j.status])).toEqual([[f2.id, "timed_out"], [f1.id, "failed"]]);
+        expect(failures[1]!.error).toEqual({ code: "bad_model", message: "broken weights" });
+        expect(await store.recentFailures(T0 + 100_000, 10)).toHaveLength(1);
+      });
+
+      it("a retry is a new job linked to the one it retries", async () => {
+        const old = await create();
+        const { job } = await store.createJob(newJob({ retryOf: old.id }), T0 + 1);
+        expect(job.retryOf).toBe(old.id);
+        expect((await store.getJobById(job.id))?.retryOf).toBe(old.id);
+        expect(old.retryOf).toBeNull();
+        expect((await store.listEvents(job.id, 0))[0]?.data).toMatchObject({ retry_of: old.id });
+      });
+    });
+
     describe("keys", () => {
       it("a created key authenticates only as its own kind", async () => {
         const client = await store.createKey("client", "alice", "acme", T0);
@@ -641,6 +743,15 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.authenticate(client.key, "miner")).toBeNull();
         expect(await store.authenticate(miner.key, "miner")).toEqual(miner.record);
         expect(await store.authenticate(miner.key, "client")).toBeNull();
+        const operator = await store.createKey("operator", "ops", "ops", T0 + 2);
+        expect(operator.key.startsWith("aitbc_ok_")).toBe(true);
+        expect(await store.authenticate(operator.key, "operator")).toEqual(operator.record);
+        expect(await store.authenticate(operator.key, "client")).toBeNull();
+        expect(await store.authenticate(client.key, "operator")).toBeNull();
+        const byId = await store.getKey(operator.record.id);
+        expect(byId?.record).toEqual(operator.record);
+        expect(byId?.secretHash.length).toBe(32);
+        expect(await store.getKey("nosuchkey123")).toBeNull();
       });
 
       it("refuses a wrong secret, a garbled key and a revoked key", async () => {

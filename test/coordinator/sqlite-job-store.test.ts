@@ -71,6 +71,29 @@ describe("SqliteJobStore specifics", () => {
     expect(versions.map((v) => v.version)).toEqual(MIGRATIONS.map((_, i) => i + 1));
   });
 
+  it("upgrading a version 4 file keeps its keys and lets it hold operator keys", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "aitbc-store-"));
+    dirs.push(dir);
+    const file = path.join(dir, "coordinator.db");
+    // A file as the coordinator before operators left it, with a client key in it.
+    const old = new Database(file);
+    old.exec("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)");
+    MIGRATIONS.slice(0, 4).forEach((sql, i) => {
+      old.exec(sql);
+      old.prepare("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)").run(i + 1, 0);
+    });
+    old.close();
+    const db = new Database(file);
+    db.prepare("INSERT INTO api_keys (id, kind, name, tenant, secret_hash, created_at) VALUES ('aaaaaaaaaaaa', 'client', 'old', 'acme', x'00', 1)").run();
+    expect(() => db.prepare("INSERT INTO api_keys (id, kind, name, tenant, secret_hash, created_at) VALUES ('bbbbbbbbbbbb', 'operator', 'x', 'x', x'00', 1)").run()).toThrow(/CHECK/);
+    db.close();
+    const store = new SqliteJobStore(file);
+    closers.push(() => store.close());
+    expect((await store.listKeys()).map((k) => k.name)).toEqual(["old"]);
+    const ops = await store.createKey("operator", "ops", "ops", 2);
+    expect(await store.authenticate(ops.key, "operator")).toEqual(ops.record);
+  });
+
   it("a locked database makes a write verb fail with UnavailableError (503) after the busy timeout", async () => {
     const { store, file } = open();
     const locker = new Database(file);

@@ -71,7 +71,7 @@ export function throughput(db: SqliteDb, since: number, bucketMs: number): Throu
     (
       db
         .sql(
-          `SELECT ((completed_at - @since) / @bucket) AS b, COUNT(*) AS jobs,
+          `SELECT CAST((completed_at - @since) / @bucket AS INTEGER) AS b, COUNT(*) AS jobs,
              COALESCE(SUM(json_extract(result, '$.usage.completion_tokens')), 0) AS tokens
            FROM jobs WHERE status = 'completed' AND completed_at >= @since GROUP BY b ORDER BY b`,
         )
