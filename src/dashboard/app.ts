@@ -87,7 +87,7 @@ function renderSummary(o: Overview): void {
     ["Miners connected", o.summary.miners_connected],
     ["Drained", o.summary.miners_drained],
     ["Free slots", `${o.summary.slots_free} / ${o.summary.slots}`],
-    ["Tokens/s (last min)", o.summary.tokens_per_second],
+    ["Tokens/s now", o.summary.tokens_per_second],
     ["Queued", j.queued ?? 0],
     ["Running", (j.running ?? 0) + (j.assigned ?? 0)],
     ["Completed", j.completed ?? 0],
@@ -359,7 +359,10 @@ function main(): void {
   });
   window.addEventListener("hashchange", route);
   // Logged in already (a session cookie from earlier)?
-  api<Overview>("GET", "/v1/admin/overview").then(showApp, showLogin);
+  api<{ operator: unknown }>("GET", "/dashboard/session").then(
+    (s) => (s.operator === null ? showLogin() : showApp()),
+    showLogin,
+  );
 }
 
 main();

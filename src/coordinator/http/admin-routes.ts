@@ -7,6 +7,7 @@ import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
 import { adminJobView, adminMinerView, type AdminMinerView } from "./admin-view.js";
 import { followJob } from "./events-route.js";
+import { withLiveProgress } from "./job-view.js";
 
 /** Throughput is shown over the last hour in one-minute buckets. */
 const BUCKET_MS = 60_000;
@@ -41,13 +42,18 @@ function time(field: string, v: string | undefined): number | undefined {
   return t;
 }
 
-/** The fleet, miners connected first, each with its current jobs. */
-async function fleet(ctx: CoordinatorContext): Promise<AdminMinerView[]> {
+/** The fleet, miners connected first, each with its current jobs (with their live progress). */
+async function fleetAndLeases(ctx: CoordinatorContext): Promise<{ miners: AdminMinerView[]; leases: JobRecord[] }> {
   const now = ctx.now();
-  const [miners, leases] = await Promise.all([ctx.store.listMiners(now - RECENT_MINERS_MS), ctx.store.listActiveLeases(MAX_LEASES)]);
+  const [miners, stored] = await Promise.all([ctx.store.listMiners(now - RECENT_MINERS_MS), ctx.store.listActiveLeases(MAX_LEASES)]);
+  const leases = stored.map((j) => withLiveProgress(j, ctx.events));
   // A row still marked connected whose replica stopped refreshing it is not connected any more.
   const stale = now - 3 * ctx.config.scheduler.heartbeatMs;
-  return miners.map((m) => adminMinerView(m.connected && (m.lastSeenAt ?? 0) < stale ? { ...m, connected: false } : m, leases));
+  return { miners: miners.map((m) => adminMinerView(m.connected && (m.lastSeenAt ?? 0) < stale ? { ...m, connected: false } : m, leases)), leases };
+}
+
+async function fleet(ctx: CoordinatorContext): Promise<AdminMinerView[]> {
+  return (await fleetAndLeases(ctx)).miners;
 }
 
 async function throughput(ctx: CoordinatorContext): Promise<{ bucket_seconds: number; buckets: { start: string; jobs: number; tokens: number; tokens_per_second: number; jobs_per_minute: number }[] }> {
@@ -100,8 +106,14 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
     };
 
     app.get("/v1/admin/overview", { schema: { summary: "Everything the dashboard shows, in one read", tags } }, async () => {
-      const [miners, byState, q, t, f] = await Promise.all([fleet(ctx), ctx.store.countByState(), queue(ctx), throughput(ctx), failures(ctx, 20)]);
+      const [{ miners, leases }, byState, q, t, f] = await Promise.all([fleetAndLeases(ctx), ctx.store.countByState(), queue(ctx), throughput(ctx), failures(ctx, 20)]);
       const connected = miners.filter((m) => m.connected);
+      // Decode speed now: the running attempts' latest progress reports (every replica forwards its own).
+      let live = 0;
+      for (const j of leases) {
+        const p = ctx.events.liveProgress(j.id);
+        if (p !== undefined && p.attempt === j.attempt && j.status === "running") live += p.tokensPerSecond;
+      }
       return {
         at: new Date(ctx.now()).toISOString(),
         replica: ctx.replica,
@@ -112,7 +124,7 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           miners_drained: connected.filter((m) => m.drained).length,
           slots: connected.reduce((n, m) => n + m.slots, 0),
           slots_free: connected.reduce((n, m) => n + (m.drained ? 0 : m.slots_free), 0),
-          tokens_per_second: t.buckets[t.buckets.length - 2]?.tokens_per_second ?? 0,
+          tokens_per_second: Math.round(live * 10) / 10,
           jobs: byState,
         },
         miners,

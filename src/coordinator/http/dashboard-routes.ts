@@ -6,7 +6,7 @@ import { Type } from "@sinclair/typebox";
 import { AppError } from "../../common/errors.js";
 import { PACKAGE_ROOT } from "../../common/package-info.js";
 import { parseApiKey } from "../auth/api-key.js";
-import { SESSION_COOKIE, issueSession } from "../auth/operator-session.js";
+import { SESSION_COOKIE, cookieValue, issueSession, verifySession } from "../auth/operator-session.js";
 import type { CoordinatorContext } from "../context.js";
 
 /** The page's files, built from src/dashboard into dist/dashboard (`npm run build`). */
@@ -81,6 +81,13 @@ export function dashboardRoutes(ctx: CoordinatorContext): FastifyPluginAsyncType
           .send({ key_id: key.record.id, name: key.record.name, expires_at: new Date(s.expires).toISOString() });
       },
     );
+
+    // Whether this browser holds a live session (200 either way: the page asks before it shows a login form).
+    app.get("/dashboard/session", { schema: { summary: "The dashboard session this browser holds, if any", tags: ["admin"] } }, async (request, reply) => {
+      const cookie = cookieValue(request.headers.cookie, SESSION_COOKIE);
+      const key = cookie === undefined ? null : await verifySession(ctx.store, cookie, ctx.now());
+      return reply.header("Cache-Control", "no-store").send({ operator: key === null ? null : { key_id: key.id, name: key.name } });
+    });
 
     app.post("/dashboard/logout", { schema: { summary: "Log out of the dashboard", tags: ["admin"] } }, async (_request, reply) =>
       reply.header("Set-Cookie", `${SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0`).code(204).send(),
