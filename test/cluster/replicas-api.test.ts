@@ -136,6 +136,35 @@ describe("two replicas on PostgreSQL and S3", () => {
     second.close();
   });
 
+  it("an operator on one replica drains, lists and disconnects a miner held by the other", async () => {
+    const ops = (await a.newKey("ops", "operator")).key;
+    const model = "gpt2-operators";
+    const m = await RawMiner.open(wsUrl(b), minerKey);
+    m.send({ ...helloFrame("held-by-b"), models: [model] });
+    const welcome = await m.next<WelcomeFrame>((f) => f.type === "welcome");
+    const fleet = async () =>
+      ((await (await a.call("GET", "/v1/admin/miners", { key: ops })).json()) as { items: { miner_id: string; replica: string | null; drained: boolean; connected: boolean }[] }).items;
+    expect((await fleet()).find((x) => x.miner_id === welcome.miner_id)).toMatchObject({ replica: "replica-b", connected: true, drained: false });
+    // Drained on A: B stops offering it jobs (told in the drain's transaction).
+    const d = await a.call("POST", `/v1/admin/miners/${welcome.miner_id}/drain`, { key: ops });
+    expect(d.status).toBe(200);
+    await waitFor("B applies the drain", () => Promise.resolve(b.coordinator.gateway.miners().find((x) => x.minerId === welcome.miner_id)?.operatorDrained), (v) => v === true);
+    const res = await a.call("POST", "/v1/jobs", { json: { model, input: "not for a drained miner" } });
+    const id = ((await res.json()) as { job_id: string }).job_id;
+    m.send({ type: "pull", free_slots: 1 });
+    await expect(m.next<AssignFrame>((f) => f.type === "assign", 1_500)).rejects.toThrow();
+    expect((await b.coordinator.store.getJobById(id))?.status).toBe("queued");
+    // Undrained on B itself: the job goes out at once.
+    expect((await b.call("POST", `/v1/admin/miners/${welcome.miner_id}/undrain`, { key: ops })).status).toBe(200);
+    m.send({ type: "pull", free_slots: 1 });
+    const assign = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);
+    // Disconnected from A: B closes the session and hands the lease back.
+    const x = await a.call("POST", `/v1/admin/miners/${welcome.miner_id}/disconnect`, { key: ops });
+    expect(x.status).toBe(202);
+    expect((await m.waitClosed()).code).toBe(4001);
+    await waitFor("the lease handed back", async () => await a.coordinator.store.getJobById(id), (j) => j?.status === "queued" && j.attempt === assign.attempt);
+  });
+
   it("rate limits count once across the replicas", async () => {
     const limited = await a.newKey("ratelimited");
     const hh = a; // the key is in the shared store; both replicas see it
