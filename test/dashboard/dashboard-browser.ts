@@ -23,9 +23,9 @@ export function collectErrors(page: Page): { text: string; url: string }[] {
 }
 
 /**
- * The dashboard as the README shows it: a 1280×800 PNG of the page. The test saves it under its
- * temp dir; with AITBC_DASHBOARD_SCREENSHOT=docs/dashboard.png the same picture is written there
- * (how the README's screenshot is made).
+ * A PNG of what the viewport shows. The test saves its pictures under its temp dir; with
+ * AITBC_DASHBOARD_SCREENSHOT=docs/dashboard.png the one taken while a job runs is also written
+ * there (how the README's screenshot is made).
  */
 export async function screenshot(page: Page, file: string): Promise<void> {
   await page.screenshot({ path: file, fullPage: false, type: "png" });

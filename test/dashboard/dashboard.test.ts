@@ -106,7 +106,12 @@ describe("operator dashboard (Chromium, coordinator and miners as processes)", (
     // Text arrives while it runs (120 tokens at 25 tokens/s take about 5 s).
     await expect.poll(async () => ((await page.locator("#detail-text").textContent()) ?? "").length, { timeout: 20_000 }).toBeGreaterThan(0);
     const whileRunning = await detail.getAttribute("data-status");
-    await screenshot(page, path.join(cluster.dir, "dashboard-running.png"));
+    // The fleet table shows the job on its miner; this is the README's picture.
+    await expect.poll(async () => (await row("rig-b").textContent()) ?? "", { timeout: 10_000 }).toMatch(new RegExp(`${id} running [1-9]`));
+    const running = path.join(cluster.dir, "dashboard-running.png");
+    await screenshot(page, running);
+    expect(statSync(running).size).toBeGreaterThan(10_000);
+    if (process.env.AITBC_DASHBOARD_SCREENSHOT !== undefined) copyFileSync(running, path.resolve(ROOT, process.env.AITBC_DASHBOARD_SCREENSHOT));
     await expect.poll(() => detail.getAttribute("data-status"), { timeout: 30_000 }).toBe("completed");
     expect(whileRunning).toBe("running");
     const download = await cluster.api<{ output: string }>("GET", `/v1/jobs/${id}/download`);
@@ -123,7 +128,6 @@ describe("operator dashboard (Chromium, coordinator and miners as processes)", (
     const desktop = path.join(cluster.dir, "dashboard.png");
     await screenshot(page, desktop);
     expect(statSync(desktop).size).toBeGreaterThan(10_000);
-    if (process.env.AITBC_DASHBOARD_SCREENSHOT !== undefined) copyFileSync(desktop, path.resolve(ROOT, process.env.AITBC_DASHBOARD_SCREENSHOT));
     await page.setViewportSize({ width: 390, height: 844 });
     await row("rig-a").waitFor();
     // The page itself does not scroll sideways (wide tables scroll inside their own box).
