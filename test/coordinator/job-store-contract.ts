@@ -613,13 +613,13 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
     });
 
     describe("the fleet", () => {
-      const miner = (replica: string) => ({ id: "miner_a", keyId: "k1", name: "rig-a", replica, gpus: [H200], models: ["gpt2"], slots: 4 });
+      const miner = (replica: string, instanceId: string | null = "inst-one-1") => ({ id: "miner_a", keyId: "k1", name: "rig-a", replica, instanceId, gpus: [H200], models: ["gpt2"], slots: 4 });
 
       it("a session bumps the miner's epoch; an older session can neither refresh nor close it", async () => {
-        expect(await store.openMinerSession(miner("r1"), T0)).toBe(1);
+        expect(await store.openMinerSession(miner("r1"), T0, T0)).toEqual({ opened: true, epoch: 1 });
         expect(await store.listConnectedMiners(T0)).toMatchObject([{ id: "miner_a", replica: "r1", epoch: 1, connected: true, gpus: [H200], models: ["gpt2"], slots: 4 }]);
         // The miner reconnects to another replica.
-        expect(await store.openMinerSession(miner("r2"), T0 + 10)).toBe(2);
+        expect(await store.openMinerSession(miner("r2"), T0 + 10, T0)).toEqual({ opened: true, epoch: 2 });
         await store.touchMiners("r1", [{ id: "miner_a", epoch: 1, draining: true }], T0 + 20);
         await store.closeMinerSession("miner_a", 1, T0 + 20);
         expect(await store.listConnectedMiners(T0)).toMatchObject([{ replica: "r2", epoch: 2, connected: true, lastSeenAt: T0 + 10, draining: false }]);
@@ -629,6 +629,28 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.listConnectedMiners(T0 + 31)).toEqual([]);
         await store.closeMinerSession("miner_a", 2, T0 + 40);
         expect(await store.listConnectedMiners(T0)).toEqual([]);
+      });
+
+      it("another instance is refused while the session is live, and takes over once it closed or went stale", async () => {
+        expect(await store.openMinerSession(miner("r1", "inst-one-1"), T0, T0)).toEqual({ opened: true, epoch: 1 });
+        // A second host with the same key and name, on this replica or another: refused, nothing written.
+        for (const replica of ["r1", "r2"]) {
+          expect(await store.openMinerSession(miner(replica, "inst-two-2"), T0 + 5, T0)).toEqual({
+            opened: false,
+            holder: { instanceId: "inst-one-1", replica: "r1", lastSeenAt: T0 },
+          });
+        }
+        expect(await store.listConnectedMiners(T0)).toMatchObject([{ replica: "r1", epoch: 1, lastSeenAt: T0 }]);
+        // The same instance reconnecting replaces its session (elsewhere too).
+        expect(await store.openMinerSession(miner("r2", "inst-one-1"), T0 + 10, T0)).toEqual({ opened: true, epoch: 2 });
+        // A protocol 4 miner (no instance id) replaces it as before; so does a new instance over its row.
+        expect(await store.openMinerSession(miner("r1", null), T0 + 20, T0)).toEqual({ opened: true, epoch: 3 });
+        expect(await store.openMinerSession(miner("r1", "inst-two-2"), T0 + 30, T0)).toEqual({ opened: true, epoch: 4 });
+        // The holder's row last seen before liveSince (its replica died without closing it): taken over.
+        expect((await store.openMinerSession(miner("r2", "inst-one-1"), T0 + 100, T0 + 31)).opened).toBe(true);
+        // A closed session is taken over at once.
+        await store.closeMinerSession("miner_a", 5, T0 + 110);
+        expect(await store.openMinerSession(miner("r1", "inst-two-2"), T0 + 111, T0 + 100)).toEqual({ opened: true, epoch: 6 });
       });
     });
 

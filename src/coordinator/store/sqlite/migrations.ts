@@ -115,4 +115,9 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
     draining INTEGER NOT NULL DEFAULT 0
   );
   `,
+  // Protocol 5: the miner process holding the session, so a second host with the same key and
+  // name is refused instead of replacing it (NULL: a protocol 4 miner, which cannot tell).
+  `
+  ALTER TABLE miners ADD COLUMN instance_id TEXT;
+  `,
 ];
