@@ -122,6 +122,23 @@ describe("duplicate miners (protocol 5)", () => {
     expect(await duplicateCount(r)).toBeGreaterThanOrEqual(1);
   });
 
+  it("a live row held on another replica refuses; one naming this replica, which holds no such session (left by its previous run), is taken over", async () => {
+    const r = await start();
+    const first = await say(r, hello("rig-a", "instance-aaaa"));
+    const minerId = first.welcome!.miner_id;
+    first.m.close();
+    await waitFor("closed", () => r.coordinator.store.listConnectedMiners(0), (l) => l.length === 0, 10_000, 20);
+    const row = { id: minerId, keyId: "ignored", name: "rig-a", gpus: [], models: ["tiny-gpt2"], slots: 1 };
+    // Another replica's live session (a PostgreSQL fleet): refused.
+    expect((await r.coordinator.store.openMinerSession({ ...row, replica: "replica-b", instanceId: "instance-ghost" }, Date.now(), 0)).opened).toBe(true);
+    expect((await say(r, hello("rig-a", "instance-cccc"))).error).toMatchObject({ code: "duplicate_miner" });
+    expect((await say(r, hello("rig-a", "instance-cccc"))).error?.message).toContain("to replica replica-b");
+    // This replica's own name on the row, but no session here: a leftover, taken over.
+    expect((await r.coordinator.store.openMinerSession({ ...row, replica: r.coordinator.context.replica, instanceId: "instance-ghost" }, Date.now(), 0)).opened).toBe(true);
+    expect((await say(r, hello("rig-a", "instance-cccc"))).welcome).toMatchObject({ miner_id: minerId });
+    expect(await duplicateCount(r)).toBe(2);
+  });
+
   it("the same instance reconnecting replaces its session, as before", async () => {
     const r = await start();
     const old = await say(r, hello("rig-a", "instance-aaaa"));

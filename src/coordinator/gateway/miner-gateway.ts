@@ -340,11 +340,14 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000) this.ctx.advertisedModels.add(m);
     // The fleet learns of the session first (its epoch fences older sessions out, on every replica).
     const now = this.ctx.now();
-    const opened = await this.ctx.store.openMinerSession(
-      { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, instanceId: hello.instance_id ?? null, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots },
-      now,
-      now - this.liveWindowMs,
-    );
+    const opening = { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, instanceId: hello.instance_id ?? null, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots };
+    let opened = await this.ctx.store.openMinerSession(opening, now, now - this.liveWindowMs);
+    if (!opened.opened && opened.holder.replica === this.ctx.replica && !this.sessions.has(minerId)) {
+      // The row names this replica, which holds no such session: it is left from this replica's
+      // previous run (a restart that could not close it), not a live holder. Take it over.
+      slog.info({ holderInstanceId: opened.holder.instanceId }, "miner row left by this replica's previous run taken over");
+      opened = await this.ctx.store.openMinerSession(opening, now, Number.MAX_SAFE_INTEGER);
+    }
     if (!opened.opened) {
       this.refuseDuplicate(link, slog, hello, opened.holder, now);
       return undefined;
