@@ -34,6 +34,8 @@ const prefix = process.env.BENCH_FLEET_PREFIX ?? "fleet";
 const offset = Number(process.env.BENCH_FLEET_OFFSET ?? 0);
 /** Upgrades in flight at once while the fleet first connects (spreads the ramp). */
 const RAMP_CONCURRENCY = 64;
+/** One id for every simulated miner of this process: a reconnect replaces its session (protocol 5). */
+const INSTANCE_ID = `bench-fleet-${process.pid}`;
 /** The real miner's default [coordinator] connect_timeout. */
 const CONNECT_TIMEOUT_MS = 10_000;
 const now = (): number => performance.timeOrigin + performance.now();
@@ -78,7 +80,7 @@ class SimMiner {
       // As the real miner: the upgrade and the welcome within connect_timeout, or drop and redial.
       const welcomeTimer = setTimeout(() => ws.terminate(), CONNECT_TIMEOUT_MS);
       ws.on("open", () =>
-        this.send({ type: "hello", protocol_version: PROTOCOL_VERSION, miner_name: this.name, version: "0.0.0-bench", gpus: [], models: ["tiny-gpt2"], slots: 1, free_slots: 1, in_flight: [] }),
+        this.send({ type: "hello", protocol_version: PROTOCOL_VERSION, instance_id: INSTANCE_ID, miner_name: this.name, version: "0.0.0-bench", gpus: [], models: ["tiny-gpt2"], slots: 1, free_slots: 1, in_flight: [] }),
       );
       ws.on("message", (d: Buffer) => {
         const f = JSON.parse(d.toString()) as CoordinatorFrame;

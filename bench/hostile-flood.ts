@@ -50,6 +50,7 @@ function floodMiner(): void {
       JSON.stringify({
         type: "hello",
         protocol_version: PROTOCOL_VERSION,
+        instance_id: "bench-flooder",
         miner_name: "flooder",
         version: "0.0.0-bench",
         gpus: [],

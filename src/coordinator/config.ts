@@ -1,8 +1,7 @@
 import path from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
-import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
-import { ConfigError } from "../common/errors.js";
-import { parseDuration, parseSize } from "../common/duration.js";
+import { Duration, Size, compileField, configError, loadConfig, type ConfigProblem, type LoadConfigOptions } from "../common/config.js";
+import { formatDuration, parseDuration, parseSize } from "../common/duration.js";
 import type { LogLevel } from "../common/logger.js";
 
 /**
@@ -10,11 +9,6 @@ import type { LogLevel } from "../common/logger.js";
  * compiled form {@link CoordinatorConfig} (milliseconds, bytes, resolved paths).
  * Environment variables: AITBC_COORDINATOR_<SECTION>_<KEY>, e.g. AITBC_COORDINATOR_SERVER_PORT.
  */
-const Duration = (def: string, description: string) =>
-  Type.Union([Type.String(), Type.Number({ minimum: 0 })], { default: def, description });
-const Size = (def: string, description: string) =>
-  Type.Union([Type.String(), Type.Integer({ minimum: 0 })], { default: def, description });
-
 const section = { additionalProperties: false, default: {} } as const;
 
 export const CoordinatorConfigSchema = Type.Object(
@@ -316,27 +310,65 @@ export interface CoordinatorConfig {
   };
 }
 
-/** Keys that only make sense together: a postgres store with S3 results, each with what it needs. */
-function checkCombinations(raw: CoordinatorConfigRaw, file: string | undefined): void {
-  const where = file ?? "config";
-  if (raw.storage.backend === "postgres") {
+/**
+ * Keys that only make sense together: a postgres store with S3 results, each with what it needs,
+ * and timings that contradict each other. `usable(keys…)` is false for keys that are invalid on
+ * their own (the loader reports those), so a check never parses a bad value.
+ */
+export function coordinatorCrossChecks(raw: CoordinatorConfigRaw, usable: (...keys: string[]) => boolean = () => true): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const ms = (v: string | number): number => parseDuration(v);
+  const bytes = (v: string | number): number => parseSize(v);
+  if (usable("storage.backend", "storage.url", "results.backend") && raw.storage.backend === "postgres") {
     if (raw.storage.url === "") {
-      throw new ConfigError(`${where}: storage.url: storage.backend = "postgres" needs a URL, e.g. postgres://aitbc@db:5432/aitbc (or AITBC_COORDINATOR_STORAGE_URL)`, { file, key: "storage.url" });
+      out.push({ key: "storage.url", related: ["storage.backend"], message: 'storage.backend = "postgres" needs a URL, e.g. postgres://aitbc@db:5432/aitbc (or AITBC_COORDINATOR_STORAGE_URL)' });
     }
     if (raw.results.backend !== "s3") {
-      throw new ConfigError(
-        `${where}: results.backend: storage.backend = "postgres" needs results.backend = "s3": replicas share no disk, so a result one replica stores must be readable by every other`,
-        { file, key: "results.backend" },
-      );
+      out.push({
+        key: "results.backend",
+        related: ["storage.backend"],
+        message: 'storage.backend = "postgres" needs results.backend = "s3": replicas share no disk, so a result one replica stores must be readable by every other',
+      });
     }
   }
-  if (raw.results.backend === "s3" && raw.results.bucket === "") {
-    throw new ConfigError(`${where}: results.bucket: results.backend = "s3" needs a bucket (or AITBC_COORDINATOR_RESULTS_BUCKET)`, { file, key: "results.bucket" });
+  if (usable("results.backend", "results.bucket") && raw.results.backend === "s3" && raw.results.bucket === "") {
+    out.push({ key: "results.bucket", related: ["results.backend"], message: 'results.backend = "s3" needs a bucket (or AITBC_COORDINATOR_RESULTS_BUCKET)' });
   }
+  // A lease is renewed by the first heartbeat (or progress) at least a third of its TTL after the
+  // last renewal, so it can go TTL/3 + one heartbeat unrenewed: a TTL of 1.5 heartbeats or less
+  // expires leases of miners that are working and connected.
+  if (usable("scheduler.lease_ttl", "scheduler.heartbeat")) {
+    const ttl = ms(raw.scheduler.lease_ttl);
+    const hb = ms(raw.scheduler.heartbeat);
+    if (ttl <= 1.5 * hb) {
+      out.push({
+        key: "scheduler.lease_ttl",
+        related: ["scheduler.heartbeat"],
+        message: `${formatDuration(ttl)} is not longer than 1.5 × scheduler.heartbeat (${formatDuration(hb)}): leases of working miners would expire between heartbeats; make it at least ${formatDuration(3 * hb)} (3 heartbeats, as the defaults 30s and 10s), or shorten the heartbeat`,
+      });
+    }
+  }
+  if (usable("limits.minute_window", "limits.hour_window") && ms(raw.limits.minute_window) >= ms(raw.limits.hour_window)) {
+    out.push({ key: "limits.minute_window", related: ["limits.hour_window"], message: `the short window (${formatDuration(ms(raw.limits.minute_window))}) must be shorter than limits.hour_window (${formatDuration(ms(raw.limits.hour_window))})` });
+  }
+  if (usable("server.headers_timeout", "server.request_timeout") && ms(raw.server.headers_timeout) > ms(raw.server.request_timeout)) {
+    out.push({ key: "server.headers_timeout", related: ["server.request_timeout"], message: `${formatDuration(ms(raw.server.headers_timeout))} is longer than server.request_timeout (${formatDuration(ms(raw.server.request_timeout))}), which bounds the whole request, headers included` });
+  }
+  if (usable("s3.upload_backoff", "s3.upload_backoff_max") && ms(raw.s3.upload_backoff) > ms(raw.s3.upload_backoff_max)) {
+    out.push({ key: "s3.upload_backoff", related: ["s3.upload_backoff_max"], message: `the first delay (${formatDuration(ms(raw.s3.upload_backoff))}) is longer than s3.upload_backoff_max (${formatDuration(ms(raw.s3.upload_backoff_max))})` });
+  }
+  if (
+    usable("gateway.max_buffered_result_bytes_per_connection", "gateway.max_buffered_result_bytes") &&
+    bytes(raw.gateway.max_buffered_result_bytes_per_connection) > bytes(raw.gateway.max_buffered_result_bytes)
+  ) {
+    out.push({ key: "gateway.max_buffered_result_bytes_per_connection", related: ["gateway.max_buffered_result_bytes"], message: "is more than gateway.max_buffered_result_bytes, the cap for all connections together" });
+  }
+  return out;
 }
 
 export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string | undefined): CoordinatorConfig {
-  checkCombinations(raw, file);
+  const problems = coordinatorCrossChecks(raw);
+  if (problems.length > 0) throw configError(file, problems);
   const d = (key: string, v: string | number): number => compileField(file, key, () => parseDuration(v));
   const s = (key: string, v: string | number): number => compileField(file, key, () => parseSize(v));
   return {
@@ -437,6 +469,7 @@ export function loadCoordinatorConfig(
     file,
     optional: options.optional ?? false,
     envPrefix: "COORDINATOR",
+    crossChecks: coordinatorCrossChecks,
     ...(options.env === undefined ? {} : { env: options.env }),
     ...(options.overrides === undefined ? {} : { overrides: options.overrides }),
   });

@@ -16,6 +16,7 @@ export class CoordinatorMetrics {
   readonly results: Counter<"outcome">;
   readonly rateLimited: Counter;
   readonly reaped: Counter<"outcome">;
+  readonly duplicateMiners: Counter;
   private sources: {
     countByState: () => Promise<Record<string, number>>;
     miners: () => { gpus: GpuInfo[] }[];
@@ -41,6 +42,11 @@ export class CoordinatorMetrics {
       name: "aitbc_reaped_total",
       help: "Jobs the reaper moved, by outcome (requeued, failed, cancelled, timed_out, expired)",
       labelNames: ["outcome"],
+      registers: [this.registry],
+    });
+    this.duplicateMiners = new Counter({
+      name: "aitbc_duplicate_miners_total",
+      help: "Miner hellos refused (duplicate_miner) because another miner process holds a live session under the same key and name",
       registers: [this.registry],
     });
     const sources = (): typeof this.sources => this.sources;

@@ -2,9 +2,9 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import path from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
-import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
+import { Duration, compileField, configError, loadConfig, type ConfigProblem, type LoadConfigOptions } from "../common/config.js";
 import { ConfigError, errorMessage } from "../common/errors.js";
-import { parseDuration } from "../common/duration.js";
+import { formatDuration, parseDuration } from "../common/duration.js";
 import type { LogLevel } from "../common/logger.js";
 import { InferenceConfigSchema, type InferenceConfigRaw } from "../inference/config.js";
 
@@ -13,9 +13,6 @@ import { InferenceConfigSchema, type InferenceConfigRaw } from "../inference/con
  * milliseconds and resolved paths). Environment variables: AITBC_MINER_<SECTION>_<KEY>, e.g.
  * AITBC_MINER_COORDINATOR_KEY, AITBC_MINER_FAKE_ENGINE_ENABLED=true.
  */
-const Duration = (def: string, description: string) =>
-  Type.Union([Type.String(), Type.Number({ minimum: 0 })], { default: def, description });
-
 export const GpuOverrideSchema = Type.Object(
   {
     /** CUDA index of the GPU this entry overrides or declares. Required. */
@@ -200,7 +197,20 @@ export function coordinatorUrls(raw: string | string[]): string[] {
   return [...new Set(all.map(gatewayUrl))];
 }
 
+/** Keys that contradict each other; `usable(keys…)` is false for keys invalid on their own. */
+export function minerCrossChecks(raw: MinerConfigRaw, usable: (...keys: string[]) => boolean = () => true): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  if (usable("coordinator.reconnect_min", "coordinator.reconnect_max")) {
+    const min = parseDuration(raw.coordinator.reconnect_min);
+    const max = parseDuration(raw.coordinator.reconnect_max);
+    if (min > max) out.push({ key: "coordinator.reconnect_min", related: ["coordinator.reconnect_max"], message: `the first reconnect delay (${formatDuration(min)}) is longer than coordinator.reconnect_max (${formatDuration(max)})` });
+  }
+  return out;
+}
+
 export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined): MinerConfig {
+  const problems = minerCrossChecks(raw);
+  if (problems.length > 0) throw configError(file, problems);
   const dur = (key: string, v: string | number): number => compileField(file, key, () => parseDuration(v));
   let key = raw.coordinator.key.trim();
   if (key === "" && raw.coordinator.key_file !== "") {
@@ -264,7 +274,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
 export function loadMinerConfig(
   options: Omit<LoadConfigOptions, "envPrefix"> & { requireKey?: boolean },
 ): MinerConfig {
-  const loaded = loadConfig(MinerConfigSchema, { ...options, envPrefix: "MINER" });
+  const loaded = loadConfig(MinerConfigSchema, { ...options, envPrefix: "MINER", crossChecks: minerCrossChecks });
   const config = compileMinerConfig(loaded.config, loaded.file);
   if (options.requireKey && config.coordinator.key === "") {
     throw new ConfigError(

@@ -3,6 +3,7 @@ import WebSocket from "ws";
 import { Backoff } from "../common/backoff.js";
 import type { Logger } from "../common/logger.js";
 import {
+  DUPLICATE_MINER,
   MAX_FRAME_BYTES,
   encodeFrame,
   parseCoordinatorFrame,
@@ -25,8 +26,16 @@ import {
  * any reason other than close(), it reconnects after a jittered backoff (see Backoff: 0.5 s,
  * 1 s, 2 s, … 30 s bounds by default) that resets once a welcome arrives.
  *
+ * A hello refused with `duplicate_miner` (another miner process holds a live session under this
+ * key and name) is not retried at that pace: each next try waits `duplicateRetryMs` (drawn from
+ * [½, 1] of it, by default the longest reconnect delay), with a warning each time. The miner
+ * keeps trying rather than exiting, because the holder may be this host's own previous process
+ * whose connection the coordinator has not yet seen die (it drops it after max_missed_pongs
+ * heartbeats); a real second host stays refused, one warning per try, until it is renamed.
+ *
  * Events: "connecting" {attempt}, "welcome" WelcomeFrame, "frame" CoordinatorFrame (every frame
- * after the welcome: assign, cancel, ack, drain, error), "disconnected" {code, reason}.
+ * after the welcome: assign, cancel, ack, drain, error), "refused" {code, message} (a fatal
+ * error answering the hello), "disconnected" {code, reason}.
  */
 const MAX_BAD_FRAMES = 3;
 
@@ -44,10 +53,13 @@ export interface MinerConnectionOptions {
   /** Time for the upgrade plus the welcome, ms. */
   connectTimeoutMs: number;
   backoff?: Backoff;
+  /** The wait before trying again after a duplicate_miner refusal, ms (jittered down to half). Default 30 s. */
+  duplicateRetryMs?: number;
 }
 
 export interface MinerConnectionEvents {
   connecting: [{ attempt: number }];
+  refused: [{ code: string; message: string }];
   welcome: [WelcomeFrame];
   frame: [CoordinatorFrame];
   disconnected: [{ code: number; reason: string }];
@@ -62,6 +74,8 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
   private connectTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private badFrames = 0;
+  /** Set when the hello was refused as a duplicate: the next try waits duplicateRetryMs. */
+  private duplicate = false;
   private lastHeardAt = 0;
   private attempts = 0;
   /** Which of `urls` the next connection dials. */
@@ -183,7 +197,9 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
       if (!this.closing) {
         // This coordinator failed (or went away): the next one in the list gets the next try.
         this.next = (this.next + 1) % this.options.urls.length;
-        const delay = this.backoff.next();
+        const long = this.options.duplicateRetryMs ?? 30_000;
+        const delay = this.duplicate ? Math.round(long / 2 + (Math.random() * long) / 2) : this.backoff.next();
+        this.duplicate = false;
         this.log.info({ delayMs: delay }, "reconnecting after backoff");
         this.reconnectTimer = setTimeout(() => this.connect(), delay);
       }
@@ -207,8 +223,16 @@ export class MinerConnection extends EventEmitter<MinerConnectionEvents> {
         this.log.info({ minerId: frame.miner_id, heartbeatMs: frame.heartbeat_ms, replica: frame.replica }, "welcomed by coordinator");
         this.emit("welcome", frame);
       } else if (frame.type === "error") {
-        this.log.error({ code: frame.code, message: frame.message, fatal: frame.fatal }, "coordinator refused hello");
-        if (frame.fatal) ws.close(1000, "refused");
+        if (frame.code === DUPLICATE_MINER) {
+          this.duplicate = true;
+          this.log.warn({ code: frame.code, message: frame.message, retryInMs: this.options.duplicateRetryMs ?? 30_000 }, "coordinator refused hello: another miner process holds this name");
+        } else {
+          this.log.error({ code: frame.code, message: frame.message, fatal: frame.fatal }, "coordinator refused hello");
+        }
+        if (frame.fatal) {
+          this.emit("refused", { code: frame.code, message: frame.message });
+          ws.close(1000, "refused");
+        }
       } else {
         this.badFrame(ws, "frame_unexpected", `${frame.type} before welcome`);
       }

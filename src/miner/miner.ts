@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { Backoff } from "../common/backoff.js";
 import type { Logger } from "../common/logger.js";
@@ -68,11 +69,13 @@ export class Miner extends EventEmitter<MinerEvents> {
   /** Set when the miner stopped itself because the engine died; the CLI exits non-zero. */
   fatalError: string | undefined;
   readonly slots: number;
+  /** Random per process start (hello.instance_id): tells this process from another host with the same key and name. */
+  readonly instanceId = randomBytes(12).toString("base64url");
 
   constructor(private readonly options: MinerOptions) {
     super();
     const { config } = options;
-    this.log = options.log.child({ component: "miner" });
+    this.log = options.log.child({ component: "miner", instanceId: this.instanceId });
     this.slots = computeSlots(config.miner, options.gpus.length);
     this.runner = new JobRunner({
       engine: options.engine,
@@ -94,6 +97,7 @@ export class Miner extends EventEmitter<MinerEvents> {
         options.backoff ?? new Backoff({ baseMs: config.coordinator.reconnectMinMs, maxMs: config.coordinator.reconnectMaxMs }),
       hello: () => this.hello(),
       heartbeat: () => this.heartbeat(),
+      duplicateRetryMs: Math.max(config.coordinator.reconnectMaxMs, config.coordinator.reconnectMinMs),
     });
     this.connection.on("welcome", (w) => this.onWelcome(w));
     this.connection.on("frame", (f) => this.onFrame(f));
@@ -174,6 +178,7 @@ export class Miner extends EventEmitter<MinerEvents> {
     return {
       type: "hello",
       protocol_version: PROTOCOL_VERSION,
+      instance_id: this.instanceId,
       miner_name: this.options.config.miner.name,
       version: this.options.version ?? packageVersion(),
       gpus: this.options.gpus,

@@ -13,10 +13,11 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  * Conversation:
  *
  *   miner                                   coordinator
- *   hello {protocol_version, …, in_flight} ─▶
+ *   hello {protocol_version, instance_id, …, in_flight} ─▶   (instance_id from protocol 5 on)
  *                                         ◀─ welcome {miner_id, heartbeat_ms, lease_ttl_ms, resumed, refused, replica, protocol_version}
- *                                            (replica from protocol 3 on, protocol_version from 4 on: the version both speak)
- *                                            (or error {fatal: true} and close)
+ *                                            (protocol_version: the version both speak)
+ *                                            (or error {fatal: true} and close; code "duplicate_miner" when another
+ *                                            instance holds a live session under this key and miner name)
  *   pull {free_slots}                     ─▶   (after each welcome and whenever a slot frees up)
  *                                         ◀─ assign {job, attempt, lease_token, lease_expires_at}
  *                                            (zero or more, now or when matching jobs arrive)
@@ -191,6 +192,12 @@ export const HelloFrameSchema = Type.Object(
   {
     type: Type.Literal("hello"),
     protocol_version: Type.Integer({ minimum: 1 }),
+    /**
+     * Protocol 5 (required from it on): random per miner process start. The same id under the
+     * same key and name is a reconnect (it replaces the old session); another id while that
+     * session is live is a second host with the same name, refused with `duplicate_miner`.
+     */
+    instance_id: Type.Optional(Type.String({ pattern: "^[A-Za-z0-9_-]{8,64}$" })),
     miner_name: Type.String({ minLength: 1, maxLength: 128 }),
     /** The miner's software version (package.json). */
     version: Type.String({ minLength: 1, maxLength: 64 }),
@@ -388,6 +395,13 @@ export const DrainFrameSchema = Type.Object(
   { type: Type.Literal("drain"), reason: Type.Optional(Code) },
   strict,
 );
+
+/**
+ * The fatal error answering a hello whose key and miner name a live session of another miner
+ * instance holds (protocol 5). The miner does not hot-loop on it: it waits its longest
+ * reconnect delay before each new try.
+ */
+export const DUPLICATE_MINER = "duplicate_miner";
 
 /** Sent by either side. `fatal: true` means the sender closes the connection next. */
 export const ErrorFrameSchema = Type.Object(

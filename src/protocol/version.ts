@@ -13,9 +13,13 @@
  *      the progress figures, so they replace progress frames), and resend the whole text so far
  *      after a welcome that resumed the lease; the welcome says the protocol both sides speak
  *      (`protocol_version`; a miner sends text only when it is 4 or more). Protocol 3 miners
- *      get a welcome without it and keep sending progress
+ *      got a welcome without it and kept sending progress
+ *   5  hello carries `instance_id`, random per miner process start: a hello under the key and
+ *      name of a live session with another instance id is refused (error `duplicate_miner`,
+ *      fatal) instead of replacing it; the same instance id replaces it (a reconnect). Protocol
+ *      4 miners (no instance id) replace the session as before; their welcome is unchanged
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 /** The oldest protocol version a coordinator still accepts in a hello. */
 export const OLDEST_PROTOCOL_VERSION = PROTOCOL_VERSION - 1;
 

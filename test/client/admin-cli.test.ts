@@ -14,7 +14,7 @@ describe("aitbc admin", () => {
     ops = (await s.coordinator.store.createKey("operator", "ops", "ops", Date.now())).key;
     home = tempDir("aitbc-admin-home-");
     // A miner row as a hello leaves it (the gateway's own tests connect real miners).
-    await s.coordinator.store.openMinerSession({ id: "miner_cli0000000000001", keyId: "k", name: "rig-cli", replica: s.coordinator.context.replica, gpus: [], models: ["gpt2"], slots: 2 }, Date.now());
+    await s.coordinator.store.openMinerSession({ id: "miner_cli0000000000001", keyId: "k", name: "rig-cli", replica: s.coordinator.context.replica, instanceId: null, gpus: [], models: ["gpt2"], slots: 2 }, Date.now(), Date.now());
   });
   afterAll(cleanup);
 

@@ -101,6 +101,34 @@ describe("loadCoordinatorConfig", () => {
     expect(failure("", { AITBC_COORDINATOR_STORAGE_BACKEND: "postgres", AITBC_COORDINATOR_STORAGE_URL: "postgres://x@db/aitbc", AITBC_COORDINATOR_RESULTS_BACKEND: "s3" })).toMatch(/results\.bucket/);
   });
 
+  it("reports every problem in one error, schema and durations together, with suggestions for misspelt keys", () => {
+    const file = writeConfig("all.toml", '[server]\nprot = 1\nport = -1\n[scheduler]\nlease_ttl = "soon"\nheartbeat = "never"\n[limits]\nmax_file_size = "lots"\n[stroage]\nurl = ""\n');
+    let caught: unknown;
+    try {
+      loadCoordinatorConfig(file, { env: {} });
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(ConfigError);
+    const problems = (caught as ConfigError).details?.problems as { key: string; suggestion?: string }[];
+    expect(problems.map((p) => p.key)).toEqual(["limits.max_file_size", "scheduler.heartbeat", "scheduler.lease_ttl", "server.port", "server.prot", "stroage"]);
+    expect(problems.find((p) => p.key === "server.prot")?.suggestion).toBe("server.port");
+    expect(problems.find((p) => p.key === "stroage")?.suggestion).toBe("storage");
+    expect((caught as Error).message).toMatch(/invalid config \(6 problems\)/);
+    // Both durations are bad: the lease/heartbeat rule is not reported on top of them.
+    expect((caught as Error).message).not.toMatch(/1\.5 ×/);
+  });
+
+  it("refuses keys that contradict each other, naming both", () => {
+    expect(failure('[scheduler]\nlease_ttl = "10s"\nheartbeat = "10s"\n')).toMatch(/scheduler\.lease_ttl: 10s is not longer than 1\.5 × scheduler\.heartbeat \(10s\)/);
+    expect(failure('[scheduler]\nheartbeat = "20s"\n')).toMatch(/scheduler\.lease_ttl: 30s is not longer/);
+    expect(failure('[server]\nheaders_timeout = "1m"\n')).toMatch(/server\.headers_timeout: .*server\.request_timeout/);
+    expect(failure('[s3]\nupload_backoff = "1m"\n')).toMatch(/s3\.upload_backoff: .*upload_backoff_max/);
+    expect(failure('[gateway]\nmax_buffered_result_bytes = "1MiB"\n')).toMatch(/gateway\.max_buffered_result_bytes_per_connection/);
+    expect(failure("", { AITBC_COORDINATOR_SCHEDULER_LEASE_TTL: "12s" })).toMatch(/scheduler\.lease_ttl: .*\(from AITBC_COORDINATOR_SCHEDULER_LEASE_TTL\)/);
+    expect(loadCoordinatorConfig(writeConfig("ok-ttl.toml", '[scheduler]\nlease_ttl = "2s"\nheartbeat = "500ms"\n'), { env: {} }).scheduler.leaseTtlMs).toBe(2000);
+  });
+
   it("names the environment variable when an override is bad", () => {
     expect(failure("", { AITBC_COORDINATOR_SERVER_PORT: "-1" })).toMatch(/AITBC_COORDINATOR_SERVER_PORT/);
   });

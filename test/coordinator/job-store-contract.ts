@@ -613,13 +613,13 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
     });
 
     describe("the fleet", () => {
-      const miner = (replica: string) => ({ id: "miner_a", keyId: "k1", name: "rig-a", replica, gpus: [H200], models: ["gpt2"], slots: 4 });
+      const miner = (replica: string, instanceId: string | null = "inst-one-1") => ({ id: "miner_a", keyId: "k1", name: "rig-a", replica, instanceId, gpus: [H200], models: ["gpt2"], slots: 4 });
 
       it("a session bumps the miner's epoch; an older session can neither refresh nor close it", async () => {
-        expect(await store.openMinerSession(miner("r1"), T0)).toBe(1);
+        expect(await store.openMinerSession(miner("r1"), T0, T0)).toEqual({ opened: true, epoch: 1 });
         expect(await store.listConnectedMiners(T0)).toMatchObject([{ id: "miner_a", replica: "r1", epoch: 1, connected: true, gpus: [H200], models: ["gpt2"], slots: 4 }]);
         // The miner reconnects to another replica.
-        expect(await store.openMinerSession(miner("r2"), T0 + 10)).toBe(2);
+        expect(await store.openMinerSession(miner("r2"), T0 + 10, T0)).toEqual({ opened: true, epoch: 2 });
         await store.touchMiners("r1", [{ id: "miner_a", epoch: 1, draining: true }], T0 + 20);
         await store.closeMinerSession("miner_a", 1, T0 + 20);
         expect(await store.listConnectedMiners(T0)).toMatchObject([{ replica: "r2", epoch: 2, connected: true, lastSeenAt: T0 + 10, draining: false }]);
@@ -630,17 +630,39 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         await store.closeMinerSession("miner_a", 2, T0 + 40);
         expect(await store.listConnectedMiners(T0)).toEqual([]);
       });
+
+      it("another instance is refused while the session is live, and takes over once it closed or went stale", async () => {
+        expect(await store.openMinerSession(miner("r1", "inst-one-1"), T0, T0)).toEqual({ opened: true, epoch: 1 });
+        // A second host with the same key and name, on this replica or another: refused, nothing written.
+        for (const replica of ["r1", "r2"]) {
+          expect(await store.openMinerSession(miner(replica, "inst-two-2"), T0 + 5, T0)).toEqual({
+            opened: false,
+            holder: { instanceId: "inst-one-1", replica: "r1", lastSeenAt: T0 },
+          });
+        }
+        expect(await store.listConnectedMiners(T0)).toMatchObject([{ replica: "r1", epoch: 1, lastSeenAt: T0 }]);
+        // The same instance reconnecting replaces its session (elsewhere too).
+        expect(await store.openMinerSession(miner("r2", "inst-one-1"), T0 + 10, T0)).toEqual({ opened: true, epoch: 2 });
+        // A protocol 4 miner (no instance id) replaces it as before; so does a new instance over its row.
+        expect(await store.openMinerSession(miner("r1", null), T0 + 20, T0)).toEqual({ opened: true, epoch: 3 });
+        expect(await store.openMinerSession(miner("r1", "inst-two-2"), T0 + 30, T0)).toEqual({ opened: true, epoch: 4 });
+        // The holder's row last seen before liveSince (its replica died without closing it): taken over.
+        expect((await store.openMinerSession(miner("r2", "inst-one-1"), T0 + 100, T0 + 31)).opened).toBe(true);
+        // A closed session is taken over at once.
+        await store.closeMinerSession("miner_a", 5, T0 + 110);
+        expect(await store.openMinerSession(miner("r1", "inst-two-2"), T0 + 111, T0 + 100)).toEqual({ opened: true, epoch: 6 });
+      });
     });
 
     describe("operators' view", () => {
-      const rig = (id: string, name: string) => ({ id, keyId: "k1", name, replica: "r1", gpus: [H200], models: ["gpt2"], slots: 2 });
+      const rig = (id: string, name: string) => ({ id, keyId: "k1", name, replica: "r1", instanceId: null, gpus: [H200], models: ["gpt2"], slots: 2 });
 
       it("an operator's drain is kept across the miner's sessions until undrained", async () => {
-        await store.openMinerSession(rig("miner_a", "rig-a"), T0);
+        await store.openMinerSession(rig("miner_a", "rig-a"), T0, T0);
         expect(await store.setMinerDrained("miner_a", true, T0 + 1)).toBe(true);
         expect(await store.setMinerDrained("miner_nosuch", true, T0 + 1)).toBe(false);
         await store.closeMinerSession("miner_a", 1, T0 + 2);
-        await store.openMinerSession(rig("miner_a", "rig-a"), T0 + 3);
+        await store.openMinerSession(rig("miner_a", "rig-a"), T0 + 3, T0 + 3);
         expect(await store.getMiner("miner_a")).toMatchObject({ drained: true, connected: true, epoch: 2 });
         expect(await store.drainedAmong(["miner_a", "miner_b"])).toEqual(["miner_a"]);
         await store.setMinerDrained("miner_a", false, T0 + 4);
@@ -649,7 +671,7 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
       });
 
       it("counts each miner's results and failed attempts with its latest error and speed", async () => {
-        await store.openMinerSession(rig("m-cpu", "rig-cpu"), T0);
+        await store.openMinerSession(rig("m-cpu", "rig-cpu"), T0, T0);
         const a = await create();
         const done = await claim(a.id);
         await store.commitResult(ref(done), result(done.attempt), T0 + 1);
@@ -665,8 +687,8 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
       });
 
       it("lists miners connected or seen recently, connected first", async () => {
-        await store.openMinerSession(rig("miner_a", "a"), T0);
-        await store.openMinerSession(rig("miner_b", "b"), T0);
+        await store.openMinerSession(rig("miner_a", "a"), T0, T0);
+        await store.openMinerSession(rig("miner_b", "b"), T0, T0);
         await store.closeMinerSession("miner_a", 1, T0 + 5);
         expect((await store.listMiners(T0)).map((m) => [m.id, m.connected])).toEqual([["miner_b", true], ["miner_a", false]]);
         expect((await store.listMiners(T0 + 6)).map((m) => m.id)).toEqual(["miner_b"]);

@@ -70,6 +70,25 @@ describe("two replicas on one PostgreSQL", () => {
     await expectContiguousEvents(schema);
   });
 
+  it("two miner processes with one key and name saying hello to two replicas at once: exactly one session opens, the other learns who holds it", async () => {
+    const { a, b } = await twoReplicas();
+    const miner = (replica: string, instanceId: string) => ({ id: "miner_dup", keyId: "k1", name: "rig", replica, instanceId, gpus: [], models: ["gpt2"], slots: 1 });
+    for (let round = 0; round < 20; round++) {
+      const now = T0 + round * 1_000;
+      // Each round starts from a closed session (the previous winner disconnected).
+      const results = await Promise.all([a.openMinerSession(miner("ra", `inst-a-${round}`), now, now - 30_000), b.openMinerSession(miner("rb", `inst-b-${round}`), now, now - 30_000)]);
+      const won = results.filter((r) => r.opened);
+      const lost = results.filter((r) => !r.opened);
+      expect(won).toHaveLength(1);
+      expect(lost).toHaveLength(1);
+      const winner = results[0].opened ? `inst-a-${round}` : `inst-b-${round}`;
+      expect(lost[0]).toMatchObject({ opened: false, holder: { instanceId: winner, replica: winner.startsWith("inst-a") ? "ra" : "rb", lastSeenAt: now } });
+      const epoch = (won[0] as { epoch: number }).epoch;
+      expect(epoch).toBe(round + 1);
+      await a.closeMinerSession("miner_dup", epoch, now + 500);
+    }
+  });
+
   it("concurrent reapers requeue each expired lease exactly once", async () => {
     const { a, b, schema } = await twoReplicas();
     const ids: string[] = [];

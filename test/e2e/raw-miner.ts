@@ -64,11 +64,19 @@ export class RawMiner {
   }
 }
 
+/**
+ * The instance id of every raw miner's hello unless a test sets another: all raw miners of a
+ * test process count as one miner process, so a second hello under a name is a reconnect (it
+ * replaces the session) — tests of duplicate miners pass their own ids.
+ */
+export const RAW_INSTANCE_ID = "raw-miner-instance";
+
 /** A CPU miner's hello serving tiny-gpt2 with one slot, resuming `inFlight`. */
 export function helloFrame(name: string, inFlight: InFlight[] = []): HelloFrame {
   return {
     type: "hello",
     protocol_version: PROTOCOL_VERSION,
+    instance_id: RAW_INSTANCE_ID,
     miner_name: name,
     version: "0.0.0-test",
     gpus: [],

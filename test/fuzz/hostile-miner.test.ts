@@ -41,12 +41,15 @@ async function job(hh: ApiHarness, id: string): Promise<Record<string, unknown>>
   return (await res.json()) as Record<string, unknown>;
 }
 
-/** Whether a miner of protocol `v` accepts this welcome: v2 had no `replica` field (its schema was strict). */
+/**
+ * Whether a miner of protocol `v` accepts this welcome. Its schema is strict: protocol 4 (the
+ * oldest accepted) knows `replica` and `protocol_version` (the speaking version), and protocol 5
+ * changed only the hello, so both get the same fields.
+ */
 function parseCoordinatorFrameAs(v: number, welcome: WelcomeFrame): boolean {
-  const replica = v >= 3 ? typeof welcome.replica === "string" : !("replica" in welcome);
-  // Protocol 4 added `protocol_version`: the speaking version, only to miners that know the field.
-  const version = v >= 4 ? welcome.protocol_version === Math.min(v, PROTOCOL_VERSION) : !("protocol_version" in welcome);
-  return replica && version;
+  const known = new Set(["type", "miner_id", "heartbeat_ms", "lease_ttl_ms", "resumed", "refused", "replica", "protocol_version"]);
+  const onlyKnown = Object.keys(welcome).every((k) => known.has(k));
+  return v >= 4 && onlyKnown && typeof welcome.replica === "string" && welcome.protocol_version === Math.min(v, PROTOCOL_VERSION);
 }
 
 /** The result frame for (a) with these fields changed (chunked results, odd figures). */
@@ -210,13 +213,15 @@ describe("hostile miner: codes and text (5)", () => {
     expect(await c.m.next<ErrorFrame>((f) => f.type === "error")).toMatchObject({ code: "frame_invalid", fatal: false });
     expect(await job(hh, c.id)).toMatchObject({ status: "running" });
     c.m.close();
+    expect(OLDEST_PROTOCOL_VERSION).toBe(4);
     for (const v of [OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION]) {
-      const { welcome } = await minerWith(hh, `v${v}`, { protocol_version: v });
+      // A protocol 4 miner sends no instance_id (protocol 5 added it).
+      const { welcome } = await minerWith(hh, `v${v}`, { protocol_version: v, ...(v < 5 ? { instance_id: undefined } : {}) });
       expect(welcome.type).toBe("welcome");
       // A previous-version miner parses strictly: its welcome has only the fields it knows.
       expect(parseCoordinatorFrameAs(v, welcome)).toBe(true);
     }
-    for (const v of [PROTOCOL_VERSION + 1, 99]) {
+    for (const v of [OLDEST_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99]) {
       const m = await RawMiner.open(hh.wsUrl, hh.minerKey);
       m.send({ ...helloFrame(`v${v}`), protocol_version: v });
       expect(await m.next<ErrorFrame>((f) => f.type === "error")).toMatchObject({ code: "protocol_version", fatal: true });

@@ -78,6 +78,7 @@ class FuzzMiner {
     const hello: HelloFrame = {
       type: "hello",
       protocol_version: PROTOCOL_VERSION,
+      instance_id: "fuzz-instance",
       miner_name: name,
       version: "0.0.0-fuzz",
       gpus: [],
@@ -211,6 +212,7 @@ const baseFrame: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.record({
     type: fc.constant("hello"),
     protocol_version: fc.constantFrom(PROTOCOL_VERSION, 0, 99),
+    instance_id: fc.constantFrom("fuzz-instance", "other-instance"),
     miner_name: fc.oneof(fc.constant("again"), unicodeString),
     version: fc.constant("1"),
     gpus: fc.constant([]),
@@ -395,7 +397,7 @@ describe("miner gateway under fuzzed frames", { timeout: 60_000 * SCALE }, () =>
             ws.once("error", reject);
           });
           // The hello is the first frame of the burst; random frames (valid or not) fill it up.
-          ws.send(JSON.stringify({ type: "hello", protocol_version: PROTOCOL_VERSION, miner_name: "budget", version: "1", gpus: [], models: [], slots: 1, free_slots: 1, in_flight: [] }));
+          ws.send(JSON.stringify({ type: "hello", protocol_version: PROTOCOL_VERSION, instance_id: "fuzz-instance", miner_name: "budget", version: "1", gpus: [], models: [], slots: 1, free_slots: 1, in_flight: [] }));
           for (let i = 1; i < n; i++) ws.send(i % 2 === 0 ? HEARTBEAT : text);
           if (n < BURST) {
             // Within the burst (the sync frame included): answered, never closed for the rate (a random frame may still be invalid, three in a row close 1008).

@@ -78,6 +78,7 @@ describe("Miner against a fake coordinator", () => {
     expect(hello).toEqual({
       type: "hello",
       protocol_version: PROTOCOL_VERSION,
+      instance_id: miner.instanceId,
       miner_name: "test-rig",
       version: "9.9.9",
       gpus: [GPU],

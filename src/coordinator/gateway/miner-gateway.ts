@@ -4,7 +4,7 @@ import type { WebSocket } from "ws";
 import type {} from "@fastify/websocket";
 import { UnavailableError, errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
-import type { HelloFrame, MinerFrame, WelcomeFrame } from "../../protocol/frames.js";
+import { DUPLICATE_MINER, type HelloFrame, type MinerFrame, type WelcomeFrame } from "../../protocol/frames.js";
 import type { Requirements } from "../../protocol/jobs.js";
 import { OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION } from "../../protocol/version.js";
 import type { RevocationHolder } from "../auth/revocation-watcher.js";
@@ -27,6 +27,8 @@ export const MINER_GATEWAY_PATH = "/v1/miners/connect";
 const HELLO_TIMEOUT_MS = 10_000;
 /** Close code for "storage unavailable, reconnect later" (RFC 6455 §7.4.1 registry: Try Again Later). */
 const TRY_AGAIN_LATER = 1013;
+/** Close code after a duplicate_miner refusal (4000–4999: the application's own). */
+const DUPLICATE_MINER_CLOSE = 4009;
 /** Frames the miner waits on an answer for; the others are repeated by the next heartbeat anyway. */
 const ANSWERED_FRAMES = new Set<MinerFrame["type"]>(["hello", "result", "fail", "released"]);
 
@@ -368,6 +370,10 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       link.fatal("protocol_version", `this coordinator speaks protocol ${OLDEST_PROTOCOL_VERSION}–${PROTOCOL_VERSION}, not ${hello.protocol_version}`);
       return undefined;
     }
+    if (hello.protocol_version >= 5 && hello.instance_id === undefined) {
+      link.fatal("frame_invalid", `a protocol ${hello.protocol_version} hello carries instance_id`);
+      return undefined;
+    }
     link.helloDone();
     const minerId = `miner_${createHash("sha256").update(`${key.id}:${hello.miner_name}`).digest("hex").slice(0, 16)}`;
     const slog = log.child({ minerId });
@@ -376,10 +382,20 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     // For waiting reasons: a model no miner ever advertised here is "unknown" (bounded set).
     for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000) this.ctx.advertisedModels.add(m);
     // The fleet learns of the session first (its epoch fences older sessions out, on every replica).
-    const epoch = await this.ctx.store.openMinerSession(
-      { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots },
-      this.ctx.now(),
-    );
+    const now = this.ctx.now();
+    const opening = { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, instanceId: hello.instance_id ?? null, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots };
+    let opened = await this.ctx.store.openMinerSession(opening, now, now - this.liveWindowMs);
+    if (!opened.opened && opened.holder.replica === this.ctx.replica && !this.sessions.has(minerId)) {
+      // The row names this replica, which holds no such session: it is left from this replica's
+      // previous run (a restart that could not close it), not a live holder. Take it over.
+      slog.info({ holderInstanceId: opened.holder.instanceId }, "miner row left by this replica's previous run taken over");
+      opened = await this.ctx.store.openMinerSession(opening, now, Number.MAX_SAFE_INTEGER);
+    }
+    if (!opened.opened) {
+      this.refuseDuplicate(link, slog, hello, opened.holder, now);
+      return undefined;
+    }
+    const epoch = opened.epoch;
     const previous = this.sessions.get(minerId);
     if (previous !== undefined) previous.close(4000, "replaced by a new connection");
     // An operator's drain outlives sessions: the new one starts drained too.
@@ -403,6 +419,31 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       throw err;
     }
     return session;
+  }
+
+  /**
+   * How recently a session's row must have been refreshed to count as live: the holder's replica
+   * refreshes it every heartbeat and closes it after max_missed_pongs silent ones, so a row older
+   * than that is a session whose replica died without closing it.
+   */
+  private get liveWindowMs(): number {
+    return this.ctx.config.scheduler.heartbeatMs * (this.ctx.config.gateway.maxMissedPongs + 1);
+  }
+
+  /** A second miner process under a live session's key and name: refused, logged, counted. */
+  private refuseDuplicate(link: MinerLink, slog: Logger, hello: HelloFrame, holder: { instanceId: string; replica: string | null; lastSeenAt: number | null }, now: number): void {
+    this.ctx.metrics.duplicateMiners.inc();
+    slog.warn(
+      { name: hello.miner_name, instanceId: hello.instance_id, holderInstanceId: holder.instanceId, holderReplica: holder.replica },
+      "duplicate miner refused: another instance holds this key and name",
+    );
+    const seen = holder.lastSeenAt === null ? "" : `, seen ${Math.max(0, Math.round((now - holder.lastSeenAt) / 1000))} s ago`;
+    link.fatal(
+      DUPLICATE_MINER,
+      `miner name "${hello.miner_name}" is held by another instance (${holder.instanceId}) connected with this key${holder.replica === null ? "" : ` to replica ${holder.replica}`}${seen}: ` +
+        "give each host its own [miner] name (or key), or stop the other one",
+      DUPLICATE_MINER_CLOSE,
+    );
   }
 
   /** Resumes the leases the hello lists, gives up those it forgot, and sends the welcome. */
@@ -444,15 +485,15 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       );
       slog.info({ jobId: job.id, attempt: job.attempt, outcome }, "lease of a restarted miner given up");
     }
-    // Protocol 2 miners parse welcomes strictly: only protocol 3 ones learn the replica.
-    if (hello.protocol_version >= 3) welcome.replica = this.ctx.replica;
-    // Protocol 3 miners parse welcomes strictly too: only protocol 4 ones are told what both speak.
-    if (hello.protocol_version >= 4) welcome.protocol_version = Math.min(hello.protocol_version, PROTOCOL_VERSION);
+    // Every accepted protocol (4 and 5) gets the same welcome.
+    welcome.replica = this.ctx.replica;
+    welcome.protocol_version = Math.min(hello.protocol_version, PROTOCOL_VERSION);
     session.send(welcome);
     slog.info(
       {
         name: hello.miner_name,
         protocol: hello.protocol_version,
+        instanceId: hello.instance_id,
         replica: this.ctx.replica,
         gpus: session.gpus.length,
         models: hello.models,

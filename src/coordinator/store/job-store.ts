@@ -180,6 +180,23 @@ export interface TenantUsage {
 }
 
 /** A miner as the whole fleet sees it (the miners table). */
+/** What a hello asks the store to record (see openMinerSession). */
+export interface MinerSessionOpening {
+  id: string;
+  keyId: string;
+  name: string;
+  replica: string;
+  /** hello.instance_id; null for a protocol 4 miner. */
+  instanceId: string | null;
+  gpus: GpuInfo[];
+  models: string[];
+  slots: number;
+}
+
+export type MinerSessionOpened =
+  | { opened: true; epoch: number }
+  | { opened: false; holder: { instanceId: string; replica: string | null; lastSeenAt: number | null } };
+
 export interface MinerRecord {
   id: string;
   keyId: string;
@@ -327,8 +344,14 @@ export interface JobStore {
   listLeasedBy(minerId: string): Promise<JobRecord[]>;
 
   // --- the fleet (every replica's miners)
-  /** A miner's session opened on `replica`: its row written, its epoch bumped; returns the new epoch. */
-  openMinerSession(m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number }, now: number): Promise<number>;
+  /**
+   * A miner's session opened on `replica`: its row written with the instance id, its epoch
+   * bumped; returns the new epoch. Refused, with nothing written, while another instance holds
+   * the miner (one key and name): its row is connected, seen at or after `liveSince`, and has a
+   * different instance id; then the holder is returned. A null instance id (a protocol 4 miner,
+   * which cannot tell) on either side replaces the session, as a reconnect does.
+   */
+  openMinerSession(m: MinerSessionOpening, now: number, liveSince: number): Promise<MinerSessionOpened>;
   /** The replica's live sessions were seen now (one statement per replica heartbeat); a session fenced out by a newer epoch is not touched. */
   touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void>;
   /** That session ended; a newer session of the miner (another epoch) is left as it is. */

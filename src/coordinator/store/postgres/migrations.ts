@@ -174,6 +174,12 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   CREATE INDEX jobs_created ON jobs (created_at DESC, seq DESC);
   CREATE INDEX jobs_failures ON jobs (completed_at) WHERE status IN ('failed', 'timed_out');
   `,
+  // Protocol 5: the miner process holding the session, so a second host with the same key and
+  // name is refused instead of replacing it, on whichever replica it connects (NULL: a protocol
+  // 4 miner, which cannot tell).
+  `
+  ALTER TABLE miners ADD COLUMN instance_id text;
+  `,
 ];
 
 /** The advisory lock key migrations run under (any int8; this one spells "aitbcmig"). */

@@ -1,4 +1,3 @@
-import type { GpuInfo } from "../../../protocol/frames.js";
 import type { JobState } from "../../../protocol/version.js";
 import type { KeyKind } from "../../auth/api-key.js";
 import { JobEvents } from "../job-events.js";
@@ -18,6 +17,8 @@ import type {
   LeaseRef,
   MinerCapabilities,
   MinerRecord,
+  MinerSessionOpened,
+  MinerSessionOpening,
   NewJob,
   Page,
   ReapedJob,
@@ -231,8 +232,8 @@ export class PostgresJobStore implements JobStore {
     return timeOutRunning(this.db, now);
   }
 
-  openMinerSession(m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number }, now: number): Promise<number> {
-    return openMinerSession(this.db, m, now);
+  openMinerSession(m: MinerSessionOpening, now: number, liveSince: number): Promise<MinerSessionOpened> {
+    return openMinerSession(this.db, m, now, liveSince);
   }
   touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void> {
     return touchMiners(this.db, replica, sessions, now);

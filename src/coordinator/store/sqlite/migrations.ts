@@ -140,4 +140,9 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   ALTER TABLE jobs ADD COLUMN retry_of TEXT;
   CREATE INDEX jobs_created ON jobs (created_at DESC, seq DESC);
   `,
+  // Protocol 5: the miner process holding the session, so a second host with the same key and
+  // name is refused instead of replacing it (NULL: a protocol 4 miner, which cannot tell).
+  `
+  ALTER TABLE miners ADD COLUMN instance_id TEXT;
+  `,
 ];

@@ -1,26 +1,26 @@
-import type { GpuInfo } from "../../../protocol/frames.js";
 import { toMiner, type MinerRow } from "../job-row.js";
-import type { MinerRecord } from "../job-store.js";
+import type { MinerRecord, MinerSessionOpened, MinerSessionOpening } from "../job-store.js";
 import type { SqliteDb } from "./sqlite-db.js";
 
 /** The miners table on SQLite: one replica's fleet, written at hello, refreshed each heartbeat. */
 
-export function openMinerSession(
-  db: SqliteDb,
-  m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number },
-  now: number,
-): number {
+/** See JobStore.openMinerSession: the upsert's WHERE refuses a live session of another instance. */
+export function openMinerSession(db: SqliteDb, m: MinerSessionOpening, now: number, liveSince: number): MinerSessionOpened {
   return db.tx(() => {
     const r = db
       .sql(
-        `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining)
-         VALUES (@id, @keyId, @name, @replica, 1, 1, @now, @now, @gpus, @models, @slots, @slots, 0)
+        `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining, instance_id)
+         VALUES (@id, @keyId, @name, @replica, 1, 1, @now, @now, @gpus, @models, @slots, @slots, 0, @instanceId)
          ON CONFLICT (id) DO UPDATE SET replica = @replica, epoch = epoch + 1, connected = 1, connected_at = @now, last_seen_at = @now,
-           gpus = @gpus, models = @models, slots = @slots, free_slots = @slots, draining = 0
+           gpus = @gpus, models = @models, slots = @slots, free_slots = @slots, draining = 0, instance_id = @instanceId
+         WHERE NOT (miners.connected = 1 AND miners.last_seen_at >= @liveSince
+                    AND miners.instance_id IS NOT NULL AND @instanceId IS NOT NULL AND miners.instance_id <> @instanceId)
          RETURNING epoch`,
       )
-      .get({ ...m, now, gpus: JSON.stringify(m.gpus), models: JSON.stringify(m.models) }) as { epoch: number };
-    return r.epoch;
+      .get({ ...m, now, liveSince, gpus: JSON.stringify(m.gpus), models: JSON.stringify(m.models) }) as { epoch: number } | undefined;
+    if (r !== undefined) return { opened: true, epoch: r.epoch };
+    const h = db.sql("SELECT instance_id, replica, last_seen_at FROM miners WHERE id = ?").get(m.id) as { instance_id: string; replica: string | null; last_seen_at: number | null };
+    return { opened: false, holder: { instanceId: h.instance_id, replica: h.replica, lastSeenAt: h.last_seen_at } };
   });
 }
 

@@ -1,6 +1,5 @@
-import type { GpuInfo } from "../../../../protocol/frames.js";
 import { toMiner, type MinerRow } from "../../job-row.js";
-import type { MinerRecord } from "../../job-store.js";
+import type { MinerRecord, MinerSessionOpened, MinerSessionOpening } from "../../job-store.js";
 import type { PgDb } from "../pg-db.js";
 
 /** The control channel between replicas: small JSON hints (miner sessions, progress), never prompts or outputs. */
@@ -11,23 +10,27 @@ export const CONTROL_CHANNEL = "aitbc_control";
  * and says so on the control channel in the same transaction: the replica that held the older
  * session closes it (a miner reconnecting elsewhere fences its old session out).
  */
-export function openMinerSession(
-  db: PgDb,
-  m: { id: string; keyId: string; name: string; replica: string; gpus: GpuInfo[]; models: string[]; slots: number },
-  now: number,
-): Promise<number> {
-  return db.tx(async (c) => {
+export function openMinerSession(db: PgDb, m: MinerSessionOpening, now: number, liveSince: number): Promise<MinerSessionOpened> {
+  return db.tx(async (c): Promise<MinerSessionOpened> => {
+    // ON CONFLICT locks the row: two hellos of one miner on two replicas are decided one after the other.
     const r = await c.query<{ epoch: number }>(
-      `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining)
-       VALUES ($1, $2, $3, $4, 1, true, $5, $5, $6, $7, $8, $8, false)
+      `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining, instance_id)
+       VALUES ($1, $2, $3, $4, 1, true, $5, $5, $6, $7, $8, $8, false, $9::text)
        ON CONFLICT (id) DO UPDATE SET replica = $4, epoch = miners.epoch + 1, connected = true, connected_at = $5, last_seen_at = $5,
-         gpus = $6, models = $7, slots = $8, free_slots = $8, draining = false
+         gpus = $6, models = $7, slots = $8, free_slots = $8, draining = false, instance_id = $9::text
+       WHERE NOT (miners.connected AND miners.last_seen_at >= $10
+                  AND miners.instance_id IS NOT NULL AND $9::text IS NOT NULL AND miners.instance_id <> $9::text)
        RETURNING epoch`,
-      [m.id, m.keyId, m.name, m.replica, now, JSON.stringify(m.gpus), JSON.stringify(m.models), m.slots],
+      [m.id, m.keyId, m.name, m.replica, now, JSON.stringify(m.gpus), JSON.stringify(m.models), m.slots, m.instanceId, liveSince],
     );
-    const epoch = r.rows[0]!.epoch;
+    const row = r.rows[0];
+    if (row === undefined) {
+      const h = (await c.query<{ instance_id: string; replica: string | null; last_seen_at: number | null }>("SELECT instance_id, replica, last_seen_at FROM miners WHERE id = $1", [m.id])).rows[0]!;
+      return { opened: false, holder: { instanceId: h.instance_id, replica: h.replica, lastSeenAt: h.last_seen_at } };
+    }
+    const epoch = row.epoch;
     await c.query("SELECT pg_notify($1, $2)", [CONTROL_CHANNEL, JSON.stringify({ k: "miner", id: m.id, e: epoch, r: m.replica })]);
-    return epoch;
+    return { opened: true, epoch };
   });
 }
 
