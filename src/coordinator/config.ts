@@ -3,6 +3,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { compileField, loadConfig, type LoadConfigOptions } from "../common/config.js";
 import { ConfigError } from "../common/errors.js";
 import { parseDuration, parseSize } from "../common/duration.js";
+import { LOG_FORMATS, type LogFormat } from "../common/log-format.js";
 import type { LogLevel } from "../common/logger.js";
 
 /**
@@ -61,6 +62,11 @@ export const CoordinatorConfigSchema = Type.Object(
         level: Type.Union(
           ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
           { default: "info" },
+        ),
+        /** auto | json | pretty: "auto" is pretty on a terminal and JSON otherwise (env AITBC_COORDINATOR_LOG_FORMAT, flag --log-format). Default "auto". */
+        format: Type.Union(
+          LOG_FORMATS.map((f) => Type.Literal(f)),
+          { default: "auto" },
         ),
       },
       section,
@@ -244,6 +250,7 @@ export interface CoordinatorConfig {
   dataDir: string;
   storage: { backend: "sqlite" | "postgres"; url: string; schema: string; poolSize: number; replica: string };
   logLevel: LogLevel;
+  logFormat: LogFormat;
   limits: {
     perMinute: number;
     perHour: number;
@@ -339,6 +346,7 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
     dataDir: path.resolve(raw.storage.data_dir),
     storage: { backend: raw.storage.backend, url: raw.storage.url, schema: raw.storage.schema, poolSize: raw.storage.pool_size, replica: raw.storage.replica },
     logLevel: raw.log.level as LogLevel,
+    logFormat: raw.log.format,
     limits: {
       perMinute: raw.limits.requests_per_minute,
       perHour: raw.limits.requests_per_hour,
