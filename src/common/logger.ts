@@ -1,3 +1,4 @@
+import { fstatSync } from "node:fs";
 import { isatty } from "node:tty";
 import { pino, destination, type DestinationStream, type Logger, type LoggerOptions } from "pino";
 import type { LogFormat } from "./log-format.js";
@@ -70,7 +71,8 @@ const WARN = 40;
 
 /**
  * pino's destination: routes each line by its level (pino sets `lastLevel` on streams that ask
- * for metadata) to the low or the warn stream, and formats it when that stream is pretty.
+ * for metadata) to the low or the warn stream, formats it when that stream is pretty, and gives
+ * it a syslog priority prefix when that stream is the journal.
  */
 class LogSink implements DestinationStream {
   /** Set by pino before each write, because the constructor marks this stream as wanting metadata. */
@@ -86,7 +88,8 @@ class LogSink implements DestinationStream {
 
   write(line: string): void {
     const out = this.lastLevel >= WARN ? this.high : this.low;
-    out.stream.write(out.pretty === undefined ? line : out.pretty(line));
+    const text = out.pretty === undefined ? line : out.pretty(line);
+    out.stream.write(out.journal ? `<${syslogPriority(this.lastLevel)}>${text}` : text);
   }
 
   flush(cb: (err?: Error) => void): void {
@@ -105,6 +108,8 @@ class LogSink implements DestinationStream {
 interface Output {
   stream: ReturnType<typeof destination>;
   pretty: ((line: string) => string) | undefined;
+  /** Connected to journald: lines carry a `<N>` priority prefix, which journald strips and keeps. */
+  journal: boolean;
 }
 
 function output(fd: 1 | 2, format: LogFormat): Output {
@@ -112,7 +117,32 @@ function output(fd: 1 | 2, format: LogFormat): Output {
   // Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org).
   const colour = pretty && isatty(fd) && (process.env.NO_COLOR ?? "") === "";
   // A terminal is written synchronously, so its lines keep their order across stdout and stderr.
-  return { stream: destination({ fd, sync: isatty(fd) }), pretty: pretty ? (line) => prettyLine(line, colour) : undefined };
+  return { stream: destination({ fd, sync: isatty(fd) }), pretty: pretty ? (line) => prettyLine(line, colour) : undefined, journal: isJournal(fd) };
+}
+
+/**
+ * Whether `fd` is the journal stream systemd connected the service to: systemd sets
+ * JOURNAL_STREAM to that stream's "device:inode" (systemd.exec(5)). journald files every line
+ * of a service as info whichever stream it came on, unless the line starts with a `<N>` prefix.
+ */
+export function isJournal(fd: number, env: NodeJS.ProcessEnv = process.env): boolean {
+  const want = env.JOURNAL_STREAM;
+  if (want === undefined || want === "") return false;
+  try {
+    const st = fstatSync(fd);
+    return want === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
+  }
+}
+
+/** pino level → syslog priority (sd-daemon.h): fatal 2 (crit), error 3, warn 4, info 6, debug and trace 7. */
+export function syslogPriority(level: number): number {
+  if (level >= 60) return 2;
+  if (level >= 50) return 3;
+  if (level >= 40) return 4;
+  if (level >= 30) return 6;
+  return 7;
 }
 
 const LEVELS: Record<number, { label: string; colour: string }> = {

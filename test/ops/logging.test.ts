@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -22,9 +22,10 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
 });
 
-/** Without AITBC_ variables from the outer shell, which could set a log format of their own. */
+/** Without AITBC_ variables, NO_COLOR or JOURNAL_STREAM from the outer shell, which would change the output. */
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  return { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AITBC_") && k !== "NO_COLOR")), ...extra };
+  const outer = Object.entries(process.env).filter(([k]) => !k.startsWith("AITBC_") && k !== "NO_COLOR" && k !== "JOURNAL_STREAM");
+  return { ...Object.fromEntries(outer), ...extra };
 }
 
 function start(command: string, args: string[], env: NodeJS.ProcessEnv): Run {
@@ -122,6 +123,29 @@ describe("log output of a piped coordinator", () => {
 
     const json = start(process.execPath, coordinatorArgs(mkdtempSync(path.join(tmpdir(), "aitbc-logs-")), ["--log-format", "json"]), env);
     await waitFor("JSON listening line", () => jsonLines(json.stdout()).find((l) => l.msg === "coordinator listening"), json);
+  });
+});
+
+describe("log output to journald", () => {
+  it("prefixes each line with its syslog priority when systemd's JOURNAL_STREAM names the stream", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "aitbc-logs-"));
+    const args = coordinatorArgs(dir);
+    // One file for stdout and stderr, as systemd passes one journal socket for both.
+    const logFile = path.join(dir, "journal.log");
+    const fd = openSync(logFile, "w");
+    const st = fstatSync(fd);
+    const child = spawn(process.execPath, args, { env: cleanEnv({ JOURNAL_STREAM: `${st.dev}:${st.ino}` }), stdio: ["ignore", fd, fd] });
+    closeSync(fd);
+    children.push(child);
+    const run: Run = { child, stdout: () => readFileSync(logFile, "utf8"), stderr: () => "", exited: new Promise((resolve) => child.on("exit", resolve)) };
+    const listening = await waitFor("listening line", () => run.stdout().split("\n").find((l) => l.includes('"msg":"coordinator listening"')), run);
+    expect(listening).toMatch(/^<6>\{"level":30,/);
+    writeFileSync(args[args.indexOf("-c") + 1]!, "[limits]\nrequests_per_minute = -1\n");
+    child.kill("SIGHUP");
+    const refused = await waitFor("refusal line", () => run.stdout().split("\n").find((l) => l.includes("config reload refused")), run);
+    expect(refused).toMatch(/^<3>\{"level":50,/);
+    child.kill("SIGTERM");
+    expect(await run.exited).toBe(0);
   });
 });
 
