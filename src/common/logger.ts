@@ -34,10 +34,11 @@ interface LoggedRequest {
 
 /**
  * The process's logger. Records below warn go to `destination` (stdout, or stderr for CLI
- * commands whose stdout is their output); warn and above always go to stderr, so journald and
- * shells keep them apart. `format` "auto" writes pretty lines when that stream is a terminal and
- * JSON otherwise (a pipe, a file, journald). Keys, prompts and outputs are never logged; the
- * redact list is a second line of defence.
+ * commands whose stdout is their output); warn and above always go to stderr, so a shell or a
+ * supervisor can tell them apart, and under systemd each line carries its syslog priority.
+ * `format` "auto" writes pretty lines when that stream is a terminal and JSON otherwise (a pipe,
+ * a file, journald). Keys, prompts and outputs are never logged; the redact list is a second
+ * line of defence.
  */
 export function createLogger(options: { level?: LogLevel; name?: string; destination?: 1 | 2; format?: LogFormat } = {}): Logger {
   const opts: LoggerOptions = {
