@@ -35,8 +35,8 @@ try {
   tsc = undefined;
 }
 if (tsc !== undefined && existsSync(path.join(root, "tsconfig.build.json"))) {
-  note("compiling dist/ (tsc -p tsconfig.build.json)");
-  run("compiling dist/", [tsc, "-p", "tsconfig.build.json"]);
+  note("compiling dist/ and the dashboard (scripts/build-dist.mjs)");
+  run("compiling dist/", [path.join(root, "scripts", "build-dist.mjs")]);
 } else {
   note("typescript is not installed: using the dist/ that is there");
 }

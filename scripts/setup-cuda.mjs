@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm run setup:cuda`: installs onnxruntime-node's CUDA execution provider on a GPU host.
 //
-// The project's .npmrc skips onnxruntime-node's own download (it fetches the provider from
+// A plain install skips onnxruntime-node's own download (it fetches the provider from
 // api.nuget.org, outside the npm registry, and fails without that network). This step runs
 // onnxruntime-node 1.30's installer on purpose, with its "cuda12" manifest (the only CUDA
 // manifest 1.30 has for linux/x64: Microsoft.ML.OnnxRuntime.Gpu.Linux 1.30.0), then says
@@ -25,7 +25,7 @@ if (`${process.platform}/${process.arch}` !== "linux/x64") {
 const missing = () => files.filter((f) => !existsSync(path.join(binDir, f)));
 if (missing().length > 0) {
   console.log(`setup:cuda: downloading the CUDA provider for onnxruntime-node into ${binDir}`);
-  // The environment variable outranks npm's own npm_config_onnxruntime_node_install=skip (from .npmrc).
+  // Overrides a skip the installing shell may carry (ONNXRUNTIME_NODE_INSTALL, npm_config_onnxruntime_node_install).
   const env = { ...process.env, ONNXRUNTIME_NODE_INSTALL: "cuda12" };
   delete env.npm_config_onnxruntime_node_install;
   const r = spawnSync(process.execPath, [path.join(pkgDir, "script", "install.js"), "--onnxruntime-node-install=cuda12"], { cwd: pkgDir, env, stdio: "inherit" });

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
 import { AppError, toAppError } from "../common/errors.js";
+import { LOG_FORMATS } from "../common/log-format.js";
 import { packageVersion } from "../common/package-info.js";
 /**
  * The one CLI binary. Each subcommand lives in `src/bin/commands/<name>.ts` and exports a
@@ -28,6 +29,8 @@ const program = new Command()
   .name("aitbc")
   .description("aitbc-miner: a GPU miner network (coordinator, miner daemon, client CLI)")
   .version(packageVersion())
+  // Global: every command that logs reads it with optsWithGlobals(); it overrides [log] format.
+  .addOption(new Option("--log-format <format>", "log lines; auto is pretty on a terminal, JSON otherwise (overrides [log] format)").choices(LOG_FORMATS))
   .showHelpAfterError()
   .exitOverride();
 

@@ -1,3 +1,6 @@
+import { createParser, type EventSourceParser } from "eventsource-parser";
+import { ApiError } from "./api-error.js";
+
 /** One Server-Sent Event as the WHATWG event-stream format defines it. */
 export interface SseMessage {
   /** `event:` field; "message" when absent. */
@@ -8,75 +11,57 @@ export interface SseMessage {
 }
 
 /**
- * A small incremental parser for `text/event-stream` (the WHATWG "event stream interpretation"):
- * feed it decoded text in chunks of any size, get back the complete events. Lines end in LF, CR
- * or CRLF (also split across chunks); `:` lines are comments (keepalives); `data:` lines join
- * with "\n"; a blank line dispatches; an event without data is dropped, as browsers do.
+ * Most characters one event (or an unfinished line) may hold while it arrives. The largest the
+ * coordinator sends is a `token` event with a whole output (max_new_tokens 4096 of GPT-2 text,
+ * well under 1 MiB); past this a broken or hostile server would have the CLI buffer forever.
+ */
+export const MAX_EVENT_CHARS = 16 * 1024 * 1024;
+
+/**
+ * An incremental `text/event-stream` parser: feed it decoded text in chunks of any size, get
+ * back the complete events. The parsing is eventsource-parser's (line ends LF, CR or CRLF, also
+ * split across chunks; `:` comments; `data:` lines joined with "\n"; an event without data
+ * dropped, as browsers do); this class keeps the call shape the API client reads in a loop,
+ * refuses an event above `maxEventChars`, and ends a line at a CR that ends a chunk (see push).
+ * Reconnecting with Last-Event-ID stays in ApiClient.followJob, which makes a new parser per
+ * connection.
  */
 export class SseParser {
-  private buffer = "";
-  private event = "";
-  private data: string[] = [];
-  private id: string | undefined;
+  private readonly parser: EventSourceParser;
+  private ready: SseMessage[] = [];
+  private overflow = false;
   private sawCr = false;
 
-  /** The last `id:` seen in the stream (what Last-Event-ID should carry on reconnect). */
+  /** The last `id:` of an event so far (what Last-Event-ID should carry on reconnect). */
   lastEventId: string | undefined;
 
-  push(chunk: string): SseMessage[] {
-    let text = chunk;
-    // A CR at the end of the previous chunk may be the first half of a CRLF.
-    if (this.sawCr && text.startsWith("\n")) text = text.slice(1);
-    this.sawCr = false;
-    this.buffer += text;
-    const out: SseMessage[] = [];
-    for (;;) {
-      const m = /\r\n|\r|\n/.exec(this.buffer);
-      if (m === null) break;
-      // A lone CR at the very end: wait for the next chunk to tell CR from CRLF.
-      if (m[0] === "\r" && m.index === this.buffer.length - 1) {
-        const line = this.buffer.slice(0, m.index);
-        this.buffer = "";
-        this.sawCr = true;
-        this.line(line, out);
-        break;
-      }
-      const line = this.buffer.slice(0, m.index);
-      this.buffer = this.buffer.slice(m.index + m[0].length);
-      this.line(line, out);
-    }
-    return out;
+  constructor(private readonly maxEventChars = MAX_EVENT_CHARS) {
+    this.parser = createParser({
+      onEvent: (e) => {
+        if (e.id !== undefined) this.lastEventId = e.id;
+        this.ready.push({ event: e.event ?? "message", data: e.data, id: e.id });
+      },
+      // "retry" and unknown fields are reported here too: nothing to do for a CLI.
+      onError: (err) => {
+        if (err.type === "max-buffer-size-exceeded") this.overflow = true;
+      },
+      maxBufferSize: maxEventChars,
+    });
   }
 
-  private line(line: string, out: SseMessage[]): void {
-    if (line === "") {
-      if (this.data.length > 0) out.push({ event: this.event === "" ? "message" : this.event, data: this.data.join("\n"), id: this.id });
-      this.event = "";
-      this.data = [];
-      this.id = undefined;
-      return;
+  push(chunk: string): SseMessage[] {
+    // eventsource-parser holds a CR that ends a chunk until it sees whether an LF follows, so with
+    // CR line ends the last event of a burst would wait for the next chunk. The spec ends the line
+    // at the CR: it is fed as CRLF here, and an LF that then starts the next chunk is dropped.
+    let text = this.sawCr && chunk.startsWith("\n") ? chunk.slice(1) : chunk;
+    this.sawCr = text.endsWith("\r");
+    if (this.sawCr) text += "\n";
+    if (!this.overflow) this.parser.feed(text);
+    if (this.overflow) {
+      throw new ApiError(0, "event_too_large", `an event of the stream is larger than ${this.maxEventChars} characters`);
     }
-    if (line.startsWith(":")) return;
-    const colon = line.indexOf(":");
-    const field = colon === -1 ? line : line.slice(0, colon);
-    let value = colon === -1 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    switch (field) {
-      case "event":
-        this.event = value;
-        break;
-      case "data":
-        this.data.push(value);
-        break;
-      case "id":
-        if (!value.includes("\0")) {
-          this.id = value;
-          this.lastEventId = value;
-        }
-        break;
-      default:
-        // "retry" and unknown fields: nothing to do for a CLI.
-        break;
-    }
+    const out = this.ready;
+    this.ready = [];
+    return out;
   }
 }

@@ -2,6 +2,7 @@ import path from "node:path";
 import { Type, type Static } from "@sinclair/typebox";
 import { Duration, Size, compileField, configError, loadConfig, type ConfigProblem, type LoadConfigOptions } from "../common/config.js";
 import { formatDuration, parseDuration, parseSize } from "../common/duration.js";
+import { LOG_FORMATS, type LogFormat } from "../common/log-format.js";
 import type { LogLevel } from "../common/logger.js";
 
 /**
@@ -55,6 +56,11 @@ export const CoordinatorConfigSchema = Type.Object(
         level: Type.Union(
           ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
           { default: "info" },
+        ),
+        /** auto | json | pretty: "auto" is pretty on a terminal and JSON otherwise (env AITBC_COORDINATOR_LOG_FORMAT, flag --log-format). Default "auto". */
+        format: Type.Union(
+          LOG_FORMATS.map((f) => Type.Literal(f)),
+          { default: "auto" },
         ),
       },
       section,
@@ -251,6 +257,7 @@ export interface CoordinatorConfig {
   dataDir: string;
   storage: { backend: "sqlite" | "postgres"; url: string; schema: string; poolSize: number; replica: string };
   logLevel: LogLevel;
+  logFormat: LogFormat;
   limits: {
     perMinute: number;
     perHour: number;
@@ -385,6 +392,7 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
     dataDir: path.resolve(raw.storage.data_dir),
     storage: { backend: raw.storage.backend, url: raw.storage.url, schema: raw.storage.schema, poolSize: raw.storage.pool_size, replica: raw.storage.replica },
     logLevel: raw.log.level as LogLevel,
+    logFormat: raw.log.format,
     limits: {
       perMinute: raw.limits.requests_per_minute,
       perHour: raw.limits.requests_per_hour,

@@ -1,4 +1,4 @@
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import websocket from "@fastify/websocket";
@@ -42,6 +42,31 @@ export interface CoordinatorOptions {
 }
 
 type CoordinatorState = "created" | "starting" | "running" | "stopping" | "stopped";
+
+/**
+ * Fastify's per-request lines ("incoming request", "request completed") at info, except for
+ * probes and scrapes (/healthz, /readyz, /metrics), which a load balancer or Prometheus calls
+ * every few seconds: theirs are logged only at debug, and a failed one always.
+ */
+const PROBES = new Set(["/healthz", "/readyz", "/metrics"]);
+
+class RequestLogs extends LogController {
+  constructor(private readonly log: Logger) {
+    super();
+  }
+
+  private quiet(request: FastifyRequest): boolean {
+    return PROBES.has(request.url.split("?")[0]!) && !this.log.isLevelEnabled("debug");
+  }
+
+  override incomingRequest(request: FastifyRequest, reply: FastifyReply): void {
+    if (!this.quiet(request)) super.incomingRequest(request, reply);
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    if (error != null || !this.quiet(request)) super.requestCompleted(error, request, reply);
+  }
+}
 
 const PUBLIC = [/^\/metrics$/, /^\/healthz$/, /^\/readyz$/, /^\/openapi\.json$/, /^\/docs(\/.*)?$/, new RegExp(`^${MINER_GATEWAY_PATH}$`)];
 
@@ -224,6 +249,7 @@ export class Coordinator {
     const { config, log } = ctx;
     const app = Fastify({
       loggerInstance: log as unknown as FastifyBaseLogger,
+      logController: new RequestLogs(log),
       bodyLimit: config.server.bodyLimit,
       return503OnClosing: true,
       // A slow client may not hold a socket for minutes: the whole request within

@@ -4,6 +4,15 @@ import * as ort from "onnxruntime-node";
 import { AppError, errorMessage } from "../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "./cuda-provider.js";
 
+// onnxruntime-node 1.30 on Linux starts Microsoft's 1DS telemetry with the first session: it opens
+// an empty /tmp/mat-debug-<pid>.log (the SDK's trace file), keeps a device id and an event cache
+// under ~/.cache/Microsoft/DeveloperTools/.onnxruntime and uploads usage events. A miner should
+// neither litter /tmp nor call out to anyone but its coordinator, so it is off unless the operator
+// sets ORT_DISABLE_TELEMETRY themselves. The variable is read when the environment is created,
+// after this module has run; this module is loaded on the main thread (onnx-engine.ts), whose
+// process.env is the real environment (a worker thread's is a copy native code does not see).
+process.env.ORT_DISABLE_TELEMETRY ??= "1";
+
 // onnxruntime's default logger prints the CUDA provider's load failure in colour on stderr
 // before any session option applies; the engine reports it once, in its own log, instead.
 ort.env.logLevel = "fatal";

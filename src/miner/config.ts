@@ -5,6 +5,7 @@ import { Type, type Static } from "@sinclair/typebox";
 import { Duration, compileField, configError, loadConfig, type ConfigProblem, type LoadConfigOptions } from "../common/config.js";
 import { ConfigError, errorMessage } from "../common/errors.js";
 import { formatDuration, parseDuration } from "../common/duration.js";
+import { LOG_FORMATS, type LogFormat } from "../common/log-format.js";
 import type { LogLevel } from "../common/logger.js";
 import { InferenceConfigSchema, type InferenceConfigRaw } from "../inference/config.js";
 
@@ -94,6 +95,11 @@ export const MinerConfigSchema = Type.Object(
           ["fatal", "error", "warn", "info", "debug", "trace", "silent"].map((l) => Type.Literal(l)),
           { default: "info" },
         ),
+        /** auto | json | pretty: "auto" is pretty on a terminal and JSON otherwise (env AITBC_MINER_LOG_FORMAT, flag --log-format). Default "auto". */
+        format: Type.Union(
+          LOG_FORMATS.map((f) => Type.Literal(f)),
+          { default: "auto" },
+        ),
       },
       { additionalProperties: false, default: {} },
     ),
@@ -173,6 +179,7 @@ export interface MinerConfig {
   /** host:port of the metrics listener; "" = off. */
   metricsListen: string;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   /** Set when the fake engine is enabled. */
   fakeEngine: FakeEngineOptions | undefined;
 }
@@ -257,6 +264,7 @@ export function compileMinerConfig(raw: MinerConfigRaw, file: string | undefined
     inference: raw.inference,
     metricsListen: raw.metrics.listen,
     logLevel: raw.log.level as LogLevel,
+    logFormat: raw.log.format,
     fakeEngine: fake.enabled
       ? {
           tokensPerSecond: fake.tokens_per_second,

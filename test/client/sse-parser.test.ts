@@ -41,3 +41,24 @@ describe("SseParser", () => {
     expect(p.push("\n")).toEqual([{ event: "completed", data: "{}", id: "9" }]);
   });
 });
+
+describe("SseParser limits", () => {
+  it("dispatches at a CR that ends a chunk, without waiting for the next one", () => {
+    const p = new SseParser();
+    expect(p.push("data: x\r\r")).toEqual([{ event: "message", data: "x", id: undefined }]);
+    expect(p.push("\ndata: y\r\n\r\n")).toEqual([{ event: "message", data: "y", id: undefined }]);
+  });
+
+  it("refuses an event larger than its limit instead of buffering it", () => {
+    const p = new SseParser(64);
+    expect(p.push(`data: ${"a".repeat(40)}\n`)).toEqual([]);
+    let thrown: unknown;
+    try {
+      p.push(`data: ${"b".repeat(40)}\n`);
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({ code: "event_too_large", retryable: false });
+    expect(() => p.push("\n")).toThrow(/larger than 64 characters/);
+  });
+});

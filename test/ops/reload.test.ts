@@ -44,7 +44,9 @@ describe("coordinator SIGHUP reload", () => {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let log = "";
+    // Info lines on stdout, warn and above on stderr: the test reads both.
     child.stdout!.on("data", (d: Buffer) => (log += d.toString()));
+    child.stderr!.on("data", (d: Buffer) => (log += d.toString()));
     const url = `http://127.0.0.1:${port}`;
     await waitFor(async () => ((await fetch(`${url}/readyz`)).ok ? true : undefined), "readyz");
     const list = (): Promise<number> => fetch(`${url}/v1/jobs`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status);

@@ -3,6 +3,7 @@ import { createLogger } from "../../common/logger.js";
 import { loadCoordinatorConfig } from "../../coordinator/config.js";
 import { Coordinator } from "../../coordinator/coordinator.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
+import { logFormatFlag } from "../global-options.js";
 
 /**
  * `aitbc coordinator --config config/coordinator.toml`: the coordinator (client REST API, miner
@@ -26,9 +27,10 @@ export function registerCoordinatorCommand(program: Command): void {
           "server.port": opts.port,
           "storage.data_dir": opts.dataDir,
           "log.level": opts.logLevel,
+          "log.format": logFormatFlag(cmd),
         },
       });
-      const log = createLogger({ level: config.logLevel, name: "coordinator" });
+      const log = createLogger({ level: config.logLevel, format: config.logFormat, name: "coordinator" });
       const coordinator = new Coordinator({ config, log });
       // SIGHUP re-reads the file (and environment) and applies what can change while running.
       const onHup = (): void => {

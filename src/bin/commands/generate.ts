@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { createLogger, type LogLevel } from "../../common/logger.js";
 import { OnnxEngine } from "../../inference/onnx-engine.js";
+import { logFormatFlag } from "../global-options.js";
 import { GENERATION_BOUNDS, GENERATION_DEFAULTS, type ResolvedGenerationParameters } from "../../protocol/generation.js";
 
 interface GenerateOptions {
@@ -46,9 +47,9 @@ export function registerGenerateCommand(program: Command): void {
     .option("--threads <n>", "onnxruntime intra-op threads, 0 = one per CPU", bounded("threads", true), 0)
     .option("--json", "print one JSON result instead of streaming text", false)
     .option("--verbose", "log engine events (model loaded, device, fallback) on stderr", false)
-    .action(async (opts: GenerateOptions) => {
+    .action(async (opts: GenerateOptions, cmd: Command) => {
       const level: LogLevel = opts.verbose ? "info" : "warn";
-      const log = createLogger({ level, name: "generate", destination: 2 });
+      const log = createLogger({ level, name: "generate", destination: 2, format: logFormatFlag(cmd) ?? "auto" });
       const deviceIds = opts.executionProvider === "cpu" ? [] : (opts.device ?? (gpuVisible() || opts.executionProvider === "cuda" ? [0] : []));
       // auto on a host without a GPU is simply the CPU: nothing to warn about here.
       const executionProvider = opts.executionProvider === "auto" && deviceIds.length === 0 ? "cpu" : opts.executionProvider;

@@ -8,6 +8,7 @@ import { Miner } from "../../miner/miner.js";
 import { MinerMetrics } from "../../miner/miner-metrics.js";
 import { execRunner } from "../../miner/gpu/detect.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
+import { logFormatFlag } from "../global-options.js";
 
 /**
  * `aitbc miner --config config/miner.toml`: the miner daemon. The first SIGTERM/SIGINT drains
@@ -40,9 +41,10 @@ export function registerMinerCommand(program: Command): void {
           "miner.name": opts.name,
           "gpus.mode": opts.cpu === true ? "cpu" : undefined,
           "log.level": opts.logLevel,
+          "log.format": logFormatFlag(cmd),
         },
       });
-      const log = createLogger({ level: config.logLevel, name: "miner" });
+      const log = createLogger({ level: config.logLevel, format: config.logFormat, name: "miner" });
       const detection = await detectGpus({ gpus: config.gpus });
       for (const problem of detection.problems) log.warn({ problem }, "gpu detection");
       const gpus = selectedGpus(detection);

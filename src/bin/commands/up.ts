@@ -11,6 +11,7 @@ import { loadMinerConfig } from "../../miner/config.js";
 import { createEngine } from "../../miner/engine-factory.js";
 import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
 import { Miner } from "../../miner/miner.js";
+import { logFormatFlag } from "../global-options.js";
 import { runUntilSignal } from "./coordinator.js";
 
 const DEFAULT_MODEL = "tiny-gpt2";
@@ -35,9 +36,9 @@ export function registerUpCommand(program: Command): void {
     .action(async (opts: UpOptions, cmd: Command) => {
       const config = loadCoordinatorConfig(opts.config, {
         optional: cmd.getOptionValueSource("config") !== "cli",
-        overrides: { "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel },
+        overrides: { "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel, "log.format": logFormatFlag(cmd) },
       });
-      const log = createLogger({ level: config.logLevel, name: "aitbc" });
+      const log = createLogger({ level: config.logLevel, format: config.logFormat, name: "aitbc" });
       const modelsDir = path.resolve(opts.modelsDir);
       const modelDir = path.join(modelsDir, DEFAULT_MODEL);
       if (!existsSync(path.join(modelDir, "config.json"))) {

@@ -1,11 +1,8 @@
 import { createHash, randomBytes } from "node:crypto";
-import type { S3Client } from "@aws-sdk/client-s3";
 import { UnavailableError } from "../../common/errors.js";
 import type { CoordinatorConfig } from "../config.js";
 import type { ResultStore, SweepCounts } from "./result-store.js";
-
-/** The AWS SDK, loaded only by a coordinator that uses S3 (it is large and warns about Node versions). */
-type S3Sdk = typeof import("@aws-sdk/client-s3");
+import { connectS3, type S3Connection } from "./s3-sdk.js";
 
 /** A result object younger than this is never swept: it may be another replica's, between its put and its commit. */
 export const SWEEP_MIN_AGE_MS = 10 * 60_000;
@@ -19,7 +16,7 @@ export const SWEEP_MIN_AGE_MS = 10 * 60_000;
  * job store commits, so a committed result always has its bytes.
  */
 export class S3ResultStore implements ResultStore {
-  private sdk: Promise<{ sdk: S3Sdk; client: S3Client }> | undefined;
+  private sdk: Promise<S3Connection> | undefined;
 
   constructor(
     private readonly s3: CoordinatorConfig["s3"],
@@ -28,18 +25,8 @@ export class S3ResultStore implements ResultStore {
     private readonly now: () => number = Date.now,
   ) {}
 
-  private connect(): Promise<{ sdk: S3Sdk; client: S3Client }> {
-    this.sdk ??= import("@aws-sdk/client-s3").then((sdk) => ({
-      sdk,
-      client: new sdk.S3Client({
-        region: this.s3.region,
-        ...(this.s3.endpoint === "" ? {} : { endpoint: this.s3.endpoint }),
-        forcePathStyle: this.s3.forcePathStyle,
-        ...(this.s3.accessKeyId === "" ? {} : { credentials: { accessKeyId: this.s3.accessKeyId, secretAccessKey: this.s3.secretAccessKey } }),
-        maxAttempts: 3,
-        requestChecksumCalculation: "WHEN_REQUIRED",
-      }),
-    }));
+  private connect(): Promise<S3Connection> {
+    this.sdk ??= connectS3(this.s3, 3);
     return this.sdk;
   }
 

@@ -1,4 +1,3 @@
-import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Backoff, sleep } from "../../common/backoff.js";
 import type { Logger } from "../../common/logger.js";
 import type { CoordinatorConfig } from "../config.js";
@@ -6,6 +5,7 @@ import type { JobEvents } from "../store/job-events.js";
 import type { JobRecord, JobStore } from "../store/job-store.js";
 import { renderResult } from "./render-result.js";
 import type { ResultStore } from "./result-store.js";
+import { connectS3, type S3Connection } from "./s3-sdk.js";
 
 const S3_DESTINATION = /^s3:\/\/([^/]+)(?:\/(.*))?$/;
 
@@ -33,27 +33,22 @@ export interface S3UploaderDeps {
  * by each `completed` event; on start it re-drives completed s3 jobs not uploaded yet (so a
  * restart loses nothing). Each upload is tried `upload_attempts` times with the shared backoff,
  * then the failure is recorded in the job's result. The local copy is never touched, so
- * download keeps working whatever S3 does.
+ * download keeps working whatever S3 does. The AWS SDK is loaded by the first upload, so a
+ * coordinator whose jobs never name an s3:// destination never loads it.
  */
 export class S3Uploader {
-  private readonly client: S3Client;
+  private client: Promise<S3Connection> | undefined;
   private readonly inFlight = new Map<string, Promise<void>>();
   private readonly abort = new AbortController();
   private unsubscribe: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly deps: S3UploaderDeps) {
-    const c = deps.config;
-    this.client = new S3Client({
-      region: c.region,
-      ...(c.endpoint === "" ? {} : { endpoint: c.endpoint }),
-      forcePathStyle: c.forcePathStyle,
-      ...(c.accessKeyId === "" ? {} : { credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey } }),
-      // Our own retry loop (with backoff and a recorded outcome) replaces the SDK's.
-      maxAttempts: 1,
-      // S3-compatible servers (s3rver, older MinIO) store aws-chunked checksummed bodies verbatim.
-      requestChecksumCalculation: "WHEN_REQUIRED",
-    });
+  constructor(private readonly deps: S3UploaderDeps) {}
+
+  private connect(): Promise<S3Connection> {
+    // Our own retry loop (with backoff and a recorded outcome) replaces the SDK's: one attempt.
+    this.client ??= connectS3(this.deps.config, 1);
+    return this.client;
   }
 
   /** Listens for completed jobs and re-drives the uploads a previous run did not finish. */
@@ -90,7 +85,8 @@ export class S3Uploader {
     this.unsubscribe?.();
     this.abort.abort(new Error("uploader stopping"));
     await Promise.allSettled([...this.inFlight.values()]);
-    this.client.destroy();
+    const connection = await this.client?.catch(() => undefined);
+    connection?.client.destroy();
   }
 
   /** Resolves when the uploads started so far have ended (tests). */
@@ -121,6 +117,7 @@ export class S3Uploader {
     const { bucket, key } = objectLocation(job.destination, job.id, doc.ext);
     const uri = `s3://${bucket}/${key}`;
     const backoff = new Backoff({ baseMs: config.uploadBackoffMs, maxMs: config.uploadBackoffMaxMs });
+    const { sdk, client } = await this.connect();
     let lastError = "";
     let attempts = 0;
     for (let attempt = 1; attempt <= config.uploadAttempts; attempt += 1) {
@@ -132,8 +129,8 @@ export class S3Uploader {
         }
       }
       try {
-        await this.client.send(
-          new PutObjectCommand({ Bucket: bucket, Key: key, Body: Buffer.from(doc.body, "utf8"), ContentType: doc.contentType }),
+        await client.send(
+          new sdk.PutObjectCommand({ Bucket: bucket, Key: key, Body: Buffer.from(doc.body, "utf8"), ContentType: doc.contentType }),
           { abortSignal: this.abort.signal },
         );
         await store.recordUpload(job.id, { uri, attempts: attempt }, now());
