@@ -1,9 +1,9 @@
 import path from "node:path";
 import type { Command } from "commander";
 import { loadConfig } from "../../common/config.js";
-import { BadRequestError } from "../../common/errors.js";
 import { CoordinatorConfigSchema, compileCoordinatorConfig } from "../../coordinator/config.js";
 import { MinerConfigSchema, compileMinerConfig } from "../../miner/config.js";
+import { UsageError } from "../exit-codes.js";
 
 type Kind = "coordinator" | "miner";
 
@@ -41,7 +41,7 @@ export function registerConfigCommand(program: Command): void {
     .action((file: string, opts: { kind?: string }) => {
       const kind = (opts.kind ?? guessKind(file)) as Kind | undefined;
       if (kind !== "coordinator" && kind !== "miner") {
-        throw new BadRequestError(`cannot tell whether ${file} is a coordinator or a miner config: pass --kind coordinator|miner`);
+        throw new UsageError(`cannot tell whether ${file} is a coordinator or a miner config: pass --kind coordinator|miner`);
       }
       const effective =
         kind === "coordinator"

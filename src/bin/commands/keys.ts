@@ -1,8 +1,9 @@
 import type { Command } from "commander";
-import { NotFoundError, ValidationError } from "../../common/errors.js";
+import { NotFoundError } from "../../common/errors.js";
 import { loadCoordinatorConfig } from "../../coordinator/config.js";
 import type { ApiKeyRecord, JobStore } from "../../coordinator/store/job-store.js";
 import { openJobStore } from "../../coordinator/store/open-store.js";
+import { UsageError } from "../exit-codes.js";
 
 interface KeysOptions {
   config: string;
@@ -30,10 +31,10 @@ export function registerKeysCommand(program: Command): void {
     .option("--json", "print {id, key, kind, name, tenant} as JSON")
     .action(async (opts: { name: string; tenant: string; miner?: boolean; json?: boolean }, cmd: Command) => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.tenant)) {
-        throw new ValidationError("--tenant must be 1-64 letters, digits, '.', '_' or '-'", { field: "tenant" });
+        throw new UsageError("--tenant must be 1-64 letters, digits, '.', '_' or '-'", { field: "tenant" });
       }
       if (opts.name.trim() === "" || opts.name.length > 128) {
-        throw new ValidationError("--name must be 1-128 characters", { field: "name" });
+        throw new UsageError("--name must be 1-128 characters", { field: "name" });
       }
       await withStore(cmd, async (store) => {
         const kind = opts.miner === true ? "miner" : "client";
@@ -50,12 +51,12 @@ export function registerKeysCommand(program: Command): void {
   keys
     .command("list")
     .description("list keys (id, kind, name, tenant, created, revoked); never secrets")
-    .option("--json", "print JSON lines")
+    .option("--json", "print a JSON array of {id, kind, name, tenant, created_at, revoked_at}")
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       await withStore(cmd, async (store) => {
         const all = await store.listKeys();
         if (opts.json === true) {
-          for (const k of all) process.stdout.write(`${JSON.stringify(keyJson(k))}\n`);
+          process.stdout.write(`${JSON.stringify(all.map(keyJson), null, 2)}\n`);
           return;
         }
         const rows = all.map((k) => [k.id, k.kind, k.name, k.tenant, iso(k.createdAt), k.revokedAt === null ? "-" : iso(k.revokedAt)]);
