@@ -5,13 +5,17 @@ import type { Command } from "commander";
 import { errorMessage, toAppError } from "../../common/errors.js";
 import { checkCudaProvider, describeCudaProviderProblem } from "../../inference/cuda-provider.js";
 import { loadModelInfo, type ModelInfo } from "../../inference/models/model-info.js";
+import { RECIPES } from "../../inference/models/recipes.js";
 import { createSession } from "../../inference/session-factory.js";
 import { loadMinerConfig } from "../../miner/config.js";
 import { WebSocket } from "ws";
 
-/** What one check found: "warn" is worth knowing but does not make the host unhealthy. */
+/**
+ * What one check found: "warn" is worth knowing but does not make the host unhealthy; "skip":
+ * the check could not run (what it needs is missing), so the host is not known to be healthy.
+ */
 export interface CheckResult {
-  status: "ok" | "warn" | "fail";
+  status: "ok" | "warn" | "fail" | "skip";
   summary: string;
   details?: string[];
 }
@@ -19,6 +23,8 @@ export interface CheckResult {
 /** What checks may look at; filled by earlier checks (GPUs seen, valid models) for later ones. */
 interface DoctorContext {
   modelsDir: string;
+  /** The models the miner loads at start ([inference] models); each must be valid. */
+  wanted: string[];
   /** The miner's coordinator and key, when a miner config (or flags) names them. */
   coordinator?: { url: string; key: string };
   gpus: string[];
@@ -59,7 +65,9 @@ const CHECKS: DoctorCheck[] = [
   {
     name: "models",
     run(ctx) {
-      if (!existsSync(ctx.modelsDir)) return { status: "fail", summary: `models dir ${ctx.modelsDir} does not exist (aitbc models build tiny-gpt2)` };
+      if (!existsSync(ctx.modelsDir)) {
+        return { status: "fail", summary: `models dir ${ctx.modelsDir} does not exist (${getModelHint(ctx.wanted[0] ?? "tiny-gpt2", ctx.modelsDir)})` };
+      }
       const details: string[] = [];
       let bad = 0;
       for (const entry of readdirSync(ctx.modelsDir, { withFileTypes: true })) {
@@ -73,7 +81,10 @@ const CHECKS: DoctorCheck[] = [
           details.push(`${entry.name}: ${toAppError(err).message}`);
         }
       }
-      if (ctx.models.length === 0) return { status: "fail", summary: "no valid model (aitbc models build tiny-gpt2)", details };
+      const missing = ctx.wanted.filter((name) => !ctx.models.some((m) => m.name === name));
+      for (const name of missing) details.push(`${name}: configured in [inference] models but not valid here (${getModelHint(name, ctx.modelsDir)})`);
+      if (ctx.models.length === 0) return { status: "fail", summary: `no valid model in ${ctx.modelsDir} (${getModelHint(ctx.wanted[0] ?? "tiny-gpt2", ctx.modelsDir)})`, details };
+      if (missing.length > 0) return { status: "fail", summary: `the miner would not start: ${missing.join(", ")} missing or invalid`, details };
       return { status: bad > 0 ? "warn" : "ok", summary: `${ctx.models.length} valid model(s)${bad > 0 ? `, ${bad} invalid` : ""}`, details };
     },
   },
@@ -81,7 +92,7 @@ const CHECKS: DoctorCheck[] = [
     name: "onnxruntime-cpu",
     async run(ctx) {
       const model = smallest(ctx.models);
-      if (model === undefined) return { status: "warn", summary: "skipped: no valid model to load" };
+      if (model === undefined) return { status: "skip", summary: "not checked: no valid model to load" };
       try {
         const { session } = await createSession(model.onnxPath, { kind: "cpu" }, settings("cpu"));
         await session.release();
@@ -100,7 +111,8 @@ const CHECKS: DoctorCheck[] = [
       const details = [...check.missingFiles.map((f) => `missing ${path.join(check.dir, f)}`), ...check.missingLibraries.map((l) => `not found by the loader: ${l}`)];
       if (problem !== "") return { status: needed ? "fail" : "warn", summary: problem, details };
       const model = smallest(ctx.models);
-      if (!needed || model === undefined) return { status: needed ? "warn" : "ok", summary: "CUDA provider libraries installed; no GPU or model to try them on" };
+      if (!needed) return { status: "ok", summary: "CUDA provider libraries installed; no GPU to try them on" };
+      if (model === undefined) return { status: "skip", summary: "CUDA provider libraries installed; not tried: no valid model to load" };
       try {
         const { session, device } = await createSession(model.onnxPath, { kind: "cuda", deviceId: 0 }, settings("cuda"));
         await session.release();
@@ -114,7 +126,12 @@ const CHECKS: DoctorCheck[] = [
   {
     name: "coordinator",
     async run(ctx) {
-      if (ctx.coordinator === undefined) return { status: "warn", summary: "no coordinator/miner key configured: not checked (pass -c config/miner.toml or --coordinator and --key-file)" };
+      if (ctx.coordinator === undefined) {
+        return {
+          status: "skip",
+          summary: "not checked: no miner key (set [coordinator] key_file in the miner config given with -c, pass --key-file FILE, or --no-coordinator to check the host only)",
+        };
+      }
       const { url, key } = ctx.coordinator;
       const outcome = await new Promise<CheckResult>((resolve) => {
         const ws = new WebSocket(url, { headers: { authorization: `Bearer ${key}` }, handshakeTimeout: 5_000 });
@@ -144,27 +161,35 @@ const CHECKS: DoctorCheck[] = [
 ];
 
 /**
- * `aitbc doctor`: is this host ready to mine? GPUs seen, models valid, onnxruntime loads on the
- * CPU and (where there is a GPU) with the CUDA provider, naming the missing library when not;
- * disk space. Exit code 0 when nothing failed, 1 otherwise.
+ * `aitbc doctor`: is this host ready to mine? GPUs seen, the configured models valid, onnxruntime
+ * loads on the CPU and (where there is a GPU) with the CUDA provider, naming the missing library
+ * when not; the coordinator accepts the miner key; disk space. Exit code 0 when nothing failed
+ * and nothing it needs was skipped, 1 otherwise.
  */
 export function registerDoctorCommand(program: Command): void {
   program
     .command("doctor")
-    .description("check this host: GPUs, CUDA provider, models, coordinator and key, disk (exit 0 healthy, 1 not)")
-    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .description("check this host: GPUs, CUDA provider, models, coordinator and key, disk")
+    .option("--models-dir <dir>", "folder that holds model folders (default: the config's [inference] models_dir)")
     .option("--json", "print JSON instead of text", false)
-    .option("-c, --config <file>", "miner config whose coordinator and key to check", "config/miner.toml")
+    .option("-c, --config <file>", "miner config whose models, coordinator and key to check", "config/miner.toml")
     .option("--coordinator <url>", "coordinator URL (overrides the config's)")
-    .option("--key-file <file>", "file holding the miner key (overrides the config's)")
-    .action(async (opts: { modelsDir: string; json: boolean; config: string; coordinator?: string; keyFile?: string }, cmd: Command) => {
+    .option("--key-file <file>", "file holding the miner key, relative to the working directory (overrides the config's)")
+    .option("--no-coordinator", "check this host only: no coordinator and key check")
+    .addHelpText("after", "\nExit 1 when a check failed or one it needs could not run (SKIP: e.g. no miner key; pass --no-coordinator for a host-only check).")
+    .action(async (opts: { modelsDir?: string; json: boolean; config: string; coordinator?: string | false; keyFile?: string }, cmd: Command) => {
+      const checkCoordinator = opts.coordinator !== false;
       const miner = loadMinerConfig({
         file: opts.config,
         optional: cmd.getOptionValueSource("config") !== "cli",
-        overrides: { "coordinator.url": opts.coordinator, "coordinator.key_file": opts.keyFile },
+        overrides: {
+          "coordinator.url": typeof opts.coordinator === "string" ? opts.coordinator : undefined,
+          // A flag's path is relative to the working directory (a path in the file, to the file).
+          "coordinator.key_file": opts.keyFile === undefined ? undefined : path.resolve(opts.keyFile),
+        },
       });
       const coordinator = miner.coordinator.key === "" ? undefined : { url: miner.coordinator.url, key: miner.coordinator.key };
-      const results = await runDoctor(opts.modelsDir, coordinator);
+      const results = await runDoctor(opts.modelsDir ?? miner.inference.models_dir, coordinator, { wanted: miner.inference.models, checkCoordinator });
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ healthy: healthy(results), checks: results }, null, 2)}\n`);
       } else {
@@ -177,10 +202,15 @@ export function registerDoctorCommand(program: Command): void {
     });
 }
 
-export async function runDoctor(modelsDir: string, coordinator?: { url: string; key: string }): Promise<(CheckResult & { name: string })[]> {
-  const ctx: DoctorContext = { modelsDir, gpus: [], models: [], ...(coordinator === undefined ? {} : { coordinator }) };
+export async function runDoctor(
+  modelsDir: string,
+  coordinator?: { url: string; key: string },
+  options: { wanted?: string[]; checkCoordinator?: boolean } = {},
+): Promise<(CheckResult & { name: string })[]> {
+  const ctx: DoctorContext = { modelsDir, wanted: options.wanted ?? [], gpus: [], models: [], ...(coordinator === undefined ? {} : { coordinator }) };
   const results: (CheckResult & { name: string })[] = [];
   for (const check of CHECKS) {
+    if (check.name === "coordinator" && options.checkCoordinator === false) continue;
     try {
       results.push({ name: check.name, ...(await check.run(ctx)) });
     } catch (err) {
@@ -191,7 +221,13 @@ export async function runDoctor(modelsDir: string, coordinator?: { url: string; 
 }
 
 function healthy(results: CheckResult[]): boolean {
-  return results.every((r) => r.status !== "fail");
+  return results.every((r) => r.status === "ok" || r.status === "warn");
+}
+
+/** How to get a model: build it when it is a built-in recipe, else pull an export under that name. */
+function getModelHint(name: string, modelsDir: string): string {
+  const dir = path.resolve(modelsDir) === path.resolve("models") ? "" : ` --models-dir ${modelsDir}`;
+  return Object.hasOwn(RECIPES, name) ? `aitbc models build ${name}${dir}` : `aitbc models pull REPO --name ${name}${dir}`;
 }
 
 function smallest(models: ModelInfo[]): ModelInfo | undefined {

@@ -1,4 +1,6 @@
+import path from "node:path";
 import type { Command } from "commander";
+import { collectList } from "../cli-options.js";
 import { AppError } from "../../common/errors.js";
 import { createLogger } from "../../common/logger.js";
 import { computeSlots, loadMinerConfig } from "../../miner/config.js";
@@ -22,9 +24,11 @@ export function registerMinerCommand(program: Command): void {
     .option(
       "--coordinator <url>",
       "coordinator URL (overrides [coordinator] url); repeat it, or separate with commas, for several replicas",
-      (v: string, all: string[] | undefined) => [...(all ?? []), ...v.split(",")],
+      collectList,
     )
-    .option("--key-file <file>", "file holding the miner key (overrides [coordinator] key_file)")
+    .option("--key-file <file>", "file holding the miner key, relative to the working directory (overrides [coordinator] key_file)")
+    .option("--models <names>", "model folders to serve (overrides [inference] models); repeat it, or separate with commas", collectList)
+    .option("--models-dir <dir>", "folder that holds model folders (overrides [inference] models_dir)")
     .option("--name <name>", "miner name (overrides [miner] name)")
     .option("--cpu", "run as a CPU miner even when GPUs are present")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
@@ -36,7 +40,10 @@ export function registerMinerCommand(program: Command): void {
         requireKey: true,
         overrides: {
           "coordinator.url": opts.coordinator,
-          "coordinator.key_file": opts.keyFile,
+          // A flag's path is relative to the working directory (a path in the file, to the file).
+          "coordinator.key_file": opts.keyFile === undefined ? undefined : path.resolve(opts.keyFile),
+          "inference.models": opts.models,
+          "inference.models_dir": opts.modelsDir,
           "miner.name": opts.name,
           "gpus.mode": opts.cpu === true ? "cpu" : undefined,
           "log.level": opts.logLevel,
@@ -129,6 +136,8 @@ interface MinerCommandOptions {
   config: string;
   coordinator?: string[];
   keyFile?: string;
+  models?: string[];
+  modelsDir?: string;
   name?: string;
   cpu?: boolean;
   logLevel?: string;
