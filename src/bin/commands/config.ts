@@ -1,8 +1,5 @@
 import path from "node:path";
 import type { Command } from "commander";
-import { loadConfig } from "../../common/config.js";
-import { CoordinatorConfigSchema, compileCoordinatorConfig } from "../../coordinator/config.js";
-import { MinerConfigSchema, compileMinerConfig } from "../../miner/config.js";
 import { UsageError } from "../exit-codes.js";
 
 type Kind = "coordinator" | "miner";
@@ -38,11 +35,16 @@ export function registerConfigCommand(program: Command): void {
     .description("validate a config file and print the effective config (secrets masked)")
     .argument("<file>", "config/coordinator.toml or config/miner.toml")
     .option("--kind <kind>", "coordinator | miner (default: from the file name)")
-    .action((file: string, opts: { kind?: string }) => {
+    .action(async (file: string, opts: { kind?: string }) => {
       const kind = (opts.kind ?? guessKind(file)) as Kind | undefined;
       if (kind !== "coordinator" && kind !== "miner") {
         throw new UsageError(`cannot tell whether ${file} is a coordinator or a miner config: pass --kind coordinator|miner`);
       }
+      const [{ loadConfig }, { CoordinatorConfigSchema, compileCoordinatorConfig }, { MinerConfigSchema, compileMinerConfig }] = await Promise.all([
+        import("../../common/config.js"),
+        import("../../coordinator/config.js"),
+        import("../../miner/config.js"),
+      ]);
       const effective =
         kind === "coordinator"
           ? (() => {

@@ -1,8 +1,6 @@
 import type { Command } from "commander";
 import { NotFoundError } from "../../common/errors.js";
-import { loadCoordinatorConfig } from "../../coordinator/config.js";
 import type { ApiKeyRecord, JobStore } from "../../coordinator/store/job-store.js";
-import { openJobStore } from "../../coordinator/store/open-store.js";
 import { UsageError } from "../exit-codes.js";
 
 interface KeysOptions {
@@ -82,6 +80,8 @@ async function withStore(cmd: Command, fn: (store: JobStore) => Promise<void>): 
   // Options of `keys` itself (--config, --data-dir) live on the parent command.
   const parent = cmd.parent ?? cmd;
   const opts = parent.opts<KeysOptions>();
+  // Loaded here, not at the top: `aitbc keys --help` and its usage errors need no store.
+  const [{ loadCoordinatorConfig }, { openJobStore }] = await Promise.all([import("../../coordinator/config.js"), import("../../coordinator/store/open-store.js")]);
   const config = loadCoordinatorConfig(opts.config, {
     optional: parent.getOptionValueSource("config") !== "cli",
     overrides: { "storage.data_dir": opts.dataDir },

@@ -2,14 +2,9 @@ import path from "node:path";
 import type { Command } from "commander";
 import { collectList } from "../cli-options.js";
 import { AppError } from "../../common/errors.js";
-import { createLogger } from "../../common/logger.js";
-import { computeSlots, loadMinerConfig } from "../../miner/config.js";
-import { createEngine } from "../../miner/engine-factory.js";
-import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
-import { Miner } from "../../miner/miner.js";
-import { MinerMetrics } from "../../miner/miner-metrics.js";
-import { execRunner } from "../../miner/gpu/detect.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
+import type { Miner } from "../../miner/miner.js";
+import type { MinerMetrics } from "../../miner/miner-metrics.js";
 
 /**
  * `aitbc miner --config config/miner.toml`: the miner daemon. The first SIGTERM/SIGINT drains
@@ -33,6 +28,15 @@ export function registerMinerCommand(program: Command): void {
     .option("--cpu", "run as a CPU miner even when GPUs are present")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
     .action(async (opts: MinerCommandOptions, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc miner --help` and its usage errors need none of it.
+      const [{ createLogger }, { computeSlots, loadMinerConfig }, { createEngine }, { detectGpus, execRunner, selectedGpus }, miners, metricsModule] = await Promise.all([
+        import("../../common/logger.js"),
+        import("../../miner/config.js"),
+        import("../../miner/engine-factory.js"),
+        import("../../miner/gpu/detect.js"),
+        import("../../miner/miner.js"),
+        import("../../miner/miner-metrics.js"),
+      ]);
       const explicit = cmd.getOptionValueSource("config") === "cli";
       const config = loadMinerConfig({
         file: opts.config,
@@ -59,11 +63,11 @@ export function registerMinerCommand(program: Command): void {
         gpus.map((g) => g.index),
         log,
       );
-      const metrics: MinerMetrics = new MinerMetrics({
+      const metrics: MinerMetrics = new metricsModule.MinerMetrics({
         running: (): number => miner.running,
         ...(gpus.length > 0 ? { nvidiaSmi: { command: config.gpus.nvidiaSmi, runner: execRunner } } : {}),
       });
-      const miner: Miner = new Miner({ config, engine, gpus, log, metrics });
+      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics });
       if (config.metricsListen !== "") await metrics.listen(config.metricsListen, log);
 
       let signals = 0;

@@ -1,17 +1,10 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { createLogger, type LogLevel } from "../../common/logger.js";
-import { loadCoordinatorConfig } from "../../coordinator/config.js";
-import { Coordinator } from "../../coordinator/coordinator.js";
-import { ensureLocalClientKey, ensureLocalMinerKey } from "../../coordinator/auth/local-key.js";
-import { buildModel } from "../../inference/models/build-model.js";
-import { RECIPES } from "../../inference/models/recipes.js";
-import { loadMinerConfig } from "../../miner/config.js";
-import { createEngine } from "../../miner/engine-factory.js";
-import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
-import { Miner } from "../../miner/miner.js";
+import type { LogLevel } from "../../common/logger.js";
+import type { Miner } from "../../miner/miner.js";
 import { ModelError } from "../../common/errors.js";
+import { RECIPES } from "../../inference/models/recipes.js";
 import { runUntilSignal } from "./coordinator.js";
 import { collectList } from "../cli-options.js";
 
@@ -36,6 +29,18 @@ export function registerUpCommand(program: Command): void {
     .option("--cpu", "run the local miner on CPU even when a GPU is present")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "warn")
     .action(async (opts: UpOptions, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc up --help` and its usage errors need none of it.
+      const [{ createLogger }, { loadCoordinatorConfig }, { Coordinator }, localKey, { buildModel }, { loadMinerConfig }, { createEngine }, detect, miners] = await Promise.all([
+        import("../../common/logger.js"),
+        import("../../coordinator/config.js"),
+        import("../../coordinator/coordinator.js"),
+        import("../../coordinator/auth/local-key.js"),
+        import("../../inference/models/build-model.js"),
+        import("../../miner/config.js"),
+        import("../../miner/engine-factory.js"),
+        import("../../miner/gpu/detect.js"),
+        import("../../miner/miner.js"),
+      ]);
       const config = loadCoordinatorConfig(opts.config, {
         optional: cmd.getOptionValueSource("config") !== "cli",
         overrides: { "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel },
@@ -60,8 +65,8 @@ export function registerUpCommand(program: Command): void {
         {
           start: async () => {
             const url = await coordinator.start();
-            const clientKey = await ensureLocalClientKey(coordinator.store, config.dataDir);
-            const minerKey = await ensureLocalMinerKey(coordinator.store, config.dataDir);
+            const clientKey = await localKey.ensureLocalClientKey(coordinator.store, config.dataDir);
+            const minerKey = await localKey.ensureLocalMinerKey(coordinator.store, config.dataDir);
             const minerConfig = loadMinerConfig({
               file: opts.minerConfig,
               optional: cmd.getOptionValueSource("minerConfig") !== "cli",
@@ -74,10 +79,10 @@ export function registerUpCommand(program: Command): void {
                 "gpus.mode": opts.cpu === true ? "cpu" : undefined,
               },
             });
-            const detection = await detectGpus({ gpus: minerConfig.gpus });
-            const gpus = selectedGpus(detection);
+            const detection = await detect.detectGpus({ gpus: minerConfig.gpus });
+            const gpus = detect.selectedGpus(detection);
             const engine = createEngine(minerConfig, gpus.map((g) => g.index), log);
-            miner = new Miner({ config: minerConfig, engine, gpus, log });
+            miner = new miners.Miner({ config: minerConfig, engine, gpus, log });
             await miner.start();
             printBanner(url, clientKey.key, gpus.length, models);
           },
