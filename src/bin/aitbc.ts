@@ -36,6 +36,14 @@ const program = new Command()
   .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, "aitbc: ")) })
   .exitOverride();
 
+// `aitbc … | head` closes the pipe early: stop quietly, as other command-line tools do.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+    process.exit(typeof process.exitCode === "number" ? process.exitCode : 0);
+  });
+}
+
 const [first, second] = process.argv.slice(2);
 const known = (name: string | undefined): name is string => name !== undefined && Object.hasOwn(COMMANDS, name);
 // `aitbc completion` describes every command, so it loads them all; `aitbc help X` loads X.

@@ -5,7 +5,7 @@ import { Command } from "commander";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { COMMAND_SUMMARIES } from "../../src/bin/command-summaries.js";
 import { EXIT } from "../../src/bin/exit-codes.js";
-import { aitbc, assertBuilt, cleanup, tempDir } from "./cli-harness.js";
+import { aitbc, assertBuilt, CLI, cleanup, tempDir } from "./cli-harness.js";
 
 /**
  * The CLI as a whole: the top-level help lists every command without loading it (so its lines
@@ -45,6 +45,12 @@ describe("aitbc (the CLI as a whole)", { timeout: 120_000 }, () => {
     expect(listed).toEqual(Object.values(EXIT));
     const sub = await aitbc(["keys", "list", "--help"], { cwd });
     expect(sub.stdout).toContain("Exit codes (every aitbc command):");
+  });
+
+  it("help X shows that command's help; output cut short by a closed pipe ends quietly", () => {
+    const r = spawnSync("bash", ["-c", `'${process.execPath}' '${CLI}' help jobs | head -1; echo "exit \${PIPESTATUS[0]}"`], { encoding: "utf8" });
+    expect(r.stdout).toBe("Usage: aitbc jobs [options] [command]\nexit 0\n");
+    expect(r.stderr).toBe("");
   });
 
   it("a usage error is one line and a hint to the command's --help, exit 64", async () => {
