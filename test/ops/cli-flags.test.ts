@@ -135,6 +135,45 @@ describe("CLI flags", { timeout: 120_000 }, () => {
     }
   });
 
+  it("up: --model (repeatable) serves each named model from the local miner", async () => {
+    const cwd = workdir("unused");
+    cpSync(tinyGpt2, path.join(cwd, "models", "tiny-gpt2"), { recursive: true });
+    cpSync(tinyGpt2, path.join(cwd, "models", "house-model"), { recursive: true });
+    const child = spawn(process.execPath, [CLI, "up", "--cpu", "--port", "0", "--data-dir", "data", "--models-dir", "models", "--model", "tiny-gpt2", "--model", "house-model"], {
+      cwd,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!/client key: \S+/.test(out)) {
+        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no banner: ${out}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(out).toMatch(/local miner with tiny-gpt2, house-model on CPU/);
+      const url = /coordinator (http:\/\/\S+),/.exec(out)![1]!;
+      const key = /client key: (\S+)/.exec(out)![1]!;
+      // The miner's hello may still be on its way when the banner prints: ask until it has landed.
+      const served = async (): Promise<string[]> => {
+        const res = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+        return ((await res.json()) as { data: { id: string }[] }).data.map((m) => m.id).sort();
+      };
+      let models = await served();
+      for (let i = 0; i < 50 && models.length < 2; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        models = await served();
+      }
+      expect(models).toEqual(["house-model", "tiny-gpt2"]);
+    } finally {
+      child.kill("SIGTERM");
+      await exited;
+    }
+  });
+
   it("up: --model names a model it cannot build or find: one line, before anything starts", async () => {
     const cwd = workdir("unused");
     const r = await aitbc(["up", "--port", "0", "--data-dir", "data", "--models-dir", "models", "--model", "tiny-gpt2", "--model", "my-export"], { cwd });
