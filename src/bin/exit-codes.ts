@@ -1,7 +1,7 @@
 import { CommanderError } from "commander";
 import { ApiError } from "../client/api-error.js";
 import { terminalLine } from "../client/terminal-text.js";
-import { AppError, errorMessage, toAppError } from "../common/errors.js";
+import { AppError, toAppError } from "../common/errors.js";
 
 /**
  * The exit codes of every `aitbc` command, one table. Small numbers say how the work ended (a
@@ -60,7 +60,5 @@ export function exitCodeOf(err: unknown): number {
 
 /** The one line a user sees for an error, never a stack trace; text from elsewhere cannot drive the terminal. */
 export function describeError(err: unknown): string {
-  if (err instanceof ApiError) return terminalLine(err.oneLine());
-  if (err instanceof AppError) return terminalLine(err.message);
-  return terminalLine(errorMessage(toAppError(err)));
+  return terminalLine(err instanceof ApiError ? err.oneLine() : toAppError(err).message);
 }
