@@ -25,6 +25,10 @@ export interface CheckResult {
 /** What checks may look at; filled by earlier checks (GPUs seen, valid models) for later ones. */
 interface DoctorContext {
   modelsDir: string;
+  /** The nvidia-smi the miner runs ([gpus] nvidia_smi). */
+  nvidiaSmi: string;
+  /** False when the miner would not use CUDA whatever it finds ([gpus] mode or [inference] execution_provider "cpu"). */
+  cudaWanted: boolean;
   /** The models the miner loads at start ([inference] models); each must be valid. */
   wanted: string[];
   /** The miner's coordinator and key, when a miner config (or flags) names them. */
@@ -42,7 +46,7 @@ const MIN_FREE_BYTES = 1 << 30;
 
 /**
  * The checks, in order. Adding one is adding an entry: it reads the context, may extend it
- * for later checks, and returns ok / warn / fail with a one-line summary.
+ * for later checks, and returns ok / warn / fail / skip with a one-line summary.
  */
 const CHECKS: DoctorCheck[] = [
   {
@@ -50,13 +54,13 @@ const CHECKS: DoctorCheck[] = [
     run(ctx) {
       let out: string;
       try {
-        out = execFileSync("nvidia-smi", ["--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"], {
+        out = execFileSync(ctx.nvidiaSmi, ["--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"], {
           encoding: "utf8",
           stdio: ["ignore", "pipe", "pipe"],
           timeout: 15_000,
         });
       } catch (err) {
-        const reason = (err as NodeJS.ErrnoException).code === "ENOENT" ? "nvidia-smi not found" : `nvidia-smi failed: ${firstLine(errorMessage(err))}`;
+        const reason = (err as NodeJS.ErrnoException).code === "ENOENT" ? `${ctx.nvidiaSmi} not found` : `${ctx.nvidiaSmi} failed: ${firstLine(errorMessage(err))}`;
         return { status: "warn", summary: `no NVIDIA GPU seen (${reason}); the miner runs on the CPU` };
       }
       ctx.gpus = out.split("\n").map((l) => l.trim()).filter((l) => l !== "");
@@ -109,11 +113,11 @@ const CHECKS: DoctorCheck[] = [
     async run(ctx) {
       const check = checkCudaProvider();
       const problem = describeCudaProviderProblem(check);
-      const needed = ctx.gpus.length > 0;
+      const needed = ctx.gpus.length > 0 && ctx.cudaWanted;
       const details = [...check.missingFiles.map((f) => `missing ${path.join(check.dir, f)}`), ...check.missingLibraries.map((l) => `not found by the loader: ${l}`)];
       if (problem !== "") return { status: needed ? "fail" : "warn", summary: problem, details };
       const model = smallest(ctx.models);
-      if (!needed) return { status: "ok", summary: "CUDA provider libraries installed; no GPU to try them on" };
+      if (!needed) return { status: "ok", summary: `CUDA provider libraries installed; ${ctx.cudaWanted ? "no GPU to try them on" : "not tried: the miner config says CPU"}` };
       if (model === undefined) return { status: "skip", summary: "CUDA provider libraries installed; not tried: no valid model to load" };
       try {
         const { session, device } = await createSession(model.onnxPath, { kind: "cuda", deviceId: 0 }, settings("cuda"));
@@ -165,9 +169,17 @@ const CHECKS: DoctorCheck[] = [
 export async function runDoctor(
   modelsDir: string,
   coordinator?: { url: string; key: string },
-  options: { wanted?: string[]; checkCoordinator?: boolean } = {},
+  options: { wanted?: string[]; checkCoordinator?: boolean; nvidiaSmi?: string; cudaWanted?: boolean } = {},
 ): Promise<(CheckResult & { name: string })[]> {
-  const ctx: DoctorContext = { modelsDir, wanted: options.wanted ?? [], gpus: [], models: [], ...(coordinator === undefined ? {} : { coordinator }) };
+  const ctx: DoctorContext = {
+    modelsDir,
+    wanted: options.wanted ?? [],
+    nvidiaSmi: options.nvidiaSmi ?? "nvidia-smi",
+    cudaWanted: options.cudaWanted ?? true,
+    gpus: [],
+    models: [],
+    ...(coordinator === undefined ? {} : { coordinator }),
+  };
   const results: (CheckResult & { name: string })[] = [];
   for (const check of CHECKS) {
     if (check.name === "coordinator" && options.checkCoordinator === false) continue;

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/common/logger.js";
 import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
 import { Coordinator } from "../../src/coordinator/coordinator.js";
+import { checkCudaProvider, describeCudaProviderProblem } from "../../src/inference/cuda-provider.js";
 import { buildModel } from "../../src/inference/models/build-model.js";
 import { RECIPES } from "../../src/inference/models/recipes.js";
 import { FakeCoordinator } from "../miner/fake-coordinator.js";
@@ -133,6 +134,24 @@ describe("CLI flags", { timeout: 120_000 }, () => {
     } finally {
       await coordinator.stop();
     }
+  });
+
+  it("doctor: asks the config's [gpus] nvidia_smi; with [gpus] mode = \"cpu\" the CUDA provider is not needed", async () => {
+    const smi = path.join(dir, "site-nvidia-smi");
+    writeFileSync(smi, "#!/bin/sh\necho '0, NVIDIA H200, 143771 MiB, 550.54.15'\n");
+    chmodSync(smi, 0o755);
+    const cwd = workdir("unused", `[gpus]\nnvidia_smi = "${smi}"\n`);
+    cpSync(tinyGpt2, path.join(cwd, "models", "tiny-gpt2"), { recursive: true });
+    const doctor = async (extra: Record<string, string>): Promise<{ name: string; status: string; summary: string }[]> => {
+      const r = await aitbc(["doctor", "--json", "-c", "etc/miner.toml", "--no-coordinator"], { cwd, env: extra });
+      return (JSON.parse(r.stdout) as { checks: { name: string; status: string; summary: string }[] }).checks;
+    };
+    const gpu = await doctor({});
+    expect(gpu.find((c) => c.name === "gpus")).toMatchObject({ status: "ok", summary: "1 GPU(s)" });
+    // A GPU the miner would use and a CUDA provider that is not installed: that fails (where it is installed, it is tried on the GPU).
+    if (describeCudaProviderProblem(checkCudaProvider()) !== "") expect(gpu.find((c) => c.name === "cuda-provider")?.status).toBe("fail");
+    const cpu = await doctor({ AITBC_MINER_GPUS_MODE: "cpu" });
+    expect(cpu.find((c) => c.name === "cuda-provider")?.status).not.toBe("fail");
   });
 
   it("up: --model (repeatable) serves each named model from the local miner", async () => {

@@ -32,7 +32,12 @@ export function registerDoctorCommand(program: Command): void {
         },
       });
       const coordinator = miner.coordinator.key === "" ? undefined : { url: miner.coordinator.url, key: miner.coordinator.key };
-      const results = await runDoctor(opts.modelsDir ?? miner.inference.models_dir, coordinator, { wanted: miner.inference.models, checkCoordinator });
+      const results = await runDoctor(opts.modelsDir ?? miner.inference.models_dir, coordinator, {
+        wanted: miner.inference.models,
+        checkCoordinator,
+        nvidiaSmi: miner.gpus.nvidiaSmi,
+        cudaWanted: miner.gpus.mode !== "cpu" && miner.inference.execution_provider !== "cpu",
+      });
       if (opts.json) {
         process.stdout.write(`${JSON.stringify({ healthy: healthy(results), checks: results }, null, 2)}\n`);
       } else {
