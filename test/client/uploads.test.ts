@@ -63,6 +63,26 @@ describe("uploads and results", { timeout: 120_000 }, () => {
     expect(problem.detail).toMatch(/at most 4096 bytes \(\[server\] body_limit\)/);
   });
 
+  it("a chunked upload (no Content-Length) over the limit: the same 413 naming it", async () => {
+    const s = await smallLimits();
+    const chunk = Buffer.alloc(600, "y");
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let i = 0; i < 4; i++) controller.enqueue(chunk);
+        controller.close();
+      },
+    });
+    const res = await fetch(`${s.url}/v1/files`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${s.key}`, "content-type": "text/plain" },
+      body,
+      duplex: "half",
+    });
+    expect(res.status).toBe(413);
+    const problem = (await res.json()) as { code: string; detail: string; limit_bytes: number };
+    expect(problem).toMatchObject({ code: "payload_too_large", limit_bytes: 1024, detail: "the file is over 1024 bytes, the most this coordinator accepts ([limits] max_file_size)" });
+  });
+
   it("an upload cut by a reset (an older coordinator, a proxy) says what most likely happened, not 'unreachable'", async () => {
     const sockets: Socket[] = [];
     const server = createServer((socket) => {

@@ -5,7 +5,7 @@ import { AppError, NotFoundError, ValidationError } from "../../common/errors.js
 import { FileResponseSchema, ProblemSchema } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
 import { tenantOf } from "./auth-hook.js";
-import { refuseOversizedBody } from "./body-limit.js";
+import { bodyLimitOptions } from "./body-limit.js";
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -21,8 +21,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
     app.post(
       "/v1/files",
       {
-        bodyLimit: ctx.config.limits.maxFileBytes,
-        onRequest: refuseOversizedBody(ctx.config.limits.maxFileBytes, "the file", "[limits] max_file_size"),
+        ...bodyLimitOptions(app, ctx.config.limits.maxFileBytes, "the file", "[limits] max_file_size"),
         schema: {
           summary: "Upload a UTF-8 text file to use as a job's input",
           tags: ["files"],

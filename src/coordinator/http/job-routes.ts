@@ -22,7 +22,7 @@ import { fleetWaitingReason } from "../waiting-reason.js";
 import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
-import { refuseOversizedBody } from "./body-limit.js";
+import { bodyLimitOptions } from "./body-limit.js";
 
 const errors = {
   400: ProblemSchema,
@@ -162,7 +162,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
     app.post(
       "/v1/jobs",
       {
-        onRequest: refuseOversizedBody(ctx.config.server.bodyLimit, "the request body", "[server] body_limit"),
+        ...bodyLimitOptions(app, ctx.config.server.bodyLimit, "the request body", "[server] body_limit"),
         schema: {
           summary: "Submit a job",
           tags: ["jobs"],
