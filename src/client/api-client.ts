@@ -76,9 +76,26 @@ export class ApiClient {
     return this.json(res, SubmitJobResponseSchema);
   }
 
-  /** POST /v1/files: the text as the raw body; its `file_id` can be a job's `input`. */
+  /**
+   * POST /v1/files: the text as the raw body; its `file_id` can be a job's `input`. A file over
+   * the coordinator's limit gets 413 naming it. A server that answers early and resets the
+   * connection while the body is still being sent (an older coordinator, some proxies) loses
+   * that answer: the error then says what most likely happened instead of "unreachable".
+   */
   async uploadFile(content: string | Uint8Array): Promise<FileResponse> {
-    const res = await this.request("POST", "/v1/files", { headers: { "content-type": "text/plain; charset=utf-8" }, body: content });
+    let res: Response;
+    try {
+      res = await this.request("POST", "/v1/files", { headers: { "content-type": "text/plain; charset=utf-8" }, body: content });
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 0 && connectionCut(err.cause))) throw err;
+      const bytes = typeof content === "string" ? Buffer.byteLength(content) : content.byteLength;
+      throw new ApiError(
+        0,
+        "upload_cut",
+        `the coordinator at ${this.baseUrl} closed the connection while ${bytes} bytes were being uploaded: most likely the file is larger than it accepts ([limits] max_file_size)`,
+        { cause: err },
+      );
+    }
     return this.json(res, FileResponseSchema);
   }
 
@@ -200,6 +217,15 @@ export class ApiClient {
     }
     return parsed;
   }
+}
+
+/** A connection the peer closed or reset under a request being sent (not one that never opened). */
+function connectionCut(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; typeof e === "object" && e !== null && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "EPIPE" || code === "ECONNRESET" || code === "UND_ERR_SOCKET") return true;
+  }
+  return false;
 }
 
 function parseJson(text: string): unknown {

@@ -71,7 +71,9 @@ export const JobResultSchema = Type.Object({
     description:
       "Lowercase hex SHA-256 of the generated text's UTF-8 bytes (what the miner hashed). With format text it is also the download's; with format json the download's own checksum is its Digest/ETag header.",
   }),
-  output_bytes: Type.Integer({ description: "Size of the generated text in UTF-8 bytes." }),
+  output_bytes: Type.Integer({
+    description: "Size of the generated text in UTF-8 bytes: the bytes output_sha256 hashes (with format text, the download's size too; with format json, not the document's).",
+  }),
   finish_reason: Type.String({ description: "length (max_new_tokens reached), eos (the model ended), stop (a stop sequence), cancelled" }),
   usage: Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer() }),
   tokens_per_second: Type.Number({ description: "Decode speed the miner reported for this run (clamped to a plausible maximum)." }),

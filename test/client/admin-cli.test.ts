@@ -37,7 +37,7 @@ describe("aitbc admin", () => {
     expect((await admin(["undrain", "miner_cli0000000000001"])).code).toBe(0);
     expect((await s.coordinator.store.getMiner("miner_cli0000000000001"))?.drained).toBe(false);
     const missing = await admin(["drain", "no-such-rig"]);
-    expect(missing.code).toBe(3);
+    expect(missing.code).toBe(64);
     expect(missing.stderr).toContain("no miner named no-such-rig");
   });
 
@@ -72,13 +72,13 @@ describe("aitbc admin", () => {
     const newId = r.stdout.trim();
     expect((await store.getJobById(newId))?.retryOf).toBe(a.id);
     const refused = await admin(["retry", b.id]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(3);
     expect(refused.stderr).toContain("not_retryable, HTTP 409");
   });
 
   it("refuses a client key with a line naming the kind it needs", async () => {
     const r = await admin(["miners"], s.key);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/^aitbc: a client key cannot use the operator endpoints: use an operator key \(aitbc keys create --operator\) \(operator_key_required, HTTP 403\)\n$/);
   });
 });

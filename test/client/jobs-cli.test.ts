@@ -8,7 +8,8 @@ import { aitbc, assertBuilt, cleanEnv, cleanup, CliProcess, claim, complete, run
  * `aitbc jobs …` end to end: real child processes against a real coordinator; jobs progress
  * through a fake miner on the store's verbs. Checks what a user and a script see: --json is the
  * API's JSON, plain progress lines when not on a TTY, the result text, one-line API errors and
- * the documented exit codes (0 completed, 1 failed, 2 cancelled, 3 usage/HTTP error, 130 Ctrl-C).
+ * the documented exit codes (src/bin/exit-codes.ts: 0 completed, 1 failed, 2 cancelled, 3 API
+ * error, 64 usage, 69 unreachable, 78 bad client config or key file, 130 Ctrl-C).
  */
 beforeAll(() => assertBuilt());
 afterEach(cleanup);
@@ -116,7 +117,7 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     expect(job?.inputFileId).toMatch(/^file_/);
 
     const missing = await aitbc(["jobs", "submit", "--model", "tiny-gpt2", "--input-file", "nope.txt", ...conn(s)], { cwd });
-    expect(missing.code).toBe(3);
+    expect(missing.code).toBe(64);
     expect(missing.stderr).toMatch(/^aitbc: cannot read --input-file nope\.txt/);
   });
 
@@ -194,7 +195,7 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     expect((await s.coordinator.store.getJob("t", queued))?.status).toBe("queued");
   });
 
-  it("API and usage errors are one line with exit code 3, never a stack trace", async () => {
+  it("API errors are one line with exit code 3, usage errors one line and a hint with 64, never a stack trace", async () => {
     const s = await startCoordinator();
     const cwd = tempDir("aitbc-cwd-");
     const badKey = await aitbc(["jobs", "status", "job_abc123", "--url", s.url, "--key", "aitbc_ck_wrong"], { cwd });
@@ -216,18 +217,19 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     expect(dl.stderr).toMatch(/^aitbc: the job is queued; .* \(job_not_completed, HTTP 409\)\n$/);
 
     const both = await aitbc(["jobs", "submit", "--model", "m", "--input", "a", "--input-file", "f", ...conn(s)], { cwd });
-    expect(both.code).toBe(3);
-    expect(both.stderr).toBe("aitbc: pass exactly one of --input and --input-file\n");
+    expect(both.code).toBe(64);
+    expect(both.stderr).toBe("aitbc: pass exactly one of --input and --input-file\n(see aitbc jobs submit --help)\n");
     const noModel = await aitbc(["jobs", "submit", "--input", "a", ...conn(s)], { cwd });
-    expect(noModel.code).toBe(3);
-    expect(noModel.stderr).toContain("required option '--model <model>' not specified");
+    expect(noModel.code).toBe(64);
+    expect(noModel.stderr).toBe("aitbc: required option '--model <model>' not specified\n(see aitbc jobs submit --help)\n");
     const badNumber = await aitbc(["jobs", "list", "--limit", "ten", ...conn(s)], { cwd });
-    expect(badNumber.code).toBe(3);
+    expect(badNumber.code).toBe(64);
+    expect(badNumber.stderr).toMatch(/^aitbc: option '--limit <n>' argument 'ten' is invalid\. expected an integer\n\(see aitbc jobs list --help\)\n$/);
     for (const r of [badKey, unknown, invalid, dl, both, noModel, badNumber]) expect(r.stderr).not.toMatch(/\n\s+at /);
 
     const help = await aitbc(["jobs", "submit", "--help"], { cwd });
     expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/Exit codes:[\s\S]*0 +success[\s\S]*1 +with --wait: the job failed[\s\S]*2 +with --wait: the job was cancelled[\s\S]*3 +usage error/);
+    expect(help.stdout).toMatch(/Exit codes \(every aitbc command\):[\s\S]*0 +success[\s\S]*1 +with --wait: the job failed[\s\S]*2 +with --wait: the job was cancelled[\s\S]*3 +the coordinator refused[\s\S]*64 +usage error/);
   });
 
   it("finds the coordinator and key: flag > env > client config > data/local-client.key", async () => {
@@ -237,9 +239,9 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     const closed = "http://127.0.0.1:9"; // nothing listens on the discard port here
     const status = (args: string[], env: Record<string, string>) => aitbc(["jobs", "list", "--json", ...args], { cwd, env: cleanEnv(home, env) });
 
-    // Nothing configured: a one-line hint, exit 3.
+    // Nothing configured: a one-line hint, exit 78 (configuration).
     const none = await status([], { AITBC_URL: s.url });
-    expect(none.code).toBe(3);
+    expect(none.code).toBe(78);
     expect(none.stderr).toMatch(/^aitbc: no API key: pass --key/);
 
     // The local key file `aitbc up` writes, relative to the working directory; URL from env.
@@ -256,7 +258,7 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     // Env beats the config file (key and URL each on their own).
     expect((await status([], { AITBC_KEY: s.key })).code).toBe(0);
     const envUrl = await status([], { AITBC_KEY: s.key, AITBC_URL: closed });
-    expect(envUrl.code).toBe(3);
+    expect(envUrl.code).toBe(69);
     expect(envUrl.stderr).toMatch(/^aitbc: cannot reach the coordinator at http:\/\/127\.0\.0\.1:9/);
 
     // Flags beat env.
@@ -272,7 +274,7 @@ describe("aitbc jobs", { timeout: 180_000 }, () => {
     expect((await status(["--client-config", "other.toml"], {})).code).toBe(0);
     writeFileSync(path.join(cwd, "typo.toml"), `url = "${s.url}"\napi_key = "x"\n`);
     const typo = await status(["--client-config", "typo.toml"], {});
-    expect(typo.code).toBe(3);
+    expect(typo.code).toBe(78);
     expect(typo.stderr).toMatch(/typo\.toml: .*allowed keys: url, key/);
   });
 });

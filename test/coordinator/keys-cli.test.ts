@@ -61,10 +61,9 @@ describe("aitbc keys (child processes against a temp data dir)", () => {
   it("lists both keys with their fields and never a secret", async () => {
     const json = await aitbc(dir, ["keys", "list", "--json", "--data-dir", dataDir]);
     expect(json.code, json.stderr).toBe(0);
-    const rows = json.stdout
-      .split("\n")
-      .filter((l) => l.trim() !== "")
-      .flatMap((l) => [JSON.parse(l) as unknown].flat()) as Record<string, unknown>[];
+    // One JSON array, snake_case, the shape `models list --json` has too.
+    const rows = JSON.parse(json.stdout) as Record<string, unknown>[];
+    expect(Array.isArray(rows)).toBe(true);
     expect(rows).toHaveLength(2);
     expect(rows.find((r) => r.id === client.id)).toMatchObject({ kind: "client", name: "alice", tenant: "acme", revoked_at: null });
     expect(rows.find((r) => r.id === miner.id)).toMatchObject({ kind: "miner", name: "rig-1", tenant: "ops", revoked_at: null });

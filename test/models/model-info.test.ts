@@ -147,8 +147,8 @@ describe("aitbc models (CLI)", () => {
     const listed = await run(process.execPath, [CLI, "models", "list", "--models-dir", dir, "--json"]);
     const rows = JSON.parse(listed.stdout) as { name: string; parameters: number | null; layout: string }[];
     expect(rows).toEqual([
-      { name: "broken", parameters: null, weights: null, sizeBytes: null, layout: "invalid: the model folder lacks tokenizer.json" },
-      { name: "tiny-gpt2", parameters: gpt2ParameterCount(TINY.config), weights: "float32", sizeBytes: expect.any(Number) as unknown, layout: "ok" },
+      { name: "broken", parameters: null, weights: null, size_bytes: null, layout: "invalid: the model folder lacks tokenizer.json" },
+      { name: "tiny-gpt2", parameters: gpt2ParameterCount(TINY.config), weights: "float32", size_bytes: expect.any(Number) as unknown, layout: "ok" },
     ]);
     const table = await run(process.execPath, [CLI, "models", "list", "--models-dir", dir]);
     expect(table.stdout).toMatch(/^NAME\s+PARAMETERS\s+WEIGHTS\s+SIZE\s+LAYOUT$/m);
@@ -170,7 +170,7 @@ describe("aitbc models (CLI)", () => {
 
   it("rejects an unknown recipe", async () => {
     await expect(run(process.execPath, [CLI, "models", "build", "gpt5", "--models-dir", scratch])).rejects.toMatchObject({
-      code: 1,
+      code: 64, // a usage error (src/bin/exit-codes.ts)
       stderr: expect.stringMatching(/no built-in model named gpt5/) as unknown,
     });
     expect(existsSync(path.join(scratch, "gpt5"))).toBe(false);

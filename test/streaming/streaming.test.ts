@@ -131,7 +131,7 @@ describe("token streaming (coordinator + miners as processes)", () => {
       () => ({ code: 0, stderr: "" }),
       (e: { code: number; stderr: string }) => e,
     );
-    expect(usage.code).toBe(3);
+    expect(usage.code).toBe(64);
     expect(usage.stderr).toMatch(/--stream .* --json/);
     await miner.proc.kill("SIGTERM");
   });

@@ -1,8 +1,8 @@
 import type { Command } from "commander";
 import { ApiError } from "../../client/api-error.js";
 import { resolveClientSettings } from "../../client/client-settings.js";
-import { terminalLine } from "../../client/terminal-text.js";
-import { AppError, errorMessage } from "../../common/errors.js";
+import { errorMessage } from "../../common/errors.js";
+import { UsageError, describeError, exitCodeOf } from "../exit-codes.js";
 
 interface ConnectionOptions {
   url?: string;
@@ -43,8 +43,7 @@ interface JobItem {
 const HELP_FOOTER = `
 The operator key is found as for \`aitbc jobs\`: --key / --key-file > AITBC_KEY >
 ~/.config/aitbc/client.toml (or --client-config FILE). Make one with
-\`aitbc keys create --operator --name NAME\`. Exit codes: 0 done, 1 the coordinator refused
-or could not be reached, 3 a usage error.`;
+\`aitbc keys create --operator --name NAME\`.`;
 
 /** A small client of the operator endpoints (/v1/admin/…); errors are the coordinator's problem documents. */
 class AdminClient {
@@ -89,14 +88,14 @@ function clientFor(opts: ConnectionOptions): AdminClient {
   return new AdminClient(s.url, s.key);
 }
 
+/** Runs an action; a thrown error becomes one line on stderr and its code in the shared table (exit-codes.ts). */
 function action<A extends unknown[]>(fn: (...args: A) => Promise<void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
     try {
       await fn(...args);
     } catch (err) {
-      const line = err instanceof ApiError ? err.oneLine() : err instanceof AppError ? err.message : errorMessage(err);
-      process.stderr.write(`aitbc: ${terminalLine(line)}\n`);
-      process.exitCode = err instanceof ApiError ? 1 : 3;
+      process.stderr.write(`aitbc: ${describeError(err)}\n`);
+      process.exitCode = exitCodeOf(err);
     }
   };
 }
@@ -171,7 +170,7 @@ export function registerAdminCommand(program: Command): void {
     const r = await client.call<{ items: MinerItem[] }>("GET", "/v1/admin/miners");
     const found = r.items.filter((m) => m.name === ref);
     if (found.length === 1) return found[0]!.miner_id;
-    throw new AppError("miner_not_found", found.length === 0 ? `no miner named ${ref}` : `${found.length} miners are named ${ref}: give its id (aitbc admin miners)`);
+    throw new UsageError(found.length === 0 ? `no miner named ${ref}` : `${found.length} miners are named ${ref}: give its id (aitbc admin miners)`);
   };
 
   for (const [verb, what] of [

@@ -1,7 +1,5 @@
 import type { Command } from "commander";
-import { createLogger } from "../../common/logger.js";
-import { loadCoordinatorConfig } from "../../coordinator/config.js";
-import { Coordinator } from "../../coordinator/coordinator.js";
+import type { Logger } from "../../common/logger.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
 import { logFormatFlag } from "../global-options.js";
 
@@ -20,6 +18,12 @@ export function registerCoordinatorCommand(program: Command): void {
     .option("--data-dir <dir>", "data directory (overrides [storage] data_dir)")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
     .action(async (opts: { config: string; host?: string; port?: number; dataDir?: string; logLevel?: string }, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc coordinator --help` and its usage errors need none of it.
+      const [{ createLogger }, { loadCoordinatorConfig }, { Coordinator }] = await Promise.all([
+        import("../../common/logger.js"),
+        import("../../coordinator/config.js"),
+        import("../../coordinator/coordinator.js"),
+      ]);
       const config = loadCoordinatorConfig(opts.config, {
         optional: cmd.getOptionValueSource("config") !== "cli",
         overrides: {
@@ -61,7 +65,7 @@ const STATUS_EVERY_MS = 10_000;
 
 export async function runUntilSignal(
   service: { start(): Promise<unknown>; stop(): Promise<void> },
-  log: ReturnType<typeof createLogger>,
+  log: Logger,
   status?: () => Promise<string>,
 ): Promise<void> {
   const systemd = new SystemdNotifier(log);

@@ -1,7 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import { createLogger, type LogLevel } from "../../common/logger.js";
-import { OnnxEngine } from "../../inference/onnx-engine.js";
+import type { LogLevel } from "../../common/logger.js";
 import { logFormatFlag } from "../global-options.js";
 import { GENERATION_BOUNDS, GENERATION_DEFAULTS, type ResolvedGenerationParameters } from "../../protocol/generation.js";
 
@@ -48,6 +47,8 @@ export function registerGenerateCommand(program: Command): void {
     .option("--json", "print one JSON result instead of streaming text", false)
     .option("--verbose", "log engine events (model loaded, device, fallback) on stderr", false)
     .action(async (opts: GenerateOptions, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc generate --help` and its usage errors need no onnxruntime.
+      const [{ createLogger }, { OnnxEngine }] = await Promise.all([import("../../common/logger.js"), import("../../inference/onnx-engine.js")]);
       const level: LogLevel = opts.verbose ? "info" : "warn";
       const log = createLogger({ level, name: "generate", destination: 2, format: logFormatFlag(cmd) ?? "auto" });
       const deviceIds = opts.executionProvider === "cpu" ? [] : (opts.device ?? (gpuVisible() || opts.executionProvider === "cuda" ? [0] : []));

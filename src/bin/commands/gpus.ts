@@ -1,6 +1,5 @@
 import type { Command } from "commander";
-import { loadMinerConfig } from "../../miner/config.js";
-import { detectGpus, type GpuDetection } from "../../miner/gpu/detect.js";
+import type { GpuDetection } from "../../miner/gpu/detect.js";
 
 /**
  * `aitbc gpus [--json]`: what the miner would detect and use on this host, with the reason
@@ -13,6 +12,7 @@ export function registerGpusCommand(program: Command): void {
     .option("-c, --config <file>", "miner config file", "config/miner.toml")
     .option("--json", "print JSON instead of a table", false)
     .action(async (opts: { config: string; json: boolean }, cmd: Command) => {
+      const [{ loadMinerConfig }, { detectGpus }] = await Promise.all([import("../../miner/config.js"), import("../../miner/gpu/detect.js")]);
       const explicit = cmd.getOptionValueSource("config") === "cli";
       const config = loadMinerConfig({ file: opts.config, optional: !explicit });
       const detection = await detectGpus({ gpus: config.gpus });

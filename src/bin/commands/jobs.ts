@@ -1,37 +1,17 @@
 import { readFileSync, writeFileSync } from "node:fs";
-import { CommanderError, InvalidArgumentError, Option, type Command } from "commander";
+import { InvalidArgumentError, Option, type Command } from "commander";
 import cliProgress from "cli-progress";
 import { AppError, errorMessage } from "../../common/errors.js";
 import { ApiClient } from "../../client/api-client.js";
-import { ApiError } from "../../client/api-error.js";
 import { resolveClientSettings } from "../../client/client-settings.js";
 import { terminalLine, terminalText } from "../../client/terminal-text.js";
+import { EXIT, UsageError } from "../exit-codes.js";
 import type { JobStatus, OutputFormat, SubmitJobBody } from "../../protocol/jobs.js";
 import { OUTPUT_FORMATS } from "../../protocol/jobs.js";
 import { JOB_STATES, PRIORITIES, type JobState, type Priority } from "../../protocol/version.js";
 
-/** Exit codes of `aitbc jobs …` (also printed by --help). */
-export const JOBS_EXIT = {
-  /** The command worked; with --wait: the job completed. */
-  ok: 0,
-  /** --wait: the job failed, timed out or expired. */
-  failed: 1,
-  /** --wait: the job was cancelled. */
-  cancelled: 2,
-  /** Usage error, bad client config, coordinator unreachable, or an API error (problem+json). */
-  usage: 3,
-  /** Ctrl-C while following; the job keeps running. */
-  interrupted: 130,
-} as const;
-
+/** Printed after each jobs command's --help (the exit codes follow, the same for every command). */
 const HELP_FOOTER = `
-Exit codes:
-  0    success; with --wait: the job completed
-  1    with --wait: the job failed, timed out or expired
-  2    with --wait: the job was cancelled
-  3    usage error, bad client config, coordinator unreachable, or API error
-  130  Ctrl-C while following (the job keeps running; follow again with aitbc jobs wait ID)
-
 Coordinator and key (each decided on its own, first match wins):
   --url / --key or --key-file  >  AITBC_URL / AITBC_KEY  >  ~/.config/aitbc/client.toml
   (or --client-config FILE; keys: url, key)  >  http://127.0.0.1:8080 and data/local-client.key
@@ -71,6 +51,12 @@ interface SubmitOptions extends ConnectionOptions {
   json?: boolean;
 }
 
+/**
+ * The ends of an open range: the API wants both. A far-future last day, not the client's today,
+ * so a client clock behind the coordinator's does not cut off the newest jobs.
+ */
+const HISTORY_OPEN = { from: "1970-01-01", to: "9999-12-31" } as const;
+
 function integer(v: string): number {
   if (!/^-?\d+$/.test(v.trim())) throw new InvalidArgumentError("expected an integer");
   return Number.parseInt(v, 10);
@@ -90,20 +76,13 @@ function withConnection(cmd: Command): Command {
   return cmd
     .option("--url <url>", "coordinator URL (else AITBC_URL, client.toml, http://127.0.0.1:8080)")
     .option("--key <key>", "client API key (else AITBC_KEY, client.toml, data/local-client.key)")
-    .option("--key-file <file>", "read the client API key from a file")
+    .option("--key-file <file>", "read the client API key from this file (relative to the working directory)")
     .option("--client-config <file>", "client config TOML (url, key); default ~/.config/aitbc/client.toml");
 }
 
 function clientFor(opts: ConnectionOptions): ApiClient {
   const s = resolveClientSettings({ url: opts.url, key: opts.key, keyFile: opts.keyFile, clientConfig: opts.clientConfig });
   return new ApiClient({ url: s.url, key: s.key });
-}
-
-/** One line for the user, never a stack trace. */
-function describe(err: unknown): string {
-  if (err instanceof ApiError) return terminalLine(err.oneLine());
-  if (err instanceof AppError) return terminalLine(err.message);
-  return terminalLine(errorMessage(err));
 }
 
 /**
@@ -115,15 +94,10 @@ function writeResult(data: string | Buffer, raw: boolean): void {
   else process.stdout.write(terminalText(typeof data === "string" ? data : data.toString("utf8")));
 }
 
-/** Runs an action; a thrown error becomes one line on stderr and exit code 3. */
+/** Runs an action that answers with an exit code; a thrown error goes to aitbc.ts (one line, its code from the table). */
 function action<A extends unknown[]>(fn: (...args: A) => Promise<number>): (...args: A) => Promise<void> {
   return async (...args: A) => {
-    try {
-      process.exitCode = await fn(...args);
-    } catch (err) {
-      process.stderr.write(`aitbc: ${describe(err)}\n`);
-      process.exitCode = JOBS_EXIT.usage;
-    }
+    process.exitCode = await fn(...args);
   };
 }
 
@@ -140,10 +114,6 @@ export function registerJobsCommand(program: Command): void {
   const jobs = program
     .command("jobs")
     .description("submit, follow, list, cancel and download jobs (the client CLI)")
-    // Commander's own usage errors exit 1 by default; here 1 means "the job failed", so map them to 3.
-    .exitOverride((err) => {
-      throw err.exitCode === 0 ? err : new CommanderError(JOBS_EXIT.usage, err.code, err.message);
-    })
     .addHelpText("after", HELP_FOOTER);
 
   withConnection(
@@ -197,7 +167,7 @@ export function registerJobsCommand(program: Command): void {
       const job = await clientFor(opts).getJob(jobId);
       if (opts.json === true) printJson(job);
       else process.stdout.write(formatStatus(job));
-      return JOBS_EXIT.ok;
+      return EXIT.ok;
     }),
   );
 
@@ -217,29 +187,30 @@ export function registerJobsCommand(program: Command): void {
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }),
       });
       printPage(page, opts.json === true, "list");
-      return JOBS_EXIT.ok;
+      return EXIT.ok;
     }),
   );
 
   withConnection(
     jobs
       .command("history")
-      .description("finished jobs in a date range (UTC days or ISO times, inclusive)")
-      .requiredOption("--from <date>", "first day, YYYY-MM-DD (or an ISO time)")
-      .requiredOption("--to <date>", "last day, YYYY-MM-DD (or an ISO time)")
+      .description("finished jobs in a date range (UTC days or ISO times, inclusive; either end may be left open)")
+      .option("--from <date>", "first day, YYYY-MM-DD (or an ISO time); default: the first job")
+      .option("--to <date>", "last day, YYYY-MM-DD (or an ISO time); default: now")
       .option("--limit <n>", "jobs per page (default 50)", integer)
       .option("--cursor <cursor>", "the next page (as printed after a page)")
       .option("--json", "print the API's JSON"),
   ).action(
-    action(async (opts: ConnectionOptions & { from: string; to: string; limit?: number; cursor?: string; json?: boolean }) => {
+    action(async (opts: ConnectionOptions & { from?: string; to?: string; limit?: number; cursor?: string; json?: boolean }) => {
       const page = await clientFor(opts).history({
-        from: opts.from,
-        to: opts.to,
+        from: opts.from ?? HISTORY_OPEN.from,
+        to: opts.to ?? HISTORY_OPEN.to,
         ...(opts.limit === undefined ? {} : { limit: opts.limit }),
         ...(opts.cursor === undefined ? {} : { cursor: opts.cursor }),
       });
-      printPage(page, opts.json === true, `history --from ${opts.from} --to ${opts.to}`);
-      return JOBS_EXIT.ok;
+      const range = [opts.from === undefined ? "" : ` --from ${opts.from}`, opts.to === undefined ? "" : ` --to ${opts.to}`].join("");
+      printPage(page, opts.json === true, `history${range}`);
+      return EXIT.ok;
     }),
   );
 
@@ -249,7 +220,7 @@ export function registerJobsCommand(program: Command): void {
       if (opts.json === true) printJson(r);
       else if (r.status === "cancelled") process.stdout.write(`cancelled ${r.job_id}\n`);
       else process.stdout.write(`cancel requested for ${r.job_id} (${r.status}); its miner stops it within one decode step\n`);
-      return JOBS_EXIT.ok;
+      return EXIT.ok;
     }),
   );
 
@@ -268,19 +239,19 @@ export function registerJobsCommand(program: Command): void {
         writeOutput(opts.output, body);
         process.stderr.write(`wrote ${body.length} bytes to ${opts.output}\n`);
       }
-      return JOBS_EXIT.ok;
+      return EXIT.ok;
     }),
   );
 }
 
 async function submit(opts: SubmitOptions): Promise<number> {
   if ((opts.input === undefined) === (opts.inputFile === undefined)) {
-    throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "pass exactly one of --input and --input-file");
+    throw new UsageError("pass exactly one of --input and --input-file");
   }
-  if (opts.stream === true && opts.wait !== true) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream needs --wait");
+  if (opts.stream === true && opts.wait !== true) throw new UsageError("--stream needs --wait");
   checkStream(opts);
   if (opts.output !== undefined && opts.wait !== true) {
-    throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--output needs --wait (or use aitbc jobs download ID --output FILE)");
+    throw new UsageError("--output needs --wait (or use aitbc jobs download ID --output FILE)");
   }
   const client = clientFor(opts);
   let input: string;
@@ -289,7 +260,7 @@ async function submit(opts: SubmitOptions): Promise<number> {
     try {
       content = readFileSync(opts.inputFile);
     } catch (err) {
-      throw new AppError("input_file_unreadable", `cannot read --input-file ${opts.inputFile}: ${errorMessage(err)}`, { status: 400 });
+      throw new UsageError(`cannot read --input-file ${opts.inputFile}: ${errorMessage(err)}`);
     }
     input = (await client.uploadFile(content)).file_id;
   } else {
@@ -325,7 +296,7 @@ async function submit(opts: SubmitOptions): Promise<number> {
         `submitted ${submitted.job_id} (${submitted.status}; estimated ${submitted.estimated_time_seconds} s, cost ${submitted.estimated_cost}); follow it: aitbc jobs wait ${submitted.job_id}\n`,
       );
     }
-    return JOBS_EXIT.ok;
+    return EXIT.ok;
   }
   if (opts.json !== true) process.stderr.write(`submitted ${submitted.job_id}\n`);
   return follow(client, submitted.job_id, { output: opts.output, raw: opts.raw === true, json: opts.json === true, stream: opts.stream === true });
@@ -333,8 +304,8 @@ async function submit(opts: SubmitOptions): Promise<number> {
 
 function checkStream(opts: { stream?: boolean; output?: string; json?: boolean }): void {
   if (opts.stream !== true) return;
-  if (opts.output !== undefined) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream prints the text on stdout: it cannot go with --output");
-  if (opts.json === true) throw new CommanderError(JOBS_EXIT.usage, "aitbc.usage", "--stream prints the text on stdout: it cannot go with --json");
+  if (opts.output !== undefined) throw new UsageError("--stream prints the text on stdout: it cannot go with --output");
+  if (opts.json === true) throw new UsageError("--stream prints the text on stdout: it cannot go with --json");
 }
 
 /**
@@ -434,6 +405,16 @@ class ProgressView {
     this.bar?.stop();
     this.bar = undefined;
   }
+
+  /**
+   * Ctrl-C: the terminal has echoed ^C where the cursor is (on the bar, after streamed text or at
+   * the start of a line). Stopping the bar ends its line; without one, a newline does, so the
+   * message that follows starts a line of its own.
+   */
+  interrupt(): void {
+    if (this.bar !== undefined) this.stop();
+    else if (process.stderr.isTTY === true) process.stderr.write("\n");
+  }
 }
 
 function stateLine(state: string, data: Record<string, unknown>): string {
@@ -463,14 +444,15 @@ function queuedLine(job: JobStatus): string {
 async function follow(client: ApiClient, jobId: string, opts: { output?: string | undefined; raw?: boolean; json: boolean; stream?: boolean }): Promise<number> {
   const controller = new AbortController();
   let interrupted = false;
-  const onSigint = (): void => {
-    interrupted = true;
-    controller.abort();
-  };
-  process.once("SIGINT", onSigint);
   // Streaming, the bar would share the terminal with the text: plain progress lines instead.
   const view = new ProgressView(process.stderr.isTTY === true && !opts.json && opts.stream !== true);
   const printer = opts.stream === true ? new TextPrinter(opts.raw === true) : undefined;
+  const onSigint = (): void => {
+    interrupted = true;
+    view.interrupt();
+    controller.abort();
+  };
+  process.once("SIGINT", onSigint);
   const quiet = opts.json;
   let snapshot: JobStatus | undefined;
   try {
@@ -490,8 +472,8 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
     process.off("SIGINT", onSigint);
   }
   if (interrupted) {
-    process.stderr.write(`\nstopped following ${jobId}; the job keeps running. Follow it again: aitbc jobs wait ${jobId}\n`);
-    return JOBS_EXIT.interrupted;
+    process.stderr.write(`stopped following ${jobId}; the job keeps running. Follow it again: aitbc jobs wait ${jobId}\n`);
+    return EXIT.interrupted;
   }
   const job = await client.getJob(jobId);
   if (job.status === "completed") {
@@ -504,15 +486,15 @@ async function follow(client: ApiClient, jobId: string, opts: { output?: string 
       writeResult(text.endsWith("\n") ? text : `${text}\n`, opts.raw === true);
     }
     if (opts.json) printJson(job);
-    return JOBS_EXIT.ok;
+    return EXIT.ok;
   }
   if (opts.json) printJson(job);
   const why = job.error === null ? "" : `: ${terminalLine(job.error.message)} (${terminalLine(job.error.code)})`;
   process.stderr.write(`aitbc: job ${jobId} ${job.status.replace("_", " ")}${why}\n`);
-  if (job.status === "cancelled") return JOBS_EXIT.cancelled;
-  if (job.status === "failed" || job.status === "timed_out" || job.status === "expired") return JOBS_EXIT.failed;
+  if (job.status === "cancelled") return EXIT.cancelled;
+  if (job.status === "failed" || job.status === "timed_out" || job.status === "expired") return EXIT.failed;
   // The stream ended but the job is not finished: should not happen; say so rather than guess.
-  return JOBS_EXIT.usage;
+  return EXIT.failed;
 }
 
 function writeOutput(file: string, data: Buffer): void {
@@ -545,7 +527,7 @@ function formatStatus(job: JobStatus): string {
     const r = job.result;
     rows.push([
       "result",
-      `${r.output_bytes} bytes, ${r.usage.completion_tokens} tokens, ${r.tokens_per_second} tok/s, finish ${r.finish_reason}; aitbc jobs download ${job.job_id}`,
+      `${r.output_bytes} bytes of text, ${r.usage.completion_tokens} tokens, ${r.tokens_per_second.toFixed(1)} tok/s, finish ${r.finish_reason}; aitbc jobs download ${job.job_id}`,
     ]);
   }
   // Every value may come from a miner or another client: one line each, nothing that drives the terminal.

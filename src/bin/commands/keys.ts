@@ -1,8 +1,7 @@
 import type { Command } from "commander";
-import { NotFoundError, ValidationError } from "../../common/errors.js";
-import { loadCoordinatorConfig } from "../../coordinator/config.js";
+import { NotFoundError } from "../../common/errors.js";
 import type { ApiKeyRecord, JobStore } from "../../coordinator/store/job-store.js";
-import { openJobStore } from "../../coordinator/store/open-store.js";
+import { UsageError } from "../exit-codes.js";
 
 interface KeysOptions {
   config: string;
@@ -30,12 +29,12 @@ export function registerKeysCommand(program: Command): void {
     .option("--operator", "an operator key (for /v1/admin, /dashboard and aitbc admin) instead of a client key")
     .option("--json", "print {id, key, kind, name, tenant} as JSON")
     .action(async (opts: { name: string; tenant: string; miner?: boolean; operator?: boolean; json?: boolean }, cmd: Command) => {
-      if (opts.miner === true && opts.operator === true) throw new ValidationError("--miner and --operator are different kinds of key: choose one", { field: "operator" });
+      if (opts.miner === true && opts.operator === true) throw new UsageError("--miner and --operator are different kinds of key: choose one", { field: "operator" });
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.tenant)) {
-        throw new ValidationError("--tenant must be 1-64 letters, digits, '.', '_' or '-'", { field: "tenant" });
+        throw new UsageError("--tenant must be 1-64 letters, digits, '.', '_' or '-'", { field: "tenant" });
       }
       if (opts.name.trim() === "" || opts.name.length > 128) {
-        throw new ValidationError("--name must be 1-128 characters", { field: "name" });
+        throw new UsageError("--name must be 1-128 characters", { field: "name" });
       }
       await withStore(cmd, async (store) => {
         const kind = opts.miner === true ? "miner" : opts.operator === true ? "operator" : "client";
@@ -52,12 +51,12 @@ export function registerKeysCommand(program: Command): void {
   keys
     .command("list")
     .description("list keys (id, kind, name, tenant, created, revoked); never secrets")
-    .option("--json", "print JSON lines")
+    .option("--json", "print a JSON array of {id, kind, name, tenant, created_at, revoked_at}")
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       await withStore(cmd, async (store) => {
         const all = await store.listKeys();
         if (opts.json === true) {
-          for (const k of all) process.stdout.write(`${JSON.stringify(keyJson(k))}\n`);
+          process.stdout.write(`${JSON.stringify(all.map(keyJson), null, 2)}\n`);
           return;
         }
         const rows = all.map((k) => [k.id, k.kind, k.name, k.tenant, iso(k.createdAt), k.revokedAt === null ? "-" : iso(k.revokedAt)]);
@@ -83,6 +82,8 @@ async function withStore(cmd: Command, fn: (store: JobStore) => Promise<void>): 
   // Options of `keys` itself (--config, --data-dir) live on the parent command.
   const parent = cmd.parent ?? cmd;
   const opts = parent.opts<KeysOptions>();
+  // Loaded here, not at the top: `aitbc keys --help` and its usage errors need no store.
+  const [{ loadCoordinatorConfig }, { openJobStore }] = await Promise.all([import("../../coordinator/config.js"), import("../../coordinator/store/open-store.js")]);
   const config = loadCoordinatorConfig(opts.config, {
     optional: parent.getOptionValueSource("config") !== "cli",
     overrides: { "storage.data_dir": opts.dataDir },

@@ -1,13 +1,10 @@
+import path from "node:path";
 import type { Command } from "commander";
+import { collectList } from "../cli-options.js";
 import { AppError } from "../../common/errors.js";
-import { createLogger } from "../../common/logger.js";
-import { computeSlots, loadMinerConfig } from "../../miner/config.js";
-import { createEngine } from "../../miner/engine-factory.js";
-import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
-import { Miner } from "../../miner/miner.js";
-import { MinerMetrics } from "../../miner/miner-metrics.js";
-import { execRunner } from "../../miner/gpu/detect.js";
 import { SystemdNotifier } from "../../common/systemd-notify.js";
+import type { Miner } from "../../miner/miner.js";
+import type { MinerMetrics } from "../../miner/miner-metrics.js";
 import { logFormatFlag } from "../global-options.js";
 
 /**
@@ -23,13 +20,24 @@ export function registerMinerCommand(program: Command): void {
     .option(
       "--coordinator <url>",
       "coordinator URL (overrides [coordinator] url); repeat it, or separate with commas, for several replicas",
-      (v: string, all: string[] | undefined) => [...(all ?? []), ...v.split(",")],
+      collectList,
     )
-    .option("--key-file <file>", "file holding the miner key (overrides [coordinator] key_file)")
+    .option("--key-file <file>", "file holding the miner key, relative to the working directory (overrides [coordinator] key_file)")
+    .option("--models <names>", "model folders to serve (overrides [inference] models); repeat it, or separate with commas", collectList)
+    .option("--models-dir <dir>", "folder that holds model folders (overrides [inference] models_dir)")
     .option("--name <name>", "miner name (overrides [miner] name)")
     .option("--cpu", "run as a CPU miner even when GPUs are present")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
     .action(async (opts: MinerCommandOptions, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc miner --help` and its usage errors need none of it.
+      const [{ createLogger }, { computeSlots, loadMinerConfig }, { createEngine }, { detectGpus, execRunner, selectedGpus }, miners, metricsModule] = await Promise.all([
+        import("../../common/logger.js"),
+        import("../../miner/config.js"),
+        import("../../miner/engine-factory.js"),
+        import("../../miner/gpu/detect.js"),
+        import("../../miner/miner.js"),
+        import("../../miner/miner-metrics.js"),
+      ]);
       const explicit = cmd.getOptionValueSource("config") === "cli";
       const config = loadMinerConfig({
         file: opts.config,
@@ -37,7 +45,10 @@ export function registerMinerCommand(program: Command): void {
         requireKey: true,
         overrides: {
           "coordinator.url": opts.coordinator,
-          "coordinator.key_file": opts.keyFile,
+          // A flag's path is relative to the working directory (a path in the file, to the file).
+          "coordinator.key_file": opts.keyFile === undefined ? undefined : path.resolve(opts.keyFile),
+          "inference.models": opts.models,
+          "inference.models_dir": opts.modelsDir,
           "miner.name": opts.name,
           "gpus.mode": opts.cpu === true ? "cpu" : undefined,
           "log.level": opts.logLevel,
@@ -54,11 +65,11 @@ export function registerMinerCommand(program: Command): void {
         gpus.map((g) => g.index),
         log,
       );
-      const metrics: MinerMetrics = new MinerMetrics({
+      const metrics: MinerMetrics = new metricsModule.MinerMetrics({
         running: (): number => miner.running,
         ...(gpus.length > 0 ? { nvidiaSmi: { command: config.gpus.nvidiaSmi, runner: execRunner } } : {}),
       });
-      const miner: Miner = new Miner({ config, engine, gpus, log, metrics });
+      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics });
       if (config.metricsListen !== "") await metrics.listen(config.metricsListen, log);
 
       let signals = 0;
@@ -131,6 +142,8 @@ interface MinerCommandOptions {
   config: string;
   coordinator?: string[];
   keyFile?: string;
+  models?: string[];
+  modelsDir?: string;
   name?: string;
   cpu?: boolean;
   logLevel?: string;

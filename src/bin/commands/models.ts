@@ -2,12 +2,11 @@ import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import cliProgress from "cli-progress";
 import { InvalidArgumentError, type Command } from "commander";
-import { ModelError, toAppError } from "../../common/errors.js";
-import { buildModel } from "../../inference/models/build-model.js";
+import { toAppError } from "../../common/errors.js";
 import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "../../inference/models/gpt2-graph.js";
-import { loadModelInfo } from "../../inference/models/model-info.js";
-import { pullModel, type PullProgress } from "../../inference/models/pull-model.js";
+import type { PullProgress } from "../../inference/models/pull-model.js";
 import { RECIPES, recipeNames } from "../../inference/models/recipes.js";
+import { UsageError } from "../exit-codes.js";
 
 /**
  * `aitbc models build|list|pull`: make the built-in random-weight GPT-2 models, show what a
@@ -28,9 +27,10 @@ export function registerModelsCommand(program: Command): void {
     .action(async (name: string, opts: { modelsDir: string; seed?: number; force: boolean; weights: WeightFormat; name?: string }) => {
       const recipe = RECIPES[name];
       if (recipe === undefined) {
-        throw new ModelError("unknown_recipe", `no built-in model named ${name} (known: ${recipeNames().join(", ")})`, { name });
+        throw new UsageError(`no built-in model named ${name} (known: ${recipeNames().join(", ")})`, { name });
       }
       const folder = opts.name ?? (opts.weights === "float32" ? name : `${name}-${opts.weights}`);
+      const { buildModel } = await import("../../inference/models/build-model.js");
       const started = Date.now();
       const result = await buildModel(recipe, path.join(opts.modelsDir, folder), {
         ...(opts.seed === undefined ? {} : { seed: opts.seed }),
@@ -53,6 +53,7 @@ export function registerModelsCommand(program: Command): void {
     .option("--models-dir <dir>", "folder that holds model folders", "models")
     .option("--force", "replace an existing model folder", false)
     .action(async (repo: string, opts: { hub: string; revision: string; name?: string; modelsDir: string; force: boolean }) => {
+      const { pullModel } = await import("../../inference/models/pull-model.js");
       const progress = new ProgressReporter(process.stderr);
       try {
         const result = await pullModel({
@@ -77,11 +78,11 @@ export function registerModelsCommand(program: Command): void {
     .command("list")
     .description("list model folders with their size and whether their layout is valid")
     .option("--models-dir <dir>", "folder that holds model folders", "models")
-    .option("--json", "print JSON instead of a table", false)
-    .action((opts: { modelsDir: string; json: boolean }) => {
-      const rows = listModels(opts.modelsDir);
+    .option("--json", "print a JSON array of {name, parameters, weights, size_bytes, layout} instead of a table", false)
+    .action(async (opts: { modelsDir: string; json: boolean }) => {
+      const rows = await listModels(opts.modelsDir);
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+        process.stdout.write(`${JSON.stringify(rows.map(modelJson), null, 2)}\n`);
         return;
       }
       if (rows.length === 0) {
@@ -106,9 +107,15 @@ export interface ModelListRow {
   layout: string;
 }
 
+/** A row as `--json` prints it: snake_case, like the REST API and `keys list --json`. */
+function modelJson(r: ModelListRow): Record<string, unknown> {
+  return { name: r.name, parameters: r.parameters, weights: r.weights, size_bytes: r.sizeBytes, layout: r.layout };
+}
+
 /** One row per model folder (hidden and in-progress temporary folders are skipped). */
-export function listModels(modelsDir: string): ModelListRow[] {
+export async function listModels(modelsDir: string): Promise<ModelListRow[]> {
   if (!existsSync(modelsDir)) return [];
+  const { loadModelInfo } = await import("../../inference/models/model-info.js");
   return readdirSync(modelsDir, { withFileTypes: true })
     .filter((e) => e.isDirectory() && !e.name.startsWith(".") && !/\.(tmp|old)-\d+-[0-9a-f]+$/.test(e.name))
     .map((e) => e.name)

@@ -1,18 +1,13 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
-import { createLogger, type LogLevel } from "../../common/logger.js";
-import { loadCoordinatorConfig } from "../../coordinator/config.js";
-import { Coordinator } from "../../coordinator/coordinator.js";
-import { ensureLocalClientKey, ensureLocalMinerKey } from "../../coordinator/auth/local-key.js";
-import { buildModel } from "../../inference/models/build-model.js";
+import type { LogLevel } from "../../common/logger.js";
+import type { Miner } from "../../miner/miner.js";
+import { ModelError } from "../../common/errors.js";
 import { RECIPES } from "../../inference/models/recipes.js";
-import { loadMinerConfig } from "../../miner/config.js";
-import { createEngine } from "../../miner/engine-factory.js";
-import { detectGpus, selectedGpus } from "../../miner/gpu/detect.js";
-import { Miner } from "../../miner/miner.js";
 import { logFormatFlag } from "../global-options.js";
 import { runUntilSignal } from "./coordinator.js";
+import { collectList } from "../cli-options.js";
 
 const DEFAULT_MODEL = "tiny-gpt2";
 
@@ -31,19 +26,38 @@ export function registerUpCommand(program: Command): void {
     .option("--port <port>", "listen port, 0 for any", (v) => Number.parseInt(v, 10))
     .option("--data-dir <dir>", "data directory")
     .option("--models-dir <dir>", "models directory", "models")
+    .option("--model <name>", `a model folder the local miner serves (repeatable, or comma-separated; default ${DEFAULT_MODEL}); built-in ones are built when missing`, collectList)
     .option("--cpu", "run the local miner on CPU even when a GPU is present")
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "warn")
     .action(async (opts: UpOptions, cmd: Command) => {
+      // Loaded here, not at the top: `aitbc up --help` and its usage errors need none of it.
+      const [{ createLogger }, { loadCoordinatorConfig }, { Coordinator }, localKey, { buildModel }, { loadMinerConfig }, { createEngine }, detect, miners] = await Promise.all([
+        import("../../common/logger.js"),
+        import("../../coordinator/config.js"),
+        import("../../coordinator/coordinator.js"),
+        import("../../coordinator/auth/local-key.js"),
+        import("../../inference/models/build-model.js"),
+        import("../../miner/config.js"),
+        import("../../miner/engine-factory.js"),
+        import("../../miner/gpu/detect.js"),
+        import("../../miner/miner.js"),
+      ]);
       const config = loadCoordinatorConfig(opts.config, {
         optional: cmd.getOptionValueSource("config") !== "cli",
         overrides: { "server.port": opts.port, "storage.data_dir": opts.dataDir, "log.level": opts.logLevel, "log.format": logFormatFlag(cmd) },
       });
       const log = createLogger({ level: config.logLevel, format: config.logFormat, name: "aitbc" });
       const modelsDir = path.resolve(opts.modelsDir);
-      const modelDir = path.join(modelsDir, DEFAULT_MODEL);
-      if (!existsSync(path.join(modelDir, "config.json"))) {
-        process.stderr.write(`building ${DEFAULT_MODEL} in ${modelDir} …\n`);
-        await buildModel(RECIPES[DEFAULT_MODEL]!, modelDir);
+      const models = opts.model === undefined || opts.model.length === 0 ? [DEFAULT_MODEL] : [...new Set(opts.model)];
+      // Every model is there or built in: refuse one that is neither before building any.
+      const missing = models.filter((name) => !existsSync(path.join(modelsDir, name, "config.json")));
+      for (const name of missing.filter((n) => RECIPES[n] === undefined)) {
+        throw new ModelError("model_not_found", `no model ${name} in ${modelsDir}: build or pull it first (aitbc models pull REPO --name ${name} --models-dir ${opts.modelsDir})`, { name });
+      }
+      for (const name of missing) {
+        const modelDir = path.join(modelsDir, name);
+        process.stderr.write(`building ${name} in ${modelDir} …\n`);
+        await buildModel(RECIPES[name]!, modelDir);
       }
 
       const coordinator = new Coordinator({ config, log });
@@ -52,8 +66,8 @@ export function registerUpCommand(program: Command): void {
         {
           start: async () => {
             const url = await coordinator.start();
-            const clientKey = await ensureLocalClientKey(coordinator.store, config.dataDir);
-            const minerKey = await ensureLocalMinerKey(coordinator.store, config.dataDir);
+            const clientKey = await localKey.ensureLocalClientKey(coordinator.store, config.dataDir);
+            const minerKey = await localKey.ensureLocalMinerKey(coordinator.store, config.dataDir);
             const minerConfig = loadMinerConfig({
               file: opts.minerConfig,
               optional: cmd.getOptionValueSource("minerConfig") !== "cli",
@@ -62,16 +76,16 @@ export function registerUpCommand(program: Command): void {
                 "coordinator.key": minerKey.key,
                 "miner.name": "local",
                 "inference.models_dir": modelsDir,
-                "inference.models": [DEFAULT_MODEL],
+                "inference.models": models,
                 "gpus.mode": opts.cpu === true ? "cpu" : undefined,
               },
             });
-            const detection = await detectGpus({ gpus: minerConfig.gpus });
-            const gpus = selectedGpus(detection);
+            const detection = await detect.detectGpus({ gpus: minerConfig.gpus });
+            const gpus = detect.selectedGpus(detection);
             const engine = createEngine(minerConfig, gpus.map((g) => g.index), log);
-            miner = new Miner({ config: minerConfig, engine, gpus, log });
+            miner = new miners.Miner({ config: minerConfig, engine, gpus, log });
             await miner.start();
-            printBanner(url, clientKey.key, gpus.length);
+            printBanner(url, clientKey.key, gpus.length, models);
           },
           stop: async () => {
             await miner?.stop();
@@ -83,17 +97,17 @@ export function registerUpCommand(program: Command): void {
     });
 }
 
-function printBanner(url: string, key: string, gpuCount: number): void {
+function printBanner(url: string, key: string, gpuCount: number, models: string[]): void {
   const q = (s: string): string => `'${s}'`;
   const lines = [
     "",
-    `aitbc is up: coordinator ${url}, local miner with ${DEFAULT_MODEL} on ${gpuCount > 0 ? `${gpuCount} GPU(s)` : "CPU"}`,
+    `aitbc is up: coordinator ${url}, local miner with ${models.join(", ")} on ${gpuCount > 0 ? `${gpuCount} GPU(s)` : "CPU"}`,
     `API docs:   ${url}/docs`,
     `client key: ${key}`,
     "",
     "Submit a job:",
     `  curl -s -X POST ${url}/v1/jobs -H ${q(`Authorization: Bearer ${key}`)} -H 'Content-Type: application/json' \\`,
-    `    -d '{"model":"${DEFAULT_MODEL}","input":"The GPU network","parameters":{"max_new_tokens":64,"seed":7}}'`,
+    `    -d '{"model":"${models[0] ?? DEFAULT_MODEL}","input":"The GPU network","parameters":{"max_new_tokens":64,"seed":7}}'`,
     "Follow it (progress as Server-Sent Events), then download the result:",
     `  curl -N ${url}/v1/jobs/JOB_ID/events -H ${q(`Authorization: Bearer ${key}`)}`,
     `  curl -s ${url}/v1/jobs/JOB_ID/download -H ${q(`Authorization: Bearer ${key}`)}`,
@@ -110,6 +124,7 @@ interface UpOptions {
   port?: number;
   dataDir?: string;
   modelsDir: string;
+  model?: string[];
   cpu?: boolean;
   logLevel: LogLevel;
 }

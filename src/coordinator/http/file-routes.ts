@@ -5,6 +5,7 @@ import { AppError, NotFoundError, ValidationError } from "../../common/errors.js
 import { FileResponseSchema, ProblemSchema } from "../../protocol/jobs.js";
 import type { CoordinatorContext } from "../context.js";
 import { tenantOf } from "./auth-hook.js";
+import { bodyLimitOptions } from "./body-limit.js";
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
@@ -20,7 +21,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
     app.post(
       "/v1/files",
       {
-        bodyLimit: ctx.config.limits.maxFileBytes,
+        ...bodyLimitOptions(app, ctx.config.limits.maxFileBytes, "the file", "[limits] max_file_size"),
         schema: {
           summary: "Upload a UTF-8 text file to use as a job's input",
           tags: ["files"],
@@ -60,7 +61,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
         }
         const sha = createHash("sha256").update(body).digest("hex");
         const file = await ctx.store.createFile(tenant, text, { sha256: sha, bytes: body.length }, ctx.now());
-        return reply.code(201).send({ file_id: file.id, bytes: file.bytes, sha256: file.sha256, created_at: new Date(file.createdAt).toISOString() });
+        return reply.code(201).header("location", `/v1/files/${file.id}`).send({ file_id: file.id, bytes: file.bytes, sha256: file.sha256, created_at: new Date(file.createdAt).toISOString() });
       },
     );
 

@@ -22,6 +22,7 @@ import { fleetWaitingReason } from "../waiting-reason.js";
 import { renderResult } from "../results/render-result.js";
 import { jobSummary, jobView, withLiveProgress } from "./job-view.js";
 import { tenantOf } from "./auth-hook.js";
+import { bodyLimitOptions } from "./body-limit.js";
 
 const errors = {
   400: ProblemSchema,
@@ -161,6 +162,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
     app.post(
       "/v1/jobs",
       {
+        ...bodyLimitOptions(app, ctx.config.server.bodyLimit, "the request body", "[server] body_limit"),
         schema: {
           summary: "Submit a job",
           tags: ["jobs"],
@@ -178,6 +180,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           request.log.info({ jobId: job.id, model: job.model, tenant }, "job accepted");
           ctx.metrics.submitted.inc();
         }
+        if (created) void reply.header("location", `/v1/jobs/${job.id}`);
         return reply.code(created ? 201 : 200).send({
           job_id: job.id,
           estimated_cost: job.estimatedCost,
