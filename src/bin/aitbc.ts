@@ -48,7 +48,10 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
-const [first, second] = process.argv.slice(2);
+// The command named on the line, past the global options (`aitbc --log-format json coordinator …`).
+const words = process.argv.slice(2);
+while (words[0]?.startsWith("--log-format") === true) words.splice(0, words[0].includes("=") ? 1 : 2);
+const [first, second] = words;
 const known = (name: string | undefined): name is string => name !== undefined && Object.hasOwn(COMMANDS, name);
 // `aitbc completion` describes every command, so it loads them all; `aitbc help X` loads X.
 const load = new Set(first === "completion" ? Object.keys(COMMANDS) : known(first) ? [first] : first === "help" && known(second) ? [second] : []);

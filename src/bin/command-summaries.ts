@@ -4,7 +4,7 @@
  * works; the top-level help then loads its module.
  */
 export const COMMAND_SUMMARIES: Record<string, string> = {
-  admin: "operate the fleet: miners, every tenant's jobs, drain, retry (an operator key)",
+  admin: "operate the fleet: miners, jobs of every tenant, drain, retry (an operator key)",
   completion: "print a shell completion script (bash or zsh)",
   config: "check configuration files",
   coordinator: "run the coordinator: client REST API, miner gateway and scheduler",

@@ -4,6 +4,7 @@ import { Backoff } from "../common/backoff.js";
 import type { Logger } from "../common/logger.js";
 import { packageVersion } from "../common/package-info.js";
 import type { MinerMetrics } from "./miner-metrics.js";
+import type { GpuLoadSampler } from "./gpu/gpu-load.js";
 import type { Engine } from "../inference/engine.js";
 import type { CoordinatorFrame, GpuInfo, HeartbeatFrame, HelloFrame, WelcomeFrame } from "../protocol/frames.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
@@ -38,6 +39,8 @@ export interface MinerOptions {
   backoff?: Backoff;
   /** Where job outcomes and engine load time are counted; none by default. */
   metrics?: MinerMetrics;
+  /** Reads the GPUs' load for heartbeats (protocol 5); none for a CPU miner. */
+  gpuLoad?: GpuLoadSampler;
 }
 
 export interface MinerEvents {
@@ -132,6 +135,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       "miner started",
     );
     this.transition("connecting");
+    this.options.gpuLoad?.start();
     this.connection.start();
   }
 
@@ -162,6 +166,7 @@ export class Miner extends EventEmitter<MinerEvents> {
       if (!acked) this.log.warn({ unacknowledged: this.runner.tracked }, "closing with unacknowledged results");
     }
     await this.connection.close();
+    this.options.gpuLoad?.stop();
     await this.options.engine.close();
     this.transition("stopped");
   }
@@ -190,7 +195,11 @@ export class Miner extends EventEmitter<MinerEvents> {
   }
 
   private heartbeat(): HeartbeatFrame {
-    return { type: "heartbeat", in_flight: this.runner.inFlight(), free_slots: this.intakeOpen() ? this.runner.freeSlots : 0 };
+    const frame: HeartbeatFrame = { type: "heartbeat", in_flight: this.runner.inFlight(), free_slots: this.intakeOpen() ? this.runner.freeSlots : 0 };
+    // Protocol 4 coordinators parse heartbeats strictly: only 5 and later hear of GPU load.
+    const load = this.options.gpuLoad?.current ?? [];
+    if (this.protocol >= 5 && load.length > 0) frame.gpus = load;
+    return frame;
   }
 
   private intakeOpen(): boolean {

@@ -25,7 +25,8 @@ import { GENERATION_BOUNDS, type ResolvedGenerationParameters } from "./generati
  *   progress {…, tokens, max_tokens, tokens_per_s} ─▶   (throttled; renews the lease)
  *   text {…, index, delta, tokens, tokens_per_s} ─▶   (protocol 4: the text as it comes, coalesced; replaces progress;
  *                                            the whole text again from index 0 after every welcome)
- *   heartbeat {in_flight, free_slots}     ─▶   (every heartbeat_ms; renews every listed lease)
+ *   heartbeat {in_flight, free_slots, gpus?} ─▶ (every heartbeat_ms; renews every listed lease;
+ *                                            gpus: protocol 5, utilisation and free VRAM per GPU)
  *   result_chunk {…, seq, data} × n       ─▶   (only for outputs over RESULT_INLINE_MAX_BYTES)
  *   result {…, output | chunks, sha256}   ─▶
  *                                         ◀─ ack {job_id, attempt, of: "result", status}
@@ -117,6 +118,18 @@ export const GpuInfoSchema = Type.Object(
   strict,
 );
 export type GpuInfo = Static<typeof GpuInfoSchema>;
+
+/** A GPU's load as the miner last read it (nvidia-smi), in heartbeats from protocol 5 on. */
+export const GpuLoadSchema = Type.Object(
+  {
+    /** As in the hello's gpus. */
+    index: Type.Integer({ minimum: 0 }),
+    utilization_percent: Type.Number({ minimum: 0, maximum: 100 }),
+    vram_free_mb: Count,
+  },
+  strict,
+);
+export type GpuLoad = Static<typeof GpuLoadSchema>;
 
 /** A job the miner still holds after a reconnect: running, or finished with its result unacknowledged. */
 export const InFlightSchema = Type.Object(
@@ -263,6 +276,8 @@ export const HeartbeatFrameSchema = Type.Object(
     in_flight: Type.Array(InFlightSchema, { maxItems: 4096 }),
     /** Informational (see "Slots" above). */
     free_slots: Type.Integer({ minimum: 0, maximum: 4096 }),
+    /** Protocol 5: each GPU's utilisation and free VRAM, when the miner can read them (informational). */
+    gpus: Type.Optional(Type.Array(GpuLoadSchema, { maxItems: 64 })),
   },
   strict,
 );

@@ -17,7 +17,10 @@
  *   5  hello carries `instance_id`, random per miner process start: a hello under the key and
  *      name of a live session with another instance id is refused (error `duplicate_miner`,
  *      fatal) instead of replacing it; the same instance id replaces it (a reconnect). Protocol
- *      4 miners (no instance id) replace the session as before; their welcome is unchanged
+ *      4 miners (no instance id) replace the session as before; their welcome is unchanged.
+ *      Heartbeats may carry `gpus`: each GPU's utilisation and free VRAM as the miner last read
+ *      them (nvidia-smi), for the operators' fleet view; a miner sends them only to a
+ *      coordinator whose welcome says 5 or more
  */
 export const PROTOCOL_VERSION = 5;
 /** The oldest protocol version a coordinator still accepts in a hello. */

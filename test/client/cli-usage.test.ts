@@ -63,9 +63,9 @@ describe("aitbc (the CLI as a whole)", { timeout: 120_000 }, () => {
     expect(unknownCommand.code).toBe(EXIT.usage);
     expect(unknownCommand.stderr).toMatch(/^aitbc: unknown command 'jbos'\n\(Did you mean jobs\?\)\n\(see aitbc --help\)\n$/);
     // Thrown by a command's own check (not commander's): the same shape.
-    const kind = await aitbc(["config", "check", "settings.toml"], { cwd });
+    const kind = await aitbc(["keys", "create", "--name", "x", "--miner", "--operator"], { cwd });
     expect(kind.code).toBe(EXIT.usage);
-    expect(kind.stderr).toMatch(/^aitbc: cannot tell whether settings\.toml .*\n\(see aitbc config check --help\)\n$/);
+    expect(kind.stderr).toBe("aitbc: --miner and --operator are different kinds of key: choose one\n(see aitbc keys create --help)\n");
     for (const r of [unknownOption, unknownCommand, kind]) expect(r.stderr).not.toContain("Usage:");
   });
 

@@ -140,11 +140,16 @@ describe("two replicas on PostgreSQL and S3", () => {
     const ops = (await a.newKey("ops", "operator")).key;
     const model = "gpt2-operators";
     const m = await RawMiner.open(wsUrl(b), minerKey);
-    m.send({ ...helloFrame("held-by-b"), models: [model] });
+    const gpu = { index: 0, name: "NVIDIA A100-SXM4-80GB", vram_total_mb: 81920, vram_free_mb: 81050 };
+    m.send({ ...helloFrame("held-by-b"), models: [model], gpus: [gpu] });
     const welcome = await m.next<WelcomeFrame>((f) => f.type === "welcome");
-    const fleet = async () =>
-      ((await (await a.call("GET", "/v1/admin/miners", { key: ops })).json()) as { items: { miner_id: string; replica: string | null; drained: boolean; connected: boolean }[] }).items;
-    expect((await fleet()).find((x) => x.miner_id === welcome.miner_id)).toMatchObject({ replica: "replica-b", connected: true, drained: false });
+    type Fleet = { miner_id: string; replica: string | null; drained: boolean; connected: boolean; gpus: { index: number; utilization_percent: number | null; vram_free_mb: number }[] }[];
+    const fleet = async () => ((await (await a.call("GET", "/v1/admin/miners", { key: ops })).json()) as { items: Fleet }).items;
+    expect((await fleet()).find((x) => x.miner_id === welcome.miner_id)).toMatchObject({ replica: "replica-b", connected: true, drained: false, gpus: [{ utilization_percent: null }] });
+    // Protocol 5 heartbeats carry the GPUs' load; A shows what B's miner said (a GPU it never declared, and more VRAM than it has, are not believed).
+    m.send({ type: "heartbeat", in_flight: [], free_slots: 1, gpus: [{ index: 0, utilization_percent: 87, vram_free_mb: 999_999 }, { index: 5, utilization_percent: 1, vram_free_mb: 1 }] });
+    await waitFor("A shows the GPU load", async () => (await fleet()).find((x) => x.miner_id === welcome.miner_id)?.gpus, (g) => g?.[0]?.utilization_percent === 87);
+    expect((await fleet()).find((x) => x.miner_id === welcome.miner_id)?.gpus).toMatchObject([{ index: 0, utilization_percent: 87, vram_free_mb: 81920 }]);
     // Drained on A: B stops offering it jobs (told in the drain's transaction).
     const d = await a.call("POST", `/v1/admin/miners/${welcome.miner_id}/drain`, { key: ops });
     expect(d.status).toBe(200);

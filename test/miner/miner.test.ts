@@ -9,6 +9,9 @@ import { Miner, type MinerState } from "../../src/miner/miner.js";
 import type { GpuInfo } from "../../src/protocol/frames.js";
 import { PROTOCOL_VERSION } from "../../src/protocol/version.js";
 import { FakeCoordinator } from "./fake-coordinator.js";
+import { GpuLoadSampler } from "../../src/miner/gpu/gpu-load.js";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 
 const GPU: GpuInfo = { index: 0, name: "NVIDIA GeForce RTX 4090", vram_total_mb: 24564, vram_free_mb: 23988 };
 
@@ -30,6 +33,7 @@ async function setup(
     tokensPerSecond?: number;
     hangAfterTokens?: number;
     gpus?: GpuInfo[];
+    gpuLoad?: GpuLoadSampler;
   } = {},
 ): Promise<Setup> {
   const coordinator = await FakeCoordinator.start();
@@ -52,6 +56,7 @@ async function setup(
     log: silentLogger(),
     version: "9.9.9",
     backoff: new Backoff({ baseMs: 20, maxMs: 100 }),
+    ...(options.gpuLoad === undefined ? {} : { gpuLoad: options.gpuLoad }),
   });
   const states: MinerState[] = [];
   miner.on("state", ({ to }) => states.push(to));
@@ -147,6 +152,35 @@ describe("Miner against a fake coordinator", () => {
     const streamed = texts.reduce((t, f) => t.slice(0, f.index) + f.delta, "");
     expect(result.frame.type === "result" ? result.frame.output : undefined).toBe(streamed);
     expect(texts.at(-1)!.tokens).toBe(40);
+  });
+
+  it("heartbeats carry the GPUs' load from nvidia-smi only to a protocol 5 coordinator", async () => {
+    const smi = readFileSync(path.join(import.meta.dirname, "..", "fixtures", "nvidia-smi", "2x-a100-80gb.txt"), "utf8");
+    const runs: string[][] = [];
+    const gpuLoad = new GpuLoadSampler({
+      command: "nvidia-smi",
+      runner: (_cmd, args) => {
+        runs.push(args);
+        return Promise.resolve({ code: 0, stdout: smi, stderr: "" });
+      },
+      indices: [1],
+      log: silentLogger(),
+    });
+    const { coordinator } = await setup({ gpuLoad });
+    await coordinator.waitForType("pull");
+    coordinator.protocolVersion = 4;
+    coordinator.drop();
+    await until(() => coordinator.frames("hello").length >= 2);
+    const before = coordinator.frames("heartbeat").length;
+    await until(() => coordinator.frames("heartbeat").length >= before + 2);
+    expect(coordinator.frames("heartbeat").slice(before).every((h) => h.gpus === undefined)).toBe(true);
+    coordinator.protocolVersion = 5;
+    coordinator.drop();
+    await until(() => coordinator.frames("hello").length >= 3);
+    await until(() => coordinator.frames("heartbeat").some((h) => h.gpus !== undefined));
+    // Only the GPUs it uses (index 1 here), as the fixture reads.
+    expect(coordinator.frames("heartbeat").find((h) => h.gpus !== undefined)!.gpus).toEqual([{ index: 1, utilization_percent: 87, vram_free_mb: 41210 }]);
+    expect(runs[0]).toContain("--format=csv,noheader,nounits");
   });
 
   it("gives the same output for the same seed on a second attempt", async () => {

@@ -53,8 +53,9 @@ describe("liveness and secrets (real processes)", { timeout: 120_000 }, () => {
       expect(res.status).toBe(422); // unknown query parameters
     }
     await fetch(`${c.baseUrl}/healthz?token=${secret}`);
-    // Logs are written as the request completes; read them once a later request is logged too.
-    await waitFor("the requests logged", () => Promise.resolve(c.coordinator!.output.match(/"url":"\/healthz\?/g)?.length ?? 0), (n) => n >= 1);
+    // Probes are not logged at info; /openapi.json is, after the others: read the logs once it is.
+    await fetch(`${c.baseUrl}/openapi.json?token=${secret}`);
+    await waitFor("the requests logged", () => Promise.resolve(c.coordinator!.output.match(/"url":"\/openapi\.json\?/g)?.length ?? 0), (n) => n >= 1);
     const out = c.coordinator!.output;
     expect(out).toContain("/v1/jobs?key=[redacted]");
     const secretPart = secret.split("_").slice(3).join("_");

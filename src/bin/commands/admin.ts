@@ -116,7 +116,7 @@ function minerState(m: MinerItem): string {
  * (miner_…) or a name.
  */
 export function registerAdminCommand(program: Command): void {
-  const admin = program.command("admin").description("operate the fleet: miners, every tenant's jobs, drain, retry (an operator key)").addHelpText("after", HELP_FOOTER);
+  const admin = program.command("admin").description("operate the fleet: miners, jobs of every tenant, drain, retry (an operator key)").addHelpText("after", HELP_FOOTER);
 
   withConnection(admin.command("miners").description("list the fleet's miners (connected first)")).action(
     action(async (opts: ConnectionOptions) => {

@@ -69,7 +69,10 @@ export function registerMinerCommand(program: Command): void {
         running: (): number => miner.running,
         ...(gpus.length > 0 ? { nvidiaSmi: { command: config.gpus.nvidiaSmi, runner: execRunner } } : {}),
       });
-      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics });
+      const { GpuLoadSampler } = await import("../../miner/gpu/gpu-load.js");
+      const gpuLoad =
+        gpus.length > 0 ? new GpuLoadSampler({ command: config.gpus.nvidiaSmi, runner: execRunner, indices: gpus.map((g) => g.index), log: log.child({ component: "gpu-load" }) }) : undefined;
+      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics, ...(gpuLoad === undefined ? {} : { gpuLoad }) });
       if (config.metricsListen !== "") await metrics.listen(config.metricsListen, log);
 
       let signals = 0;

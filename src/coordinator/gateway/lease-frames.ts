@@ -2,7 +2,7 @@ import type { FailFrame, HeartbeatFrame, ProgressFrame, ReleasedFrame, StartedFr
 import type { CoordinatorContext } from "../context.js";
 import type { LeaseRef } from "../store/job-store.js";
 import { leaseKey, type HeldLease, type MinerSession } from "./miner-session.js";
-import { clampProgress } from "./plausibility.js";
+import { clampProgress, plausibleLoad } from "./plausibility.js";
 
 /**
  * The frames that keep or end a lease: started, progress, text, heartbeat, fail, released.
@@ -49,6 +49,7 @@ export class LeaseFrames {
   }
 
   async heartbeat(s: MinerSession, f: HeartbeatFrame): Promise<void> {
+    if (f.gpus !== undefined) s.gpuLoad = plausibleLoad(s.gpus, f.gpus);
     const seen = new Set<string>();
     for (const entry of f.in_flight) {
       const key = leaseKey(entry.job_id, entry.attempt);

@@ -206,7 +206,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     this.scheduler.start();
     // The fleet's view of this replica's sessions, refreshed each heartbeat in one statement.
     this.touchTimer = setInterval(() => {
-      const sessions = [...this.sessions.values()].map((s) => ({ id: s.minerId, epoch: s.identity.epoch, draining: s.draining }));
+      const sessions = [...this.sessions.values()].map((s) => ({ id: s.minerId, epoch: s.identity.epoch, draining: s.draining, ...(s.gpuLoad === undefined ? {} : { gpuLoad: s.gpuLoad }) }));
       this.ctx.store
         .touchMiners(this.ctx.replica, sessions, this.ctx.now())
         .then(() => this.refreshDrains())

@@ -1,6 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import type { Logger } from "../../common/logger.js";
-import type { AssignFrame, CoordinatorFrame, GpuInfo } from "../../protocol/frames.js";
+import type { AssignFrame, CoordinatorFrame, GpuInfo, GpuLoad } from "../../protocol/frames.js";
 import type { DispatchTarget } from "../scheduler/scheduler.js";
 import type { ChunkBuffer } from "./result-chunks.js";
 import type { MinerLink } from "./miner-link.js";
@@ -42,6 +42,8 @@ export class MinerSession implements DispatchTarget {
   draining = false;
   /** An operator drained this miner (the miners table keeps it across reconnects): no new jobs. */
   operatorDrained = false;
+  /** Its GPUs' load from the latest heartbeat that carried one (protocol 5), for the miners table. */
+  gpuLoad: GpuLoad[] | undefined;
   readonly leases = new Map<string, HeldLease>();
   readonly connectedAt = Date.now();
   readonly log: Logger;

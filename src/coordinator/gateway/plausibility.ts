@@ -1,4 +1,4 @@
-import type { GpuInfo, HelloFrame } from "../../protocol/frames.js";
+import type { GpuInfo, GpuLoad, HelloFrame } from "../../protocol/frames.js";
 import type { CoordinatorConfig } from "../config.js";
 
 /**
@@ -35,4 +35,16 @@ export function clampProgress(
   limits: Pick<Limits, "maxTokensPerSecond">,
 ): { tokens: number; tokensPerSecond: number } {
   return { tokens: Math.min(p.tokens, maxTokens), tokensPerSecond: Math.min(p.tokens_per_s, limits.maxTokensPerSecond) };
+}
+
+/** The load of GPUs the hello declared, once each, free VRAM no more than the GPU has (figures a miner sends are untrusted). */
+export function plausibleLoad(gpus: readonly GpuInfo[], load: readonly GpuLoad[]): GpuLoad[] {
+  const byIndex = new Map(gpus.map((g) => [g.index, g]));
+  const out = new Map<number, GpuLoad>();
+  for (const l of load) {
+    const g = byIndex.get(l.index);
+    if (g === undefined || out.has(l.index)) continue;
+    out.set(l.index, { index: l.index, utilization_percent: Math.round(l.utilization_percent * 10) / 10, vram_free_mb: Math.min(l.vram_free_mb, g.vram_total_mb) });
+  }
+  return [...out.values()];
 }

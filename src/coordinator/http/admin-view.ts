@@ -39,8 +39,11 @@ export function adminMinerView(m: MinerRecord, leases: readonly JobRecord[]): Ad
     connected: m.connected,
     connected_since: m.connected ? iso(m.connectedAt) : null,
     last_seen_at: iso(m.lastSeenAt),
-    // Utilisation is not in the miner protocol yet: null until miners report it.
-    gpus: m.gpus.map((g) => ({ index: g.index, name: g.name, vram_total_mb: g.vram_total_mb, vram_free_mb: g.vram_free_mb, utilization_percent: null })),
+    // Utilisation and free VRAM from the latest heartbeats (protocol 5 miners); the hello's figures otherwise.
+    gpus: m.gpus.map((g) => {
+      const load = m.connected ? m.gpuLoad?.find((l) => l.index === g.index) : undefined;
+      return { index: g.index, name: g.name, vram_total_mb: g.vram_total_mb, vram_free_mb: load?.vram_free_mb ?? g.vram_free_mb, utilization_percent: load?.utilization_percent ?? null };
+    }),
     models: m.models,
     slots: m.slots,
     slots_used: mine.length,

@@ -91,6 +91,7 @@ export interface MinerRow {
   jobs_failed: number;
   last_error: unknown;
   tokens_per_s: number | null;
+  gpu_load?: unknown;
 }
 
 export const PRIORITY_RANK: Record<Priority, number> = { low: 0, normal: 1, high: 2 };
@@ -201,5 +202,6 @@ export function toMiner(r: MinerRow): MinerRecord {
     jobsFailed: Number(r.jobs_failed ?? 0),
     lastError: r.last_error === null || r.last_error === undefined ? null : jsonColumn<MinerRecord["lastError"]>(r.last_error),
     tokensPerSecond: r.tokens_per_s ?? null,
+    gpuLoad: r.gpu_load === null || r.gpu_load === undefined ? null : jsonColumn<MinerRecord["gpuLoad"]>(r.gpu_load),
   };
 }

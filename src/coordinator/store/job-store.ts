@@ -1,5 +1,5 @@
 import type { ResolvedGenerationParameters } from "../../protocol/generation.js";
-import type { GpuInfo } from "../../protocol/frames.js";
+import type { GpuInfo, GpuLoad } from "../../protocol/frames.js";
 import type { Requirements } from "../../protocol/jobs.js";
 import type { JobState, Priority } from "../../protocol/version.js";
 import type { KeyKind } from "../auth/api-key.js";
@@ -223,6 +223,8 @@ export interface MinerRecord {
   lastError: { code: string; message: string; at: number } | null;
   /** Decode speed of its latest result. */
   tokensPerSecond: number | null;
+  /** Its GPUs' utilisation and free VRAM as its latest heartbeats said (protocol 5); null when never reported this session. */
+  gpuLoad: GpuLoad[] | null;
 }
 
 /** What an operator filters every tenant's jobs by (GET /v1/admin/jobs); times are created_at bounds. */
@@ -248,6 +250,14 @@ export interface ThroughputBucket {
   start: number;
   jobs: number;
   tokens: number;
+}
+
+/** A live session as its replica refreshes it each heartbeat; `gpuLoad` when the miner reported it (else kept). */
+export interface MinerTouch {
+  id: string;
+  epoch: number;
+  draining: boolean;
+  gpuLoad?: GpuLoad[];
 }
 
 /** What one reaper pass did, for logs, metrics and telling miners to stop. */
@@ -353,7 +363,7 @@ export interface JobStore {
    */
   openMinerSession(m: MinerSessionOpening, now: number, liveSince: number): Promise<MinerSessionOpened>;
   /** The replica's live sessions were seen now (one statement per replica heartbeat); a session fenced out by a newer epoch is not touched. */
-  touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void>;
+  touchMiners(replica: string, sessions: MinerTouch[], now: number): Promise<void>;
   /** That session ended; a newer session of the miner (another epoch) is left as it is. */
   closeMinerSession(id: string, epoch: number, now: number): Promise<void>;
   /** Miners connected and seen since `seenSince`. */

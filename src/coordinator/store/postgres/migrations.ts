@@ -180,6 +180,10 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE miners ADD COLUMN instance_id text;
   `,
+  // Protocol 5 heartbeats: each GPU's utilisation and free VRAM, for the operators' fleet view.
+  `
+  ALTER TABLE miners ADD COLUMN gpu_load jsonb;
+  `,
 ];
 
 /** The advisory lock key migrations run under (any int8; this one spells "aitbcmig"). */

@@ -145,4 +145,8 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE miners ADD COLUMN instance_id TEXT;
   `,
+  // Protocol 5 heartbeats: each GPU's utilisation and free VRAM, for the operators' fleet view.
+  `
+  ALTER TABLE miners ADD COLUMN gpu_load TEXT;
+  `,
 ];

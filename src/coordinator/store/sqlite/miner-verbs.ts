@@ -1,5 +1,5 @@
 import { toMiner, type MinerRow } from "../job-row.js";
-import type { MinerRecord, MinerSessionOpened, MinerSessionOpening } from "../job-store.js";
+import type { MinerRecord, MinerSessionOpened, MinerSessionOpening, MinerTouch } from "../job-store.js";
 import type { SqliteDb } from "./sqlite-db.js";
 
 /** The miners table on SQLite: one replica's fleet, written at hello, refreshed each heartbeat. */
@@ -12,7 +12,7 @@ export function openMinerSession(db: SqliteDb, m: MinerSessionOpening, now: numb
         `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining, instance_id)
          VALUES (@id, @keyId, @name, @replica, 1, 1, @now, @now, @gpus, @models, @slots, @slots, 0, @instanceId)
          ON CONFLICT (id) DO UPDATE SET replica = @replica, epoch = epoch + 1, connected = 1, connected_at = @now, last_seen_at = @now,
-           gpus = @gpus, models = @models, slots = @slots, free_slots = @slots, draining = 0, instance_id = @instanceId
+           gpus = @gpus, models = @models, slots = @slots, free_slots = @slots, draining = 0, instance_id = @instanceId, gpu_load = NULL
          WHERE NOT (miners.connected = 1 AND miners.last_seen_at >= @liveSince
                     AND miners.instance_id IS NOT NULL AND @instanceId IS NOT NULL AND miners.instance_id <> @instanceId)
          RETURNING epoch`,
@@ -24,11 +24,11 @@ export function openMinerSession(db: SqliteDb, m: MinerSessionOpening, now: numb
   });
 }
 
-export function touchMiners(db: SqliteDb, replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): void {
+export function touchMiners(db: SqliteDb, replica: string, sessions: MinerTouch[], now: number): void {
   if (sessions.length === 0) return;
   db.tx(() => {
-    const stmt = db.sql("UPDATE miners SET last_seen_at = ?, draining = ? WHERE id = ? AND epoch = ? AND replica = ?");
-    for (const s of sessions) stmt.run(now, s.draining ? 1 : 0, s.id, s.epoch, replica);
+    const stmt = db.sql("UPDATE miners SET last_seen_at = ?, draining = ?, gpu_load = COALESCE(?, gpu_load) WHERE id = ? AND epoch = ? AND replica = ?");
+    for (const s of sessions) stmt.run(now, s.draining ? 1 : 0, s.gpuLoad === undefined ? null : JSON.stringify(s.gpuLoad), s.id, s.epoch, replica);
   });
 }
 

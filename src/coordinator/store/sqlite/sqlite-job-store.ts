@@ -17,6 +17,7 @@ import type {
   LeaseRef,
   MinerCapabilities,
   MinerRecord,
+  MinerTouch,
   MinerSessionOpened,
   MinerSessionOpening,
   NewJob,
@@ -152,7 +153,7 @@ export class SqliteJobStore implements JobStore {
   openMinerSession(m: MinerSessionOpening, now: number, liveSince: number): Promise<MinerSessionOpened> {
     return settle(() => miners.openMinerSession(this.db, m, now, liveSince));
   }
-  touchMiners(replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void> {
+  touchMiners(replica: string, sessions: MinerTouch[], now: number): Promise<void> {
     return settle(() => miners.touchMiners(this.db, replica, sessions, now));
   }
   closeMinerSession(id: string, epoch: number, now: number): Promise<void> {

@@ -1,5 +1,5 @@
 import { toMiner, type MinerRow } from "../../job-row.js";
-import type { MinerRecord, MinerSessionOpened, MinerSessionOpening } from "../../job-store.js";
+import type { MinerRecord, MinerSessionOpened, MinerSessionOpening, MinerTouch } from "../../job-store.js";
 import type { PgDb } from "../pg-db.js";
 
 /** The control channel between replicas: small JSON hints (miner sessions, progress), never prompts or outputs. */
@@ -17,7 +17,7 @@ export function openMinerSession(db: PgDb, m: MinerSessionOpening, now: number, 
       `INSERT INTO miners (id, key_id, name, replica, epoch, connected, connected_at, last_seen_at, gpus, models, slots, free_slots, draining, instance_id)
        VALUES ($1, $2, $3, $4, 1, true, $5, $5, $6, $7, $8, $8, false, $9::text)
        ON CONFLICT (id) DO UPDATE SET replica = $4, epoch = miners.epoch + 1, connected = true, connected_at = $5, last_seen_at = $5,
-         gpus = $6, models = $7, slots = $8, free_slots = $8, draining = false, instance_id = $9::text
+         gpus = $6, models = $7, slots = $8, free_slots = $8, draining = false, instance_id = $9::text, gpu_load = NULL
        WHERE NOT (miners.connected AND miners.last_seen_at >= $10
                   AND miners.instance_id IS NOT NULL AND $9::text IS NOT NULL AND miners.instance_id <> $9::text)
        RETURNING epoch`,
@@ -34,13 +34,20 @@ export function openMinerSession(db: PgDb, m: MinerSessionOpening, now: number, 
   });
 }
 
-export async function touchMiners(db: PgDb, replica: string, sessions: { id: string; epoch: number; draining: boolean }[], now: number): Promise<void> {
+export async function touchMiners(db: PgDb, replica: string, sessions: MinerTouch[], now: number): Promise<void> {
   if (sessions.length === 0) return;
   await db.query(
-    `UPDATE miners AS m SET last_seen_at = $1, draining = s.draining
-     FROM unnest($2::text[], $3::bigint[], $4::boolean[]) AS s(id, epoch, draining)
+    `UPDATE miners AS m SET last_seen_at = $1, draining = s.draining, gpu_load = COALESCE(s.gpu_load::jsonb, m.gpu_load)
+     FROM unnest($2::text[], $3::bigint[], $4::boolean[], $6::text[]) AS s(id, epoch, draining, gpu_load)
      WHERE m.id = s.id AND m.epoch = s.epoch AND m.replica = $5`,
-    [now, sessions.map((s) => s.id), sessions.map((s) => s.epoch), sessions.map((s) => s.draining), replica],
+    [
+      now,
+      sessions.map((s) => s.id),
+      sessions.map((s) => s.epoch),
+      sessions.map((s) => s.draining),
+      replica,
+      sessions.map((s) => (s.gpuLoad === undefined ? null : JSON.stringify(s.gpuLoad))),
+    ],
   );
 }
 
