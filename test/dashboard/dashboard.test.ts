@@ -134,8 +134,16 @@ describe("operator dashboard (Chromium, coordinator and miners as processes)", (
     expect(await page.evaluate<number>("document.documentElement.scrollWidth")).toBeLessThanOrEqual(390);
     await screenshot(page, path.join(cluster.dir, "dashboard-phone.png"));
     expect(existsSync(path.join(cluster.dir, "dashboard-phone.png"))).toBe(true);
-    // Keyboard: the drain buttons are reachable with Tab and named for their miner.
+    // Keyboard: a job row takes focus and Enter opens its detail; buttons are named for their miner.
     expect(await page.getByRole("button", { name: "Undrain rig-a" }).count()).toBe(1);
+    const firstJob = page.locator("#jobs tbody tr[data-job]").first();
+    const jobId = await firstJob.getAttribute("data-job");
+    await firstJob.focus();
+    await page.keyboard.press("Enter");
+    await expect.poll(() => page.locator("#detail-id").textContent()).toBe(jobId);
+    expect(await page.locator("#detail").isVisible()).toBe(true);
+    await page.getByRole("button", { name: "Close" }).press("Enter");
+    await expect.poll(() => page.locator("#detail").isHidden()).toBe(true);
     // The only error the page saw is the browser's note on the refused login (its 401).
     const unexpected = errors.filter((e) => !(e.url.endsWith("/dashboard/login") && e.text.includes("401")));
     expect(unexpected).toEqual([]);
