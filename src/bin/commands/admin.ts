@@ -2,13 +2,10 @@ import type { Command } from "commander";
 import { ApiError } from "../../client/api-error.js";
 import { resolveClientSettings } from "../../client/client-settings.js";
 import { errorMessage } from "../../common/errors.js";
+import { withConnectionOptions, type ConnectionOptions } from "../cli-options.js";
 import { UsageError, describeError, exitCodeOf } from "../exit-codes.js";
 
-interface ConnectionOptions {
-  url?: string;
-  key?: string;
-  keyFile?: string;
-  clientConfig?: string;
+interface AdminOptions extends ConnectionOptions {
   json?: boolean;
 }
 
@@ -75,12 +72,7 @@ class AdminClient {
 }
 
 function withConnection(cmd: Command): Command {
-  return cmd
-    .option("--url <url>", "coordinator URL (else AITBC_URL, client.toml, http://127.0.0.1:8080)")
-    .option("--key <key>", "operator key (else AITBC_KEY, client.toml)")
-    .option("--key-file <file>", "read the operator key from a file")
-    .option("--client-config <file>", "client config TOML (url, key); default ~/.config/aitbc/client.toml")
-    .option("--json", "print the API's JSON");
+  return withConnectionOptions(cmd, { what: "operator key", fallback: "AITBC_KEY, client.toml" }).option("--json", "print the API's JSON");
 }
 
 function clientFor(opts: ConnectionOptions): AdminClient {
@@ -119,7 +111,7 @@ export function registerAdminCommand(program: Command): void {
   const admin = program.command("admin").description("operate the fleet: miners, jobs of every tenant, drain, retry (an operator key)").addHelpText("after", HELP_FOOTER);
 
   withConnection(admin.command("miners").description("list the fleet's miners (connected first)")).action(
-    action(async (opts: ConnectionOptions) => {
+    action(async (opts: AdminOptions) => {
       const r = await clientFor(opts).call<{ items: MinerItem[] }>("GET", "/v1/admin/miners");
       if (opts.json === true) return void process.stdout.write(`${JSON.stringify(r.items, null, 2)}\n`);
       const rows = r.items.map((m) => [
@@ -151,7 +143,7 @@ export function registerAdminCommand(program: Command): void {
       .option("--limit <n>", "at most this many (1-500, default 50)")
       .option("--cursor <cursor>", "the next page, as printed after the table"),
   ).action(
-    action(async (opts: ConnectionOptions & { status?: string; model?: string; tenant?: string; miner?: string; from?: string; to?: string; limit?: string; cursor?: string }) => {
+    action(async (opts: AdminOptions & { status?: string; model?: string; tenant?: string; miner?: string; from?: string; to?: string; limit?: string; cursor?: string }) => {
       const q = new URLSearchParams();
       for (const [k, v] of [["status", opts.status], ["model", opts.model], ["tenant", opts.tenant], ["miner_id", opts.miner], ["from", opts.from], ["to", opts.to], ["limit", opts.limit], ["cursor", opts.cursor]] as const) {
         if (v !== undefined) q.set(k, v);
@@ -179,7 +171,7 @@ export function registerAdminCommand(program: Command): void {
     ["disconnect", "close a miner's connection and hand its leases back (it reconnects: drain it first)"],
   ] as const) {
     withConnection(admin.command(verb).description(what).argument("<miner>", "miner id or name")).action(
-      action(async (ref: string, opts: ConnectionOptions) => {
+      action(async (ref: string, opts: AdminOptions) => {
         const client = clientFor(opts);
         const id = await minerId(client, ref);
         const r = await client.call<Record<string, unknown>>("POST", `/v1/admin/miners/${encodeURIComponent(id)}/${verb}`);
@@ -194,7 +186,7 @@ export function registerAdminCommand(program: Command): void {
     ["retry", "retry a failed, timed-out, expired or cancelled job as a new job (prints its id)"],
   ] as const) {
     withConnection(admin.command(verb).description(what).argument("<job>", "job id")).action(
-      action(async (jobId: string, opts: ConnectionOptions) => {
+      action(async (jobId: string, opts: AdminOptions) => {
         const r = await clientFor(opts).call<{ job_id: string; status: string }>("POST", `/v1/admin/jobs/${encodeURIComponent(jobId)}/${verb}`);
         if (opts.json === true) return void process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
         if (verb === "retry") process.stdout.write(`${r.job_id}\n`);

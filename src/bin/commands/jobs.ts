@@ -6,6 +6,7 @@ import { ApiClient } from "../../client/api-client.js";
 import { resolveClientSettings } from "../../client/client-settings.js";
 import { terminalLine, terminalText } from "../../client/terminal-text.js";
 import { EXIT, UsageError } from "../exit-codes.js";
+import { withConnectionOptions, type ConnectionOptions } from "../cli-options.js";
 import type { JobStatus, OutputFormat, SubmitJobBody } from "../../protocol/jobs.js";
 import { OUTPUT_FORMATS } from "../../protocol/jobs.js";
 import { JOB_STATES, PRIORITIES, type JobState, type Priority } from "../../protocol/version.js";
@@ -18,13 +19,6 @@ Coordinator and key (each decided on its own, first match wins):
   (written by \`aitbc up\` / \`npm start\` in the current directory)
 
 API errors print one line: aitbc: <detail> (<code>, HTTP <status>)`;
-
-interface ConnectionOptions {
-  url?: string;
-  key?: string;
-  keyFile?: string;
-  clientConfig?: string;
-}
 
 interface SubmitOptions extends ConnectionOptions {
   model: string;
@@ -73,11 +67,7 @@ function collect(v: string, all: string[]): string[] {
 }
 
 function withConnection(cmd: Command): Command {
-  return cmd
-    .option("--url <url>", "coordinator URL (else AITBC_URL, client.toml, http://127.0.0.1:8080)")
-    .option("--key <key>", "client API key (else AITBC_KEY, client.toml, data/local-client.key)")
-    .option("--key-file <file>", "read the client API key from this file (relative to the working directory)")
-    .option("--client-config <file>", "client config TOML (url, key); default ~/.config/aitbc/client.toml");
+  return withConnectionOptions(cmd, { what: "client API key", fallback: "AITBC_KEY, client.toml, data/local-client.key" });
 }
 
 function clientFor(opts: ConnectionOptions): ApiClient {
