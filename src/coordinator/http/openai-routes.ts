@@ -275,10 +275,14 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
 
     app.get("/v1/models", { schema: { summary: "Models the connected fleet serves (OpenAI's list shape)", tags: ["openai"] } }, async () => {
       const now = ctx.now();
-      const miners = (await ctx.store.listConnectedMiners(now - 3 * ctx.config.scheduler.heartbeatMs)).filter((m) => !m.draining);
+      const [connected, leases] = await Promise.all([ctx.store.listConnectedMiners(now - 3 * ctx.config.scheduler.heartbeatMs), ctx.store.listActiveLeases(10_000)]);
+      // Drained miners (by themselves or an operator) take no jobs: not counted.
+      const miners = connected.filter((m) => !m.draining && !m.drained);
+      const leased = new Map<string, number>();
+      for (const j of leases) if (j.minerId !== null) leased.set(j.minerId, (leased.get(j.minerId) ?? 0) + 1);
       const byModel = new Map<string, { miners: number; slots: number; busy: number }>();
       for (const m of miners) {
-        const busy = (await ctx.store.listLeasedBy(m.id)).length;
+        const busy = leased.get(m.id) ?? 0;
         for (const model of m.models) {
           const e = byModel.get(model) ?? { miners: 0, slots: 0, busy: 0 };
           e.miners++;
