@@ -1,0 +1,109 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { request } from "node:https";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI, Cluster, ROOT, assertBuilt, freePort, waitFor } from "./cluster.js";
+
+/**
+ * The README's two-host TLS setup ("Running it on several machines"): a self-signed
+ * certificate made with the README's openssl command, HAProxy terminating TLS with
+ * config/haproxy-tls.cfg in front of a coordinator on 127.0.0.1, a miner dialling wss:// and
+ * the CLI submitting over https://, both trusting the certificate through NODE_EXTRA_CA_CERTS.
+ */
+const run = promisify(execFile);
+let cluster: Cluster;
+let haproxy: ChildProcess | undefined;
+let haproxyOutput = "";
+let tlsPort = 0;
+let certFile = "";
+
+/** GET over https trusting only our certificate: the test process itself started without NODE_EXTRA_CA_CERTS. */
+function httpsStatus(url: string, ca: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { ca, timeout: 5_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+/** The environment without any CA of the caller's, plus `extra`. */
+function envWith(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  if (extra.NODE_EXTRA_CA_CERTS === undefined) delete env.NODE_EXTRA_CA_CERTS;
+  return env;
+}
+
+beforeAll(async () => {
+  assertBuilt();
+  cluster = await Cluster.start();
+  certFile = path.join(cluster.dir, "cert.pem");
+  const keyFile = path.join(cluster.dir, "key.pem");
+  // The README's command, with the test's host names.
+  await run(
+    "openssl",
+    ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", keyFile, "-out", certFile, "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+    { cwd: cluster.dir },
+  );
+  const pem = path.join(cluster.dir, "aitbc.pem");
+  writeFileSync(pem, readFileSync(certFile, "utf8") + readFileSync(keyFile, "utf8"), { mode: 0o600 });
+  tlsPort = await freePort();
+  const config = path.join(ROOT, "config", "haproxy-tls.cfg");
+  const env = { ...process.env, AITBC_TLS_BIND: `127.0.0.1:${tlsPort}`, AITBC_TLS_PEM: pem, AITBC_COORDINATOR: `127.0.0.1:${cluster.port}` };
+  await run("haproxy", ["-c", "-f", config], { env });
+  haproxy = spawn("haproxy", ["-db", "-f", config], { env, stdio: ["ignore", "pipe", "pipe"] });
+  haproxy.on("error", (err) => (haproxyOutput += `haproxy did not start: ${err.message} (install it: apt-get install haproxy)\n`));
+  haproxy.stdout!.on("data", (d: Buffer) => (haproxyOutput += d.toString()));
+  haproxy.stderr!.on("data", (d: Buffer) => (haproxyOutput += d.toString()));
+  const ca = readFileSync(certFile, "utf8");
+  await waitFor("haproxy answering over https", () => httpsStatus(`https://localhost:${tlsPort}/readyz`, ca), (s) => s === 200, 20_000, 100);
+}, 60_000);
+
+afterAll(async (ctx) => {
+  if (ctx.tasks.some((t) => t.result?.state === "fail")) console.error(`${cluster?.tails() ?? ""}\n--- haproxy ---\n${haproxyOutput}`);
+  haproxy?.kill("SIGKILL");
+  await cluster?.close();
+});
+
+describe("TLS through HAProxy (config/haproxy-tls.cfg)", () => {
+  it("a miner connects over wss:// and a job submitted over https:// completes, both trusting the certificate via NODE_EXTRA_CA_CERTS", async () => {
+    const { proc: miner } = await cluster.startMiner({
+      name: "tls-rig",
+      fakeTokensPerSecond: 200,
+      coordinatorUrl: `wss://localhost:${tlsPort}`,
+      env: { NODE_EXTRA_CA_CERTS: certFile },
+    });
+    const { stdout } = await run(
+      process.execPath,
+      [CLI, "jobs", "submit", "--url", `https://localhost:${tlsPort}`, "--key", cluster.clientKey, "--model", "tiny-gpt2", "--input", "over TLS", "--max-new-tokens", "8", "--wait"],
+      { cwd: cluster.dir, env: envWith({ NODE_EXTRA_CA_CERTS: certFile }), timeout: 30_000 },
+    );
+    expect(stdout.trim().length).toBeGreaterThan(0);
+    const list = await cluster.api<{ jobs: { job_id: string; status: string }[] }>("GET", "/v1/jobs?limit=10");
+    expect(list.body.jobs.map((j) => j.status)).toEqual(["completed"]);
+    // The miner dialled the proxy's wss:// address, not the coordinator's own port.
+    const dialled = miner.logs().filter((l) => l.msg === "connecting to coordinator").map((l) => l.url);
+    expect(dialled).toEqual([`wss://localhost:${tlsPort}/v1/miners/connect`]);
+  }, 60_000);
+
+  it("without the certificate trusted, the CLI refuses the connection and submits nothing", async () => {
+    const before = (await cluster.api<{ jobs: unknown[] }>("GET", "/v1/jobs?limit=10")).body.jobs.length;
+    const err = await run(
+      process.execPath,
+      [CLI, "jobs", "submit", "--url", `https://localhost:${tlsPort}`, "--key", cluster.clientKey, "--model", "tiny-gpt2", "--input", "untrusted"],
+      { cwd: cluster.dir, env: envWith({}), timeout: 30_000 },
+    ).then(
+      () => undefined,
+      (e: unknown) => e as { code?: number; stderr?: string },
+    );
+    expect(err).toBeDefined();
+    expect(err!.code).toBe(69);
+    expect(err!.stderr).toMatch(/DEPTH_ZERO_SELF_SIGNED_CERT .*not trusted: set NODE_EXTRA_CA_CERTS/);
+    expect((await cluster.api<{ jobs: unknown[] }>("GET", "/v1/jobs?limit=10")).body.jobs.length).toBe(before);
+  }, 60_000);
+});
