@@ -80,8 +80,9 @@ describe("TLS through HAProxy (config/haproxy-tls.cfg)", () => {
     });
     const { stdout } = await run(
       process.execPath,
-      [CLI, "jobs", "submit", "--url", `https://localhost:${tlsPort}`, "--key", cluster.clientKey, "--model", "tiny-gpt2", "--input", "over TLS", "--max-new-tokens", "8", "--wait"],
-      { cwd: cluster.dir, env: envWith({ NODE_EXTRA_CA_CERTS: certFile }), timeout: 30_000 },
+      [CLI, "jobs", "submit", "--model", "tiny-gpt2", "--input", "over TLS", "--max-new-tokens", "8", "--wait"],
+      // As the README's client does it: the URL, key and CA from the environment.
+      { cwd: cluster.dir, env: envWith({ NODE_EXTRA_CA_CERTS: certFile, AITBC_URL: `https://localhost:${tlsPort}`, AITBC_KEY: cluster.clientKey }), timeout: 30_000 },
     );
     expect(stdout.trim().length).toBeGreaterThan(0);
     const list = await cluster.api<{ jobs: { job_id: string; status: string }[] }>("GET", "/v1/jobs?limit=10");
@@ -89,6 +90,23 @@ describe("TLS through HAProxy (config/haproxy-tls.cfg)", () => {
     // The miner dialled the proxy's wss:// address, not the coordinator's own port.
     const dialled = miner.logs().filter((l) => l.msg === "connecting to coordinator").map((l) => l.url);
     expect(dialled).toEqual([`wss://localhost:${tlsPort}/v1/miners/connect`]);
+  }, 60_000);
+
+  it("doctor's coordinator check passes over wss:// with the certificate trusted, and fails without", async () => {
+    const keyFile = path.join(cluster.dir, "miner.key");
+    writeFileSync(keyFile, `${cluster.minerKey}\n`, { mode: 0o600 });
+    const coordinatorCheck = async (env: NodeJS.ProcessEnv): Promise<{ status: string; summary: string } | undefined> => {
+      const args = [CLI, "doctor", "--json", "-c", path.join(cluster.dir, "miner.toml"), "--coordinator", `wss://localhost:${tlsPort}`, "--key-file", keyFile];
+      // Exit 1 here for the checks of this host (no GPU, no CUDA provider); only the coordinator's matters.
+      const out = await run(process.execPath, args, { cwd: ROOT, env, timeout: 30_000 }).then(
+        (r) => r.stdout,
+        (e: unknown) => (e as { stdout: string }).stdout,
+      );
+      const report = JSON.parse(out) as { checks: { name: string; status: string; summary: string }[] };
+      return report.checks.find((c) => c.name === "coordinator");
+    };
+    expect(await coordinatorCheck(envWith({ NODE_EXTRA_CA_CERTS: certFile }))).toMatchObject({ status: "ok" });
+    expect(await coordinatorCheck(envWith({}))).toMatchObject({ status: "fail", summary: expect.stringMatching(/certificate/) as unknown });
   }, 60_000);
 
   it("without the certificate trusted, the CLI refuses the connection and submits nothing", async () => {
