@@ -109,6 +109,39 @@ describe("TLS through HAProxy (config/haproxy-tls.cfg)", () => {
     expect(await coordinatorCheck(envWith({}))).toMatchObject({ status: "fail", summary: expect.stringMatching(/certificate/) as unknown });
   }, 60_000);
 
+  it("a miner that does not trust the certificate logs the TLS error and keeps retrying, never connecting", async () => {
+    const miner = spawn(
+      process.execPath,
+      [CLI, "miner", "-c", path.join(cluster.dir, "miner.toml"), "--coordinator", `wss://localhost:${tlsPort}`, "--name", "untrusting-rig", "--cpu"],
+      {
+        cwd: ROOT,
+        env: envWith({
+          AITBC_MINER_COORDINATOR_KEY: cluster.minerKey,
+          AITBC_MINER_COORDINATOR_RECONNECT_MIN: "100ms",
+          AITBC_MINER_COORDINATOR_RECONNECT_MAX: "200ms",
+          AITBC_MINER_FAKE_ENGINE_ENABLED: "true",
+          AITBC_MINER_LOG_FORMAT: "json",
+        }),
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let out = "";
+    miner.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    miner.stderr.on("data", (d: Buffer) => (out += d.toString()));
+    try {
+      const errors = (): string[] =>
+        out
+          .split("\n")
+          .filter((l) => l.includes('"msg":"connection error"'))
+          .map((l) => (JSON.parse(l) as { err: string }).err);
+      const seen = await waitFor("two connection errors", () => Promise.resolve(errors()), (e) => e.length >= 2, 20_000, 100);
+      expect(seen[0]).toMatch(/self-signed certificate/);
+      expect(cluster.connectedCount("untrusting-rig")).toBe(0);
+    } finally {
+      miner.kill("SIGKILL");
+    }
+  }, 60_000);
+
   it("without the certificate trusted, the CLI refuses the connection and submits nothing", async () => {
     const before = (await cluster.api<{ jobs: unknown[] }>("GET", "/v1/jobs?limit=10")).body.jobs.length;
     const err = await run(
