@@ -43,15 +43,15 @@ beforeAll(async () => {
   assertBuilt();
   cluster = await Cluster.start();
   certFile = path.join(cluster.dir, "cert.pem");
-  const keyFile = path.join(cluster.dir, "key.pem");
-  // The README's command, with the test's host names.
-  await run(
-    "openssl",
-    ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", keyFile, "-out", certFile, "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-    { cwd: cluster.dir },
-  );
+  // The README's certificate commands, run as written but for the host's name.
+  const readme = readFileSync(path.join(ROOT, "README.md"), "utf8");
+  const section = readme.slice(readme.indexOf("## Running it on several machines"), readme.indexOf("## Running several coordinators"));
+  const openssl = /^openssl req [^\n]*\\\n[^\n]*$/m.exec(section)?.[0];
+  const cat = /^cat cert\.pem key\.pem > aitbc\.pem[^\n#]*/m.exec(section)?.[0];
+  expect(openssl).toBeDefined();
+  expect(cat).toBeDefined();
+  await run("bash", ["-euc", `${openssl!.replaceAll("coordinator.example", "localhost")}\n${cat!}`], { cwd: cluster.dir });
   const pem = path.join(cluster.dir, "aitbc.pem");
-  writeFileSync(pem, readFileSync(certFile, "utf8") + readFileSync(keyFile, "utf8"), { mode: 0o600 });
   tlsPort = await freePort();
   const config = path.join(ROOT, "config", "haproxy-tls.cfg");
   const env = { ...process.env, AITBC_TLS_BIND: `127.0.0.1:${tlsPort}`, AITBC_TLS_PEM: pem, AITBC_COORDINATOR: `127.0.0.1:${cluster.port}` };
