@@ -49,4 +49,12 @@ describe("aitbc on the PATH (README, Quick start)", () => {
     const { stdout: help } = await run("aitbc", ["keys", "create", "--help"], { cwd: prefix, env: env() });
     expect(help).toContain("--miner");
   }, 150_000);
+
+  it("without installing, `npx aitbc` in the checkout runs the same command", async () => {
+    const readme = readFileSync(path.join(ROOT, "README.md"), "utf8");
+    expect(readme).toContain("`npx aitbc …` in the checkout");
+    const version = (JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { version: string }).version;
+    const { stdout } = await run("npx", ["--offline", "aitbc", "--version"], { cwd: ROOT, env: env(), timeout: 60_000 });
+    expect(stdout.trim()).toBe(version);
+  }, 90_000);
 });
