@@ -203,7 +203,7 @@ export class ApiClient {
       if (init.signal?.aborted === true) throw err;
       const cause = (err as { cause?: { code?: unknown; message?: unknown } }).cause;
       const why = typeof cause?.code === "string" ? cause.code : typeof cause?.message === "string" ? cause.message : "network error";
-      throw new ApiError(0, "unreachable", `cannot reach the coordinator at ${this.baseUrl}: ${why}`, { retryable: true, cause: err });
+      throw new ApiError(0, "unreachable", `cannot reach the coordinator at ${this.baseUrl}: ${why}${tlsHint(why)}`, { retryable: true, cause: err });
     }
     if (res.ok) return res;
     throw await problemOf(res);
@@ -272,4 +272,15 @@ function toStreamEvent(event: string, data: string, id: string | undefined): Job
   if (event === "text_restart") return { type: "text_restart", attempt: num(d.attempt) };
   const seq = Number(id);
   return { type: "state", state: event, seq: Number.isInteger(seq) ? seq : 0, data: d };
+}
+
+/** Node's codes for a certificate chain it cannot verify (a private CA, a self-signed certificate). */
+const UNTRUSTED_CERT_CODES = new Set(["DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY"]);
+
+/** What to do about a TLS failure, for the one-line error; "" for anything else. */
+function tlsHint(code: string): string {
+  if (UNTRUSTED_CERT_CODES.has(code)) return " (the coordinator's TLS certificate is not trusted: set NODE_EXTRA_CA_CERTS to its CA's PEM file)";
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return " (the coordinator's TLS certificate does not name this host: use a name it lists in subjectAltName)";
+  if (code === "CERT_HAS_EXPIRED") return " (the coordinator's TLS certificate has expired)";
+  return "";
 }

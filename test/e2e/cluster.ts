@@ -130,6 +130,8 @@ export interface MinerOptions {
   /** Fake engine at this many tokens/s; undefined = the real OnnxEngine. */
   fakeTokensPerSecond?: number;
   env?: Record<string, string>;
+  /** The miner's --coordinator; default the coordinator's own http:// address. */
+  coordinatorUrl?: string;
 }
 
 export interface ApiResponse<T = Record<string, unknown>> {
@@ -240,7 +242,7 @@ export class Cluster {
       ...(o.gpus === undefined ? {} : { AITBC_MINER_GPUS_NVIDIA_SMI: this.fakeNvidiaSmi(o.gpus) }),
       ...o.env,
     };
-    const args = ["miner", "-c", path.join(this.dir, "miner.toml"), "--coordinator", this.baseUrl, "--name", o.name];
+    const args = ["miner", "-c", path.join(this.dir, "miner.toml"), "--coordinator", o.coordinatorUrl ?? this.baseUrl, "--name", o.name];
     if (o.gpus === undefined) args.push("--cpu");
     const proc = this.spawn(`miner ${o.name}`, args, env);
     this.miners.set(o.name, proc);

@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -33,6 +33,26 @@ describe("systemd units", () => {
     const m = /Overall exposure level for \S+: (\d+(?:\.\d+)?)/.exec(stdout);
     expect(m).not.toBeNull();
     expect(Number(m![1])).toBeLessThan(3);
+  });
+
+  it("the README's install lines write the PATH's node into each unit, which then verifies clean", async () => {
+    const readme = readFileSync("README.md", "utf8");
+    const lines = [...readme.matchAll(/^sed "s\|\/usr\/bin\/env node\|\$\(command -v node\)\|" systemd\/(\S+) \| sudo tee \/etc\/systemd\/system\/(\S+) >\/dev\/null$/gm)];
+    expect(lines.map((m) => m[1])).toEqual(["aitbc-coordinator.service", "aitbc-miner.service"]);
+    const dir = mkdtempSync(path.join(tmpdir(), "aitbc-install-"));
+    // A node that is not /usr/bin/node: first on the PATH, as nvm or a tarball in /opt puts it.
+    const bin = path.join(dir, "bin");
+    mkdirSync(bin);
+    symlinkSync(process.execPath, path.join(bin, "node"));
+    for (const m of lines) {
+      expect(m[2]).toBe(m[1]);
+      const command = m[0].replace("sudo tee /etc/systemd/system/", `tee ${dir}/`);
+      await run("bash", ["-c", command], { env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ""}` } });
+      const unit = path.join(dir, m[1]!);
+      expect(readFileSync(unit, "utf8")).toContain(`\nExecStart=${bin}/node /opt/aitbc/dist/bin/aitbc.js `);
+      const { stdout, stderr } = await run("systemd-analyze", ["verify", unit]);
+      expect(stdout + stderr).toBe("");
+    }
   });
 
   it("gives the miner only the NVIDIA devices, its key as a credential, and a stop timeout above the drain grace", async () => {
