@@ -70,7 +70,10 @@ export function sleep(ms: number): Promise<void> {
 }
 
 export class Proc {
+  /** Both streams as they arrived (for substring checks and a failing test's report). */
   output = "";
+  /** Each stream on its own: warn and above go to stderr, so a line of one may arrive in pieces around the other's. */
+  private readonly streams = { stdout: "", stderr: "" };
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly startedAt = Date.now();
   /** How and when it ended, once it has (for a failing test's full logs). */
@@ -80,8 +83,13 @@ export class Proc {
     readonly label: string,
     readonly child: ChildProcess,
   ) {
-    child.stdout?.on("data", (d: Buffer) => (this.output += d.toString()));
-    child.stderr?.on("data", (d: Buffer) => (this.output += d.toString()));
+    for (const name of ["stdout", "stderr"] as const) {
+      child[name]?.on("data", (d: Buffer) => {
+        const text = d.toString();
+        this.output += text;
+        this.streams[name] += text;
+      });
+    }
     this.exited = new Promise((resolve) =>
       child.on("exit", (code, signal) => {
         this.exit = { code, signal, at: Date.now() };
@@ -97,7 +105,7 @@ export class Proc {
   /** Parsed JSON log lines (pino). */
   logs(): Record<string, unknown>[] {
     const out: Record<string, unknown>[] = [];
-    for (const line of this.output.split("\n")) {
+    for (const line of `${this.streams.stdout}\n${this.streams.stderr}`.split("\n")) {
       if (!line.startsWith("{")) continue;
       try {
         out.push(JSON.parse(line) as Record<string, unknown>);
@@ -105,7 +113,8 @@ export class Proc {
         // a partly written line
       }
     }
-    return out;
+    // The two streams in the order the lines were written (pino's time; a sort keeps ties in place).
+    return out.sort((a, b) => (typeof a.time === "number" && typeof b.time === "number" ? a.time - b.time : 0));
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
@@ -239,8 +248,10 @@ export class Cluster {
     await waitFor(
       `miner ${o.name} connected`,
       () => {
-        if (!proc.running) throw new Error(`miner ${o.name} exited:\n${proc.output.slice(-2000)}`);
-        return Promise.resolve(this.connectedCount(o.name));
+        // Seen connected counts even when it is gone since (a test may kill it on its first job).
+        const n = this.connectedCount(o.name);
+        if (n <= before && !proc.running) throw new Error(`miner ${o.name} exited:\n${proc.output.slice(-2000)}`);
+        return Promise.resolve(n);
       },
       (n) => n > before,
       30_000,
