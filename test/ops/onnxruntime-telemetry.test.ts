@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
@@ -35,13 +35,16 @@ describe("onnxruntime telemetry", () => {
     const tmp = mkdtempSync(path.join(tmpdir(), "aitbc-ort-tmp-"));
     const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !CI_VARIABLES.has(k))), TMPDIR: tmp };
     const args = [CLI, "generate", "--model", "tiny-gpt2", "--models-dir", MODELS_DIR, "--prompt", "Hello", "--max-new-tokens", "2", "--execution-provider", "cpu", "--json"];
+    const startedAt = Date.now();
     const child = spawn(process.execPath, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     expect(code, stderr).toBe(0);
     // The SDK writes to the system's temp folder; TMPDIR is set too in case it honours that.
-    expect(existsSync(`/tmp/mat-debug-${child.pid}.log`)).toBe(false);
+    // A file of that name from an older process with the same pid (left before this fix) is not this child's.
+    const trace = `/tmp/mat-debug-${child.pid}.log`;
+    expect(existsSync(trace) && statSync(trace).mtimeMs >= startedAt - 1000).toBe(false);
     expect(readdirSync(tmp).filter((f) => f.startsWith("mat-debug-"))).toEqual([]);
   });
 });
