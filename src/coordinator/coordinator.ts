@@ -23,6 +23,7 @@ import { fileRoutes } from "./http/file-routes.js";
 import { healthRoutes } from "./http/health-routes.js";
 import { jobRoutes } from "./http/job-routes.js";
 import { openaiRoutes } from "./http/openai-routes.js";
+import { problemRoutes } from "./http/problem-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
@@ -269,6 +270,8 @@ export class Coordinator {
 
     // TypeBox checks every request part (see validator.ts).
     app.setValidatorCompiler(validatorCompiler);
+    // Problem `type`s point at GET /problems/<code>: absolute under [server] public_url when set.
+    app.decorate("problemBase", config.server.publicUrl.replace(/\/+$/, ""));
     app.setErrorHandler(errorHandler(log));
     app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, "not_found", `no route ${request.method} ${request.url.split("?")[0]}`)));
     await app.register(swagger, {
@@ -284,6 +287,7 @@ export class Coordinator {
     registerAuth(app, ctx, (url) => PUBLIC.some((re) => re.test(url)));
 
     await app.register(healthRoutes(ctx, () => this.state === "running"));
+    await app.register(problemRoutes());
     await app.register(jobRoutes(ctx));
     await app.register(eventsRoute(ctx));
     await app.register(openaiRoutes(ctx));
