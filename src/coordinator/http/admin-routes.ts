@@ -6,7 +6,7 @@ import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
 import { adminJobView, adminMinerView, type AdminMinerView } from "./admin-view.js";
-import { followJob } from "./events-route.js";
+import { AfterQuery, followJob, jobEventStreamDoc } from "./events-route.js";
 import { withLiveProgress } from "./job-view.js";
 
 /** Throughput is shown over the last hour in one-minute buckets. */
@@ -209,7 +209,10 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           summary: "Follow any tenant's job (Server-Sent Events, as GET /v1/jobs/{id}/events; token events only with [admin] show_outputs)",
           tags,
           params: JobIdParamsSchema,
-          querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+          querystring: AfterQuery,
+          ...jobEventStreamDoc(
+            "Follow any tenant's job, as GET /v1/jobs/{id}/events does. `token` and `text_restart` events (and the text in `completed`'s stream) come only with `[admin] show_outputs = true`; otherwise state changes and progress only.",
+          ),
         },
       },
       async (request, reply) => {

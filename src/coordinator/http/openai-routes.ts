@@ -49,6 +49,85 @@ export const CompletionBodySchema = Type.Object(
 );
 export type CompletionBody = Static<typeof CompletionBodySchema>;
 
+/** OpenAI's error shape, which these routes answer with (see problem.ts). */
+const OpenAIErrorSchema = Type.Object(
+  {
+    error: Type.Object(
+      {
+        message: Type.String({ description: "What went wrong (the problem detail of the other routes)" }),
+        type: Type.String({ description: "invalid_request_error, authentication_error, permission_error, not_found_error, rate_limit_error or server_error" }),
+        code: Type.String({ description: "The stable error code, described at /problems/<code>" }),
+        param: Type.Union([Type.String(), Type.Null()], { description: "The body field at fault, when one is" }),
+      },
+      { additionalProperties: true },
+    ),
+  },
+  { additionalProperties: true, description: "An error in OpenAI's shape (so SDKs raise AuthenticationError, RateLimitError, …)" },
+);
+
+const Usage = Type.Object(
+  {
+    prompt_tokens: Type.Integer({ description: "Tokens of the prompt" }),
+    completion_tokens: Type.Integer({ description: "Tokens generated" }),
+    total_tokens: Type.Integer({ description: "prompt_tokens + completion_tokens" }),
+  },
+  { description: "Token counts" },
+);
+
+const CompletionSchema = Type.Object(
+  {
+    id: Type.String({ description: "The job id: GET /v1/jobs/{id} and its download work on it" }),
+    object: Type.Literal("text_completion", { description: "Always text_completion" }),
+    created: Type.Integer({ description: "When the job was accepted, Unix seconds" }),
+    model: Type.String({ description: "The model that generated the text" }),
+    choices: Type.Array(
+      Type.Object(
+        {
+          text: Type.String({ description: "The generated text (without the prompt)" }),
+          index: Type.Integer({ description: "Always 0: one choice per completion" }),
+          logprobs: Type.Null({ description: "Always null: miners return text, not token probabilities" }),
+          finish_reason: Type.Union([Type.Literal("stop"), Type.Literal("length"), Type.Null()], { description: "length: max_tokens reached; stop: a stop sequence or the model ended; null in a stream's chunks before the last" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "One choice" },
+    ),
+    usage: Type.Optional(Usage),
+  },
+  { additionalProperties: true },
+);
+
+const COMPLETION_STREAM_EXAMPLE = [
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[{"text":" is","index":0,"logprobs":null,"finish_reason":null}]}',
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[{"text":" fast","index":0,"logprobs":null,"finish_reason":"length"}]}',
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}',
+  "data: [DONE]",
+].join("\n\n") + "\n\n";
+
+const ModelListSchema = Type.Object(
+  {
+    object: Type.Literal("list", { description: "Always list" }),
+    data: Type.Array(
+      Type.Object(
+        {
+          id: Type.String({ description: "The model name, as a job's or completion's model" }),
+          object: Type.Literal("model", { description: "Always model" }),
+          created: Type.Integer({ description: "Always 0 (unknown)" }),
+          owned_by: Type.String({ description: "Always aitbc" }),
+          miners: Type.Integer({ description: "Connected, undrained miners that serve it, across all replicas" }),
+          slots: Type.Integer({ description: "Their job slots in all" }),
+          free_slots: Type.Integer({ description: "Slots not running a job now" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "Every model some connected miner serves, by name" },
+    ),
+  },
+  { additionalProperties: true },
+);
+
+const openaiErrors = { 401: OpenAIErrorSchema, 404: OpenAIErrorSchema, 409: OpenAIErrorSchema, 413: OpenAIErrorSchema, 422: OpenAIErrorSchema, 429: OpenAIErrorSchema, 502: OpenAIErrorSchema, 503: OpenAIErrorSchema };
+
 /** OpenAI's defaults for what the body omits (what SDK users expect), mapped onto a job body. */
 export function completionToJob(body: CompletionBody): SubmitJobBody {
   const refuse = (param: string, why: string): never => {
@@ -160,9 +239,22 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
       {
         schema: {
           summary: "OpenAI-compatible text completion",
+          description: `OpenAI's completion body with OpenAI's defaults (max_tokens 16, temperature 1, top_p 1; no top-k, no repetition penalty). n, best_of other than 1, echo, logprobs, suffix and non-zero penalties are refused with a 422 naming the field. The completion is a normal job (same queue, limits, tenants, estimates; Idempotency-Key works) and its id is the job id.
+
+Without \`stream\` the answer is one \`text_completion\` once the job ends. With \`stream: true\` it is \`text/event-stream\`: \`data: {…}\` chunks, each a \`text_completion\` whose \`choices[0].text\` appends to the text so far (the last has \`finish_reason\`), then, with \`stream_options.include_usage\`, a chunk with empty \`choices\` and \`usage\`, then \`data: [DONE]\`. A job that ends without a result sends \`data: {"error": {…}}\` before \`[DONE]\`. A client that disconnects cancels its job (\`[openai] cancel_on_disconnect\`). Errors use OpenAI's shape.`,
           tags: ["openai"],
           body: CompletionBodySchema,
-          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
+          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "Makes a retried request return the first one's job instead of a new one" })) }),
+          response: {
+            200: {
+              description: "The completion (JSON), or with stream: true its chunks (text/event-stream)",
+              content: {
+                "application/json": { schema: CompletionSchema },
+                "text/event-stream": { schema: Type.String({ description: "Server-Sent Events: data: lines, then data: [DONE]" }), example: COMPLETION_STREAM_EXAMPLE },
+              },
+            },
+            ...openaiErrors,
+          },
         },
       },
       async (request, reply) => {
@@ -175,9 +267,9 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
           ctx.metrics.submitted.inc();
         }
         const createdAt = Math.floor(job.createdAt / 1000);
-        const chunk = (text: string, finish: "stop" | "length" | null): Record<string, unknown> => ({
+        const chunk = (text: string, finish: "stop" | "length" | null): Static<typeof CompletionSchema> => ({
           id: job.id,
-          object: "text_completion",
+          object: "text_completion" as const,
           created: createdAt,
           model: job.model,
           choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
@@ -266,14 +358,14 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
       },
     );
 
-    app.post("/v1/chat/completions", { schema: { summary: "Not available: GPT-2 models have no chat template", tags: ["openai"] } }, async () => {
+    app.post("/v1/chat/completions", { schema: { summary: "Not available: GPT-2 models have no chat template", description: "Always 404 chat_not_supported: use POST /v1/completions with a prompt.", tags: ["openai"], response: { 404: OpenAIErrorSchema } } }, async () => {
       throw new NotFoundError(
         "chat_not_supported",
         "chat completions need a model with a chat template; the GPT-2 models this network serves have none: use POST /v1/completions with a prompt",
       );
     });
 
-    app.get("/v1/models", { schema: { summary: "Models the connected fleet serves (OpenAI's list shape)", tags: ["openai"] } }, async () => {
+    app.get("/v1/models", { schema: { summary: "Models the connected fleet serves (OpenAI's list shape)", tags: ["openai"], response: { 200: ModelListSchema, 401: OpenAIErrorSchema, 429: OpenAIErrorSchema } } }, async () => {
       const now = ctx.now();
       const miners = (await ctx.store.listConnectedMiners(now - 3 * ctx.config.scheduler.heartbeatMs)).filter((m) => !m.draining);
       const byModel = new Map<string, { miners: number; slots: number; busy: number }>();
@@ -288,10 +380,10 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
         }
       }
       return {
-        object: "list",
+        object: "list" as const,
         data: [...byModel.entries()]
           .sort(([a], [b]) => a.localeCompare(b))
-          .map(([id, e]) => ({ id, object: "model", created: 0, owned_by: "aitbc", miners: e.miners, slots: e.slots, free_slots: Math.max(0, e.slots - e.busy) })),
+          .map(([id, e]) => ({ id, object: "model" as const, created: 0, owned_by: "aitbc", miners: e.miners, slots: e.slots, free_slots: Math.max(0, e.slots - e.busy) })),
       };
     });
 
