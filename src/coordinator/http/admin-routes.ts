@@ -18,19 +18,19 @@ const RECENT_MINERS_MS = 24 * 3_600_000;
 const MAX_LEASES = 10_000;
 const FAILURES_SINCE_MS = 24 * 3_600_000;
 
-const MinerIdParams = Type.Object({ miner_id: Type.String({ pattern: "^miner_[a-z0-9]{1,64}$", maxLength: 70 }) });
+const MinerIdParams = Type.Object({ miner_id: Type.String({ pattern: "^miner_[a-z0-9]{1,64}$", maxLength: 70, description: "A miner id, from GET /v1/admin/miners", examples: ["miner_xyz789"] }) });
 const AdminJobsQuery = Type.Object(
   {
     status: Type.Optional(JobStateSchema),
-    model: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
-    miner_id: Type.Optional(Type.String({ minLength: 1, maxLength: 70 })),
+    model: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: "Only jobs for this model", examples: ["tiny-gpt2"] })),
+    tenant: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: "Only this tenant's jobs", examples: ["acme"] })),
+    miner_id: Type.Optional(Type.String({ minLength: 1, maxLength: 70, description: "Only jobs this miner ran", examples: ["miner_xyz789"] })),
     /** Created at or after (ISO time). */
-    from: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    from: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: "Created at or after (ISO time)", examples: ["2026-12-02T00:00:00Z"] })),
     /** Created at or before (ISO time). */
-    to: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
-    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })),
-    cursor: Type.Optional(Type.String({ maxLength: 256 })),
+    to: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: "Created at or before (ISO time)", examples: ["2026-12-02T23:59:59Z"] })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50, description: "Jobs per page" })),
+    cursor: Type.Optional(Type.String({ maxLength: 256, description: "next_cursor of the previous page" })),
   },
   { additionalProperties: false },
 );
@@ -267,7 +267,7 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
     app.get("/v1/admin/throughput", { schema: { summary: "Completions over the last hour: jobs and tokens per one-minute bucket", tags } }, async () => throughput(ctx));
     app.get(
       "/v1/admin/failures",
-      { schema: { summary: "Jobs that failed or timed out in the last 24 h, latest first", tags, querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50 })) }, { additionalProperties: false }) } },
+      { schema: { summary: "Jobs that failed or timed out in the last 24 h, latest first", tags, querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50, description: "Jobs at most" })) }, { additionalProperties: false }) } },
       async (request) => ({ items: await failures(ctx, request.query.limit ?? 50) }),
     );
   };

@@ -72,7 +72,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           summary: "Delete an uploaded file",
           description: "Jobs that used the file keep their own copy of the prompt. 404 for an unknown file or another tenant's.",
           tags: ["files"],
-          params: Type.Object({ file_id: Type.String({ pattern: "^file_[a-z0-9]{1,64}$" }) }),
+          params: Type.Object({ file_id: Type.String({ pattern: "^file_[a-z0-9]{1,64}$", description: "The file_id POST /v1/files answered", examples: ["file_abc123"] }) }),
           response: { 204: Type.Null(), 401: ProblemSchema, 404: ProblemSchema },
         },
       },

@@ -6,6 +6,7 @@ import { GENERATION_BOUNDS, resolveGenerationParameters } from "../../protocol/g
 import {
   CancelResponseSchema,
   HistoryQuerySchema,
+  IdempotencyHeadersSchema,
   JobIdParamsSchema,
   JobStatusSchema,
   ListJobsQuerySchema,
@@ -167,7 +168,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           summary: "Submit a job",
           tags: ["jobs"],
           body: SubmitJobBodySchema,
-          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
+          headers: IdempotencyHeadersSchema,
           response: { 201: SubmitJobResponseSchema, 200: SubmitJobResponseSchema, 413: ProblemSchema, ...errors },
           description: "429 storage_quota_exceeded when the tenant's stored results are over [limits] max_result_bytes_per_tenant; 429 queue_full past max_queued_jobs_per_tenant.",
         },

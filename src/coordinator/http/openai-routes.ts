@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type, type Static } from "@sinclair/typebox";
 import { AppError, NotFoundError, ValidationError, errorMessage } from "../../common/errors.js";
 import { GENERATION_BOUNDS } from "../../protocol/generation.js";
-import type { SubmitJobBody } from "../../protocol/jobs.js";
+import { IdempotencyHeadersSchema, type SubmitJobBody } from "../../protocol/jobs.js";
 import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
@@ -18,7 +18,7 @@ const StopSchema = Type.Union([
   Type.String({ minLength: 1, maxLength: GENERATION_BOUNDS.stop.maxLength }),
   Type.Array(Type.String({ minLength: 1, maxLength: GENERATION_BOUNDS.stop.maxLength }), { maxItems: GENERATION_BOUNDS.stop.maxItems }),
   Type.Null(),
-]);
+], { description: `A stop sequence, or up to ${GENERATION_BOUNDS.stop.maxItems}: the text ends before the first one` });
 
 /**
  * OpenAI's completion body, as its SDKs send it. Fields we cannot honour are accepted only with
@@ -27,25 +27,33 @@ const StopSchema = Type.Union([
  */
 export const CompletionBodySchema = Type.Object(
   {
-    model: Type.String({ minLength: 1, maxLength: 128 }),
-    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 1 })]),
-    max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.max_new_tokens.min, maximum: GENERATION_BOUNDS.max_new_tokens.max }), Type.Null()])),
-    temperature: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.temperature.min, maximum: GENERATION_BOUNDS.temperature.max }), Type.Null()])),
-    top_p: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.top_p.min, maximum: GENERATION_BOUNDS.top_p.max }), Type.Null()])),
+    model: Type.String({ minLength: 1, maxLength: 128, description: "The model, by the name miners serve it under (GET /v1/models)" }),
+    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 1 })], { description: "The prompt: a string, or an array of one" }),
+    max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.max_new_tokens.min, maximum: GENERATION_BOUNDS.max_new_tokens.max }), Type.Null()], { description: "Tokens to generate at most. Default 16 (OpenAI's)." })),
+    temperature: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.temperature.min, maximum: GENERATION_BOUNDS.temperature.max }), Type.Null()], { description: "Sampling temperature, 0 = greedy. Default 1." })),
+    top_p: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.top_p.min, maximum: GENERATION_BOUNDS.top_p.max }), Type.Null()], { description: "Nucleus sampling mass. Default 1 (off)." })),
     stop: Type.Optional(StopSchema),
-    seed: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.seed.min, maximum: GENERATION_BOUNDS.seed.max }), Type.Null()])),
-    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), Type.Null()])),
-    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
-    best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
-    echo: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
-    suffix: Type.Optional(Type.Union([Type.String(), Type.Null()])),
-    presence_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()])),
-    frequency_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()])),
-    user: Type.Optional(Type.String({ maxLength: 256 })),
+    seed: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.seed.min, maximum: GENERATION_BOUNDS.seed.max }), Type.Null()], { description: "Sampling seed: the same seed, model and parameters give the same text. Default: chosen at submit." })),
+    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { description: "true: answer text/event-stream chunks as the text is generated" })),
+    stream_options: Type.Optional(
+      Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean({ description: "Send a last chunk with usage before [DONE]" })) }, { additionalProperties: false }), Type.Null()], { description: "With stream: true" }),
+    ),
+    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: "Only 1 (one job, one choice)" })),
+    best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: "Only 1" })),
+    echo: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { description: "Only false" })),
+    logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: "Only null: miners return text, not token probabilities" })),
+    suffix: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: "Only empty or null: GPT-2 models cannot insert" })),
+    presence_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()], { description: "Only 0 (POST /v1/jobs has repetition_penalty)" })),
+    frequency_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()], { description: "Only 0 (POST /v1/jobs has repetition_penalty)" })),
+    user: Type.Optional(Type.String({ maxLength: 256, description: "Accepted and ignored" })),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    "x-examples": {
+      plain: { summary: "A completion", value: { model: "tiny-gpt2", prompt: "The GPU network", max_tokens: 32 } },
+      stream: { summary: "Streamed, with usage at the end", value: { model: "tiny-gpt2", prompt: "Hi", max_tokens: 16, temperature: 0.7, stop: ["\n"], seed: 7, stream: true, stream_options: { include_usage: true } } },
+    },
+  },
 );
 export type CompletionBody = Static<typeof CompletionBodySchema>;
 
@@ -59,7 +67,7 @@ const OpenAIErrorSchema = Type.Object(
         code: Type.String({ description: "The stable error code, described at /problems/<code>" }),
         param: Type.Union([Type.String(), Type.Null()], { description: "The body field at fault, when one is" }),
       },
-      { additionalProperties: true },
+      { additionalProperties: true, description: "The error" },
     ),
   },
   { additionalProperties: true, description: "An error in OpenAI's shape (so SDKs raise AuthenticationError, RateLimitError, …)" },
@@ -244,7 +252,7 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
 Without \`stream\` the answer is one \`text_completion\` once the job ends. With \`stream: true\` it is \`text/event-stream\`: \`data: {…}\` chunks, each a \`text_completion\` whose \`choices[0].text\` appends to the text so far (the last has \`finish_reason\`), then, with \`stream_options.include_usage\`, a chunk with empty \`choices\` and \`usage\`, then \`data: [DONE]\`. A job that ends without a result sends \`data: {"error": {…}}\` before \`[DONE]\`. A client that disconnects cancels its job (\`[openai] cancel_on_disconnect\`). Errors use OpenAI's shape.`,
           tags: ["openai"],
           body: CompletionBodySchema,
-          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: "Makes a retried request return the first one's job instead of a new one" })) }),
+          headers: IdempotencyHeadersSchema,
           response: {
             200: {
               description: "The completion (JSON), or with stream: true its chunks (text/event-stream)",

@@ -83,7 +83,7 @@ export function problemRoutes(): FastifyPluginAsyncTypebox {
           response: {
             200: {
               description: "The codes",
-              content: { "application/json": { schema: Type.Object({ items: Type.Array(ProblemCodeSchema) }) }, "text/html": { schema: Type.String() } },
+              content: { "application/json": { schema: Type.Object({ items: Type.Array(ProblemCodeSchema, { description: "Every code, as GET /problems/{code} answers it" }) }) }, "text/html": { schema: Type.String() } },
             },
           },
         },
