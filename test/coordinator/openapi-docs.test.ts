@@ -127,6 +127,16 @@ describe("/openapi.json (what /docs shows)", () => {
     expect(noExample).toEqual([]);
   });
 
+  it("documents the raw file upload's body and both download formats", () => {
+    const upload = op("post", "/v1/files").requestBody?.content ?? {};
+    expect(Object.keys(upload).sort()).toEqual(["application/octet-stream", "text/plain"]);
+    expect(typeof upload["text/plain"]?.example).toBe("string");
+    const download = op("get", "/v1/jobs/{job_id}/download").responses;
+    expect(Object.keys(download["200"]?.content ?? {}).sort()).toEqual(["application/json", "text/plain"]);
+    expect(Object.keys(download["200"]?.content?.["application/json"]?.schema?.properties ?? {})).toEqual(expect.arrayContaining(["output", "output_sha256", "output_bytes"]));
+    expect(Object.keys(download)).toEqual(expect.arrayContaining(["404", "409", "410"]));
+  });
+
   it("submits the documented examples as they are: each is accepted", async () => {
     const submit = op("post", "/v1/jobs").requestBody?.content["application/json"];
     for (const [name, e] of Object.entries(submit?.examples ?? {})) {
