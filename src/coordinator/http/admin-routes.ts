@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
-import { Type } from "@sinclair/typebox";
+import { Type, type Static } from "@sinclair/typebox";
 import { ConflictError, NotFoundError, ValidationError } from "../../common/errors.js";
-import { JobIdParamsSchema, JobStateSchema } from "../../protocol/jobs.js";
+import { CancelResponseSchema, JobIdParamsSchema, JobStateSchema } from "../../protocol/jobs.js";
 import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
@@ -33,6 +33,71 @@ const AdminJobsQuery = Type.Object(
     cursor: Type.Optional(Type.String({ maxLength: 256, description: "next_cursor of the previous page" })),
   },
   { additionalProperties: false },
+);
+
+const QueueSchema = Type.Object(
+  {
+    items: Type.Array(
+      Type.Object(
+        { model: Type.String({ description: "The model" }), priority: Type.String({ description: "low, normal or high" }), count: Type.Integer({ description: "Jobs queued" }) },
+        { additionalProperties: true },
+      ),
+      { description: "Queued jobs by model and priority" },
+    ),
+    total: Type.Integer({ description: "Jobs queued in all" }),
+  },
+  { additionalProperties: true },
+);
+
+const ThroughputSchema = Type.Object(
+  {
+    bucket_seconds: Type.Integer({ description: "Length of one bucket, seconds (60)" }),
+    buckets: Type.Array(
+      Type.Object(
+        {
+          start: Type.String({ format: "date-time", description: "The bucket's start" }),
+          jobs: Type.Integer({ description: "Jobs completed in it" }),
+          tokens: Type.Integer({ description: "Tokens those jobs generated" }),
+          tokens_per_second: Type.Number({ description: "tokens / bucket_seconds" }),
+          jobs_per_minute: Type.Number({ description: "Jobs completed per minute" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "The last hour, oldest first" },
+    ),
+  },
+  { additionalProperties: true },
+);
+
+const FailuresSchema = Type.Object(
+  {
+    items: Type.Array(
+      Type.Object(
+        {
+          job_id: Type.String({ description: "The job" }),
+          tenant: Type.String({ description: "Its tenant" }),
+          model: Type.String({ description: "Its model" }),
+          status: Type.String({ description: "failed or timed_out" }),
+          error: Type.Union([Type.Object({ code: Type.String({ description: "A stable code" }), message: Type.String({ description: "What went wrong" }) }, { additionalProperties: true }), Type.Null()], { description: "Why" }),
+          miner_id: Type.Union([Type.String(), Type.Null()], { description: "The miner of its last attempt" }),
+          attempt: Type.Integer({ description: "Its last attempt" }),
+          completed_at: Type.Union([Type.String({ format: "date-time" }), Type.Null()], { description: "When it ended" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "Latest first" },
+    ),
+  },
+  { additionalProperties: true },
+);
+
+const DisconnectSchema = Type.Object(
+  {
+    miner_id: Type.String({ description: "The miner" }),
+    disconnected: Type.Boolean({ description: "Always true: its connection is being closed" }),
+    replica: Type.Union([Type.String(), Type.Null()], { description: "The replica that held its connection" }),
+  },
+  { additionalProperties: true },
 );
 
 function time(field: string, v: string | undefined): number | undefined {
@@ -71,7 +136,7 @@ async function throughput(ctx: CoordinatorContext): Promise<{ bucket_seconds: nu
   return { bucket_seconds: BUCKET_MS / 1000, buckets };
 }
 
-async function failures(ctx: CoordinatorContext, limit: number): Promise<Record<string, unknown>[]> {
+async function failures(ctx: CoordinatorContext, limit: number): Promise<Static<typeof FailuresSchema>["items"]> {
   return (await ctx.store.recentFailures(ctx.now() - FAILURES_SINCE_MS, limit)).map((j) => ({
     job_id: j.id,
     tenant: j.tenant,
@@ -162,7 +227,7 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
 
     app.post(
       "/v1/admin/miners/:miner_id/disconnect",
-      { schema: { summary: "Disconnect a miner (its leases are handed back; the daemon reconnects: drain it first to keep it idle)", tags, params: MinerIdParams } },
+      { schema: { summary: "Disconnect a miner (its leases are handed back; the daemon reconnects: drain it first to keep it idle)", tags, params: MinerIdParams, response: { 202: DisconnectSchema } } },
       async (request, reply) => {
         const id = request.params.miner_id;
         const m = await ctx.store.getMiner(id);
@@ -222,7 +287,7 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       },
     );
 
-    app.post("/v1/admin/jobs/:job_id/cancel", { schema: { summary: "Cancel any tenant's job", tags, params: JobIdParamsSchema } }, async (request, reply) => {
+    app.post("/v1/admin/jobs/:job_id/cancel", { schema: { summary: "Cancel any tenant's job", tags, params: JobIdParamsSchema, response: { 200: CancelResponseSchema, 202: CancelResponseSchema } } }, async (request, reply) => {
       const job = await anyJob(request.params.job_id);
       const r = await ctx.store.requestCancel(job.tenant, job.id, ctx.now());
       if (r === null) throw new NotFoundError("job_not_found", "no such job");
@@ -263,11 +328,11 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       },
     );
 
-    app.get("/v1/admin/queue", { schema: { summary: "Queued jobs by model and priority", tags } }, async () => queue(ctx));
-    app.get("/v1/admin/throughput", { schema: { summary: "Completions over the last hour: jobs and tokens per one-minute bucket", tags } }, async () => throughput(ctx));
+    app.get("/v1/admin/queue", { schema: { summary: "Queued jobs by model and priority", tags, response: { 200: QueueSchema } } }, async () => queue(ctx));
+    app.get("/v1/admin/throughput", { schema: { summary: "Completions over the last hour: jobs and tokens per one-minute bucket", tags, response: { 200: ThroughputSchema } } }, async () => throughput(ctx));
     app.get(
       "/v1/admin/failures",
-      { schema: { summary: "Jobs that failed or timed out in the last 24 h, latest first", tags, querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50, description: "Jobs at most" })) }, { additionalProperties: false }) } },
+      { schema: { summary: "Jobs that failed or timed out in the last 24 h, latest first", tags, response: { 200: FailuresSchema }, querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500, default: 50, description: "Jobs at most" })) }, { additionalProperties: false }) } },
       async (request) => ({ items: await failures(ctx, request.query.limit ?? 50) }),
     );
   };
