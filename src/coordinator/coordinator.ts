@@ -277,7 +277,20 @@ export class Coordinator {
     await app.register(swagger, {
       openapi: {
         openapi: "3.0.3",
-        info: { title: "aitbc-miner coordinator", version: packageVersion(), description: "Client REST API: submit, follow, cancel and download gpt2-class text generation jobs." },
+        info: {
+          title: "aitbc-miner coordinator",
+          version: packageVersion(),
+          description:
+            "Client REST API: submit, follow, cancel and download gpt2-class text generation jobs. Every request needs `Authorization: Bearer <key>` except /healthz, /readyz, /problems and these docs. Errors are application/problem+json whose `type` is this coordinator's page about the code (GET /problems lists them).",
+        },
+        tags: [
+          { name: "jobs", description: "Submit jobs, follow them (Server-Sent Events), cancel them, download their results" },
+          { name: "files", description: "Upload a long prompt once and use its file_id as a job's input" },
+          { name: "openai", description: "OpenAI-compatible completions and models, for OpenAI's SDKs (errors in OpenAI's shape)" },
+          { name: "admin", description: "Operator endpoints and the dashboard's session (operator keys)" },
+          { name: "health", description: "Liveness and readiness probes (no key)" },
+          { name: "problems", description: "What each error code means, what to do, whether to retry (no key)" },
+        ],
         components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
         security: [{ bearer: [] }],
       },

@@ -22,7 +22,7 @@ interface Operation {
   requestBody?: { content: Record<string, Media> };
   responses: Record<string, { description: string; content?: Record<string, Media> }>;
 }
-type Doc = { paths: Record<string, Record<string, Operation>> };
+type Doc = { paths: Record<string, Record<string, Operation>>; tags?: { name: string; description?: string }[] };
 
 /** Dotted paths of properties, at any depth, that have no description. */
 function undescribed(schema: Schema | undefined, at = ""): string[] {
@@ -88,6 +88,9 @@ describe("/openapi.json (what /docs shows)", () => {
     expect(op("get", "/healthz").tags).toEqual(["health"]);
     expect(op("get", "/readyz").tags).toEqual(["health"]);
     expect(op("get", "/problems/{code}").tags).toEqual(["problems"]);
+    // Each tag /docs groups by is declared with a description.
+    const declared = new Map((doc.tags ?? []).map((t) => [t.name, t.description]));
+    for (const tag of new Set(operations().flatMap(([, , o]) => o.tags ?? []))) expect(declared.get(tag), `tag ${tag}`).toBeTruthy();
   });
 
   it("describes every field of the job status, result.* included, and of every request body and 2xx answer", () => {
