@@ -1,7 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type, type Static } from "@sinclair/typebox";
 import { ConflictError, NotFoundError, ValidationError } from "../../common/errors.js";
-import { CancelResponseSchema, JobIdParamsSchema, JobStateSchema } from "../../protocol/jobs.js";
+import type { SwaggerTransform } from "@fastify/swagger";
+import { CancelResponseSchema, JobIdParamsSchema, JobStateSchema, JobStatusSchema } from "../../protocol/jobs.js";
 import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
@@ -34,6 +35,69 @@ const AdminJobsQuery = Type.Object(
   },
   { additionalProperties: false },
 );
+
+const S = (description: string) => Type.String({ description });
+const NullableS = (description: string) => Type.Union([Type.String(), Type.Null()], { description });
+
+const AdminMinerSchema = Type.Object({
+  miner_id: S("The miner's id"),
+  name: S("The name it registered with ([miner] name)"),
+  key_id: S("The id of the miner key it connected with"),
+  replica: NullableS("The replica holding its session; null when not connected"),
+  connected: Type.Boolean({ description: "Connected now" }),
+  connected_since: NullableS("When its session began; null when not connected"),
+  last_seen_at: NullableS("Its last heartbeat"),
+  gpus: Type.Array(
+    Type.Object({
+      index: Type.Integer({ description: "GPU index on the host" }),
+      name: S("GPU name as the miner reported it (cut at 64 characters)"),
+      vram_total_mb: Type.Integer({ description: "VRAM, MB" }),
+      vram_free_mb: Type.Integer({ description: "Free VRAM at its last report, MB" }),
+      utilization_percent: Type.Union([Type.Number(), Type.Null()], { description: "null: miners do not report it yet" }),
+    }),
+    { description: "Its GPUs (empty for a CPU miner)" },
+  ),
+  models: Type.Array(Type.String(), { description: "Models it serves" }),
+  slots: Type.Integer({ description: "Jobs it runs at once" }),
+  slots_used: Type.Integer({ description: "Slots running a job now" }),
+  slots_free: Type.Integer({ description: "Slots free (0 when not connected)" }),
+  draining: Type.Boolean({ description: "The miner is draining itself (shutting down)" }),
+  drained: Type.Boolean({ description: "An operator drained it: no new jobs until undrained" }),
+  tokens_per_second: Type.Union([Type.Number(), Type.Null()], { description: "Its recent decode speed" }),
+  jobs_done: Type.Integer({ description: "Jobs it completed" }),
+  jobs_failed: Type.Integer({ description: "Attempts of its that failed" }),
+  last_error: Type.Union([Type.Object({ code: S("A stable code"), message: S("What went wrong"), at: S("When") }), Type.Null()], { description: "Its last error" }),
+  current_jobs: Type.Array(
+    Type.Object({
+      job_id: S("The job"),
+      status: S("assigned or running"),
+      model: S("Its model"),
+      tenant: S("Its tenant"),
+      progress: Type.Number({ description: "0–100" }),
+      attempt: Type.Integer({ description: "The attempt it runs" }),
+    }),
+    { description: "The jobs it holds leases on" },
+  ),
+});
+
+const AdminJobSchema = Type.Composite([
+  JobStatusSchema,
+  Type.Object({
+    tenant: S("The tenant that submitted it"),
+    retry_of: NullableS("The job this one retries (POST /v1/admin/jobs/{id}/retry)"),
+    failures: Type.Integer({ description: "Attempts that failed so far" }),
+    max_attempts: Type.Integer({ description: "Attempts it may take ([scheduler] max_attempts)" }),
+    input: Type.Optional(S("The prompt, only with [admin] show_outputs = true")),
+  }),
+]);
+
+/**
+ * Answers for /docs only (swaggerTransform): these views are built by admin-view.ts and read by
+ * the dashboard, so they are not serialised through a schema that could drop a field.
+ */
+function docAnswers(response: Record<number, unknown>): { swaggerTransform: SwaggerTransform } {
+  return { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, response }, url }) };
+}
 
 const QueueSchema = Type.Object(
   {
@@ -199,12 +263,13 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       };
     });
 
-    app.get("/v1/admin/miners", { schema: { summary: "The fleet: every miner connected or seen in the last 24 h", tags } }, async () => ({ items: await fleet(ctx) }));
+    app.get("/v1/admin/miners", { config: docAnswers({ 200: Type.Object({ items: Type.Array(AdminMinerSchema, { description: "Connected miners first" }) }) }), schema: { summary: "The fleet: every miner connected or seen in the last 24 h", tags } }, async () => ({ items: await fleet(ctx) }));
 
     const minerAction = (verb: "drain" | "undrain"): void => {
       app.post(
         `/v1/admin/miners/:miner_id/${verb}`,
         {
+          config: docAnswers({ 200: AdminMinerSchema }),
           schema: {
             summary: verb === "drain" ? "Drain a miner: no new jobs (kept across reconnects and replicas)" : "Undrain a miner",
             tags,
@@ -240,7 +305,15 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       },
     );
 
-    app.get("/v1/admin/jobs", { schema: { summary: "Every tenant's jobs, newest first, filtered and paged", tags, querystring: AdminJobsQuery } }, async (request) => {
+    app.get("/v1/admin/jobs", {
+      config: docAnswers({
+        200: Type.Object({
+          items: Type.Array(AdminJobSchema, { description: "This page, newest first" }),
+          total: Type.Integer({ description: "Jobs that match, on all pages" }),
+          next_cursor: NullableS("Pass as cursor for the next page; null on the last one"),
+        }),
+      }),
+      schema: { summary: "Every tenant's jobs, newest first, filtered and paged", tags, querystring: AdminJobsQuery } }, async (request) => {
       const q = request.query;
       const from = time("from", q.from);
       const to = time("to", q.to);
@@ -257,7 +330,20 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
       return { items: page.items.map((j) => adminJobView(j, show())), total: page.total, next_cursor: page.nextCursor };
     });
 
-    app.get("/v1/admin/jobs/:job_id", { schema: { summary: "One job of any tenant, with its event log", tags, params: JobIdParamsSchema } }, async (request) => {
+    app.get("/v1/admin/jobs/:job_id", {
+      config: docAnswers({
+        200: Type.Composite([
+          AdminJobSchema,
+          Type.Object({
+            events: Type.Array(
+              Type.Object({ seq: Type.Integer({ description: "Its sequence number (the SSE id)" }), type: S("The state change, as the SSE event name"), at: S("When") }, { additionalProperties: true }),
+              { description: "The job's event log, oldest first, each with its data" },
+            ),
+            live_text: Type.Optional(NullableS("The running attempt's text so far, only with [admin] show_outputs = true")),
+          }),
+        ]),
+      }),
+      schema: { summary: "One job of any tenant, with its event log", tags, params: JobIdParamsSchema } }, async (request) => {
       const job = await anyJob(request.params.job_id);
       const events = await ctx.store.listEvents(job.id, 0);
       return {
@@ -298,7 +384,7 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
 
     app.post(
       "/v1/admin/jobs/:job_id/retry",
-      { schema: { summary: "Retry a failed, timed-out, expired or cancelled job as a new job linked by retry_of", tags, params: JobIdParamsSchema } },
+      { config: docAnswers({ 201: AdminJobSchema }), schema: { summary: "Retry a failed, timed-out, expired or cancelled job as a new job linked by retry_of", tags, params: JobIdParamsSchema } },
       async (request, reply) => {
         const job = await anyJob(request.params.job_id);
         if (!isTerminal(job.status) || job.status === "completed") {
