@@ -23,6 +23,7 @@ import { fileRoutes } from "./http/file-routes.js";
 import { healthRoutes } from "./http/health-routes.js";
 import { jobRoutes } from "./http/job-routes.js";
 import { openaiRoutes } from "./http/openai-routes.js";
+import { problemRoutes } from "./http/problem-routes.js";
 import { errorHandler, problem, sendProblem } from "./http/problem.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { S3Uploader } from "./results/s3-uploader.js";
@@ -269,12 +270,27 @@ export class Coordinator {
 
     // TypeBox checks every request part (see validator.ts).
     app.setValidatorCompiler(validatorCompiler);
+    // Problem `type`s point at GET /problems/<code>: absolute under [server] public_url when set.
+    app.decorate("problemBase", config.server.publicUrl.replace(/\/+$/, ""));
     app.setErrorHandler(errorHandler(log));
     app.setNotFoundHandler((request, reply) => sendProblem(reply, problem(404, "not_found", `no route ${request.method} ${request.url.split("?")[0]}`)));
     await app.register(swagger, {
       openapi: {
         openapi: "3.0.3",
-        info: { title: "aitbc-miner coordinator", version: packageVersion(), description: "Client REST API: submit, follow, cancel and download gpt2-class text generation jobs." },
+        info: {
+          title: "aitbc-miner coordinator",
+          version: packageVersion(),
+          description:
+            "Client REST API: submit, follow, cancel and download gpt2-class text generation jobs. Every request needs `Authorization: Bearer <key>` except /healthz, /readyz, /problems and these docs. Errors are application/problem+json whose `type` is this coordinator's page about the code (GET /problems lists them).",
+        },
+        tags: [
+          { name: "jobs", description: "Submit jobs, follow them (Server-Sent Events), cancel them, download their results" },
+          { name: "files", description: "Upload a long prompt once and use its file_id as a job's input" },
+          { name: "openai", description: "OpenAI-compatible completions and models, for OpenAI's SDKs (errors in OpenAI's shape)" },
+          { name: "admin", description: "Operator endpoints and the dashboard's session (operator keys)" },
+          { name: "health", description: "Liveness and readiness probes (no key)" },
+          { name: "problems", description: "What each error code means, what to do, whether to retry (no key)" },
+        ],
         components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
         security: [{ bearer: [] }],
       },
@@ -284,6 +300,7 @@ export class Coordinator {
     registerAuth(app, ctx, (url) => PUBLIC.some((re) => re.test(url)));
 
     await app.register(healthRoutes(ctx, () => this.state === "running"));
+    await app.register(problemRoutes());
     await app.register(jobRoutes(ctx));
     await app.register(eventsRoute(ctx));
     await app.register(openaiRoutes(ctx));

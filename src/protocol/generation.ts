@@ -75,7 +75,7 @@ export const GenerationParametersSchema = Type.Object(
       }),
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, description: "How the text is sampled; every field optional, defaults filled in at submit" },
 );
 
 export type GenerationParameters = Static<typeof GenerationParametersSchema>;

@@ -60,7 +60,7 @@ export function dashboardRoutes(ctx: CoordinatorContext): FastifyPluginAsyncType
         schema: {
           summary: "Log in to the dashboard: an operator key for a session cookie",
           tags: ["admin"],
-          body: Type.Object({ key: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false }),
+          body: Type.Object({ key: Type.String({ minLength: 1, maxLength: 256, description: "An operator key (aitbc keys create --operator)", examples: ["aitbc_ok_…"] }) }, { additionalProperties: false, examples: [{ key: "aitbc_ok_…" }] }),
         },
       },
       async (request, reply) => {

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
 import { AppError, NotFoundError, errorMessage } from "../../common/errors.js";
-import { JobIdParamsSchema } from "../../protocol/jobs.js";
-import { isTerminal, type JobState } from "../../protocol/version.js";
+import { JobIdParamsSchema, ProblemSchema } from "../../protocol/jobs.js";
+import { JOB_STATES, isTerminal, type JobState } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { JobEvent, JobRecord } from "../store/job-store.js";
@@ -33,6 +33,60 @@ const COMPLETION_TEXT_MAX_BYTES = 8 * 1024 * 1024;
  * stream ends after the terminal state, when the coordinator closes, and when its key is revoked.
  * A key holds at most `[limits] max_streams_per_key` streams at once (429 past it).
  */
+/** The events a job's stream sends, for /docs (the README's table, from the same source). */
+export const JOB_EVENT_NAMES = ["snapshot", ...JOB_STATES, "requeued", "cancel_requested", "progress", "token", "text_restart"] as const;
+
+const EVENTS_EXAMPLE = [
+  'event: snapshot\ndata: {"job_id":"job_abc123","status":"running","model":"tiny-gpt2","progress":12.5,"miner_id":"miner_xyz789","attempt":1,"result":null,"...":"the rest of GET /v1/jobs/{id}"}',
+  'id: 3\nevent: running\ndata: {"job_id":"job_abc123","status":"running","at":"2026-02-13T10:01:00.000Z","attempt":1,"miner_id":"miner_xyz789"}',
+  'event: token\ndata: {"job_id":"job_abc123","attempt":1,"index":0,"text":"The GPU network"}',
+  'event: progress\ndata: {"job_id":"job_abc123","attempt":1,"progress":37.5,"tokens":24,"max_tokens":64,"tokens_per_second":250.3}',
+  'event: token\ndata: {"job_id":"job_abc123","attempt":1,"index":15,"text":" is"}',
+  'id: 4\nevent: requeued\ndata: {"job_id":"job_abc123","status":"requeued","at":"2026-02-13T10:01:09.000Z","attempt":1,"miner_id":"miner_xyz789","reason":"miner disconnected"}',
+  'event: text_restart\ndata: {"job_id":"job_abc123","attempt":2,"reason":"a new attempt generates the text again"}',
+  'event: token\ndata: {"job_id":"job_abc123","attempt":2,"index":0,"text":"The GPU network is"}',
+  'id: 7\nevent: completed\ndata: {"job_id":"job_abc123","status":"completed","at":"2026-02-13T10:01:30.000Z","attempt":2,"miner_id":"miner_xyz789","result":{"download_url":"/v1/jobs/job_abc123/download","format":"json","output_sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","output_bytes":18,"finish_reason":"length","usage":{"prompt_tokens":3,"completion_tokens":64},"tokens_per_second":251.2,"destination":"local","available":true}}',
+].join("\n\n") + "\n\n";
+
+/** The description and the text/event-stream response of a job's event stream, for its route schema. */
+export function jobEventStreamDoc(who: string): { description: string; response: Record<number, unknown> } {
+  return {
+    description: `${who}
+
+Server-Sent Events (\`text/event-stream\`), one JSON object per \`data:\` line. A reconnecting client sends \`Last-Event-ID\` (or \`?after=<seq>\`) and gets the state changes it missed. The stream ends after the terminal state, when the coordinator closes, and when the key is revoked; a comment line \`: keepalive\` comes every 15 s.
+
+| event | id | data | when |
+|---|---|---|---|
+| \`snapshot\` | | the job as GET /v1/jobs/{id} | first, on every connection |
+| \`queued\` | seq | job_id, status, at, model, priority, retry_of? | the job was accepted |
+| \`assigned\`, \`running\` | seq | job_id, status, at, attempt, miner_id | a miner took it / started it |
+| \`requeued\` | seq | job_id, status, at, attempt, miner_id, reason | the attempt ended without a result; the job waits for another |
+| \`cancel_requested\` | seq | job_id, status, at, attempt, miner_id | a cancel reached a running job |
+| \`progress\` | | job_id, attempt, progress (0–100), tokens, max_tokens, tokens_per_second | while it runs |
+| \`token\` | | job_id, attempt, index, text | the generated text: it is now \`text.slice(0, index) + text\`; a client joining a running job first gets the text so far at index 0 |
+| \`text_restart\` | | job_id, attempt, reason | a new attempt generates the text again: the next \`token\` starts at index 0 |
+| \`completed\` | seq | job_id, status, at, attempt, miner_id, result (as in the job status: download_url, format, output_sha256, output_bytes, finish_reason, usage, tokens_per_second, destination, available) | the end; the \`token\` events before it add up to the output exactly |
+| \`failed\`, \`timed_out\`, \`cancelled\`, \`expired\` | seq | job_id, status, at, attempt, miner_id, error? ({code, message}) | the end without a result |
+
+A key holds at most \`[limits] max_streams_per_key\` streams (429 \`too_many_streams\` past it).`,
+    response: {
+      200: {
+        description: "The event stream (see the table above)",
+        content: { "text/event-stream": { schema: { type: "string", description: "Server-Sent Events" }, example: EVENTS_EXAMPLE } },
+      },
+      401: ProblemSchema,
+      404: ProblemSchema,
+      429: ProblemSchema,
+    },
+  };
+}
+
+/** `?after=<seq>` of both job event streams. */
+export const AfterQuery = Type.Object(
+  { after: Type.Optional(Type.Integer({ minimum: 0, description: "Send the state changes after this sequence number (the SSE id); Last-Event-ID does the same", examples: [3] })) },
+  { additionalProperties: false },
+);
+
 export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
   return async (app) => {
     // Open streams end when the coordinator closes: clients reconnect with Last-Event-ID.
@@ -44,7 +98,8 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           summary: "Follow a job (Server-Sent Events)",
           tags: ["jobs"],
           params: JobIdParamsSchema,
-          querystring: Type.Object({ after: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+          querystring: AfterQuery,
+          ...jobEventStreamDoc("Follow one of this tenant's jobs: its state changes, progress and generated text as they happen."),
         },
       },
       async (request, reply) => {

@@ -9,6 +9,15 @@ import { bodyLimitOptions } from "./body-limit.js";
 
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
+/**
+ * The upload's body for /docs only: the route reads the raw bytes (a schema on `body` would be
+ * checked against the Buffer), so the documentation gets it through swaggerTransform.
+ */
+const FileBodyDoc = Type.String({
+  description: "The file's bytes, UTF-8 text (a leading byte-order mark is dropped from the prompt); at most [limits] max_file_size",
+  examples: ["Once upon a time, in a data centre far away,\n"],
+});
+
 /** POST /v1/files: a UTF-8 text file (the raw body) to use as a job's `input` by its file_id. */
 export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
   return async (app) => {
@@ -22,8 +31,10 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
       "/v1/files",
       {
         ...bodyLimitOptions(app, ctx.config.limits.maxFileBytes, "the file", "[limits] max_file_size"),
+        config: { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, body: FileBodyDoc }, url }) },
         schema: {
           summary: "Upload a UTF-8 text file to use as a job's input",
+          description: "The body is the file itself (text/plain or application/octet-stream, not multipart). Use the answer's file_id as a job's input; 201 carries Location: /v1/files/{id}.",
           tags: ["files"],
           consumes: ["text/plain", "application/octet-stream"],
           response: { 201: FileResponseSchema, 400: ProblemSchema, 401: ProblemSchema, 413: ProblemSchema, 415: ProblemSchema, 422: ProblemSchema, 429: ProblemSchema },
@@ -72,7 +83,7 @@ export function fileRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           summary: "Delete an uploaded file",
           description: "Jobs that used the file keep their own copy of the prompt. 404 for an unknown file or another tenant's.",
           tags: ["files"],
-          params: Type.Object({ file_id: Type.String({ pattern: "^file_[a-z0-9]{1,64}$" }) }),
+          params: Type.Object({ file_id: Type.String({ pattern: "^file_[a-z0-9]{1,64}$", description: "The file_id POST /v1/files answered", examples: ["file_abc123"] }) }),
           response: { 204: Type.Null(), 401: ProblemSchema, 404: ProblemSchema },
         },
       },

@@ -3,14 +3,32 @@ import { Type } from "@sinclair/typebox";
 import type { CoordinatorContext } from "../context.js";
 
 /** Liveness (the process answers) and readiness (started, and the store answers a query). */
-const Ready = Type.Object({ status: Type.String(), miners: Type.Integer(), queued: Type.Integer() });
+const Ready = Type.Object({
+  status: Type.String({ description: "ready; starting (the coordinator is not listening for work yet) or storage_unavailable (the store did not answer) with 503" }),
+  miners: Type.Integer({ description: "Miners connected (0 on a 503)" }),
+  queued: Type.Integer({ description: "Jobs queued, all tenants (0 on a 503)" }),
+});
+const Live = Type.Object({ status: Type.Literal("ok", { description: "Always ok: the process answers" }) });
+const tags = ["health"];
 
 export function healthRoutes(ctx: CoordinatorContext, isReady: () => boolean): FastifyPluginAsyncTypebox {
   return async (app) => {
-    app.get("/healthz", async () => ({ status: "ok" }));
+    app.get(
+      "/healthz",
+      { schema: { summary: "Liveness: the process answers", description: "For a supervisor's liveness probe; says nothing about the store (see /readyz). No key needed.", tags, security: [], response: { 200: Live } } },
+      async () => ({ status: "ok" as const }),
+    );
     app.get(
       "/readyz",
-      { schema: { summary: "Readiness", tags: ["health"], response: { 200: Ready, 503: Ready } } },
+      {
+        schema: {
+          summary: "Readiness: started, and the store answers a query",
+          description: "For a load balancer: 503 while starting or while the store does not answer (with Retry-After), so traffic goes to another replica. No key needed.",
+          tags,
+          security: [],
+          response: { 200: Ready, 503: Ready },
+        },
+      },
       async (_request, reply) => {
         if (!isReady()) {
           return reply.code(503).type("application/problem+json").send({ status: "starting", miners: 0, queued: 0 });

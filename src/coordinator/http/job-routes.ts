@@ -6,6 +6,7 @@ import { GENERATION_BOUNDS, resolveGenerationParameters } from "../../protocol/g
 import {
   CancelResponseSchema,
   HistoryQuerySchema,
+  IdempotencyHeadersSchema,
   JobIdParamsSchema,
   JobStatusSchema,
   ListJobsQuerySchema,
@@ -31,6 +32,34 @@ const errors = {
   409: ProblemSchema,
   422: ProblemSchema,
   429: ProblemSchema,
+};
+
+/**
+ * The download's answers, for /docs only: the route sends the stored bytes as a Buffer, which
+ * a typed response schema would refuse (swaggerTransform adds them to the document).
+ */
+const DOWNLOAD_200 = {
+  description: "The result: a JSON document (format json) or the generated text (format text), as an attachment",
+  content: {
+    "application/json": {
+      schema: Type.Object(
+        {
+          job_id: Type.String({ description: "The job's id" }),
+          model: Type.String({ description: "The model that ran it" }),
+          output: Type.String({ description: "The generated text" }),
+          finish_reason: Type.String({ description: "As result.finish_reason" }),
+          usage: Type.Object({ prompt_tokens: Type.Integer({ description: "Tokens of the prompt" }), completion_tokens: Type.Integer({ description: "Tokens generated" }) }, { description: "Token counts" }),
+          output_sha256: Type.String({ description: "SHA-256 (hex) of output's UTF-8 bytes" }),
+          output_bytes: Type.Integer({ description: "Size of output in UTF-8 bytes" }),
+          parameters: Type.Record(Type.String(), Type.Unknown(), { description: "The generation parameters it ran with" }),
+          miner_id: Type.Union([Type.String(), Type.Null()], { description: "The miner that generated it" }),
+          completed_at: Type.Union([Type.String({ format: "date-time" }), Type.Null()], { description: "When it completed" }),
+        },
+        { additionalProperties: true, description: "The result document (format json)" },
+      ),
+    },
+    "text/plain": { schema: Type.String({ description: "The generated text (UTF-8)" }) },
+  },
 };
 
 const FILE_ID = /^file_[a-z0-9]{1,64}$/;
@@ -167,7 +196,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
           summary: "Submit a job",
           tags: ["jobs"],
           body: SubmitJobBodySchema,
-          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
+          headers: IdempotencyHeadersSchema,
           response: { 201: SubmitJobResponseSchema, 200: SubmitJobResponseSchema, 413: ProblemSchema, ...errors },
           description: "429 storage_quota_exceeded when the tenant's stored results are over [limits] max_result_bytes_per_tenant; 429 queue_full past max_queued_jobs_per_tenant.",
         },
@@ -256,6 +285,7 @@ export function jobRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox {
     app.get(
       "/v1/jobs/:job_id/download",
       {
+        config: { swaggerTransform: ({ schema, url }) => ({ schema: { ...schema, response: { 200: DOWNLOAD_200, 401: ProblemSchema, 404: ProblemSchema, 409: ProblemSchema, 410: ProblemSchema, 429: ProblemSchema } }, url }) },
         schema: {
           summary: "Download the result (JSON or text, per output_config.format)",
           description:

@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type, type Static } from "@sinclair/typebox";
 import { AppError, NotFoundError, ValidationError, errorMessage } from "../../common/errors.js";
 import { GENERATION_BOUNDS } from "../../protocol/generation.js";
-import type { SubmitJobBody } from "../../protocol/jobs.js";
+import { IdempotencyHeadersSchema, type SubmitJobBody } from "../../protocol/jobs.js";
 import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
 import type { JobRecord } from "../store/job-store.js";
@@ -18,7 +18,7 @@ const StopSchema = Type.Union([
   Type.String({ minLength: 1, maxLength: GENERATION_BOUNDS.stop.maxLength }),
   Type.Array(Type.String({ minLength: 1, maxLength: GENERATION_BOUNDS.stop.maxLength }), { maxItems: GENERATION_BOUNDS.stop.maxItems }),
   Type.Null(),
-]);
+], { description: `A stop sequence, or up to ${GENERATION_BOUNDS.stop.maxItems}: the text ends before the first one` });
 
 /**
  * OpenAI's completion body, as its SDKs send it. Fields we cannot honour are accepted only with
@@ -27,27 +27,114 @@ const StopSchema = Type.Union([
  */
 export const CompletionBodySchema = Type.Object(
   {
-    model: Type.String({ minLength: 1, maxLength: 128 }),
-    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 1 })]),
-    max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.max_new_tokens.min, maximum: GENERATION_BOUNDS.max_new_tokens.max }), Type.Null()])),
-    temperature: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.temperature.min, maximum: GENERATION_BOUNDS.temperature.max }), Type.Null()])),
-    top_p: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.top_p.min, maximum: GENERATION_BOUNDS.top_p.max }), Type.Null()])),
+    model: Type.String({ minLength: 1, maxLength: 128, description: "The model, by the name miners serve it under (GET /v1/models)" }),
+    prompt: Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1, maxItems: 1 })], { description: "The prompt: a string, or an array of one" }),
+    max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.max_new_tokens.min, maximum: GENERATION_BOUNDS.max_new_tokens.max }), Type.Null()], { description: "Tokens to generate at most. Default 16 (OpenAI's)." })),
+    temperature: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.temperature.min, maximum: GENERATION_BOUNDS.temperature.max }), Type.Null()], { description: "Sampling temperature, 0 = greedy. Default 1." })),
+    top_p: Type.Optional(Type.Union([Type.Number({ minimum: GENERATION_BOUNDS.top_p.min, maximum: GENERATION_BOUNDS.top_p.max }), Type.Null()], { description: "Nucleus sampling mass. Default 1 (off)." })),
     stop: Type.Optional(StopSchema),
-    seed: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.seed.min, maximum: GENERATION_BOUNDS.seed.max }), Type.Null()])),
-    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), Type.Null()])),
-    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
-    best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()])),
-    echo: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-    logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
-    suffix: Type.Optional(Type.Union([Type.String(), Type.Null()])),
-    presence_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()])),
-    frequency_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()])),
-    user: Type.Optional(Type.String({ maxLength: 256 })),
+    seed: Type.Optional(Type.Union([Type.Integer({ minimum: GENERATION_BOUNDS.seed.min, maximum: GENERATION_BOUNDS.seed.max }), Type.Null()], { description: "Sampling seed: the same seed, model and parameters give the same text. Default: chosen at submit." })),
+    stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { description: "true: answer text/event-stream chunks as the text is generated" })),
+    stream_options: Type.Optional(
+      Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean({ description: "Send a last chunk with usage before [DONE]" })) }, { additionalProperties: false }), Type.Null()], { description: "With stream: true" }),
+    ),
+    n: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: "Only 1 (one job, one choice)" })),
+    best_of: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: "Only 1" })),
+    echo: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { description: "Only false" })),
+    logprobs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()], { description: "Only null: miners return text, not token probabilities" })),
+    suffix: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: "Only empty or null: GPT-2 models cannot insert" })),
+    presence_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()], { description: "Only 0 (POST /v1/jobs has repetition_penalty)" })),
+    frequency_penalty: Type.Optional(Type.Union([Type.Number(), Type.Null()], { description: "Only 0 (POST /v1/jobs has repetition_penalty)" })),
+    user: Type.Optional(Type.String({ maxLength: 256, description: "Accepted and ignored" })),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    "x-examples": {
+      plain: { summary: "A completion", value: { model: "tiny-gpt2", prompt: "The GPU network", max_tokens: 32 } },
+      stream: { summary: "Streamed, with usage at the end", value: { model: "tiny-gpt2", prompt: "Hi", max_tokens: 16, temperature: 0.7, stop: ["\n"], seed: 7, stream: true, stream_options: { include_usage: true } } },
+    },
+  },
 );
 export type CompletionBody = Static<typeof CompletionBodySchema>;
+
+/** OpenAI's error shape, which these routes answer with (see problem.ts). */
+const OpenAIErrorSchema = Type.Object(
+  {
+    error: Type.Object(
+      {
+        message: Type.String({ description: "What went wrong (the problem detail of the other routes)" }),
+        type: Type.String({ description: "invalid_request_error, authentication_error, permission_error, not_found_error, rate_limit_error or server_error" }),
+        code: Type.String({ description: "The stable error code, described at /problems/<code>" }),
+        param: Type.Union([Type.String(), Type.Null()], { description: "The body field at fault, when one is" }),
+      },
+      { additionalProperties: true, description: "The error" },
+    ),
+  },
+  { additionalProperties: true, description: "An error in OpenAI's shape (so SDKs raise AuthenticationError, RateLimitError, …)" },
+);
+
+const Usage = Type.Object(
+  {
+    prompt_tokens: Type.Integer({ description: "Tokens of the prompt" }),
+    completion_tokens: Type.Integer({ description: "Tokens generated" }),
+    total_tokens: Type.Integer({ description: "prompt_tokens + completion_tokens" }),
+  },
+  { description: "Token counts" },
+);
+
+const CompletionSchema = Type.Object(
+  {
+    id: Type.String({ description: "The job id: GET /v1/jobs/{id} and its download work on it" }),
+    object: Type.Literal("text_completion", { description: "Always text_completion" }),
+    created: Type.Integer({ description: "When the job was accepted, Unix seconds" }),
+    model: Type.String({ description: "The model that generated the text" }),
+    choices: Type.Array(
+      Type.Object(
+        {
+          text: Type.String({ description: "The generated text (without the prompt)" }),
+          index: Type.Integer({ description: "Always 0: one choice per completion" }),
+          logprobs: Type.Null({ description: "Always null: miners return text, not token probabilities" }),
+          finish_reason: Type.Union([Type.Literal("stop"), Type.Literal("length"), Type.Null()], { description: "length: max_tokens reached; stop: a stop sequence or the model ended; null in a stream's chunks before the last" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "One choice" },
+    ),
+    usage: Type.Optional(Usage),
+  },
+  { additionalProperties: true },
+);
+
+const COMPLETION_STREAM_EXAMPLE = [
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[{"text":" is","index":0,"logprobs":null,"finish_reason":null}]}',
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[{"text":" fast","index":0,"logprobs":null,"finish_reason":"length"}]}',
+  'data: {"id":"job_abc123","object":"text_completion","created":1771063200,"model":"tiny-gpt2","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}',
+  "data: [DONE]",
+].join("\n\n") + "\n\n";
+
+const ModelListSchema = Type.Object(
+  {
+    object: Type.Literal("list", { description: "Always list" }),
+    data: Type.Array(
+      Type.Object(
+        {
+          id: Type.String({ description: "The model name, as a job's or completion's model" }),
+          object: Type.Literal("model", { description: "Always model" }),
+          created: Type.Integer({ description: "Always 0 (unknown)" }),
+          owned_by: Type.String({ description: "Always aitbc" }),
+          miners: Type.Integer({ description: "Connected, undrained miners that serve it, across all replicas" }),
+          slots: Type.Integer({ description: "Their job slots in all" }),
+          free_slots: Type.Integer({ description: "Slots not running a job now" }),
+        },
+        { additionalProperties: true },
+      ),
+      { description: "Every model some connected miner serves, by name" },
+    ),
+  },
+  { additionalProperties: true },
+);
+
+const openaiErrors = { 401: OpenAIErrorSchema, 404: OpenAIErrorSchema, 409: OpenAIErrorSchema, 413: OpenAIErrorSchema, 422: OpenAIErrorSchema, 429: OpenAIErrorSchema, 502: OpenAIErrorSchema, 503: OpenAIErrorSchema };
 
 /** OpenAI's defaults for what the body omits (what SDK users expect), mapped onto a job body. */
 export function completionToJob(body: CompletionBody): SubmitJobBody {
@@ -160,9 +247,22 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
       {
         schema: {
           summary: "OpenAI-compatible text completion",
+          description: `OpenAI's completion body with OpenAI's defaults (max_tokens 16, temperature 1, top_p 1; no top-k, no repetition penalty). n, best_of other than 1, echo, logprobs, suffix and non-zero penalties are refused with a 422 naming the field. The completion is a normal job (same queue, limits, tenants, estimates; Idempotency-Key works) and its id is the job id.
+
+Without \`stream\` the answer is one \`text_completion\` once the job ends. With \`stream: true\` it is \`text/event-stream\`: \`data: {…}\` chunks, each a \`text_completion\` whose \`choices[0].text\` appends to the text so far (the last has \`finish_reason\`), then, with \`stream_options.include_usage\`, a chunk with empty \`choices\` and \`usage\`, then \`data: [DONE]\`. A job that ends without a result sends \`data: {"error": {…}}\` before \`[DONE]\`. A client that disconnects cancels its job (\`[openai] cancel_on_disconnect\`). Errors use OpenAI's shape.`,
           tags: ["openai"],
           body: CompletionBodySchema,
-          headers: Type.Object({ "idempotency-key": Type.Optional(Type.String({ minLength: 1, maxLength: 255 })) }),
+          headers: IdempotencyHeadersSchema,
+          response: {
+            200: {
+              description: "The completion (JSON), or with stream: true its chunks (text/event-stream)",
+              content: {
+                "application/json": { schema: CompletionSchema },
+                "text/event-stream": { schema: Type.String({ description: "Server-Sent Events: data: lines, then data: [DONE]" }), example: COMPLETION_STREAM_EXAMPLE },
+              },
+            },
+            ...openaiErrors,
+          },
         },
       },
       async (request, reply) => {
@@ -175,9 +275,9 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
           ctx.metrics.submitted.inc();
         }
         const createdAt = Math.floor(job.createdAt / 1000);
-        const chunk = (text: string, finish: "stop" | "length" | null): Record<string, unknown> => ({
+        const chunk = (text: string, finish: "stop" | "length" | null): Static<typeof CompletionSchema> => ({
           id: job.id,
-          object: "text_completion",
+          object: "text_completion" as const,
           created: createdAt,
           model: job.model,
           choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
@@ -266,14 +366,14 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
       },
     );
 
-    app.post("/v1/chat/completions", { schema: { summary: "Not available: GPT-2 models have no chat template", tags: ["openai"] } }, async () => {
+    app.post("/v1/chat/completions", { schema: { summary: "Not available: GPT-2 models have no chat template", description: "Always 404 chat_not_supported: use POST /v1/completions with a prompt.", tags: ["openai"], response: { 404: OpenAIErrorSchema } } }, async () => {
       throw new NotFoundError(
         "chat_not_supported",
         "chat completions need a model with a chat template; the GPT-2 models this network serves have none: use POST /v1/completions with a prompt",
       );
     });
 
-    app.get("/v1/models", { schema: { summary: "Models the connected fleet serves (OpenAI's list shape)", tags: ["openai"] } }, async () => {
+    app.get("/v1/models", { schema: { summary: "Models the connected fleet serves (OpenAI's list shape)", tags: ["openai"], response: { 200: ModelListSchema, 401: OpenAIErrorSchema, 429: OpenAIErrorSchema } } }, async () => {
       const now = ctx.now();
       const [connected, leases] = await Promise.all([ctx.store.listConnectedMiners(now - 3 * ctx.config.scheduler.heartbeatMs), ctx.store.listActiveLeases(10_000)]);
       // Drained miners (by themselves or an operator) take no jobs: not counted.
@@ -292,10 +392,10 @@ export function openaiRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox
         }
       }
       return {
-        object: "list",
+        object: "list" as const,
         data: [...byModel.entries()]
           .sort(([a], [b]) => a.localeCompare(b))
-          .map(([id, e]) => ({ id, object: "model", created: 0, owned_by: "aitbc", miners: e.miners, slots: e.slots, free_slots: Math.max(0, e.slots - e.busy) })),
+          .map(([id, e]) => ({ id, object: "model" as const, created: 0, owned_by: "aitbc", miners: e.miners, slots: e.slots, free_slots: Math.max(0, e.slots - e.busy) })),
       };
     });
 

@@ -1,12 +1,22 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from "fastify";
 import { AppError } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
+import { problemPath } from "./problem-codes.js";
+
+declare module "fastify" {
+  interface FastifyInstance {
+    /** Prefix that makes a problem `type` absolute: `[server] public_url`, or "" to leave it relative. */
+    problemBase?: string;
+  }
+}
 
 /**
  * Every error leaves as application/problem+json (RFC 9457) with a stable `code`:
  * 400 malformed request, 401 key, 404 unknown job or route, 409 state conflict, 413 body too
  * large, 415 media type, 422 schema/validation, 429 rate limit, 503 storage unavailable (with
  * Retry-After), 500 only for our own faults (logged, never with a stack trace to the client).
+ * The `type` is the page this coordinator serves about the code (GET /problems/<code>, from
+ * problem-codes.ts): relative, or absolute under `[server] public_url` when that is set.
  */
 export interface Problem {
   type: string;
@@ -37,7 +47,7 @@ const TITLES: Record<number, string> = {
 export function problem(status: number, code: string, detail: string, extra: Record<string, unknown> = {}): Problem {
   // Extra fields come first so that a detail named like a standard member (e.g. a job's
   // `status`) can never replace the HTTP status or the code.
-  return { ...extra, type: `https://aitbc.dev/problems/${code}`, title: TITLES[status] ?? "Error", status, code, detail };
+  return { ...extra, type: problemPath(code), title: TITLES[status] ?? "Error", status, code, detail };
 }
 
 /** Routes whose errors take OpenAI's shape, so OpenAI SDKs surface them (the status codes stay ours). */
@@ -60,7 +70,9 @@ export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
       .type("application/json")
       .send({ error: { message: p.detail, type: openaiType(p.status), code: p.code, param } });
   }
-  return reply.code(p.status).type("application/problem+json").send(p);
+  const base = reply.server.problemBase ?? "";
+  const type = base !== "" && p.type.startsWith("/") ? `${base}${p.type}` : p.type;
+  return reply.code(p.status).type("application/problem+json").send({ ...p, type });
 }
 
 function fromFastifyError(err: FastifyError): Problem | undefined {
