@@ -189,8 +189,14 @@ export const CoordinatorConfigSchema = Type.Object(
         default_tokens_per_second: Type.Number({ exclusiveMinimum: 0, default: 20 }),
         /** Per-model decode speed, tokens/s, e.g. { "tiny-gpt2" = 400 }. Default {}. */
         tokens_per_second: Type.Record(Type.String(), Type.Number({ exclusiveMinimum: 0 }), { default: {} }),
-        /** Fixed overhead per job (queueing, load, upload), seconds. Default 2. */
+        /** Fixed overhead per job (queueing, load, upload), seconds, until miners report results. Default 2. */
         overhead_seconds: Type.Number({ minimum: 0, default: 2 }),
+        /** Estimate from what miners report (decode speed, per-job overhead, slot time per job; per model and GPU type); false: config only. Default true. */
+        observe: Type.Boolean({ default: true }),
+        /** Weight of each new result in the observed exponentially weighted means, (0, 1]. Default 0.2. */
+        observed_weight: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.2 }),
+        /** Observations not refreshed for this long are forgotten (config again). Default "1h". */
+        observed_max_age: Duration("1h", "how long an observed speed is kept without a new result"),
       },
       section,
     ),
@@ -301,7 +307,14 @@ export interface CoordinatorConfig {
   };
   openai: { cancelOnDisconnect: boolean };
   admin: { showOutputs: boolean; sessionTtlMs: number; perMinute: number; perHour: number };
-  estimates: { defaultTokensPerSecond: number; tokensPerSecond: Record<string, number>; overheadSeconds: number };
+  estimates: {
+    defaultTokensPerSecond: number;
+    tokensPerSecond: Record<string, number>;
+    overheadSeconds: number;
+    observe: boolean;
+    observedWeight: number;
+    observedMaxAgeMs: number;
+  };
   pricing: { per1kTokens: Record<string, number>; perGpuHour: Record<string, number> };
   tenants: Record<string, { s3Buckets: string[] }>;
   s3: {
@@ -451,6 +464,9 @@ export function compileCoordinatorConfig(raw: CoordinatorConfigRaw, file: string
       defaultTokensPerSecond: raw.estimates.default_tokens_per_second,
       tokensPerSecond: raw.estimates.tokens_per_second,
       overheadSeconds: raw.estimates.overhead_seconds,
+      observe: raw.estimates.observe,
+      observedWeight: raw.estimates.observed_weight,
+      observedMaxAgeMs: d("estimates.observed_max_age", raw.estimates.observed_max_age),
     },
     pricing: { per1kTokens: raw.pricing.per_1k_tokens, perGpuHour: raw.pricing.per_gpu_hour },
     tenants: Object.fromEntries(Object.entries(raw.tenants).map(([k, v]) => [k, { s3Buckets: v.s3_buckets }])),

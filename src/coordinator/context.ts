@@ -6,16 +6,23 @@ import type { ResultStore } from "./results/result-store.js";
 import type { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
+import type { ObservedSpeeds } from "./observed-speeds.js";
 import type { StreamRegistry } from "./http/stream-registry.js";
 
 /** Connected miners, as the client API needs to see them ("how many could run this job"): this replica's, or the whole fleet's. */
 export interface MinerDirectory {
   eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number>;
   connectedMiners(): Promise<number>;
+  /** Slots of the miners that could run the job (not draining or drained), and how many of them hold a lease. */
+  capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }>;
 }
 
 /** An empty directory: no miner connected (the coordinator before its gateway starts). */
-export const NO_MINERS: MinerDirectory = { eligibleMiners: () => Promise.resolve(0), connectedMiners: () => Promise.resolve(0) };
+export const NO_MINERS: MinerDirectory = {
+  eligibleMiners: () => Promise.resolve(0),
+  connectedMiners: () => Promise.resolve(0),
+  capacity: () => Promise.resolve({ slots: 0, busy: 0 }),
+};
 
 /** What operator actions need of this replica's gateway. */
 export interface OperatorGateway {
@@ -55,4 +62,6 @@ export interface CoordinatorContext {
   replica: string;
   /** Every model a miner has advertised to this replica since it started (waiting reasons). */
   advertisedModels: Set<string>;
+  /** Decode speeds and job times miners reported lately, for estimates (fed by SpeedFeed). */
+  speeds: ObservedSpeeds;
 }

@@ -31,6 +31,8 @@ import { RevocationWatcher } from "./auth/revocation-watcher.js";
 import { RetentionSweeper } from "./results/retention.js";
 import { StreamRegistry } from "./http/stream-registry.js";
 import { validatorCompiler } from "./http/validator.js";
+import { ObservedSpeeds } from "./observed-speeds.js";
+import { SpeedFeed } from "./speed-feed.js";
 import { JobEvents } from "./store/job-events.js";
 import type { JobStore } from "./store/job-store.js";
 import { openJobStore, openResultStore } from "./store/open-store.js";
@@ -103,6 +105,7 @@ export class Coordinator {
   private revocationsInstance: RevocationWatcher | undefined;
   private retentionInstance: RetentionSweeper | undefined;
   private signalsInstance: PgSignals | undefined;
+  private speedFeed: SpeedFeed | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private address = "";
 
@@ -172,6 +175,7 @@ export class Coordinator {
       now,
       replica,
       advertisedModels: new Set(),
+      speeds: new ObservedSpeeds({ weight: config.estimates.observedWeight, maxAgeMs: config.estimates.observedMaxAgeMs }),
     };
     const gateway = new MinerGateway(ctx);
     ctx.gateway = gateway;
@@ -180,6 +184,8 @@ export class Coordinator {
     ctx.metrics.bind({ countByState: () => store.countByState(), miners: () => gateway.miners() });
     this.ctxInstance = ctx;
     this.gatewayInstance = gateway;
+    this.speedFeed = new SpeedFeed({ store, events, speeds: ctx.speeds, log: log.child({ component: "estimates" }) });
+    this.speedFeed.start();
     try {
       if (pg !== undefined) {
         const signals = new PgSignals({ db: pg.db, url: config.storage.url, schema: config.storage.schema, events, replica, log: log.child({ component: "signals" }), resyncMs: 5_000 });
@@ -342,7 +348,10 @@ export class Coordinator {
       ctx.adminLimiter.setWindows(adminWindows(next));
       if (!same(cur.admin, next.admin)) changed.push("admin");
     }
-    if (!same(cur.estimates, next.estimates)) changed.push("estimates");
+    if (!same(cur.estimates, next.estimates)) {
+      ctx.speeds.configure({ weight: next.estimates.observedWeight, maxAgeMs: next.estimates.observedMaxAgeMs });
+      changed.push("estimates");
+    }
     if (!same(cur.pricing, next.pricing)) changed.push("pricing");
     if (!same(cur.tenants, next.tenants)) changed.push("tenants");
     ctx.config = { ...cur, logLevel: next.logLevel, limits: next.limits, admin: next.admin, estimates: next.estimates, pricing: next.pricing, tenants: next.tenants };
@@ -361,6 +370,7 @@ export class Coordinator {
       await this.appInstance?.close();
       await this.uploaderInstance?.stop();
       await this.signalsInstance?.stop();
+      await this.speedFeed?.stop();
       await this.ctxInstance?.store.close();
       this.transition("stopped");
     })();

@@ -182,6 +182,30 @@ describe("two replicas on PostgreSQL and S3", () => {
     await expectProblem(await a.call("GET", "/v1/jobs/job_nosuchjob", { key: limited.key }), 404, "job_not_found");
     expect(Number((await b.call("GET", "/v1/jobs", { key: limited.key })).headers.get("ratelimit-remaining"))).toBe(995);
   });
+
+  it("a result committed through one replica moves the other replica's estimates (its NOTIFY hint, read back)", async () => {
+    const model = "gpt2-estimates";
+    const submitOn = async (h: ApiHarness): Promise<{ id: string; estimate: number }> => {
+      const res = await h.call("POST", "/v1/jobs", { json: { model, input: "how long", parameters: { max_new_tokens: 100 } } });
+      expect(res.status).toBe(201);
+      const body = (await res.json()) as { job_id: string; estimated_time_seconds: number };
+      return { id: body.job_id, estimate: body.estimated_time_seconds };
+    };
+    // Config: overhead 2 s + 100 tokens / 20 tokens/s.
+    const first = await submitOn(b);
+    expect(first.estimate).toBe(7);
+    const ref = await a.run(first.id);
+    const put = await a.coordinator.context.results.put(first.id, ref.attempt, Buffer.from("out", "utf8"));
+    const outcome = await a.coordinator.store.commitResult(
+      ref,
+      { sha256: put.sha256, bytes: put.bytes, location: put.location, finishReason: "length", usage: { prompt_tokens: 1, completion_tokens: 100 }, tokensPerSecond: 200, attempt: ref.attempt },
+      Date.now(),
+    );
+    expect(outcome).toBe("committed");
+    // B learns 200 tokens/s from A's commit: 100 tokens ≈ 0.5 s, plus the queue of the jobs this wait submits.
+    const seen = await waitFor("B's estimate from A's result", () => submitOn(b), (j) => j.estimate < 2.5, 10_000, 100);
+    expect(seen.estimate).toBeGreaterThan(0.45);
+  });
 });
 
 type Sse = SseEvent;

@@ -12,6 +12,7 @@ import { loadCoordinatorConfig } from "../../src/coordinator/config.js";
 import { NO_MINERS, NO_REPLICAS, type CoordinatorContext } from "../../src/coordinator/context.js";
 import { StreamRegistry } from "../../src/coordinator/http/stream-registry.js";
 import { CoordinatorMetrics } from "../../src/coordinator/metrics.js";
+import { ObservedSpeeds } from "../../src/coordinator/observed-speeds.js";
 import { LocalResultStore } from "../../src/coordinator/results/result-store.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
@@ -29,6 +30,7 @@ export function schedulerContext(): { store: SqliteJobStore; ctx: CoordinatorCon
     events,
     miners: NO_MINERS,
     advertisedModels: new Set(),
+    speeds: new ObservedSpeeds(),
     limiter: new MemoryRateLimiter([]),
     adminLimiter: new MemoryRateLimiter([]),
     fleetControl: NO_REPLICAS,

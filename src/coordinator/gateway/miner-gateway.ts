@@ -152,6 +152,17 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     return Promise.resolve(this.sessions.size);
   }
 
+  capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {
+    let slots = 0;
+    let busy = 0;
+    for (const s of this.sessions.values()) {
+      if (s.draining || s.operatorDrained || !minerCanRun(job, s)) continue;
+      slots += s.slots;
+      busy += Math.min(s.slots, s.leases.size);
+    }
+    return Promise.resolve({ slots, busy });
+  }
+
   /** Connected miners (for metrics and status). */
   miners(): MinerSession[] {
     return [...this.sessions.values()];

@@ -158,10 +158,13 @@ export async function acceptJob(
     if (waitingReason !== undefined && ctx.config.scheduler.rejectUnservable) {
       throw new AppError("unservable", `${waitingReason}; this coordinator refuses such jobs ([scheduler] reject_unservable)`, { status: 422, details: { waiting_reason: waitingReason } });
     }
+    const capacity = await ctx.miners.capacity({ model: body.model, requirements });
+    const observed = ctx.config.estimates.observe ? ctx.speeds.speed(body.model, requirements.gpu_type, now) : undefined;
     const estimate = estimateJob(
       ctx.config,
       { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
-      { ahead: await ctx.store.countQueued({ model: body.model }), eligibleMiners },
+      { ahead: await ctx.store.countQueued({ model: body.model }), ...capacity },
+      observed,
     );
     // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.
     const created = await ctx.store.createJob(
