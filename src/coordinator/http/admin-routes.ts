@@ -5,7 +5,7 @@ import type { SwaggerTransform } from "@fastify/swagger";
 import { CancelResponseSchema, JobIdParamsSchema, JobStateSchema, JobStatusSchema } from "../../protocol/jobs.js";
 import { isTerminal } from "../../protocol/version.js";
 import type { CoordinatorContext } from "../context.js";
-import type { JobRecord } from "../store/job-store.js";
+import type { JobRecord, MinerRecord } from "../store/job-store.js";
 import { adminJobView, adminMinerView, type AdminMinerView } from "./admin-view.js";
 import { AfterQuery, followJob, jobEventStreamDoc } from "./events-route.js";
 import { withLiveProgress } from "./job-view.js";
@@ -176,9 +176,13 @@ async function fleetAndLeases(ctx: CoordinatorContext): Promise<{ miners: AdminM
   const now = ctx.now();
   const [miners, stored] = await Promise.all([ctx.store.listMiners(now - RECENT_MINERS_MS), ctx.store.listActiveLeases(MAX_LEASES)]);
   const leases = stored.map((j) => withLiveProgress(j, ctx.events));
-  // A row still marked connected whose replica stopped refreshing it is not connected any more.
-  const stale = now - 3 * ctx.config.scheduler.heartbeatMs;
-  return { miners: miners.map((m) => adminMinerView(m.connected && (m.lastSeenAt ?? 0) < stale ? { ...m, connected: false } : m, leases)), leases };
+  return { miners: miners.map((m) => minerView(ctx, m, leases)), leases };
+}
+
+/** One miner as the fleet view shows it: a row still marked connected whose replica stopped refreshing it is not connected any more. */
+function minerView(ctx: CoordinatorContext, m: MinerRecord, leases: readonly JobRecord[]): AdminMinerView {
+  const stale = ctx.now() - 3 * ctx.config.scheduler.heartbeatMs;
+  return adminMinerView(m.connected && (m.lastSeenAt ?? 0) < stale ? { ...m, connected: false } : m, leases);
 }
 
 async function fleet(ctx: CoordinatorContext): Promise<AdminMinerView[]> {
@@ -282,8 +286,9 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
           if (!(await ctx.store.setMinerDrained(id, drained, ctx.now()))) throw new NotFoundError("miner_not_found", "no such miner");
           ctx.gateway?.setDrained(id, drained);
           request.log.info({ minerId: id, operator: request.apiKey?.id, drained }, drained ? "operator drained a miner" : "operator undrained a miner");
-          const m = (await fleet(ctx)).find((x) => x.miner_id === id);
-          return m ?? { miner_id: id, drained };
+          // Only this miner and its own leases, not the whole fleet.
+          const [m, leases] = await Promise.all([ctx.store.getMiner(id), ctx.store.listLeasedBy(id)]);
+          return m === null ? { miner_id: id, drained } : minerView(ctx, m, leases.map((j) => withLiveProgress(j, ctx.events)));
         },
       );
     };

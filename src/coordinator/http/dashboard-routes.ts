@@ -5,7 +5,6 @@ import type { FastifyRequest } from "fastify";
 import { Type } from "@sinclair/typebox";
 import { AppError } from "../../common/errors.js";
 import { PACKAGE_ROOT } from "../../common/package-info.js";
-import { parseApiKey } from "../auth/api-key.js";
 import { SESSION_COOKIE, cookieValue, issueSession, verifySession } from "../auth/operator-session.js";
 import type { CoordinatorContext } from "../context.js";
 
@@ -65,8 +64,7 @@ export function dashboardRoutes(ctx: CoordinatorContext): FastifyPluginAsyncType
       },
       async (request, reply) => {
         const record = await ctx.store.authenticate(request.body.key.trim(), "operator");
-        const parsed = parseApiKey(request.body.key.trim(), "operator");
-        const key = record === null || parsed === null ? null : await ctx.store.getKey(record.id);
+        const key = record === null ? null : await ctx.store.getKey(record.id);
         if (key === null) {
           request.log.info("dashboard login refused");
           throw new AppError("invalid_key", "that is not a valid operator key (aitbc keys create --operator)", { status: 401 });
