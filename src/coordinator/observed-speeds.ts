@@ -61,7 +61,11 @@ export class ObservedSpeeds {
 
   observe(s: SpeedSample): void {
     if (!(s.tokensPerSecond > 0) || !Number.isFinite(s.tokensPerSecond) || s.tokens <= 0 || !(s.jobSeconds >= 0)) return;
-    const overhead = Math.max(0, s.jobSeconds - s.tokens / s.tokensPerSecond);
+    const decodeSeconds = s.tokens / s.tokensPerSecond;
+    const overhead = Math.max(0, s.jobSeconds - decodeSeconds);
+    // A slot spends at least the decode time the miner reported on a job (clocks of the store and
+    // the miner differ; a result committed at once must not make the queue look free).
+    const jobSeconds = Math.max(s.jobSeconds, decodeSeconds);
     let byGpu = this.means.get(s.model);
     if (byGpu === undefined) {
       byGpu = new Map();
@@ -70,13 +74,13 @@ export class ObservedSpeeds {
     for (const key of [s.gpu ?? "cpu", ANY_GPU]) {
       const cur = byGpu.get(key);
       if (cur === undefined || s.at - cur.at > this.maxAgeMs) {
-        byGpu.set(key, { tokensPerSecond: s.tokensPerSecond, overheadSeconds: overhead, jobSeconds: s.jobSeconds, samples: 1, at: s.at });
+        byGpu.set(key, { tokensPerSecond: s.tokensPerSecond, overheadSeconds: overhead, jobSeconds, samples: 1, at: s.at });
         continue;
       }
       const w = this.weight;
       cur.tokensPerSecond += w * (s.tokensPerSecond - cur.tokensPerSecond);
       cur.overheadSeconds += w * (overhead - cur.overheadSeconds);
-      cur.jobSeconds += w * (s.jobSeconds - cur.jobSeconds);
+      cur.jobSeconds += w * (jobSeconds - cur.jobSeconds);
       cur.samples += 1;
       cur.at = Math.max(cur.at, s.at);
     }
