@@ -24,6 +24,16 @@ export interface PgDbOptions {
   replica?: string;
 }
 
+/**
+ * One event in one round trip: the job's counter (its row is locked by the verb), the log row, and
+ * the NOTIFY (`{"j","s","t","o"}`, delivered at commit). Three statements cost three round trips
+ * per event, and a job's life has several events: with a fleet under load the replicas spent more
+ * time writing to PostgreSQL's socket than anything else (`npm run bench:fleet` profiles).
+ */
+const EMIT_EVENT = `WITH bumped AS (UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq),
+  logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT $1, event_seq, $2, $3, $4 FROM bumped RETURNING seq)
+SELECT seq, pg_notify($5, json_build_object('j', $1::text, 's', seq, 't', $2::text, 'o', $6::text)::text) FROM logged`;
+
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
 const toNumber = (v: string): number => Number(v);
 const types = {
@@ -84,9 +94,10 @@ export class PgDb {
 
   /**
    * Runs fn in a READ COMMITTED transaction. Verbs lock what they change (FOR UPDATE, or one
-   * conditional UPDATE), so the rules in transitions.ts see the row as it is.
+   * conditional UPDATE), so the rules in transitions.ts see the row as it is. With `beginsItself`
+   * fn's first statement must start with `BEGIN;` (asyncCommit is then not applied).
    */
-  async tx<T>(fn: (c: pg.PoolClient, emit: PgEmit) => Promise<T>, options: { asyncCommit?: boolean } = {}): Promise<T> {
+  async tx<T>(fn: (c: pg.PoolClient, emit: PgEmit) => Promise<T>, options: { asyncCommit?: boolean; beginsItself?: boolean } = {}): Promise<T> {
     this.usable();
     let client: pg.PoolClient;
     try {
@@ -100,15 +111,14 @@ export class PgDb {
     client.on("error", onError);
     const pending: JobEvent[] = [];
     const emit: PgEmit = async (e) => {
-      const r = await client.query<{ event_seq: number }>("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq", [e.jobId]);
-      const seq = r.rows[0]!.event_seq;
-      await client.query("INSERT INTO job_events (job_id, seq, type, data, at) VALUES ($1, $2, $3, $4, $5)", [e.jobId, seq, e.type, JSON.stringify(e.data), e.at]);
-      await client.query("SELECT pg_notify($1, $2)", [JOB_CHANNEL, JSON.stringify({ j: e.jobId, s: seq, t: e.type, o: this.options.replica ?? "" })]);
-      pending.push({ ...e, seq });
+      const r = await client.query<{ seq: number }>(EMIT_EVENT, [e.jobId, e.type, JSON.stringify(e.data), e.at, JOB_CHANNEL, this.options.replica ?? ""]);
+      pending.push({ ...e, seq: r.rows[0]!.seq });
     };
     let out: T;
     try {
-      await client.query("BEGIN");
+      // A verb that begins itself sends BEGIN in one simple query with its first statement (one
+      // round trip less: see claimNextJob).
+      if (options.beginsItself !== true) await client.query("BEGIN");
       // A lease renewal may be lost in a crash (the next one renews again); nothing else may.
       if (options.asyncCommit === true) await client.query("SET LOCAL synchronous_commit = off");
       out = await fn(client, emit);

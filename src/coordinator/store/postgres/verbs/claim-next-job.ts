@@ -2,6 +2,7 @@ import { minerCanRun } from "../../../scheduler/matching.js";
 import { newLeaseToken } from "../../ids.js";
 import { toJob, type JobRow } from "../../job-row.js";
 import type { Assignment, MinerCapabilities } from "../../job-store.js";
+import type pg from "pg";
 import type { PgDb } from "../pg-db.js";
 
 /** Rows locked per look: small, so replicas claiming at once skip past each other's few. */
@@ -26,8 +27,8 @@ export function claimNextJob(db: PgDb, miner: MinerCapabilities, now: number, le
   return db.tx(async (c, emit) => {
     let rank = 3;
     let seq = 0;
-    for (;;) {
-      const rows = (
+    for (let look = 0; ; look++) {
+      const rows = look === 0 ? await firstLook(c, now, miner.models) : (
         await c.query<JobRow>(
           `SELECT * FROM jobs WHERE status = 'queued' AND not_before <= $1 AND ${oneModel ? "model = $2::text" : "model = ANY($2::text[])"}
              AND (priority_rank < $3 OR (priority_rank = $3 AND seq > $4))
@@ -55,5 +56,20 @@ export function claimNextJob(db: PgDb, miner: MinerCapabilities, now: number, le
       rank = last.priority_rank;
       seq = last.seq;
     }
-  });
+  }, { beginsItself: true });
+}
+
+/**
+ * BEGIN and the first look in one simple query (values as escaped literals: the simple protocol
+ * takes no parameters). Every replica claims on every new job's hint and all but one find
+ * nothing, so a claim that finds nothing costs two round trips (this and COMMIT), not three.
+ */
+async function firstLook(c: pg.PoolClient, now: number, models: readonly string[]): Promise<JobRow[]> {
+  const escape = (v: string): string => c.escapeLiteral(v);
+  const modelTest = models.length === 1 ? `model = ${escape(models[0]!)}::text` : `model = ANY(ARRAY[${models.map(escape).join(", ")}]::text[])`;
+  const results = (await c.query(
+    `BEGIN; SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ${Math.trunc(now)} AND ${modelTest}
+       ORDER BY priority_rank DESC, seq LIMIT ${CLAIM_BATCH} FOR UPDATE SKIP LOCKED`,
+  )) as unknown as pg.QueryResult<JobRow>[];
+  return results[1]!.rows;
 }
