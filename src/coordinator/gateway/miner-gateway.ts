@@ -348,10 +348,20 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const s = conn.session;
     if (s === undefined) return conn.link.refuse("frame_invalid", "the first frame must be hello");
     switch (frame.type) {
-      case "pull":
+      case "pull": {
+        const pull = ++s.pulls;
         s.setCredits(frame.free_slots);
         this.scheduler.dispatch();
+        // A pull usually follows the result that freed its slot, whose lease still counts until
+        // that result is committed (its own lane, not before this): the pull is applied again then.
+        if (s.credits >= frame.free_slots) return;
+        void conn.link.jobFramesHandled().then(() => {
+          if (s.pulls !== pull) return;
+          s.setCredits(frame.free_slots);
+          this.scheduler.dispatch();
+        });
         return;
+      }
       case "started":
         return this.leaseFrames.markStarted(s, frame);
       case "progress":

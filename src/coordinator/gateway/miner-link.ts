@@ -16,7 +16,7 @@ export interface MinerLinkOptions {
   maxMissedPongs: number;
   helloTimeoutMs: number;
   now: () => number;
-  /** Handles one valid frame; frames of one link are handed over one at a time, in order. */
+  /** Handles one valid frame: a job's frames one at a time in order, after the hello (see message()). */
   onFrame: (frame: MinerFrame) => Promise<void>;
   /** A handler threw (or rejected) for this frame. */
   onFailure: (err: unknown, frame: MinerFrame) => void;
@@ -33,14 +33,17 @@ function frameSize(data: Buffer | ArrayBuffer | Buffer[]): number {
 /**
  * One miner WebSocket below the protocol: the frame budget (a token bucket; past it an error
  * frame `rate_limited`, then a close), validation (an error frame for each invalid frame,
- * MAX_BAD_FRAMES in a row close), in-order handling, liveness (a ping every interval; a peer
+ * MAX_BAD_FRAMES in a row close), in-order handling per job, liveness (a ping every interval; a peer
  * that misses `maxMissedPongs` in a row — stopped, hung or gone without a FIN — is dropped) and
  * the hello deadline.
  */
 export class MinerLink {
   private badFrames = 0;
   private queued = 0;
+  /** The tail of the frames that name no job (hello, pull, heartbeat, error). */
   private queue: Promise<void> = Promise.resolve();
+  /** The tail of each job's frames still being handled, by job id. */
+  private readonly lanes = new Map<string, Promise<void>>();
   private missedPongs = 0;
   private awaitingPong = false;
   private closing = false;
@@ -109,7 +112,13 @@ export class MinerLink {
     }
     const frame = parsed.frame;
     this.queued++;
-    this.queue = this.queue
+    // One job's frames are handled in order (its chunks before its result), but not behind
+    // another job's: a miner's `started` for one job must not wait for the S3 upload and commit of
+    // another's result. A job's first frame waits for the frames before it that name no job (the
+    // hello above all); frames that name no job do not wait for jobs' frames.
+    const jobId = "job_id" in frame ? frame.job_id : undefined;
+    const after = jobId === undefined ? this.queue : (this.lanes.get(jobId) ?? this.queue);
+    const tail = after
       .then(async () => {
         if (this.closing && frame.type === "hello") return;
         // A frame its handler refuses (a second hello) counts as invalid; one it handles ends the row.
@@ -120,12 +129,20 @@ export class MinerLink {
       .catch((err: unknown) => this.o.onFailure(err, frame))
       .finally(() => {
         this.queued--;
+        if (jobId !== undefined && this.lanes.get(jobId) === tail) this.lanes.delete(jobId);
       });
+    if (jobId === undefined) this.queue = tail;
+    else this.lanes.set(jobId, tail);
+  }
+
+  /** Waits until the jobs' frames accepted so far have been handled (not the ones naming no job). */
+  async jobFramesHandled(): Promise<void> {
+    await Promise.all(this.lanes.values());
   }
 
   /** Waits until every frame accepted so far has been handled. */
-  drained(): Promise<void> {
-    return this.queue;
+  async drained(): Promise<void> {
+    await Promise.all([this.queue, ...this.lanes.values()]);
   }
 
   /** Refuses a frame: an error frame, and after MAX_BAD_FRAMES in a row a close. */

@@ -39,6 +39,8 @@ export interface MinerIdentity {
  */
 export class MinerSession implements DispatchTarget {
   credits = 0;
+  /** Pulls received: a pull applied again later is applied only while it is still the latest. */
+  pulls = 0;
   draining = false;
   /** An operator drained this miner (the miners table keeps it across reconnects): no new jobs. */
   operatorDrained = false;
