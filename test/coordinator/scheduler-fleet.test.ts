@@ -63,4 +63,38 @@ describe("scheduler with a fleet", () => {
       await scheduler.stop();
     }
   });
+  it("a deep queue is claimed several at a time (at most 4 in flight), each job by one session, one job per session", async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 30; i++) ids.add(await queued());
+    const fleet = Array.from({ length: 40 }, (_, i) => session(`m${i}`, { open: true, sends: true }));
+    for (const s of fleet) s.setCredits(1);
+    let inFlight = 0;
+    let most = 0;
+    const claim = store.claimNextJob.bind(store);
+    store.claimNextJob = async (miner, now, ttl) => {
+      most = Math.max(most, ++inFlight);
+      // A store round trip: the next claim starts before this one answers only if the scheduler sent it.
+      await new Promise((resolve) => setImmediate(resolve));
+      try {
+        return await claim(miner, now, ttl);
+      } finally {
+        inFlight -= 1;
+      }
+    };
+    const scheduler = new Scheduler(ctx, { targets: () => fleet, target: (id) => fleet.find((s) => s.minerId === id) });
+    scheduler.start();
+    try {
+      scheduler.dispatch();
+      for (let i = 0; i < 200 && fleet.filter((s) => s.leases.size > 0).length < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    } finally {
+      await scheduler.stop();
+      store.claimNextJob = claim;
+    }
+    expect(most).toBe(4);
+    const held = fleet.flatMap((s) => [...s.leases.values()].map((l) => l.jobId));
+    expect(held).toHaveLength(30);
+    expect(new Set(held)).toEqual(ids);
+    expect(fleet.every((s) => s.leases.size <= 1)).toBe(true);
+    for (const id of ids) expect((await store.getJobById(id))?.status).toBe("assigned");
+  });
 });

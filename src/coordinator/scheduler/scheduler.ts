@@ -3,7 +3,7 @@ import { errorMessage } from "../../common/errors.js";
 import type { AssignFrame, GpuInfo } from "../../protocol/frames.js";
 import type { CoordinatorContext } from "../context.js";
 import type { RemoteChange } from "../store/job-events.js";
-import type { ReapedJob } from "../store/job-store.js";
+import type { Assignment, ReapedJob } from "../store/job-store.js";
 
 /** Remote changes after which the miner holding the attempt must stop, and the reason it is told. */
 const STOP_REASONS: Partial<Record<string, string>> = {
@@ -33,6 +33,9 @@ export interface Fleet {
   targets(): Iterable<DispatchTarget>;
   target(minerId: string): DispatchTarget | undefined;
 }
+
+/** Most claims of one dispatch round in flight at once (the store's pool is 10 by default). */
+const CLAIM_WIDTH_MAX = 4;
 
 const capabilityKeys = new WeakMap<DispatchTarget, string>();
 
@@ -181,45 +184,82 @@ export class Scheduler {
     // not once per session (a fleet of idle miners cost one claim query each per job before).
     const empty = new Set<string>();
     let progress = true;
+    // Claims of one round go out CLAIM_WIDTH_MAX at a time once the queue proves deep (after two
+    // batches that all found a job, each such batch doubles the next; one that found nothing
+    // starts again at one): a long
+    // queue is not handed out at one store round trip after another, and a short one costs one
+    // claim (and one that finds nothing), not a burst of empty ones.
+    let width = 1;
+    let full = 0;
     // Round-robin: one job per miner per round, so one fast puller does not take the whole queue.
     while (progress) {
       progress = false;
-      for (let i = 0; i < order.length; i++) {
-        const s = order[i]!;
-        if (!s.wantsWork()) continue;
-        const capability = capabilityKey(s);
-        if (empty.has(capability)) continue;
-        const a = await this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, this.ctx.now(), leaseTtlMs);
-        if (a === null) {
-          empty.add(capability);
-          continue;
+      let i = 0;
+      while (i < order.length) {
+        const batch: DispatchTarget[] = [];
+        while (batch.length < width && i < order.length) {
+          const s = order[i++]!;
+          if (s.wantsWork() && !empty.has(capabilityKey(s))) batch.push(s);
         }
-        const frame: AssignFrame = {
-          type: "assign",
-          job: {
-            job_id: a.job.id,
-            model: a.job.model,
-            prompt: a.job.input,
-            parameters: a.job.parameters,
-            timeout_seconds: a.job.timeoutSeconds,
-          },
-          attempt: a.attempt,
-          lease_token: a.leaseToken,
-          lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
-        };
-        if (!s.offer(frame, a.job.parameters.max_new_tokens, this.ctx.now())) {
-          // The socket is closing: the session took itself out of dispatch (see MinerSession.offer).
-          await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
+        if (batch.length === 0) break;
+        const now = this.ctx.now();
+        const claims = await Promise.allSettled(batch.map((s) => this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, now, leaseTtlMs)));
+        let failure: Error | undefined;
+        let found = 0;
+        for (let k = 0; k < batch.length; k++) {
+          const s = batch[k]!;
+          const c = claims[k]!;
+          // The others' leases are offered before a failed claim's error is raised: a lease
+          // granted and never offered would wait out its TTL.
+          if (c.status === "rejected") {
+            failure ??= c.reason instanceof Error ? c.reason : new Error(String(c.reason));
+            continue;
+          }
+          if (c.value === null) {
+            empty.add(capabilityKey(s));
+            continue;
+          }
+          found += 1;
+          if (await this.offer(s, c.value)) progress = true;
           // Handed back: others of this capability may take it (it was found for one of them).
-          empty.delete(capability);
-          continue;
+          else empty.delete(capabilityKey(s));
         }
-        this.lastServed = s.minerId;
-        this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
-        this.log.info({ jobId: a.job.id, attempt: a.attempt, minerId: s.minerId, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
-        progress = true;
+        if (failure !== undefined) throw failure;
+        if (found === batch.length) {
+          full += 1;
+          if (full >= 2) width = Math.min(CLAIM_WIDTH_MAX, width * 2);
+        } else {
+          full = 0;
+          width = 1;
+        }
       }
     }
+  }
+
+  /** Sends the assign of a claimed job; a session whose socket is closing hands it back. */
+  private async offer(s: DispatchTarget, a: Assignment): Promise<boolean> {
+    const frame: AssignFrame = {
+      type: "assign",
+      job: {
+        job_id: a.job.id,
+        model: a.job.model,
+        prompt: a.job.input,
+        parameters: a.job.parameters,
+        timeout_seconds: a.job.timeoutSeconds,
+      },
+      attempt: a.attempt,
+      lease_token: a.leaseToken,
+      lease_expires_at: new Date(a.leaseExpiresAt).toISOString(),
+    };
+    if (!s.offer(frame, a.job.parameters.max_new_tokens, this.ctx.now())) {
+      // The socket is closing: the session took itself out of dispatch (see MinerSession.offer).
+      await this.ctx.store.releaseLease({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, this.ctx.now());
+      return false;
+    }
+    this.lastServed = s.minerId;
+    this.ctx.metrics.timeToAssign.observe((this.ctx.now() - a.job.createdAt) / 1000);
+    this.log.info({ jobId: a.job.id, attempt: a.attempt, minerId: s.minerId, waitedMs: this.ctx.now() - a.job.createdAt }, "job assigned");
+    return true;
   }
 
   /** One reaper pass; exposed for tests and for a prompt pass at start. */
