@@ -8,7 +8,8 @@ import { resolveGenerationParameters } from "../../src/protocol/generation.js";
 import { JobEvents } from "../../src/coordinator/store/job-events.js";
 import type { JobStore } from "../../src/coordinator/store/job-store.js";
 import { SqliteJobStore } from "../../src/coordinator/store/sqlite/sqlite-job-store.js";
-import { jobStoreContract } from "./job-store-contract.js";
+import { IdempotencyMismatchError } from "../../src/coordinator/store/store-errors.js";
+import { jobStoreContract, newJob } from "./job-store-contract.js";
 import { SQLITE_MIGRATIONS as MIGRATIONS } from "../../src/coordinator/store/sqlite/migrations.js";
 
 jobStoreContract("SqliteJobStore (file in a temp dir)", () => {
@@ -92,6 +93,74 @@ describe("SqliteJobStore specifics", () => {
     expect((await store.listKeys()).map((k) => k.name)).toEqual(["old"]);
     const ops = await store.createKey("operator", "ops", "ops", 2);
     expect(await store.authenticate(ops.key, "operator")).toEqual(ops.record);
+  });
+
+  it("queue counts kept by triggers equal a count of the rows, through every way in and out of the queue, and after migration 8 on an old file", async () => {
+    const { store, file } = open();
+    const ids: string[] = [];
+    for (const tenant of ["acme", "beta"]) for (const model of ["gpt2", "tiny-gpt2"]) for (let i = 0; i < 3; i++) ids.push((await store.createJob(newJob({ tenant, model }), 1)).job.id);
+    const miner = { minerId: "m1", gpus: [], models: ["gpt2"] };
+    const a = (await store.claimNextJob(miner, 2, 60_000))!;
+    const b = (await store.claimNextJob(miner, 2, 60_000))!;
+    await store.failAttempt({ jobId: a.job.id, attempt: a.attempt, leaseToken: a.leaseToken }, { code: "oops", message: "x", retryable: true }, 3, 0);
+    await store.releaseLease({ jobId: b.job.id, attempt: b.attempt, leaseToken: b.leaseToken }, 3);
+    await store.claimNextJob(miner, 4, 60_000);
+    await store.requestCancel("beta", ids[9]!, 5);
+    await store.expireQueued(10 ** 12, 1);
+    const check = async (): Promise<void> => {
+      const db = new Database(file, { readonly: true });
+      try {
+        const count = (where: string, ...args: string[]): number => (db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued'${where}`).get(...args) as { n: number }).n;
+        expect(await store.countQueued({})).toBe(count(""));
+        for (const tenant of ["acme", "beta", "nobody"]) {
+          expect(await store.countQueued({ tenant })).toBe(count(" AND tenant = ?", tenant));
+          for (const model of ["gpt2", "tiny-gpt2"]) expect(await store.countQueued({ tenant, model })).toBe(count(" AND tenant = ? AND model = ?", tenant, model));
+        }
+        for (const model of ["gpt2", "tiny-gpt2"]) expect(await store.countQueued({ model })).toBe(count(" AND model = ?", model));
+      } finally {
+        db.close();
+      }
+    };
+    await check();
+    // expireQueued with a far "now" emptied the queue; new ones count again.
+    for (let i = 0; i < 4; i++) await store.createJob(newJob({ tenant: "acme", model: "tiny-gpt2" }), 10 ** 12);
+    expect(await store.countQueued({ tenant: "acme" })).toBe(4);
+    await check();
+    // A file from before migration 8 with queued jobs in it: the migration counts them.
+    await store.close();
+    const raw = new Database(file);
+    raw.exec("DROP TRIGGER jobs_queued_insert; DROP TRIGGER jobs_queued_enter; DROP TRIGGER jobs_queued_leave; DROP TRIGGER jobs_queued_delete; DROP TABLE queue_counts;");
+    raw.prepare("DELETE FROM schema_migrations WHERE version >= 8").run();
+    raw.close();
+    const reopened = new SqliteJobStore(file);
+    closers.push(() => reopened.close());
+    expect(await reopened.countQueued({ tenant: "acme", model: "tiny-gpt2" })).toBe(4);
+    expect(await reopened.countQueued({})).toBe(4);
+  });
+
+  it("submits arriving together share one commit: each is answered after it, an Idempotency-Key clash fails only its own, and all are in the file after a reopen", async () => {
+    const { store, file } = open();
+    const published: string[] = [];
+    const submits = Array.from({ length: 20 }, (_, i) =>
+      store.createJob(newJob({ input: `job ${i}`, ...(i < 2 ? { idempotency: { key: "same-key", requestHash: `hash-${i}` } } : {}) }), 1),
+    );
+    // Nothing is committed (nor published) before the shared commit at the next turn.
+    const db = new Database(file, { readonly: true });
+    closers.push(() => db.close());
+    expect((db.prepare("SELECT COUNT(*) AS n FROM jobs").get() as { n: number }).n).toBe(0);
+    const outcomes = await Promise.allSettled(submits);
+    expect(outcomes.filter((o) => o.status === "fulfilled")).toHaveLength(19);
+    const refused = outcomes[1]!;
+    expect(refused.status).toBe("rejected");
+    expect((refused as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyMismatchError);
+    const ids = outcomes.flatMap((o) => (o.status === "fulfilled" ? [o.value.job.id] : []));
+    for (const id of ids) published.push(...(await store.listEvents(id, 0)).map((e) => `${e.seq}:${e.type}`));
+    expect(published).toEqual(ids.map(() => "1:queued"));
+    await store.close();
+    const again = new SqliteJobStore(file);
+    closers.push(() => again.close());
+    for (const id of ids) expect((await again.getJobById(id))?.status).toBe("queued");
+    expect(await again.countQueued({})).toBe(19);
   });
 
   it("a locked database makes a write verb fail with UnavailableError (503) after the busy timeout", async () => {

@@ -184,6 +184,12 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE miners ADD COLUMN gpu_load jsonb;
   `,
+  // A submit counts its tenant's queued jobs (the queue cap): an index-only count of the tenant's
+  // own queued rows instead of a filter over every queued one. (SQLite keeps counters instead; a
+  // counter row per tenant and model would serialise every replica's submits and claims on it.)
+  `
+  CREATE INDEX jobs_queued_tenant ON jobs (tenant) WHERE status = 'queued';
+  `,
 ];
 
 /** The advisory lock key migrations run under (any int8; this one spells "aitbcmig"). */

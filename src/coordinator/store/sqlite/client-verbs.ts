@@ -9,8 +9,9 @@ import type { SqliteDb } from "./sqlite-db.js";
 
 /** The client side's verbs on SQLite: submit, read, list, cancel, counts. */
 
-export function createJob(db: SqliteDb, job: NewJob, now: number): { job: JobRecord; created: boolean } {
-  return db.tx((emit) => {
+/** Commits a queued job, in a grouped transaction: submits arriving together share one durable commit. */
+export function createJob(db: SqliteDb, job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
+  return db.txGrouped((emit) => {
     if (job.idempotency !== undefined) {
       const existing = db.sql("SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?").get(job.tenant, job.idempotency.key) as JobRow | undefined;
       if (existing !== undefined) {
@@ -93,14 +94,12 @@ export function requestCancel(db: SqliteDb, tenant: string, jobId: string, now: 
 }
 
 export function countQueued(db: SqliteDb, filter: { tenant?: string; model?: string }): number {
-  return db.read(
-    () =>
-      (
-        db
-          .sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND (@tenant IS NULL OR tenant = @tenant) AND (@model IS NULL OR model = @model)")
-          .get({ tenant: filter.tenant ?? null, model: filter.model ?? null }) as { n: number }
-      ).n,
-  );
+  // queue_counts is kept by triggers on jobs (migration 8): a few rows, not the whole queue.
+  const where: string[] = [];
+  if (filter.tenant !== undefined) where.push("tenant = @tenant");
+  if (filter.model !== undefined) where.push("model = @model");
+  const sql = `SELECT COALESCE(SUM(n), 0) AS n FROM queue_counts${where.length === 0 ? "" : ` WHERE ${where.join(" AND ")}`}`;
+  return db.read(() => (db.sql(sql).get({ tenant: filter.tenant ?? null, model: filter.model ?? null }) as { n: number }).n);
 }
 
 export function countByState(db: SqliteDb): Partial<Record<JobState, number>> {
@@ -110,17 +109,15 @@ export function countByState(db: SqliteDb): Partial<Record<JobState, number>> {
 
 /** Queued jobs the scheduler would pick first: same model, higher priority, or same priority and submitted earlier (seq). */
 export function queuePosition(db: SqliteDb, job: JobRecord): number {
-  return db.read(
-    () =>
-      (
-        db
-          .sql(
-            `SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ?
-               AND (priority_rank > ? OR (priority_rank = ? AND seq < (SELECT seq FROM jobs WHERE id = ?)))`,
-          )
-          .get(job.model, PRIORITY_RANK[job.priority], PRIORITY_RANK[job.priority], job.id) as { n: number }
-      ).n,
-  );
+  // Two range counts on jobs_queue_model, so the cost is the jobs ahead, not the whole queue of
+  // the model (one OR of both walked every queued row of it).
+  const rank = PRIORITY_RANK[job.priority];
+  return db.read(() => {
+    const seq = (db.sql("SELECT seq FROM jobs WHERE id = ?").get(job.id) as { seq: number } | undefined)?.seq ?? 0;
+    const higher = db.sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ? AND priority_rank > ?").get(job.model, rank) as { n: number };
+    const earlier = db.sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ? AND priority_rank = ? AND seq < ?").get(job.model, rank, seq) as { n: number };
+    return higher.n + earlier.n;
+  });
 }
 
 export function listEvents(db: SqliteDb, jobId: string, afterSeq: number): JobEvent[] {

@@ -149,4 +149,29 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE miners ADD COLUMN gpu_load TEXT;
   `,
+  // Queued jobs counted per (tenant, model) by triggers, in the same transaction as the change:
+  // every submit reads the tenant's count (the queue cap) and the model's (the estimate), and a
+  // COUNT(*) over the queued rows grew with the queue (most of a submit's time with 10,000
+  // queued; \`npm run bench:api\`). A later migration that rebuilds \`jobs\` must recreate these.
+  `
+  CREATE TABLE queue_counts (
+    tenant TEXT NOT NULL,
+    model TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (tenant, model)
+  ) WITHOUT ROWID;
+  INSERT INTO queue_counts (tenant, model, n) SELECT tenant, model, COUNT(*) FROM jobs WHERE status = 'queued' GROUP BY tenant, model;
+  CREATE TRIGGER jobs_queued_insert AFTER INSERT ON jobs WHEN NEW.status = 'queued' BEGIN
+    INSERT INTO queue_counts (tenant, model, n) VALUES (NEW.tenant, NEW.model, 1) ON CONFLICT (tenant, model) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER jobs_queued_enter AFTER UPDATE OF status ON jobs WHEN OLD.status <> 'queued' AND NEW.status = 'queued' BEGIN
+    INSERT INTO queue_counts (tenant, model, n) VALUES (NEW.tenant, NEW.model, 1) ON CONFLICT (tenant, model) DO UPDATE SET n = n + 1;
+  END;
+  CREATE TRIGGER jobs_queued_leave AFTER UPDATE OF status ON jobs WHEN OLD.status = 'queued' AND NEW.status <> 'queued' BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE tenant = OLD.tenant AND model = OLD.model;
+  END;
+  CREATE TRIGGER jobs_queued_delete AFTER DELETE ON jobs WHEN OLD.status = 'queued' BEGIN
+    UPDATE queue_counts SET n = n - 1 WHERE tenant = OLD.tenant AND model = OLD.model;
+  END;
+  `,
 ];

@@ -25,6 +25,8 @@ export class SqliteDb {
   private closed = false;
   /** Prepared statements, compiled once per SQL text (preparing dominated cheap reads). */
   private readonly statements = new Map<string, Database.Statement>();
+  /** Grouped transactions waiting for the next turn's shared commit (txGrouped). */
+  private readonly group: { fn: (emit: Emit) => unknown; resolve: (v: unknown) => void; reject: (err: unknown) => void }[] = [];
 
   constructor(
     file: string,
@@ -81,11 +83,7 @@ export class SqliteDb {
   tx<T>(fn: (emit: Emit) => T): T {
     if (this.closed) throw new UnavailableError("the job store is closed");
     const pending: JobEvent[] = [];
-    const emit: Emit = (e) => {
-      const row = this.sql("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = ?").get(e.jobId) as { seq: number };
-      this.sql("INSERT INTO job_events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)").run(e.jobId, row.seq, e.type, JSON.stringify(e.data), e.at);
-      pending.push({ ...e, seq: row.seq });
-    };
+    const emit = this.emitter(pending);
     let out: T;
     try {
       out = this.db.transaction(() => fn(emit)).immediate();
@@ -94,6 +92,65 @@ export class SqliteDb {
     }
     for (const e of pending) this.events.publish(e);
     return out;
+  }
+
+  private emitter(pending: JobEvent[]): Emit {
+    return (e) => {
+      const row = this.sql("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM job_events WHERE job_id = ?").get(e.jobId) as { seq: number };
+      this.sql("INSERT INTO job_events (job_id, seq, type, data, at) VALUES (?, ?, ?, ?, ?)").run(e.jobId, row.seq, e.type, JSON.stringify(e.data), e.at);
+      pending.push({ ...e, seq: row.seq });
+    };
+  }
+
+  /**
+   * Group commit: like tx, but fn runs at the next turn of the event loop together with every
+   * other grouped transaction asked for before it, each in its own savepoint inside one IMMEDIATE
+   * transaction, so all of them share one durable commit (one fsync of the WAL instead of one
+   * each). A fn that throws rolls back its savepoint only, and only its promise rejects; each
+   * promise settles after the shared commit (accepted still means durable). A failed commit
+   * rejects them all.
+   */
+  txGrouped<T>(fn: (emit: Emit) => T): Promise<T> {
+    if (this.closed) return Promise.reject(new UnavailableError("the job store is closed"));
+    return new Promise<T>((resolve, reject) => {
+      this.group.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      if (this.group.length === 1) setImmediate(() => this.flushGroup());
+    });
+  }
+
+  private flushGroup(): void {
+    const batch = this.group.splice(0);
+    if (batch.length === 0) return;
+    if (this.closed) {
+      for (const g of batch) g.reject(new UnavailableError("the job store is closed"));
+      return;
+    }
+    const outcomes: ({ ok: true; value: unknown; events: JobEvent[] } | { ok: false; err: unknown })[] = [];
+    try {
+      this.db
+        .transaction(() => {
+          for (const g of batch) {
+            const events: JobEvent[] = [];
+            try {
+              // Nested: a savepoint of its own, rolled back alone when fn throws.
+              const value = this.db.transaction(() => g.fn(this.emitter(events)))();
+              outcomes.push({ ok: true, value, events });
+            } catch (err) {
+              outcomes.push({ ok: false, err });
+            }
+          }
+        })
+        .immediate();
+    } catch (err) {
+      for (const g of batch) g.reject(storageError(err));
+      return;
+    }
+    batch.forEach((g, i) => {
+      const o = outcomes[i]!;
+      if (!o.ok) return g.reject(storageError(o.err));
+      for (const e of o.events) this.events.publish(e);
+      g.resolve(o.value);
+    });
   }
 
   row(jobId: string): JobRow | undefined {
@@ -174,6 +231,8 @@ export class SqliteDb {
 
   close(): void {
     if (this.closed) return;
+    // Grouped transactions already asked for commit first (their callers are waiting on them).
+    this.flushGroup();
     this.closed = true;
     this.db.close();
   }

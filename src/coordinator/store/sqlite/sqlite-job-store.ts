@@ -52,7 +52,7 @@ export class SqliteJobStore implements JobStore {
   }
 
   createJob(job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
-    return settle(() => client.createJob(this.db, job, now));
+    return client.createJob(this.db, job, now);
   }
   getJob(tenant: string, jobId: string): Promise<JobRecord | null> {
     return settle(() => client.getJob(this.db, tenant, jobId));

@@ -5,12 +5,13 @@ import type { PgDb } from "../pg-db.js";
 
 /** Queued jobs, of a tenant or a model (on the partial index of queued jobs). */
 export async function countQueued(db: PgDb, filter: { tenant?: string; model?: string }): Promise<number> {
-  return (
-    await db.query<{ n: number }>(
-      "SELECT COUNT(*)::int AS n FROM jobs WHERE status = 'queued' AND ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR model = $2)",
-      [filter.tenant ?? null, filter.model ?? null],
-    )
-  )[0]!.n;
+  // One statement per filter, so the planner uses the partial index that fits (a generic
+  // "$1 IS NULL OR tenant = $1" plan uses none).
+  const where = ["status = 'queued'"];
+  const params: string[] = [];
+  if (filter.tenant !== undefined) where.push(`tenant = $${params.push(filter.tenant)}`);
+  if (filter.model !== undefined) where.push(`model = $${params.push(filter.model)}`);
+  return (await db.query<{ n: number }>(`SELECT COUNT(*)::int AS n FROM jobs WHERE ${where.join(" AND ")}`, params))[0]!.n;
 }
 
 export async function countByState(db: PgDb): Promise<Partial<Record<JobState, number>>> {
