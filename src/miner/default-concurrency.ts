@@ -13,8 +13,9 @@ import { computeSlots, type MinerConfig } from "./config.js";
  *   (the CUDA context, onnxruntime's arena and workspace), divided by the KV cache one sequence
  *   needs at the full context of the largest model; at most max_batch; the miner's slots are
  *   the sum over the GPUs it runs on. A GPU too small for even one full-context sequence still
- *   gets one slot: it is selected, the engine loads on it and sends it work, and shorter
- *   sequences do fit (leave it out with `[gpus] devices`).
+ *   gets one slot, as before: it is selected and the engine sends it work (least busy device
+ *   first), shorter sequences may fit, and the reason says it is too small (leave it out with
+ *   `[gpus] devices`).
  * - CPU: BATCH_PER_CORE per core (measured: past that, more sequences in a step stop paying),
  *   and what half the free memory holds after the weights; at most max_batch, at least one.
  *
@@ -53,8 +54,10 @@ export interface ConcurrencyInput {
 }
 
 /**
- * Sequences per core at which batching stops paying on CPU: on 2 cores `npm run bench:batching`
- * measured 8 at once ≈ 16 at once in aggregate tokens/s (see the README's batching table).
+ * Sequences per core past which batching stops paying on CPU. gpt2-124m-random on 2 shared
+ * cores (bench/batching.ts child runs, batched only, 5 alternating rounds, medians): 4 at once
+ * 40.6 tokens/s, 8 at once 116.4 (2.9×), 16 at once 127.8 (1.10× of 8, for twice the KV memory
+ * and twice each job's time per token).
  */
 export const BATCH_PER_CORE = 4;
 /** Share of the free memory a CPU miner plans to use (the rest: the OS, a coordinator beside it, other processes). */

@@ -106,7 +106,7 @@ function printBanner(url: string, key: string, gpuCount: number, models: string[
   const lines = [
     "",
     `aitbc is up: coordinator ${url}, local miner with ${models.join(", ")} on ${gpuCount > 0 ? `${gpuCount} GPU(s)` : "CPU"}`,
-    `jobs at once: ${concurrency.slots}, from ${concurrency.reason} ([miner] max_concurrent sets it)`,
+    `jobs at once: ${concurrency.slots} (${concurrency.reason}); [miner] max_concurrent in --miner-config sets it`,
     `API docs:   ${url}/docs`,
     `client key: ${key}`,
     "",
