@@ -10,12 +10,18 @@
  * for int8 weights), BENCH_TOKENS (default 64), BENCH_REPEAT (rounds, default 3),
  * BENCH_CONCURRENCY (comma list, default "2,4,8"), BENCH_SPIN=0|1 (thread_spinning; default the
  * engine's "auto", decided once before the first run).
+ *
+ * It also prints the concurrency a CPU miner serving that model would choose on this machine
+ * when `[miner] max_concurrent` is left at 0 (src/miner/default-concurrency.ts), and why.
  */
 import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
+import { Value } from "@sinclair/typebox/value";
 import { silentLogger } from "../src/common/logger.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
+import { compileMinerConfig, MinerConfigSchema, type MinerConfigRaw } from "../src/miner/config.js";
+import { minerConcurrency } from "../src/miner/default-concurrency.js";
 import { benchSpin, childEnv, ensureModel, median } from "./bench-support.js";
 
 const run = promisify(execFile);
@@ -65,6 +71,9 @@ async function main(): Promise<void> {
   const env = await childEnv();
   await ensureModel(MODELS_DIR, MODEL);
   process.stderr.write(`model ${MODEL}: ${TOKENS} new tokens per generation, greedy, ${REPEAT} rounds\n`);
+  const raw = Value.Default(MinerConfigSchema, {}) as MinerConfigRaw;
+  raw.inference = { ...raw.inference, execution_provider: "cpu", models_dir: MODELS_DIR, models: [MODEL] };
+  const chosen = minerConcurrency(compileMinerConfig(raw, undefined), []);
   const rows: string[] = [];
   for (const c of CONCURRENCY) {
     const batched: number[] = [];
@@ -79,7 +88,7 @@ async function main(): Promise<void> {
     rows.push(`${String(c).padStart(11)} ${median(batched).toFixed(1).padStart(16)} ${median(serial).toFixed(1).padStart(16)} ${`${ratio.toFixed(2)}×`.padStart(16)}`);
   }
   process.stdout.write(
-    [`aggregate tokens/s, ${MODEL} (medians)`, `${"generations".padStart(11)} ${"batched".padStart(16)} ${"one at a time".padStart(16)} ${"batched/one".padStart(16)}`, ...rows].join("\n") + "\n",
+    [`aggregate tokens/s, ${MODEL} (medians)`, `${"generations".padStart(11)} ${"batched".padStart(16)} ${"one at a time".padStart(16)} ${"batched/one".padStart(16)}`, ...rows, "", `default concurrency of a CPU miner here ([miner] max_concurrent = 0): ${chosen.slots} (${chosen.reason})`].join("\n") + "\n",
   );
 }
 

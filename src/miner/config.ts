@@ -55,10 +55,15 @@ export const MinerConfigSchema = Type.Object(
       {
         /** Name shown in the coordinator's status. Default "" = the host name. */
         name: Type.String({ default: "" }),
-        /** Jobs this miner runs at once, all GPUs together; 0 = per-GPU limit × GPUs (or 1 on a CPU miner). Default 0. */
+        /**
+         * Jobs this miner runs at once, all GPUs together: on a CPU miner this many; on GPUs a cap
+         * on the per-GPU figure × GPUs. 0 = chosen from the hardware (see default-concurrency.ts:
+         * CPU cores and memory, or each GPU's VRAM, against the models' weights and KV cache per
+         * sequence, at most [inference] max_batch per device). Default 0.
+         */
         max_concurrent: Type.Integer({ minimum: 0, maximum: 4096, default: 0 }),
-        /** Jobs one GPU runs at once. Default 1. */
-        max_concurrent_per_gpu: Type.Integer({ minimum: 1, maximum: 256, default: 1 }),
+        /** Jobs one GPU runs at once; 0 = chosen from its VRAM (see max_concurrent). Default 0. */
+        max_concurrent_per_gpu: Type.Integer({ minimum: 0, maximum: 256, default: 0 }),
         /** On SIGTERM: how long running jobs may take to finish before they are handed back. Default "30s". */
         drain_grace: Duration("30s", "drain grace period"),
         /** Least time between two progress frames of one job. Default "500ms". */
@@ -159,8 +164,9 @@ export interface MinerConfig {
   };
   miner: {
     name: string;
-    /** 0 = derived from GPUs (see computeSlots). */
+    /** 0 = chosen from the hardware (see defaultConcurrency). */
     maxConcurrent: number;
+    /** 0 = chosen from each GPU's VRAM. */
     maxConcurrentPerGpu: number;
     drainGraceMs: number;
     progressIntervalMs: number;
@@ -293,8 +299,12 @@ export function loadMinerConfig(
   return config;
 }
 
-/** Total concurrent jobs: the per-GPU limit × GPUs, capped by max_concurrent when it is set. */
-export function computeSlots(config: MinerConfig["miner"], gpuCount: number): number {
-  const perGpu = gpuCount > 0 ? gpuCount * config.maxConcurrentPerGpu : 1;
+/**
+ * Total concurrent jobs from explicit settings: the per-GPU limit × GPUs, capped by
+ * max_concurrent when it is set; on a CPU miner max_concurrent, else 1. Settings left at 0
+ * are chosen from the hardware by defaultConcurrency (default-concurrency.ts), which calls this.
+ */
+export function computeSlots(config: Pick<MinerConfig["miner"], "maxConcurrent" | "maxConcurrentPerGpu">, gpuCount: number): number {
+  const perGpu = gpuCount > 0 ? gpuCount * Math.max(1, config.maxConcurrentPerGpu) : 1;
   return config.maxConcurrent > 0 ? (gpuCount > 0 ? Math.min(config.maxConcurrent, perGpu) : config.maxConcurrent) : perGpu;
 }

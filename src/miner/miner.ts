@@ -8,8 +8,9 @@ import type { GpuLoadSampler } from "./gpu/gpu-load.js";
 import type { Engine } from "../inference/engine.js";
 import type { CoordinatorFrame, GpuInfo, HeartbeatFrame, HelloFrame, WelcomeFrame } from "../protocol/frames.js";
 import { PROTOCOL_VERSION } from "../protocol/version.js";
-import { computeSlots, type MinerConfig } from "./config.js";
+import type { MinerConfig } from "./config.js";
 import { MinerConnection } from "./connection.js";
+import { minerConcurrency, type Concurrency } from "./default-concurrency.js";
 import { JobRunner } from "./job-runner.js";
 
 /**
@@ -41,6 +42,8 @@ export interface MinerOptions {
   metrics?: MinerMetrics;
   /** Reads the GPUs' load for heartbeats (protocol 5); none for a CPU miner. */
   gpuLoad?: GpuLoadSampler;
+  /** Jobs at once and why, as the CLI logged them; default: minerConcurrency(config, gpus). */
+  concurrency?: Concurrency;
 }
 
 export interface MinerEvents {
@@ -72,6 +75,8 @@ export class Miner extends EventEmitter<MinerEvents> {
   /** Set when the miner stopped itself because the engine died; the CLI exits non-zero. */
   fatalError: string | undefined;
   readonly slots: number;
+  /** Why `slots` is what it is (the config, or the hardware it was chosen from). */
+  readonly slotsReason: string;
   /** Random per process start (hello.instance_id): tells this process from another host with the same key and name. */
   readonly instanceId = randomBytes(12).toString("base64url");
 
@@ -79,7 +84,9 @@ export class Miner extends EventEmitter<MinerEvents> {
     super();
     const { config } = options;
     this.log = options.log.child({ component: "miner", instanceId: this.instanceId });
-    this.slots = computeSlots(config.miner, options.gpus.length);
+    const concurrency = options.concurrency ?? minerConcurrency(config, options.gpus);
+    this.slots = concurrency.slots;
+    this.slotsReason = concurrency.reason;
     this.runner = new JobRunner({
       engine: options.engine,
       send: (f) => this.connection.send(f),
@@ -131,7 +138,7 @@ export class Miner extends EventEmitter<MinerEvents> {
     this.options.metrics?.engineLoadSeconds.set((performance.now() - loadStart) / 1000);
     if (this.current !== "starting") return; // stop() during initialize
     this.log.info(
-      { slots: this.slots, gpus: this.options.gpus.length, models: this.options.engine.models().map((m) => m.name) },
+      { slots: this.slots, slotsReason: this.slotsReason, gpus: this.options.gpus.length, models: this.options.engine.models().map((m) => m.name) },
       "miner started",
     );
     this.transition("connecting");

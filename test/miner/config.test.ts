@@ -19,7 +19,7 @@ describe("miner config", () => {
     const c = loadMinerConfig({ file: REPO_CONFIG, env: {} });
     expect(c.coordinator.url).toBe("ws://127.0.0.1:8080/v1/miners/connect");
     expect(c.coordinator.key).toBe("");
-    expect(c.miner).toMatchObject({ maxConcurrent: 0, maxConcurrentPerGpu: 1, drainGraceMs: 30_000, progressIntervalMs: 500 });
+    expect(c.miner).toMatchObject({ maxConcurrent: 0, maxConcurrentPerGpu: 0, drainGraceMs: 30_000, progressIntervalMs: 500 });
     expect(c.gpus).toMatchObject({ mode: "auto", devices: [], nvidiaSmi: "nvidia-smi", detectTimeoutMs: 10_000, overrides: [] });
     expect(c.inference.models).toEqual(["tiny-gpt2"]);
     expect(c.fakeEngine).toBeUndefined();

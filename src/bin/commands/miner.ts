@@ -30,9 +30,10 @@ export function registerMinerCommand(program: Command): void {
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace (overrides [log] level)")
     .action(async (opts: MinerCommandOptions, cmd: Command) => {
       // Loaded here, not at the top: `aitbc miner --help` and its usage errors need none of it.
-      const [{ createLogger }, { computeSlots, loadMinerConfig }, { createEngine }, { detectGpus, execRunner, selectedGpus }, miners, metricsModule] = await Promise.all([
+      const [{ createLogger }, { loadMinerConfig }, { minerConcurrency }, { createEngine }, { detectGpus, execRunner, selectedGpus }, miners, metricsModule] = await Promise.all([
         import("../../common/logger.js"),
         import("../../miner/config.js"),
+        import("../../miner/default-concurrency.js"),
         import("../../miner/engine-factory.js"),
         import("../../miner/gpu/detect.js"),
         import("../../miner/miner.js"),
@@ -59,7 +60,8 @@ export function registerMinerCommand(program: Command): void {
       const detection = await detectGpus({ gpus: config.gpus });
       for (const problem of detection.problems) log.warn({ problem }, "gpu detection");
       const gpus = selectedGpus(detection);
-      log.info({ gpus: gpus.map((g) => `${g.index}:${g.name}`), slots: computeSlots(config.miner, gpus.length) }, "gpus selected");
+      const concurrency = minerConcurrency(config, gpus);
+      log.info({ gpus: gpus.map((g) => `${g.index}:${g.name}`), slots: concurrency.slots, slotsReason: concurrency.reason }, "gpus selected");
       const engine = createEngine(
         config,
         gpus.map((g) => g.index),
@@ -72,7 +74,7 @@ export function registerMinerCommand(program: Command): void {
       const { GpuLoadSampler } = await import("../../miner/gpu/gpu-load.js");
       const gpuLoad =
         gpus.length > 0 ? new GpuLoadSampler({ command: config.gpus.nvidiaSmi, runner: execRunner, indices: gpus.map((g) => g.index), log: log.child({ component: "gpu-load" }) }) : undefined;
-      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics, ...(gpuLoad === undefined ? {} : { gpuLoad }) });
+      const miner: Miner = new miners.Miner({ config, engine, gpus, log, metrics, concurrency, ...(gpuLoad === undefined ? {} : { gpuLoad }) });
       if (config.metricsListen !== "") await metrics.listen(config.metricsListen, log);
 
       let signals = 0;

@@ -3,6 +3,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import type { LogLevel } from "../../common/logger.js";
 import type { Miner } from "../../miner/miner.js";
+import type { Concurrency } from "../../miner/default-concurrency.js";
 import { ModelError } from "../../common/errors.js";
 import { RECIPES } from "../../inference/models/recipes.js";
 import { logFormatFlag } from "../global-options.js";
@@ -31,13 +32,14 @@ export function registerUpCommand(program: Command): void {
     .option("--log-level <level>", "fatal|error|warn|info|debug|trace", "warn")
     .action(async (opts: UpOptions, cmd: Command) => {
       // Loaded here, not at the top: `aitbc up --help` and its usage errors need none of it.
-      const [{ createLogger }, { loadCoordinatorConfig }, { Coordinator }, localKey, { buildModel }, { loadMinerConfig }, { createEngine }, detect, miners] = await Promise.all([
+      const [{ createLogger }, { loadCoordinatorConfig }, { Coordinator }, localKey, { buildModel }, { loadMinerConfig }, { minerConcurrency }, { createEngine }, detect, miners] = await Promise.all([
         import("../../common/logger.js"),
         import("../../coordinator/config.js"),
         import("../../coordinator/coordinator.js"),
         import("../../coordinator/auth/local-key.js"),
         import("../../inference/models/build-model.js"),
         import("../../miner/config.js"),
+        import("../../miner/default-concurrency.js"),
         import("../../miner/engine-factory.js"),
         import("../../miner/gpu/detect.js"),
         import("../../miner/miner.js"),
@@ -82,10 +84,12 @@ export function registerUpCommand(program: Command): void {
             });
             const detection = await detect.detectGpus({ gpus: minerConfig.gpus });
             const gpus = detect.selectedGpus(detection);
+            const concurrency = minerConcurrency(minerConfig, gpus);
+            log.info({ gpus: gpus.map((g) => `${g.index}:${g.name}`), slots: concurrency.slots, slotsReason: concurrency.reason }, "local miner");
             const engine = createEngine(minerConfig, gpus.map((g) => g.index), log);
-            miner = new miners.Miner({ config: minerConfig, engine, gpus, log });
+            miner = new miners.Miner({ config: minerConfig, engine, gpus, log, concurrency });
             await miner.start();
-            printBanner(url, clientKey.key, gpus.length, models);
+            printBanner(url, clientKey.key, gpus.length, models, concurrency);
           },
           stop: async () => {
             await miner?.stop();
@@ -97,11 +101,12 @@ export function registerUpCommand(program: Command): void {
     });
 }
 
-function printBanner(url: string, key: string, gpuCount: number, models: string[]): void {
+function printBanner(url: string, key: string, gpuCount: number, models: string[], concurrency: Concurrency): void {
   const q = (s: string): string => `'${s}'`;
   const lines = [
     "",
     `aitbc is up: coordinator ${url}, local miner with ${models.join(", ")} on ${gpuCount > 0 ? `${gpuCount} GPU(s)` : "CPU"}`,
+    `jobs at once: ${concurrency.slots} (${concurrency.reason}); [miner] max_concurrent in --miner-config sets it`,
     `API docs:   ${url}/docs`,
     `client key: ${key}`,
     "",
