@@ -27,8 +27,9 @@ export const InferenceConfigSchema = Type.Object(
     /**
      * Most generations of one model that share a decode step on one device (continuous
      * batching: a step reads the weights once for all of them, so 8 at once cost little more
-     * than one). The miner runs as many jobs at once as `[miner] max_concurrent_per_gpu`
-     * allows; those beyond max_batch wait for a place. A model whose graph has no position_ids
+     * than one). The miner runs as many jobs at once as its slots (`[miner] max_concurrent`,
+     * `max_concurrent_per_gpu`, or when both are 0 the figure src/miner/default-concurrency.ts
+     * chooses, at most max_batch per device); those beyond max_batch wait for a place. A model whose graph has no position_ids
      * input runs one at a time. 1 = one generation at a time. Default 8.
      */
     max_batch: Type.Integer({ minimum: 1, maximum: 256, default: 8 }),
