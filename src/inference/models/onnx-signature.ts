@@ -1,4 +1,5 @@
 import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { decodeVarint, protoFields as fields } from "./proto-reader.js";
 
 /** One graph input or output: name, ONNX element type and dims (number, symbolic name, or undefined). */
 export interface OnnxTensorInfo {
@@ -102,46 +103,6 @@ class FileCursor {
     }
     if (this.pos !== end) throw new Error("malformed ONNX file");
   }
-}
-
-interface Field {
-  field: number;
-  value?: number;
-  bytes?: Uint8Array;
-}
-
-function* fields(buf: Uint8Array): Generator<Field> {
-  let pos = 0;
-  while (pos < buf.length) {
-    const tag = decodeVarint(buf, pos);
-    pos += tag.length;
-    const field = Math.floor(tag.value / 8);
-    const wire = tag.value % 8;
-    if (wire === 0) {
-      const v = decodeVarint(buf, pos);
-      pos += v.length;
-      yield { field, value: v.value };
-    } else if (wire === 2) {
-      const len = decodeVarint(buf, pos);
-      pos += len.length;
-      if (pos + len.value > buf.length) throw new Error("malformed ONNX file");
-      yield { field, bytes: buf.subarray(pos, pos + len.value) };
-      pos += len.value;
-    } else if (wire === 1) pos += 8;
-    else if (wire === 5) pos += 4;
-    else throw new Error("not an ONNX protobuf");
-  }
-}
-
-function decodeVarint(buf: Uint8Array, start: number): { value: number; length: number } {
-  let value = 0n;
-  for (let i = 0; i < 10; i++) {
-    const b = buf[start + i];
-    if (b === undefined) throw new Error("truncated ONNX file");
-    value |= BigInt(b & 0x7f) << BigInt(7 * i);
-    if ((b & 0x80) === 0) return { value: Number(BigInt.asIntN(64, value)), length: i + 1 };
-  }
-  throw new Error("malformed varint in ONNX file");
 }
 
 function parseValueInfo(buf: Uint8Array): OnnxTensorInfo {
