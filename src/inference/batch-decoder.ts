@@ -1,7 +1,8 @@
 import * as ort from "onnxruntime-node";
 import { ModelError } from "../common/errors.js";
 import { Prng } from "../common/prng.js";
-import { NEW_KEY_VALUES } from "./models/gpt2-graph.js";
+import { createKvCache, emptyPast, pastFrom, type KvCache } from "./kv-cache.js";
+import { ATTENTION_MASK, INPUT_IDS, kvNames, LOGITS, POSITION_IDS, PRESENT, USE_CACHE_BRANCH } from "./models/model-io.js";
 import type { SamplingParams } from "./sampling.js";
 import { sampleNextToken } from "./sampling.js";
 
@@ -57,25 +58,8 @@ interface Row {
   finish?: DecodeResult["finishReason"];
 }
 
-/**
- * Where a row's cached entries are: row `index` of a cache `past` with `capacity` slots per
- * row and head, right-aligned to end at slot `length`.
- */
-interface CacheSource {
-  past: Record<string, ort.Tensor>;
-  length: number;
-  capacity: number;
-  index: number;
-}
-
 /** Prompts longer than this are prefilled in two runs on graphs with logits for every position (see prefill). */
 const PREFILL_SPLIT_TOKENS = 16;
-
-/**
- * Empty slots a kept cache gains when it is full: each costs a little masked attention per
- * step, each growth one copy of the cache.
- */
-export const CACHE_GROWTH = 64;
 
 /**
  * Continuous batching for one model on one device. Sequences join and leave between decode
@@ -84,7 +68,7 @@ export const CACHE_GROWTH = 64;
  * 8 costs little more than one). A joining sequence is prefilled alone (batch 1), then its KV
  * cache is merged into the batch's.
  *
- * The batch's cache is [B, H, P, D] with each row's entries right-aligned: a row with fewer
+ * The batch's cache is [B, H, C, D] with each row's entries right-aligned: a row with fewer
  * cached tokens than P has padding on the left, masked out by its attention_mask row, and
  * position_ids carry each row's own positions. Masked scores are replaced by a large negative
  * before the softmax, so a padded row computes what it would alone (up to float rounding in
@@ -95,27 +79,14 @@ export const CACHE_GROWTH = 64;
  * Cancellation is checked for every row before every step: a cancelled row leaves within one
  * step with the tokens it has.
  *
- * The cache of a step comes one of two ways. From a graph in optimum's layout, it is the
- * `present` outputs of the last step, [B,H,P+1,D]: onnxruntime-node copies every fetched
- * output into a new JS buffer, the whole cache every step. From our graphs, which also output
- * `new_key_values` (the step's own keys and values), the decoder keeps the cache itself, with
- * room to grow ([B,H,C,D], C ≥ P, slots P..C-1 empty and masked out), and fetches only the new
- * entries, which it writes into slot P: a step then moves one position out of the graph
- * instead of all of them (gpt2-124m int8 at 800 cached tokens: 38 → 14 ms per step).
- * Attention does not depend on the order of its keys, so the new token's key, last in the
- * graph's concatenation, and its slot P in the kept cache give the same result.
+ * The cache is a `KvCache` (kv-cache.ts): the `present` outputs of each step for a graph in
+ * optimum's layout, a cache kept here for our graphs, which also output the step's new entries.
  */
 export class BatchDecoder {
   private readonly waiting: Row[] = [];
   private rows: Row[] = [];
-  private past: Record<string, ort.Tensor>;
-  /** P: slots of the batch's cache in use (each row's entries end at P). */
-  private pastLength = 0;
-  /** C: slots of the batch's cache (C = P with `present` outputs; C ≥ P for a kept cache). */
-  private capacity = 0;
+  private readonly cache: KvCache;
   private readonly inputNames: Set<string>;
-  /** What a step fetches from a graph with new_key_values: logits and those (undefined: every output). */
-  private readonly fetches: string[] | undefined;
 
   /** Most sequences in one decode step; the rest wait for a row to leave. */
   readonly maxBatch: number;
@@ -128,9 +99,8 @@ export class BatchDecoder {
     this.inputNames = new Set(model.session.inputNames);
     // A graph without position_ids numbers the new token after the whole (padded) cache, which
     // is wrong for a row with left padding: such a model runs one sequence at a time.
-    this.maxBatch = this.inputNames.has("position_ids") ? maxBatch : 1;
-    this.past = emptyPast(model, 0);
-    this.fetches = model.newKeyValues === true ? ["logits", ...kvNames(model, NEW_KEY_VALUES)] : undefined;
+    this.maxBatch = this.inputNames.has(POSITION_IDS) ? maxBatch : 1;
+    this.cache = createKvCache(model);
   }
 
   /** Queues a sequence; it joins the batch at the next step with room. Resolves when it ends. */
@@ -174,7 +144,7 @@ export class BatchDecoder {
       // A failed batched run (or anything else here) ends every row in the batch; waiting ones stay.
       for (const row of this.rows) row.fail(err);
       this.rows = [];
-      this.setCache(emptyPast(this.model, 0), 0, 0);
+      this.cache.reset();
     }
   }
 
@@ -192,10 +162,10 @@ export class BatchDecoder {
       return;
     }
     row.cached = pastLength;
-    const sources = this.currentSources();
+    const sources = this.cache.sources(this.rows.map((_, index) => index));
     this.rows.push(row);
     sources.push({ past, length: pastLength, capacity: pastLength, index: 0 });
-    this.rebuildCache(sources);
+    this.cache.rebuild(this.cachedCounts(), sources);
   }
 
   /**
@@ -213,49 +183,37 @@ export class BatchDecoder {
     let ids = promptIds;
     if (this.model.lastLogitsOnly !== true && ids.length > PREFILL_SPLIT_TOKENS) {
       const head = ids.slice(0, -1);
-      past = pastFrom(this.model, await this.model.session.run(buildFeeds(this.inputNames, head, 0, past), kvNames(this.model, "present")), "present");
+      past = pastFrom(this.model, await this.model.session.run(buildFeeds(this.inputNames, head, 0, past), kvNames(PRESENT, this.model.nLayer)), PRESENT);
       pastLength = head.length;
       ids = ids.slice(-1);
     }
     const feeds = buildFeeds(this.inputNames, ids, pastLength, past);
-    // With an empty past the new keys and values are the whole cache; after a split they are the last token's only.
-    const fetches = pastLength === 0 ? this.fetches : undefined;
+    // With an empty past a step's own entries are the whole cache; after a split they are the last token's only.
+    const fetches = pastLength === 0 ? this.cache.stepFetches : undefined;
     const outputs = await this.run(feeds, fetches);
     const all = logitsOf(this.model, outputs);
-    const next = pastFrom(this.model, outputs, fetches === undefined ? "present" : NEW_KEY_VALUES);
+    const next = pastFrom(this.model, outputs, pastLength === 0 ? this.cache.stepPrefix : PRESENT);
     return { logits: all.subarray(all.length - this.model.vocabSize), past: next, pastLength: pastLength + ids.length };
   }
 
   /** One decode step for every row: each row's last token in, one token per row out. */
   private async decodeStep(): Promise<void> {
-    // A kept cache needs an empty slot for this step's entries.
-    if (this.keepsCache && this.pastLength === this.capacity) this.rebuildCache(this.currentSources());
     const rows = this.rows;
+    this.cache.reserve(this.cachedCounts());
+    const { length: p, capacity } = this.cache;
     const b = rows.length;
-    const p = this.pastLength;
     // The graph attends over the C cache slots and then the new token: row r's own entries end at P, the token is at C.
-    const total = this.capacity + 1;
-    const inputIds = new BigInt64Array(b);
-    const mask = new BigInt64Array(b * total);
-    const positions = new BigInt64Array(b);
+    const total = capacity + 1;
+    const step = { inputIds: new BigInt64Array(b), mask: new BigInt64Array(b * total), positions: new BigInt64Array(b), batch: b, hasPast: true };
     rows.forEach((row, r) => {
-      inputIds[r] = BigInt(row.generated[row.generated.length - 1] as number);
-      mask.fill(1n, r * total + (p - row.cached), r * total + p);
-      mask[r * total + this.capacity] = 1n;
-      positions[r] = BigInt(row.cached);
+      step.inputIds[r] = BigInt(row.generated[row.generated.length - 1] as number);
+      step.mask.fill(1n, r * total + (p - row.cached), r * total + p);
+      step.mask[r * total + capacity] = 1n;
+      step.positions[r] = BigInt(row.cached);
     });
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor("int64", inputIds, [b, 1]),
-      attention_mask: new ort.Tensor("int64", mask, [b, total]),
-    };
-    if (this.inputNames.has("position_ids")) feeds.position_ids = new ort.Tensor("int64", positions, [b, 1]);
-    if (this.inputNames.has("use_cache_branch")) feeds.use_cache_branch = new ort.Tensor("bool", new Uint8Array([1]), [1]);
-    for (const [name, tensor] of Object.entries(this.past)) if (this.inputNames.has(name)) feeds[name] = tensor;
-
-    const outputs = await this.run(feeds, this.fetches);
+    const outputs = await this.run(stepFeeds(this.inputNames, step, this.cache.past), this.cache.stepFetches);
     const logits = logitsOf(this.model, outputs);
-    if (this.keepsCache) this.appendToCache(pastFrom(this.model, outputs, NEW_KEY_VALUES));
-    else this.setCache(pastFrom(this.model, outputs, "present"), total, total);
+    this.cache.absorb(outputs);
     const v = this.model.vocabSize;
     rows.forEach((row, r) => {
       row.cached += 1;
@@ -279,15 +237,10 @@ export class BatchDecoder {
   private retire(): void {
     const finished = this.rows.filter((r) => r.finish !== undefined);
     if (finished.length === 0) return;
-    const sources = this.currentSources(this.rows.flatMap((r, index) => (r.finish === undefined ? [index] : [])));
+    const sources = this.cache.sources(this.rows.flatMap((r, index) => (r.finish === undefined ? [index] : [])));
     this.rows = this.rows.filter((r) => r.finish === undefined);
-    this.rebuildCache(sources);
+    this.cache.rebuild(this.cachedCounts(), sources);
     for (const row of finished) this.end(row);
-  }
-
-  /** Whether the decoder keeps the cache itself (the graph has new_key_values). */
-  private get keepsCache(): boolean {
-    return this.fetches !== undefined;
   }
 
   /** session.run fetching `fetches`, or every output. */
@@ -295,59 +248,9 @@ export class BatchDecoder {
     return fetches === undefined ? this.model.session.run(feeds) : this.model.session.run(feeds, fetches);
   }
 
-  /** Sources for the rows at these indices (default: every row) of the batch cache as it is now. */
-  private currentSources(indices: number[] = this.rows.map((_, index) => index)): CacheSource[] {
-    return indices.map((index) => ({ past: this.past, length: this.pastLength, capacity: this.capacity, index }));
-  }
-
-  private setCache(past: Record<string, ort.Tensor>, length: number, capacity: number): void {
-    this.past = past;
-    this.pastLength = length;
-    this.capacity = capacity;
-  }
-
-  /**
-   * Makes the batch cache for the current rows, as long as the longest of them (plus room to
-   * grow when the decoder keeps it): each row's cached entries copied right-aligned from
-   * `sources[i]`, where row i's are now. With `present` outputs, a lone row whose source is
-   * already exactly its cache (a solo job after its prefill) keeps it uncopied.
-   */
-  private rebuildCache(sources: CacheSource[]): void {
-    const rows = this.rows;
-    const length = rows.reduce((m, r) => Math.max(m, r.cached), 0);
-    const only = sources[0];
-    if (!this.keepsCache && rows.length === 1 && only?.length === length && only.capacity === length && (only.past["past_key_values.0.key"]?.dims[0] ?? 0) === 1) {
-      this.setCache(only.past, length, length);
-      return;
-    }
-    const capacity = this.keepsCache ? length + CACHE_GROWTH : length;
-    const { nHead: h, headDim: d } = this.model;
-    const next = emptyPast(this.model, rows.length, capacity);
-    rows.forEach((row, r) => {
-      const src = sources[r] as CacheSource;
-      for (const name of Object.keys(next)) {
-        const to = (next[name] as ort.Tensor).data as Float32Array;
-        const from = (src.past[name] as ort.Tensor).data as Float32Array;
-        for (let head = 0; head < h; head++) {
-          const fromEnd = ((src.index * h + head) * src.capacity + src.length) * d;
-          const toEnd = ((r * h + head) * capacity + length) * d;
-          to.set(from.subarray(fromEnd - row.cached * d, fromEnd), toEnd - row.cached * d);
-        }
-      }
-    });
-    this.setCache(next, length, capacity);
-  }
-
-  /** Writes one step's new entries ([B,H,1,D] per layer) into slot P of the kept cache. */
-  private appendToCache(entries: Record<string, ort.Tensor>): void {
-    const { nHead: h, headDim: d } = this.model;
-    const rowsAndHeads = this.rows.length * h;
-    for (const [name, tensor] of Object.entries(this.past)) {
-      const to = tensor.data as Float32Array;
-      const from = (entries[name] as ort.Tensor).data as Float32Array;
-      for (let i = 0; i < rowsAndHeads; i++) to.set(from.subarray(i * d, (i + 1) * d), (i * this.capacity + this.pastLength) * d);
-    }
-    this.pastLength += 1;
+  /** Cached entries of each row, in row order. */
+  private cachedCounts(): number[] {
+    return this.rows.map((r) => r.cached);
   }
 
   private end(row: Row): void {
@@ -367,57 +270,43 @@ export async function runDecode(model: DecodeModel, req: DecodeRequest, hooks: D
   return result;
 }
 
-/** `<prefix>.{i}.key|value` for every layer: "present" or new_key_values. */
-function kvNames(model: DecodeModel, prefix: string): string[] {
-  const names: string[] = [];
-  for (let i = 0; i < model.nLayer; i++) names.push(`${prefix}.${i}.key`, `${prefix}.${i}.value`);
-  return names;
-}
-
-/** Zero-filled past tensors [batch, H, length, D] (length 0: the empty past of a first step). */
-function emptyPast(model: DecodeModel, batch: number, length = 0): Record<string, ort.Tensor> {
-  const past: Record<string, ort.Tensor> = {};
-  const dims = [batch, model.nHead, length, model.headDim];
-  const size = batch * model.nHead * length * model.headDim;
-  for (let i = 0; i < model.nLayer; i++) {
-    past[`past_key_values.${i}.key`] = new ort.Tensor("float32", new Float32Array(size), dims);
-    past[`past_key_values.${i}.value`] = new ort.Tensor("float32", new Float32Array(size), dims);
-  }
-  return past;
-}
-
-/** The `<prefix>.{i}.key|value` outputs ("present" or new_key_values) under their past_key_values names. */
-function pastFrom(model: DecodeModel, outputs: ort.InferenceSession.OnnxValueMapType, prefix: string): Record<string, ort.Tensor> {
-  const past: Record<string, ort.Tensor> = {};
-  for (let i = 0; i < model.nLayer; i++) {
-    for (const part of ["key", "value"]) {
-      const tensor = outputs[`${prefix}.${i}.${part}`];
-      if (tensor === undefined) throw new ModelError("model_io_mismatch", `the model returned no ${prefix} key/value`, { model: model.name, layer: i });
-      past[`past_key_values.${i}.${part}`] = tensor;
-    }
-  }
-  return past;
-}
-
 function logitsOf(model: DecodeModel, outputs: ort.InferenceSession.OnnxValueMapType): Float32Array {
-  const logits = outputs.logits;
+  const logits = outputs[LOGITS];
   if (logits === undefined) throw new ModelError("model_io_mismatch", "the model returned no logits", { model: model.name });
   return logits.data as Float32Array;
 }
 
-/** Feeds for one sequence's step, only those the graph declares (position_ids and use_cache_branch are optional). */
-export function buildFeeds(inputNames: Set<string>, stepIds: number[], pastLength: number, past: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
-  const n = stepIds.length;
+/** One step's inputs for `batch` rows: ids [B,S], mask [B, attended slots], positions [B,S]. */
+interface StepInputs {
+  batch: number;
+  inputIds: BigInt64Array;
+  mask: BigInt64Array;
+  positions: BigInt64Array;
+  /** Whether the past is non-empty (use_cache_branch). */
+  hasPast: boolean;
+}
+
+/** A step's feeds, only those the graph declares (position_ids and use_cache_branch are optional), with the past. */
+function stepFeeds(inputNames: Set<string>, step: StepInputs, past: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+  const { batch } = step;
   const feeds: Record<string, ort.Tensor> = {
-    input_ids: new ort.Tensor("int64", BigInt64Array.from(stepIds, (v) => BigInt(v)), [1, n]),
-    attention_mask: new ort.Tensor("int64", new BigInt64Array(pastLength + n).fill(1n), [1, pastLength + n]),
+    [INPUT_IDS]: new ort.Tensor("int64", step.inputIds, [batch, step.inputIds.length / batch]),
+    [ATTENTION_MASK]: new ort.Tensor("int64", step.mask, [batch, step.mask.length / batch]),
   };
-  if (inputNames.has("position_ids")) {
-    const pos = new BigInt64Array(n);
-    for (let i = 0; i < n; i++) pos[i] = BigInt(pastLength + i);
-    feeds.position_ids = new ort.Tensor("int64", pos, [1, n]);
-  }
-  if (inputNames.has("use_cache_branch")) feeds.use_cache_branch = new ort.Tensor("bool", new Uint8Array([pastLength > 0 ? 1 : 0]), [1]);
+  if (inputNames.has(POSITION_IDS)) feeds[POSITION_IDS] = new ort.Tensor("int64", step.positions, [batch, step.positions.length / batch]);
+  if (inputNames.has(USE_CACHE_BRANCH)) feeds[USE_CACHE_BRANCH] = new ort.Tensor("bool", new Uint8Array([step.hasPast ? 1 : 0]), [1]);
   for (const [name, tensor] of Object.entries(past)) if (inputNames.has(name)) feeds[name] = tensor;
   return feeds;
+}
+
+/** Feeds for one sequence's step: `stepIds` after `pastLength` cached tokens, all attended. */
+export function buildFeeds(inputNames: Set<string>, stepIds: number[], pastLength: number, past: Record<string, ort.Tensor>): Record<string, ort.Tensor> {
+  const n = stepIds.length;
+  const positions = new BigInt64Array(n);
+  for (let i = 0; i < n; i++) positions[i] = BigInt(pastLength + i);
+  return stepFeeds(
+    inputNames,
+    { batch: 1, inputIds: BigInt64Array.from(stepIds, (v) => BigInt(v)), mask: new BigInt64Array(pastLength + n).fill(1n), positions, hasPast: pastLength > 0 },
+    past,
+  );
 }

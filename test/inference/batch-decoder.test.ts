@@ -1,6 +1,7 @@
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BatchDecoder, buildFeeds, CACHE_GROWTH, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
+import { BatchDecoder, buildFeeds, runDecode, type DecodeModel, type DecodeRequest, type DecodeResult } from "../../src/inference/batch-decoder.js";
+import { CACHE_GROWTH } from "../../src/inference/kv-cache.js";
 import type { GraphLayout } from "../../src/inference/models/gpt2-graph.js";
 import { loadModelInfo, type ModelInfo } from "../../src/inference/models/model-info.js";
 import { buildTinyModel } from "../models/tiny-model.js";

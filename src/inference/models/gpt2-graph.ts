@@ -1,5 +1,6 @@
 import { MS_DOMAIN, OnnxGraph, OnnxType } from "./onnx-graph.js";
 import type { Gpt2Config, NamedTensor } from "./gpt2-weights.js";
+import { ATTENTION_MASK, INPUT_IDS, kvName, LOGITS, NEW_KEY_VALUES, PAST, POSITION_IDS, PRESENT } from "./model-io.js";
 import { int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
 
 /**
@@ -36,15 +37,6 @@ export interface Gpt2GraphOptions {
   layout?: GraphLayout;
 }
 
-/**
- * Prefix of the extra outputs `new_key_values.{i}.key|value` [B,H,S,D]: the keys and values of
- * this run's S positions alone, which `present` holds after the past. An engine that keeps its
- * own cache asks for these instead of `present`, so that a step copies out S positions rather
- * than the whole cache (onnxruntime-node copies every fetched output into a new JS buffer).
- * Named so that consumers of optimum's layout, which read outputs starting with "present",
- * ignore them.
- */
-export const NEW_KEY_VALUES = "new_key_values";
 
 /** ONNX opset of the graphs we build (LayerNormalization needs 17). */
 export const GPT2_OPSET = 17;
@@ -105,25 +97,25 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
   const d = e / h;
   if (!Number.isInteger(d)) throw new Error("n_embd must be a multiple of n_head");
 
-  const inputIds = g.input("input_ids", OnnxType.INT64, ["batch_size", "sequence_length"]);
-  const attentionMask = g.input("attention_mask", OnnxType.INT64, ["batch_size", "past_sequence_length + sequence_length"]);
-  const positionIds = g.input("position_ids", OnnxType.INT64, ["batch_size", "sequence_length"]);
+  const inputIds = g.input(INPUT_IDS, OnnxType.INT64, ["batch_size", "sequence_length"]);
+  const attentionMask = g.input(ATTENTION_MASK, OnnxType.INT64, ["batch_size", "past_sequence_length + sequence_length"]);
+  const positionIds = g.input(POSITION_IDS, OnnxType.INT64, ["batch_size", "sequence_length"]);
   const pastDims = ["batch_size", h, "past_sequence_length", d];
   const presentDims = ["batch_size", h, "past_sequence_length + sequence_length", d];
   for (let i = 0; i < c.nLayer; i++) {
-    g.input(`past_key_values.${i}.key`, OnnxType.FLOAT, pastDims);
-    g.input(`past_key_values.${i}.value`, OnnxType.FLOAT, pastDims);
+    g.input(kvName(PAST, i, "key"), OnnxType.FLOAT, pastDims);
+    g.input(kvName(PAST, i, "value"), OnnxType.FLOAT, pastDims);
   }
-  g.output("logits", OnnxType.FLOAT, ["batch_size", optimum ? "sequence_length" : 1, c.vocabSize]);
+  g.output(LOGITS, OnnxType.FLOAT, ["batch_size", optimum ? "sequence_length" : 1, c.vocabSize]);
   for (let i = 0; i < c.nLayer; i++) {
-    g.output(`present.${i}.key`, OnnxType.FLOAT, presentDims);
-    g.output(`present.${i}.value`, OnnxType.FLOAT, presentDims);
+    g.output(kvName(PRESENT, i, "key"), OnnxType.FLOAT, presentDims);
+    g.output(kvName(PRESENT, i, "value"), OnnxType.FLOAT, presentDims);
   }
   if (!optimum) {
     const newDims = ["batch_size", h, "sequence_length", d];
     for (let i = 0; i < c.nLayer; i++) {
-      g.output(`${NEW_KEY_VALUES}.${i}.key`, OnnxType.FLOAT, newDims);
-      g.output(`${NEW_KEY_VALUES}.${i}.value`, OnnxType.FLOAT, newDims);
+      g.output(kvName(NEW_KEY_VALUES, i, "key"), OnnxType.FLOAT, newDims);
+      g.output(kvName(NEW_KEY_VALUES, i, "value"), OnnxType.FLOAT, newDims);
     }
   }
 
@@ -167,10 +159,10 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     const qkv = conv1d(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`);
     const [qs, ks, vs] = g.node("Split", [qkv], { count: 3, attributes: { axis: 2 } }) as [string, string, string];
     const q = splitHeads(qs);
-    const k = splitHeads(ks, optimum ? undefined : `${NEW_KEY_VALUES}.${i}.key`);
-    const v = splitHeads(vs, optimum ? undefined : `${NEW_KEY_VALUES}.${i}.value`);
-    const key = g.op("Concat", [`past_key_values.${i}.key`, k], { axis: 2 }, `present.${i}.key`);
-    const value = g.op("Concat", [`past_key_values.${i}.value`, v], { axis: 2 }, `present.${i}.value`);
+    const k = splitHeads(ks, optimum ? undefined : kvName(NEW_KEY_VALUES, i, "key"));
+    const v = splitHeads(vs, optimum ? undefined : kvName(NEW_KEY_VALUES, i, "value"));
+    const key = g.op("Concat", [kvName(PAST, i, "key"), k], { axis: 2 }, kvName(PRESENT, i, "key"));
+    const value = g.op("Concat", [kvName(PAST, i, "value"), v], { axis: 2 }, kvName(PRESENT, i, "value"));
     const scores = g.op("Div", [g.op("MatMul", [q, g.op("Transpose", [key], { perm: [0, 1, 3, 2] })]), sqrtD]);
     const probs = g.op("Softmax", [g.op("Where", [allowed, scores, maskValue])], { axis: -1 });
     const context = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [probs, value])], { perm: [0, 2, 1, 3] }), mergeShape]);
@@ -186,8 +178,8 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
   // [B,1,E]: Gather with a 1-D index keeps the axis.
   const final = optimum ? normed : g.op("Gather", [normed, g.int64Init("const_last_position", [1], [-1])], { axis: 1 });
   // Tied lm_head: logits = ln_f(x) · wteᵀ (onnxruntime folds the Transpose once at load).
-  if (format === "int8") int8MatMul(final, "transformer.wte.weight", "nk", undefined, "logits");
-  else g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, "logits");
+  if (format === "int8") int8MatMul(final, "transformer.wte.weight", "nk", undefined, LOGITS);
+  else g.op("MatMul", [final, g.op("Transpose", [wte], { perm: [1, 0] })], undefined, LOGITS);
   return g;
 }
 

@@ -2,7 +2,8 @@ import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { ModelError, errorMessage } from "../../common/errors.js";
 import { ONNX_MODEL_PATH } from "./build-model.js";
-import { NEW_KEY_VALUES, WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "./gpt2-graph.js";
+import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "./gpt2-graph.js";
+import { ATTENTION_MASK, INPUT_IDS, KV_PARTS, kvName, LOGITS, NEW_KEY_VALUES, PAST, parsePastName, POSITION_IDS, PRESENT, STEP_INPUTS, USE_CACHE_BRANCH } from "./model-io.js";
 import { gpt2ParameterCount } from "./gpt2-weights.js";
 import { readOnnxSignature, type OnnxTensorInfo } from "./onnx-signature.js";
 
@@ -111,8 +112,8 @@ export function loadModelInfo(dir: string): ModelInfo {
     outputNames: sig.outputs.map((o) => o.name),
     kvType,
     weights,
-    lastLogitsOnly: sig.outputs.find((o) => o.name === "logits")?.dims[1] === 1,
-    newKeyValues: sig.outputs.some((o) => o.name === `${NEW_KEY_VALUES}.0.key`),
+    lastLogitsOnly: sig.outputs.find((o) => o.name === LOGITS)?.dims[1] === 1,
+    newKeyValues: sig.outputs.some((o) => o.name === kvName(NEW_KEY_VALUES, 0, "key")),
   };
 }
 
@@ -139,30 +140,30 @@ function checkSignature(
     }
   };
 
-  expect(need(ins, "input_ids", "input"), [ELEM_INT64], 2, {});
-  expect(need(ins, "attention_mask", "input"), [ELEM_INT64], 2, {});
-  if (ins.has("position_ids")) expect(ins.get("position_ids") as OnnxTensorInfo, [ELEM_INT64], 2, {});
-  if (ins.has("use_cache_branch")) expect(ins.get("use_cache_branch") as OnnxTensorInfo, [ELEM_BOOL], 1, {});
-  expect(need(outs, "logits", "output"), [ELEM_FLOAT, ELEM_FLOAT16], 3, { 2: s.vocabSize });
+  expect(need(ins, INPUT_IDS, "input"), [ELEM_INT64], 2, {});
+  expect(need(ins, ATTENTION_MASK, "input"), [ELEM_INT64], 2, {});
+  if (ins.has(POSITION_IDS)) expect(ins.get(POSITION_IDS) as OnnxTensorInfo, [ELEM_INT64], 2, {});
+  if (ins.has(USE_CACHE_BRANCH)) expect(ins.get(USE_CACHE_BRANCH) as OnnxTensorInfo, [ELEM_BOOL], 1, {});
+  expect(need(outs, LOGITS, "output"), [ELEM_FLOAT, ELEM_FLOAT16], 3, { 2: s.vocabSize });
 
   const kvShape = { 1: s.nHead, 3: s.headDim };
   // Optional (our builds), but then for every layer.
-  const hasNewKeyValues = outs.has(`${NEW_KEY_VALUES}.0.key`);
-  const firstPast = need(ins, "past_key_values.0.key", "input");
+  const hasNewKeyValues = outs.has(kvName(NEW_KEY_VALUES, 0, "key"));
+  const firstPast = need(ins, kvName(PAST, 0, "key"), "input");
   const kvElem = firstPast.elemType;
   for (let i = 0; i < s.nLayer; i++) {
-    for (const part of ["key", "value"]) {
-      const past = need(ins, `past_key_values.${i}.${part}`, "input");
+    for (const part of KV_PARTS) {
+      const past = need(ins, kvName(PAST, i, part), "input");
       expect(past, [kvElem === ELEM_FLOAT16 ? ELEM_FLOAT16 : ELEM_FLOAT], 4, kvShape);
-      const present = need(outs, `present.${i}.${part}`, "output");
+      const present = need(outs, kvName(PRESENT, i, part), "output");
       expect(present, [past.elemType], 4, kvShape);
-      if (hasNewKeyValues) expect(need(outs, `${NEW_KEY_VALUES}.${i}.${part}`, "output"), [past.elemType], 4, kvShape);
+      if (hasNewKeyValues) expect(need(outs, kvName(NEW_KEY_VALUES, i, part), "output"), [past.elemType], 4, kvShape);
     }
   }
-  const known = new Set(["input_ids", "attention_mask", "position_ids", "use_cache_branch"]);
+  const known = new Set(STEP_INPUTS);
   for (const t of inputs) {
-    const m = /^past_key_values\.(\d+)\.(key|value)$/.exec(t.name);
-    if (m ? Number(m[1]) >= s.nLayer : !known.has(t.name)) throw mismatch(`the ONNX graph has an unexpected input ${t.name} (config.json n_layer ${s.nLayer})`, t.name);
+    const past = parsePastName(t.name);
+    if (past ? past.layer >= s.nLayer : !known.has(t.name)) throw mismatch(`the ONNX graph has an unexpected input ${t.name} (config.json n_layer ${s.nLayer})`, t.name);
   }
   return kvElem === ELEM_FLOAT16 ? "float16" : "float32";
 }
