@@ -4,7 +4,7 @@ import type { RateLimiter } from "./auth/rate-limiter.js";
 import type { CoordinatorConfig } from "./config.js";
 import type { ResultStore } from "./results/result-store.js";
 import type { JobEvents } from "./store/job-events.js";
-import type { JobStore } from "./store/job-store.js";
+import type { JobStore, MinerRecord } from "./store/job-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import type { ObservedSpeeds } from "./observed-speeds.js";
 import type { StreamRegistry } from "./http/stream-registry.js";
@@ -13,6 +13,8 @@ import type { StreamRegistry } from "./http/stream-registry.js";
 export interface MinerDirectory {
   eligibleMiners(job: { model: string; requirements: Requirements }): Promise<number>;
   connectedMiners(): Promise<number>;
+  /** What a waiting reason needs of each connected miner. */
+  connected(): Promise<readonly Pick<MinerRecord, "models" | "gpus" | "draining">[]>;
   /** Slots of the miners that could run the job (not draining or drained), and how many of them hold a lease. */
   capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }>;
 }
@@ -21,6 +23,7 @@ export interface MinerDirectory {
 export const NO_MINERS: MinerDirectory = {
   eligibleMiners: () => Promise.resolve(0),
   connectedMiners: () => Promise.resolve(0),
+  connected: () => Promise.resolve([]),
   capacity: () => Promise.resolve({ slots: 0, busy: 0 }),
 };
 

@@ -60,9 +60,13 @@ export function waitingReason(
   return `no connected miner serving ${model} has ${r.gpu_count ?? 1} GPUs meeting the requirements on one host (connected: ${connected})`;
 }
 
-/** The waiting reason of a job against the whole fleet now (the miners table: every replica's miners). */
+/**
+ * The waiting reason of a job against the whole fleet: the miner directory's (this
+ * coordinator's sessions, or with replicas every replica's from the miners table, read at most
+ * once a second like eligible_miners).
+ */
 export async function fleetWaitingReason(ctx: CoordinatorContext, job: { model: string; requirements: Requirements }): Promise<string | undefined> {
-  const miners = await ctx.store.listConnectedMiners(ctx.now() - 3 * ctx.config.scheduler.heartbeatMs);
+  const miners = await ctx.miners.connected();
   const advertised = new Set([...ctx.advertisedModels, ...miners.flatMap((m) => m.models)]);
   return waitingReason(job, miners, advertised);
 }

@@ -60,6 +60,31 @@ describe("SqliteJobStore specifics", () => {
     expect(db.pragma("foreign_keys", { simple: true })).toBe(1);
   });
 
+  it("cached reads (a job's status, a key, a queue position) see this connection's writes at once and another process's from the next turn", async () => {
+    const { store, file } = open();
+    const other = new SqliteJobStore(file);
+    closers.push(() => other.close());
+    const { key, record } = await store.createKey("client", "k", "acme", 1);
+    const { job: first } = await store.createJob(newJob(), 1);
+    const { job } = await store.createJob(newJob(), 2);
+    expect((await store.authenticate(key, "client"))?.id).toBe(record.id);
+    expect((await store.getJob("acme", job.id))?.status).toBe("queued");
+    expect(await store.queuePosition(job)).toBe(1);
+
+    // This connection's own writes: seen by the very next read.
+    await store.requestCancel("acme", first.id, 3);
+    expect(await store.queuePosition(job)).toBe(0);
+    expect((await store.getJob("acme", first.id))?.status).toBe("cancelled");
+
+    // Another process (here another connection) revokes the key and cancels the job.
+    await store.getJob("acme", job.id);
+    expect(await other.revokeKey(record.id, 4)).toBe(true);
+    await other.requestCancel("acme", job.id, 4);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(await store.authenticate(key, "client")).toBeNull();
+    expect((await store.getJob("acme", job.id))?.status).toBe("cancelled");
+  });
+
   it("applies migrations once: reopening an existing file keeps its schema version", async () => {
     const { store, file } = open();
     await store.close();

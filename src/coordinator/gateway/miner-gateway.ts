@@ -13,7 +13,7 @@ import { bearerToken } from "../http/auth-hook.js";
 import { problem, sendProblem } from "../http/problem.js";
 import { minerCanRun } from "../scheduler/matching.js";
 import { Scheduler, type Fleet } from "../scheduler/scheduler.js";
-import type { ApiKeyRecord } from "../store/job-store.js";
+import type { ApiKeyRecord, MinerRecord } from "../store/job-store.js";
 import { FrameBudget } from "./frame-budget.js";
 import { LeaseFrames } from "./lease-frames.js";
 import { MinerLink } from "./miner-link.js";
@@ -150,6 +150,10 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
 
   connectedMiners(): Promise<number> {
     return Promise.resolve(this.sessions.size);
+  }
+
+  connected(): Promise<readonly Pick<MinerRecord, "models" | "gpus" | "draining">[]> {
+    return Promise.resolve([...this.sessions.values()].map((s) => ({ models: s.models, gpus: s.gpus, draining: s.draining })));
   }
 
   capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {

@@ -44,6 +44,10 @@ export class FleetDirectory implements MinerDirectory {
     return (await this.miners()).length;
   }
 
+  connected(): Promise<readonly MinerRecord[]> {
+    return this.miners();
+  }
+
   async capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {
     const [miners, held] = await Promise.all([this.miners(), this.leaseCounts()]);
     let slots = 0;

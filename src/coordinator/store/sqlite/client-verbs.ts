@@ -32,7 +32,8 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): Promise<{ job
 }
 
 export function getJob(db: SqliteDb, tenant: string | null, jobId: string): JobRecord | null {
-  const r = db.read(() => db.row(jobId));
+  // A polled status is the hottest read: kept until the database changes (SqliteDb.cachedRead).
+  const r = db.cachedRead(`job ${jobId}`, () => db.row(jobId));
   return r === undefined || (tenant !== null && r.tenant !== tenant) ? null : toJob(r);
 }
 
@@ -110,13 +111,18 @@ export function countByState(db: SqliteDb): Partial<Record<JobState, number>> {
 /** Queued jobs the scheduler would pick first: same model, higher priority, or same priority and submitted earlier (seq). */
 export function queuePosition(db: SqliteDb, job: JobRecord): number {
   // Two range counts on jobs_queue_model, so the cost is the jobs ahead, not the whole queue of
-  // the model (one OR of both walked every queued row of it).
+  // the model (one OR of both walked every queued row of it); one statement, kept until the
+  // database changes, since a waiting client polls it.
   const rank = PRIORITY_RANK[job.priority];
-  return db.read(() => {
-    const seq = (db.sql("SELECT seq FROM jobs WHERE id = ?").get(job.id) as { seq: number } | undefined)?.seq ?? 0;
-    const higher = db.sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ? AND priority_rank > ?").get(job.model, rank) as { n: number };
-    const earlier = db.sql("SELECT COUNT(*) AS n FROM jobs WHERE status = 'queued' AND model = ? AND priority_rank = ? AND seq < ?").get(job.model, rank, seq) as { n: number };
-    return higher.n + earlier.n;
+  return db.cachedRead(`queue position ${job.id} ${job.model} ${rank}`, () => {
+    const row = db
+      .sql(
+        `SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND model = @model AND priority_rank > @rank)
+              + (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND model = @model AND priority_rank = @rank
+                   AND seq < COALESCE((SELECT seq FROM jobs WHERE id = @id), 0)) AS n`,
+      )
+      .get({ model: job.model, rank, id: job.id }) as { n: number };
+    return row.n;
   });
 }
 

@@ -16,7 +16,9 @@ export function createKey(db: SqliteDb, kind: KeyKind, name: string, tenant: str
 export function authenticate(db: SqliteDb, rawKey: string, kind: KeyKind): ApiKeyRecord | null {
   const parsed = parseApiKey(rawKey, kind);
   if (parsed === null) return null;
-  const row = db.read(() => db.sql("SELECT * FROM api_keys WHERE id = ?").get(parsed.id) as KeyRow | undefined);
+  // Every request reads its key: kept until the database changes (a revocation by `aitbc keys
+  // revoke` is another process's commit, seen from the next event-loop turn on).
+  const row = db.cachedRead(`key ${parsed.id}`, () => db.sql("SELECT * FROM api_keys WHERE id = ?").get(parsed.id) as KeyRow | undefined);
   if (row === undefined || row.kind !== kind || row.revoked_at !== null) return null;
   return secretMatches(row.secret_hash, parsed.secret) ? toKey(row) : null;
 }

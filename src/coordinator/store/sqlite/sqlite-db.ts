@@ -25,6 +25,12 @@ export class SqliteDb {
   private closed = false;
   /** Prepared statements, compiled once per SQL text (preparing dominated cheap reads). */
   private readonly statements = new Map<string, Database.Statement>();
+  /** Reads kept by cachedRead, all valid for one (changes, data version) pair. */
+  private readonly readCache = new Map<string, unknown>();
+  private cachedAt = { changes: -1, dataVersion: -1 };
+  /** data_version as last read, and whether it was read in this event-loop turn. */
+  private dataVersion = -1;
+  private dataVersionFresh = false;
   /** Grouped transactions waiting for the next turn's shared commit (txGrouped). */
   private readonly group: { fn: (emit: Emit) => unknown; resolve: (v: unknown) => void; reject: (err: unknown) => void }[] = [];
 
@@ -73,6 +79,34 @@ export class SqliteDb {
     } catch (err) {
       throw storageError(err);
     }
+  }
+
+  /**
+   * A read whose result is kept until anything in the database may have changed: a row written
+   * by this connection (SQLite's total_changes(), which counts every row an INSERT, UPDATE or
+   * DELETE touched, triggers included) or a commit by another process (`PRAGMA data_version`,
+   * e.g. `aitbc keys revoke`). data_version costs as much as the row read it saves, so it is read
+   * once per event-loop turn: a request sees other processes' commits made before its turn
+   * began. For the hot client reads (a job's status polled, the key of every request); under a
+   * stream of writes the cache simply misses. `key` must name the read and its arguments.
+   */
+  cachedRead<T>(key: string, fn: () => T): T {
+    if (this.closed) throw new UnavailableError("the job store is closed");
+    const changes = this.sql("SELECT total_changes() AS n").get() as { n: number };
+    if (!this.dataVersionFresh) {
+      this.dataVersion = (this.sql("SELECT data_version AS v FROM pragma_data_version").get() as { v: number }).v;
+      this.dataVersionFresh = true;
+      setImmediate(() => (this.dataVersionFresh = false));
+    }
+    if (changes.n !== this.cachedAt.changes || this.dataVersion !== this.cachedAt.dataVersion) {
+      this.readCache.clear();
+      this.cachedAt = { changes: changes.n, dataVersion: this.dataVersion };
+    }
+    if (this.readCache.has(key)) return this.readCache.get(key) as T;
+    const value = this.read(fn);
+    if (this.readCache.size >= READ_CACHE_ENTRIES) this.readCache.clear();
+    this.readCache.set(key, value);
+    return value;
   }
 
   /**
@@ -234,9 +268,13 @@ export class SqliteDb {
     // Grouped transactions already asked for commit first (their callers are waiting on them).
     this.flushGroup();
     this.closed = true;
+    this.readCache.clear();
     this.db.close();
   }
 }
+
+/** Entries of the read cache (rows and counts: a few MB at most); when full it starts again empty. */
+const READ_CACHE_ENTRIES = 10_000;
 
 const UNAVAILABLE_CODES = ["SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN"];
 
