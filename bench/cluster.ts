@@ -502,7 +502,7 @@ const pgClaims: ClaimBackend = {
         await sql.query(`INSERT INTO jobs (${cols.join(", ")}) SELECT ${pick} FROM jobs j, generate_series(1, $3::int) g WHERE j.id = $1 ORDER BY g`, [id, model, n, `${++clones}`]);
         await sql.query("ANALYZE jobs");
       },
-      // The claim's SELECT as claim-next-job.ts sends it for a miner of one model, and for several.
+      // The claim's SELECT as claim-jobs.ts sends it for a miner of one model, and for several.
       explain: async () => {
         const plans: string[] = [];
         for (const cond of [`model = '${MODEL}'`, `model = ANY(ARRAY['${MODEL}', 'other']::text[])`]) {

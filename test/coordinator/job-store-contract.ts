@@ -341,6 +341,31 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(a?.job.minerId).toBe("h2");
       });
 
+      it("claimJobs takes up to max of the jobs the miner can run, best first, each with its own lease and event", async () => {
+        const low = await create({ priority: "low" }, T0);
+        const needsGpu = await create({ requirements: { gpu_type: "H200" } }, T0 + 1);
+        const normal1 = await create({ priority: "normal" }, T0 + 2);
+        const high = await create({ priority: "high" }, T0 + 3);
+        const normal2 = await create({ priority: "normal" }, T0 + 4);
+        expect(await store.claimJobs(cpuMiner(), T0 + 10, TTL, 0)).toEqual([]);
+        const first = await store.claimJobs(cpuMiner("a"), T0 + 10, TTL, 3);
+        expect(first.map((x) => x.job.id)).toEqual([high.id, normal1.id, normal2.id]);
+        expect(new Set(first.map((x) => x.leaseToken)).size).toBe(3);
+        for (const x of first) {
+          expect(x).toMatchObject({ attempt: 1, leaseExpiresAt: T0 + 10 + TTL, job: { status: "assigned", minerId: "a", attempt: 1 } });
+          expect((await store.listEvents(x.job.id, 0)).map((e) => [e.seq, e.type, e.data])).toEqual([
+            [1, "queued", expect.anything()],
+            [2, "assigned", { attempt: 1, miner_id: "a" }],
+          ]);
+        }
+        // Asking for more than is left (a CPU miner cannot take the GPU job) gets what is left.
+        expect((await store.claimJobs(cpuMiner("b"), T0 + 10, TTL, 5)).map((x) => x.job.id)).toEqual([low.id]);
+        expect(await store.claimJobs(cpuMiner("c"), T0 + 10, TTL, 5)).toEqual([]);
+        expect(await status(needsGpu.id)).toBe("queued");
+        // A claim's leases are fenced like any other: the first one can run.
+        expect(await store.markRunning({ jobId: high.id, attempt: 1, leaseToken: first[0]!.leaseToken }, T0 + 11, TTL)).toBe(true);
+      });
+
       it("gives each claim a new attempt and a fresh lease token, and respects the requeue backoff", async () => {
         const job = await create();
         const a1 = await claim(job.id, T0);

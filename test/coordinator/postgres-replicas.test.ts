@@ -70,6 +70,27 @@ describe("two replicas on one PostgreSQL", () => {
     await expectContiguousEvents(schema);
   });
 
+  it("racing multi-job claims from both replicas never give one job to two miners, and leave none behind", async () => {
+    const { a, b, schema } = await twoReplicas();
+    const ids: string[] = [];
+    for (let i = 0; i < 120; i++) ids.push((await a.createJob(newJob(), T0 + i)).job.id);
+    const claimed: string[] = [];
+    const claimer = async (store: PostgresJobStore, miner: string, max: number): Promise<void> => {
+      for (;;) {
+        const got = await store.claimJobs({ minerId: miner, gpus: [], models: ["gpt2"] }, T0 + 1_000, TTL, max);
+        // A claim racing others may find every free row locked and come back short or empty while
+        // jobs remain: only an empty queue ends a claimer.
+        if (got.length === 0 && (await a.countQueued({})) === 0) return;
+        claimed.push(...got.map((g) => g.job.id));
+      }
+    };
+    await Promise.all([1, 3, 8, 5].flatMap((max, i) => [claimer(a, `m-a${i}`, max), claimer(b, `m-b${i}`, max)]));
+    expect(claimed.length).toBe(120);
+    expect(new Set(claimed)).toEqual(new Set(ids));
+    for (const id of ids) expect(await a.getJobById(id)).toMatchObject({ status: "assigned", attempt: 1 });
+    await expectContiguousEvents(schema);
+  });
+
   it("two miner processes with one key and name saying hello to two replicas at once: exactly one session opens, the other learns who holds it", async () => {
     const { a, b } = await twoReplicas();
     const miner = (replica: string, instanceId: string) => ({ id: "miner_dup", keyId: "k1", name: "rig", replica, instanceId, gpus: [], models: ["gpt2"], slots: 1 });

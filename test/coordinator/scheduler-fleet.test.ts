@@ -70,13 +70,13 @@ describe("scheduler with a fleet", () => {
     for (const s of fleet) s.setCredits(1);
     let inFlight = 0;
     let most = 0;
-    const claim = store.claimNextJob.bind(store);
-    store.claimNextJob = async (miner, now, ttl) => {
+    const claim = store.claimJobs.bind(store);
+    store.claimJobs = async (miner, now, ttl, max) => {
       most = Math.max(most, ++inFlight);
       // A store round trip: the next claim starts before this one answers only if the scheduler sent it.
       await new Promise((resolve) => setImmediate(resolve));
       try {
-        return await claim(miner, now, ttl);
+        return await claim(miner, now, ttl, max);
       } finally {
         inFlight -= 1;
       }
@@ -88,7 +88,7 @@ describe("scheduler with a fleet", () => {
       for (let i = 0; i < 200 && fleet.filter((s) => s.leases.size > 0).length < 30; i++) await new Promise((resolve) => setTimeout(resolve, 10));
     } finally {
       await scheduler.stop();
-      store.claimNextJob = claim;
+      store.claimJobs = claim;
     }
     expect(most).toBe(4);
     const held = fleet.flatMap((s) => [...s.leases.values()].map((l) => l.jobId));
@@ -96,5 +96,62 @@ describe("scheduler with a fleet", () => {
     expect(new Set(held)).toEqual(ids);
     expect(fleet.every((s) => s.leases.size <= 1)).toBe(true);
     for (const id of ids) expect((await store.getJobById(id))?.status).toBe("assigned");
+  });
+
+  it("sessions with free slots take a deep queue several jobs a claim, asking for more each round, never past their credits", async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 30; i++) ids.add(await queued());
+    const fleet = Array.from({ length: 4 }, (_, i) => session(`m${i}`, { open: true, sends: true }, ["gpt2"], 8));
+    for (const s of fleet) s.setCredits(8);
+    const asked: number[] = [];
+    const claim = store.claimJobs.bind(store);
+    store.claimJobs = (miner, now, ttl, max) => {
+      asked.push(max);
+      return claim(miner, now, ttl, max);
+    };
+    try {
+      await dispatchAll(fleet);
+    } finally {
+      store.claimJobs = claim;
+    }
+    const held = fleet.flatMap((s) => [...s.leases.values()].map((l) => l.jobId));
+    // 32 free slots, 30 jobs: every job handed out once, no session past its 8.
+    expect(new Set(held)).toEqual(ids);
+    expect(held).toHaveLength(30);
+    expect(fleet.every((s) => s.leases.size <= 8)).toBe(true);
+    // One job a claim first (a short queue is spread), then 2 and 4 as each round fills (28 jobs in
+    // 12 claims), then what the credits leave: far fewer claims than jobs.
+    expect(asked.slice(0, 12)).toEqual([1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4]);
+    expect(asked.length).toBeLessThan(20);
+  });
+
+  it("jobs queued since the last run make a run start wide: one batch of claims for all of them", async () => {
+    const fleet = Array.from({ length: 4 }, (_, i) => session(`m${i}`, { open: true, sends: true }, ["gpt2"], 8));
+    const asked: number[] = [];
+    const claim = store.claimJobs.bind(store);
+    store.claimJobs = (miner, now, ttl, max) => {
+      asked.push(max);
+      return claim(miner, now, ttl, max);
+    };
+    const scheduler = new Scheduler(ctx, { targets: () => fleet, target: (id) => fleet.find((s) => s.minerId === id) });
+    scheduler.start();
+    try {
+      // No session wants work while 20 jobs are queued: the runs their events start claim nothing.
+      for (let i = 0; i < 20; i++) await queued();
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(asked).toEqual([]);
+      // Then the miners pull: the run knows of 20 jobs and asks for them in one batch.
+      for (const s of fleet) s.setCredits(8);
+      scheduler.dispatch();
+      for (let i = 0; i < 200 && fleet.reduce((n, s) => n + s.leases.size, 0) < 20; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    } finally {
+      await scheduler.stop();
+      store.claimJobs = claim;
+    }
+    expect(fleet.reduce((n, s) => n + s.leases.size, 0)).toBe(20);
+    expect(asked.slice(0, 4)).toEqual([5, 5, 5, 5]);
+    // All 20 in that first batch; then one more batch, which finds the queue empty.
+    expect(fleet.every((s) => s.leases.size === 5)).toBe(true);
+    expect(asked.length).toBeLessThanOrEqual(8);
   });
 });

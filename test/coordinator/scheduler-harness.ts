@@ -54,10 +54,10 @@ export function schedulerContext(): { store: SqliteJobStore; ctx: CoordinatorCon
  * A session over a stand-in link: `open` is what the link says of its socket, `sends` whether
  * a frame handed to it goes out (a real link refuses exactly when it is not open).
  */
-export function fakeSession(name: string, link: { open: boolean; sends: boolean }, models = ["gpt2"]): MinerSession {
+export function fakeSession(name: string, link: { open: boolean; sends: boolean }, models = ["gpt2"], slots = 1): MinerSession {
   const fake = { open: link.open, send: () => link.sends, close: () => undefined } as unknown as MinerLink;
   return new MinerSession(
-    { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models, slots: 1, protocolVersion: 2, epoch: 1 },
+    { minerId: `miner_${name}`, keyId: "k", name, gpus: [], models, slots, protocolVersion: 2, epoch: 1 },
     fake,
     new ChunkBuffer(new ResultBufferPool(1024), 1024),
     silentLogger(),
@@ -77,9 +77,9 @@ export async function dispatchTo(ctx: CoordinatorContext, store: SqliteJobStore,
   // Each claim is counted; past 20 the store finds nothing, so a dispatcher that keeps
   // offering the job ends here instead of spinning (and hanging the test's process).
   let claims = 0;
-  const claim = store.claimNextJob.bind(store);
-  store.claimNextJob = (miner: MinerCapabilities, now: number, ttl: number): Promise<Assignment | null> =>
-    ++claims > 20 ? Promise.resolve(null) : claim(miner, now, ttl);
+  const claim = store.claimJobs.bind(store);
+  store.claimJobs = (miner: MinerCapabilities, now: number, ttl: number, max: number): Promise<Assignment[]> =>
+    ++claims > 20 ? Promise.resolve([]) : claim(miner, now, ttl, max);
   const scheduler = new Scheduler(ctx, { targets: () => sessions, target: (id) => sessions.find((s) => s.minerId === id) });
   scheduler.start();
   try {
@@ -87,7 +87,7 @@ export async function dispatchTo(ctx: CoordinatorContext, store: SqliteJobStore,
     await new Promise((resolve) => setTimeout(resolve, settleMs));
   } finally {
     await scheduler.stop();
-    store.claimNextJob = claim;
+    store.claimJobs = claim;
   }
   return claims;
 }

@@ -22,6 +22,8 @@ export interface DispatchTarget {
   readonly models: readonly string[];
   /** Whether to offer it a job now: free slots it asked for, not draining, connection open. */
   wantsWork(): boolean;
+  /** How many jobs it would take now (its free slots asked for by its latest pull). */
+  readonly credits: number;
   /** Sends the assign and records the lease it grants; false when the connection is gone. */
   offer(frame: AssignFrame, maxTokens: number, now: number): boolean;
   /** Tells the miner to stop an attempt (a cancel frame). */
@@ -36,6 +38,8 @@ export interface Fleet {
 
 /** Most claims of one dispatch round in flight at once (the store's pool is 10 by default). */
 const CLAIM_WIDTH_MAX = 4;
+/** Most jobs one claim asks for (a miner's free slots bound it first). */
+const CLAIM_JOBS_MAX = 32;
 
 const capabilityKeys = new WeakMap<DispatchTarget, string>();
 
@@ -53,9 +57,9 @@ function capabilityKey(t: DispatchTarget): string {
  * Hands queued jobs to connected miners and keeps leases honest.
  *
  * Dispatch: whenever a miner pulls or a job becomes queued, every session with free slots
- * (credits) claims the best job it can run from the store (priority, then age; matching by
- * model and GPU requirements inside `claimNextJob`) and gets an `assign`. Runs are coalesced:
- * a request during a run schedules one more run, never two at once.
+ * (credits) claims the best jobs it can run from the store (priority, then age; matching by
+ * model and GPU requirements inside `claimJobs`) and gets an `assign` for each. Runs are
+ * coalesced: a request during a run schedules one more run, never two at once.
  *
  * Reaper (every `reap_interval`): expired leases → requeued (attempt+1 on the next claim) or
  * failed when the attempt budget is spent, or cancelled when a cancel was requested; runs past
@@ -74,6 +78,8 @@ export class Scheduler {
   private readonly dueTimers = new Set<NodeJS.Timeout>();
   /** The session served last: the next dispatch run starts after it (round-robin across runs). */
   private lastServed: string | undefined;
+  /** Jobs that became queued (here or, by hint, on other replicas) since the last run began. */
+  private newlyQueued = 0;
 
   constructor(
     private readonly ctx: CoordinatorContext,
@@ -88,7 +94,7 @@ export class Scheduler {
     // building the app can take longer than a lease TTL on a busy host.
     this.startedAt = this.ctx.now();
     this.unsubscribe.push(this.ctx.events.onChange((e) => {
-      if (e.type === "queued" || e.type === "requeued") this.dispatch();
+      if (e.type === "queued" || e.type === "requeued") this.jobQueued();
       // A requeued job waits out its backoff (not_before); nothing else would wake dispatch then.
       if (e.type === "requeued") void this.dispatchWhenDue(e.jobId);
       if (e.type === "cancel_requested") {
@@ -133,8 +139,14 @@ export class Scheduler {
       });
   }
 
+  /** A job became queued: a dispatch run, which starts wider the more jobs came since the last. */
+  private jobQueued(): void {
+    this.newlyQueued += 1;
+    this.dispatch();
+  }
+
   private async remoteChange(c: RemoteChange): Promise<void> {
-    if (c.type === "queued" || c.type === "requeued") this.dispatch();
+    if (c.type === "queued" || c.type === "requeued") this.jobQueued();
     if (c.type === "requeued") await this.dispatchWhenDue(c.jobId);
     const reason = STOP_REASONS[c.type];
     if (reason === undefined) return;
@@ -178,22 +190,34 @@ export class Scheduler {
       if (s.minerId === this.lastServed) passedLast = true;
     }
     const order = passedLast ? [...after, ...before] : before;
+    // With no session wanting work the count is kept for the run a pull will start. Read before
+    // any await: jobs queued while this run claims count for the next one.
     if (order.length === 0) return;
+    const newlyQueued = this.newlyQueued;
+    this.newlyQueued = 0;
     // A claim depends only on the miner's models and GPUs: once one session of a capability found
     // nothing, every other one of it would too, so each run asks the store once per capability,
     // not once per session (a fleet of idle miners cost one claim query each per job before).
     const empty = new Set<string>();
     let progress = true;
     // Claims of one round go out CLAIM_WIDTH_MAX at a time once the queue proves deep (after two
-    // batches that all found a job, each such batch doubles the next; one that found nothing
-    // starts again at one): a long
-    // queue is not handed out at one store round trip after another, and a short one costs one
-    // claim (and one that finds nothing), not a burst of empty ones.
-    let width = 1;
-    let full = 0;
-    // Round-robin: one job per miner per round, so one fast puller does not take the whole queue.
+    // batches that all found what they asked for, each such batch doubles the next; one that fell
+    // short starts again at one), and each claim asks for `ask` jobs at most: one in the first
+    // round, doubling after every round in which each claim got all it asked for, up to the
+    // session's credits. A short queue is spread over the miners one job each and costs one claim
+    // (and one that finds nothing); a deep one fills free slots in a claim or two per miner, not a
+    // store round trip per job (bench:cluster: PostgreSQL claims of one job each, one after the
+    // other, were what bounded its jobs/s).
+    // Jobs known to have been queued since the last run set where it starts: N of them go out in
+    // one batch of claims (up to CLAIM_WIDTH_MAX sessions asking for N between them), not through
+    // the slow start, which costs a round trip per step (five before 32 jobs were out).
+    let width = newlyQueued > 1 ? Math.min(CLAIM_WIDTH_MAX, order.length, newlyQueued) : 1;
+    let full = width > 1 ? 2 : 0;
+    let ask = Math.min(CLAIM_JOBS_MAX, Math.max(1, Math.ceil(newlyQueued / width)));
+    // Round-robin: one claim per miner per round, so one fast puller does not take the whole queue.
     while (progress) {
       progress = false;
+      let filled = true;
       let i = 0;
       while (i < order.length) {
         const batch: DispatchTarget[] = [];
@@ -203,9 +227,12 @@ export class Scheduler {
         }
         if (batch.length === 0) break;
         const now = this.ctx.now();
-        const claims = await Promise.allSettled(batch.map((s) => this.ctx.store.claimNextJob({ minerId: s.minerId, gpus: s.gpus, models: s.models }, now, leaseTtlMs)));
+        const asks = batch.map((s) => Math.max(1, Math.min(ask, s.credits)));
+        const claims = await Promise.allSettled(
+          batch.map((s, k) => this.ctx.store.claimJobs({ minerId: s.minerId, gpus: s.gpus, models: s.models }, now, leaseTtlMs, asks[k]!)),
+        );
         let failure: Error | undefined;
-        let found = 0;
+        let satisfied = 0;
         for (let k = 0; k < batch.length; k++) {
           const s = batch[k]!;
           const c = claims[k]!;
@@ -213,19 +240,24 @@ export class Scheduler {
           // granted and never offered would wait out its TTL.
           if (c.status === "rejected") {
             failure ??= c.reason instanceof Error ? c.reason : new Error(String(c.reason));
+            filled = false;
             continue;
           }
-          if (c.value === null) {
+          // Fewer than asked: nothing more of this capability is free to take in this run.
+          if (c.value.length < asks[k]!) {
             empty.add(capabilityKey(s));
-            continue;
+            filled = false;
+          } else satisfied += 1;
+          let handedBack = false;
+          for (const a of c.value) {
+            if (await this.offer(s, a)) progress = true;
+            else handedBack = true;
           }
-          found += 1;
-          if (await this.offer(s, c.value)) progress = true;
-          // Handed back: others of this capability may take it (it was found for one of them).
-          else empty.delete(capabilityKey(s));
+          // Handed back: others of this capability may take them (they were found for this one).
+          if (handedBack) empty.delete(capabilityKey(s));
         }
         if (failure !== undefined) throw failure;
-        if (found === batch.length) {
+        if (satisfied === batch.length) {
           full += 1;
           if (full >= 2) width = Math.min(CLAIM_WIDTH_MAX, width * 2);
         } else {
@@ -233,6 +265,7 @@ export class Scheduler {
           width = 1;
         }
       }
+      if (filled) ask = Math.min(CLAIM_JOBS_MAX, ask * 2);
     }
   }
 

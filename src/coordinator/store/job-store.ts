@@ -310,6 +310,12 @@ export interface JobStore {
   getJobById(jobId: string): Promise<JobRecord | null>;
   /** Leases the best queued job this miner can run (priority, then age), or null. */
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null>;
+  /**
+   * Leases up to `max` of the best queued jobs this miner can run, best first, in one
+   * transaction (a miner with free slots fills them in one claim, not one claim per slot); [] when
+   * none is queued or `max` < 1. Two claims at once never get the same job.
+   */
+  claimJobs(miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]>;
   markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean>;
   /** Extends the lease (and records progress) only if the triple still holds it. */
   renewLease(

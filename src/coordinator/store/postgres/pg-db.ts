@@ -6,8 +6,11 @@ import type { JobEvent } from "../job-store.js";
 /** A statement runner: the pool (a read) or the client of a transaction. */
 export type Queryable = Pick<pg.PoolClient, "query">;
 
-/** Appends an event to the job's log inside the current transaction (published after commit). */
-export type PgEmit = (e: Omit<JobEvent, "seq">) => Promise<void>;
+/**
+ * Appends an event to the job's log inside the current transaction (published after commit);
+ * `many` appends one event to each of several jobs in one statement.
+ */
+export type PgEmit = ((e: Omit<JobEvent, "seq">) => Promise<void>) & { many: (events: Omit<JobEvent, "seq">[]) => Promise<void> };
 
 /** The channel job-state notifications go out on: `{"j": job id, "s": seq, "t": type, "o": replica}`, nothing more. */
 export const JOB_CHANNEL = "aitbc_jobs";
@@ -33,6 +36,13 @@ export interface PgDbOptions {
 const EMIT_EVENT = `WITH bumped AS (UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq),
   logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT $1, event_seq, $2, $3, $4 FROM bumped RETURNING seq)
 SELECT seq, pg_notify($5, json_build_object('j', $1::text, 's', seq, 't', $2::text, 'o', $6::text)::text) FROM logged`;
+
+/** EMIT_EVENT for one event on each of several jobs (distinct ids: a job's counter is bumped once per statement). */
+const EMIT_EVENTS = `WITH ev AS (SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[]) AS e(job_id, type, data, at)),
+  bumped AS (UPDATE jobs j SET event_seq = j.event_seq + 1 FROM ev WHERE j.id = ev.job_id RETURNING j.id, j.event_seq),
+  logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT ev.job_id, b.event_seq, ev.type, ev.data, ev.at FROM ev JOIN bumped b ON b.id = ev.job_id
+    RETURNING job_id, seq, type)
+SELECT job_id, seq, pg_notify($5, json_build_object('j', job_id, 's', seq, 't', type, 'o', $6::text)::text) FROM logged`;
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
 const toNumber = (v: string): number => Number(v);
@@ -110,10 +120,33 @@ export class PgDb {
     const onError = (): void => undefined;
     client.on("error", onError);
     const pending: JobEvent[] = [];
-    const emit: PgEmit = async (e) => {
-      const r = await client.query<{ seq: number }>(EMIT_EVENT, [e.jobId, e.type, JSON.stringify(e.data), e.at, JOB_CHANNEL, this.options.replica ?? ""]);
-      pending.push({ ...e, seq: r.rows[0]!.seq });
-    };
+    const replica = this.options.replica ?? "";
+    const emit: PgEmit = Object.assign(
+      async (e: Omit<JobEvent, "seq">) => {
+        const r = await client.query<{ seq: number }>(EMIT_EVENT, [e.jobId, e.type, JSON.stringify(e.data), e.at, JOB_CHANNEL, replica]);
+        pending.push({ ...e, seq: r.rows[0]!.seq });
+      },
+      {
+        many: async (events: Omit<JobEvent, "seq">[]) => {
+          if (events.length === 0) return;
+          if (new Set(events.map((e) => e.jobId)).size !== events.length) throw new Error("emit.many takes one event per job");
+          const r = await client.query<{ job_id: string; seq: number }>(EMIT_EVENTS, [
+            events.map((e) => e.jobId),
+            events.map((e) => e.type),
+            events.map((e) => JSON.stringify(e.data)),
+            events.map((e) => e.at),
+            JOB_CHANNEL,
+            replica,
+          ]);
+          const seqs = new Map(r.rows.map((row) => [row.job_id, row.seq]));
+          for (const e of events) {
+            const seq = seqs.get(e.jobId);
+            if (seq === undefined) throw new Error(`job ${e.jobId} vanished while its event was written`);
+            pending.push({ ...e, seq });
+          }
+        },
+      },
+    );
     let out: T;
     try {
       // A verb that begins itself sends BEGIN in one simple query with its first statement (one

@@ -30,7 +30,7 @@ import { migrate } from "./migrations.js";
 import { Backoff } from "../../../common/backoff.js";
 import { errorMessage } from "../../../common/errors.js";
 import { PgDb, isConnectionError, storageError, type PgDbOptions } from "./pg-db.js";
-import { claimNextJob } from "./verbs/claim-next-job.js";
+import { claimJobs } from "./verbs/claim-jobs.js";
 import { commitResult } from "./verbs/commit-result.js";
 import { createJob } from "./verbs/create-job.js";
 import { expireQueued } from "./verbs/expire-queued.js";
@@ -202,8 +202,11 @@ export class PostgresJobStore implements JobStore {
     }
   }
 
-  claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
-    return claimNextJob(this.db, miner, now, leaseTtlMs);
+  async claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
+    return (await claimJobs(this.db, miner, now, leaseTtlMs, 1))[0] ?? null;
+  }
+  claimJobs(miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
+    return claimJobs(this.db, miner, now, leaseTtlMs, max);
   }
   markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean> {
     return markRunning(this.db, ref, now, leaseTtlMs);

@@ -15,8 +15,8 @@ import type { SqliteDb } from "./sqlite-db.js";
 /** Queued jobs read per query while looking for one this miner can run (GPU requirements are checked in JS). */
 const CLAIM_BATCH = 200;
 
-export function claimNextJob(db: SqliteDb, miner: MinerCapabilities, now: number, leaseTtlMs: number): Assignment | null {
-  if (miner.models.length === 0) return null;
+export function claimJobs(db: SqliteDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Assignment[] {
+  if (miner.models.length === 0 || max < 1) return [];
   return db.tx((emit) => {
     const marks = miner.models.map(() => "?").join(",");
     const select = db.sql(
@@ -26,9 +26,10 @@ export function claimNextJob(db: SqliteDb, miner: MinerCapabilities, now: number
     );
     let rank = 3;
     let seq = 0;
+    const taken: Assignment[] = [];
     for (;;) {
       const rows = select.all(now, ...miner.models, rank, rank, seq) as JobRow[];
-      if (rows.length === 0) return null;
+      if (rows.length === 0) return taken;
       for (const r of rows) {
         if (!minerCanRun(toJob(r), miner)) continue;
         const attempt = r.attempt + 1;
@@ -39,7 +40,8 @@ export function claimNextJob(db: SqliteDb, miner: MinerCapabilities, now: number
              assigned_at = ?, progress = 0 WHERE id = ? AND status = 'queued'`,
         ).run(attempt, leaseToken, leaseExpiresAt, miner.minerId, now, r.id);
         emit({ jobId: r.id, type: "assigned", at: now, data: { attempt, miner_id: miner.minerId } });
-        return { job: toJob(db.mustRow(r.id)), attempt, leaseToken, leaseExpiresAt };
+        taken.push({ job: toJob(db.mustRow(r.id)), attempt, leaseToken, leaseExpiresAt });
+        if (taken.length === max) return taken;
       }
       const last = rows[rows.length - 1]!;
       rank = last.priority_rank;

@@ -120,7 +120,10 @@ export class SqliteJobStore implements JobStore {
   }
 
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
-    return settle(() => leases.claimNextJob(this.db, miner, now, leaseTtlMs));
+    return settle(() => leases.claimJobs(this.db, miner, now, leaseTtlMs, 1)[0] ?? null);
+  }
+  claimJobs(miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
+    return settle(() => leases.claimJobs(this.db, miner, now, leaseTtlMs, max));
   }
   markRunning(ref: LeaseRef, now: number, leaseTtlMs: number): Promise<boolean> {
     return settle(() => leases.markRunning(this.db, ref, now, leaseTtlMs));

@@ -5,57 +5,74 @@ import type { Assignment, MinerCapabilities } from "../../job-store.js";
 import type pg from "pg";
 import type { PgDb } from "../pg-db.js";
 
-/** Rows locked per look: small, so replicas claiming at once skip past each other's few. */
+/** Rows locked per look after the first (when the first look's rows did not all fit the miner). */
 const CLAIM_BATCH = 32;
 
 /**
- * Leases the best queued job this miner can run. One transaction on the replica that holds the
- * miner's session: the queued jobs of its models, best first, locked with SKIP LOCKED (another
- * replica's claim never waits on these nor takes them: never one job to two miners), cheap
- * filters in SQL, GPU requirements checked in JS, then the UPDATE; rows not taken are unlocked
- * at commit. Keyset-paged on (priority_rank, seq) when none of a batch fits.
+ * Leases up to `max` of the best queued jobs this miner can run. One transaction on the replica
+ * that holds the miner's session: the queued jobs of its models, best first, locked with SKIP
+ * LOCKED (another claim never waits on these nor takes them: never one job to two miners), cheap
+ * filters in SQL, GPU requirements checked in JS, then one UPDATE for all the jobs taken and one
+ * statement for their events; rows not taken are unlocked at commit.
+ *
+ * The first look locks only `max` rows: a claim holds every row it looked at until it commits,
+ * and with a batch of 32 a second claim at the same moment found the first's 32 locked and
+ * nothing else to take (`npm run bench:cluster`: with 32 jobs outstanding every dispatch round
+ * ended on such an empty claim). Later looks, after rows that did not fit, are keyset-paged on
+ * (priority_rank, seq) in batches of 32.
  *
  * A miner of one model gets `model = $2`, not `model = ANY($2)`: PostgreSQL (15, 16) walks the
  * partial index jobs_queued in (priority_rank DESC, seq) order only under an equality on model;
  * under `= ANY(array)` it reads and sorts every queued row of the models instead (a seq scan and
  * an on-disk sort with 10,000 queued: ~50 ms a claim against ~0.2 ms; `npm run bench:cluster`).
  */
-export function claimNextJob(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null> {
-  if (miner.models.length === 0) return Promise.resolve(null);
+export function claimJobs(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
+  if (miner.models.length === 0 || max < 1) return Promise.resolve([]);
   const oneModel = miner.models.length === 1;
   const models = oneModel ? miner.models[0] : miner.models;
   return db.tx(async (c, emit) => {
     let rank = 3;
     let seq = 0;
-    for (let look = 0; ; look++) {
-      const rows = look === 0 ? await firstLook(c, now, miner.models) : (
+    const picked: JobRow[] = [];
+    for (let look = 0; picked.length < max; look++) {
+      const limit = look === 0 ? max : CLAIM_BATCH;
+      const rows = look === 0 ? await firstLook(c, now, miner.models, limit) : (
         await c.query<JobRow>(
           `SELECT * FROM jobs WHERE status = 'queued' AND not_before <= $1 AND ${oneModel ? "model = $2::text" : "model = ANY($2::text[])"}
              AND (priority_rank < $3 OR (priority_rank = $3 AND seq > $4))
-           ORDER BY priority_rank DESC, seq LIMIT ${CLAIM_BATCH} FOR UPDATE SKIP LOCKED`,
+           ORDER BY priority_rank DESC, seq LIMIT ${limit} FOR UPDATE SKIP LOCKED`,
           [now, models, rank, seq],
         )
       ).rows;
-      if (rows.length === 0) return null;
+      if (rows.length === 0) break;
       for (const r of rows) {
-        if (!minerCanRun(toJob(r), miner)) continue;
-        const attempt = r.attempt + 1;
-        const leaseToken = newLeaseToken();
-        const leaseExpiresAt = now + leaseTtlMs;
-        const updated = (
-          await c.query<JobRow>(
-            `UPDATE jobs SET status = 'assigned', attempt = $1, lease_token = $2, lease_expires_at = $3, miner_id = $4,
-               assigned_at = $5, progress = 0 WHERE id = $6 AND status = 'queued' RETURNING *`,
-            [attempt, leaseToken, leaseExpiresAt, miner.minerId, now, r.id],
-          )
-        ).rows[0]!;
-        await emit({ jobId: r.id, type: "assigned", at: now, data: { attempt, miner_id: miner.minerId } });
-        return { job: toJob(updated), attempt, leaseToken, leaseExpiresAt };
+        if (picked.length < max && minerCanRun(toJob(r), miner)) picked.push(r);
       }
+      // Fewer than asked for: nothing more is queued (or unlocked) past them.
+      if (rows.length < limit) break;
       const last = rows[rows.length - 1]!;
       rank = last.priority_rank;
       seq = last.seq;
     }
+    if (picked.length === 0) return [];
+    const leaseExpiresAt = now + leaseTtlMs;
+    const tokens = new Map(picked.map((r) => [r.id, newLeaseToken()]));
+    const updated = (
+      await c.query<JobRow>(
+        `UPDATE jobs j SET status = 'assigned', attempt = j.attempt + 1, lease_token = u.token, lease_expires_at = $3, miner_id = $4,
+           assigned_at = $5, progress = 0
+         FROM unnest($1::text[], $2::text[]) AS u(id, token) WHERE j.id = u.id AND j.status = 'queued' RETURNING j.*`,
+        [[...tokens.keys()], [...tokens.values()], leaseExpiresAt, miner.minerId, now],
+      )
+    ).rows;
+    // Best first, as they were picked (RETURNING has no order).
+    const byId = new Map(updated.map((r) => [r.id, r]));
+    const taken = picked.flatMap((r) => {
+      const u = byId.get(r.id);
+      return u === undefined ? [] : [{ job: toJob(u), attempt: u.attempt, leaseToken: tokens.get(r.id)!, leaseExpiresAt }];
+    });
+    await emit.many(taken.map((a) => ({ jobId: a.job.id, type: "assigned", at: now, data: { attempt: a.attempt, miner_id: miner.minerId } })));
+    return taken;
   }, { beginsItself: true });
 }
 
@@ -64,12 +81,12 @@ export function claimNextJob(db: PgDb, miner: MinerCapabilities, now: number, le
  * takes no parameters). Every replica claims on every new job's hint and all but one find
  * nothing, so a claim that finds nothing costs two round trips (this and COMMIT), not three.
  */
-async function firstLook(c: pg.PoolClient, now: number, models: readonly string[]): Promise<JobRow[]> {
+async function firstLook(c: pg.PoolClient, now: number, models: readonly string[], limit: number): Promise<JobRow[]> {
   const escape = (v: string): string => c.escapeLiteral(v);
   const modelTest = models.length === 1 ? `model = ${escape(models[0]!)}::text` : `model = ANY(ARRAY[${models.map(escape).join(", ")}]::text[])`;
   const results = (await c.query(
     `BEGIN; SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ${Math.trunc(now)} AND ${modelTest}
-       ORDER BY priority_rank DESC, seq LIMIT ${CLAIM_BATCH} FOR UPDATE SKIP LOCKED`,
+       ORDER BY priority_rank DESC, seq LIMIT ${Math.trunc(limit)} FOR UPDATE SKIP LOCKED`,
   )) as unknown as pg.QueryResult<JobRow>[];
   return results[1]!.rows;
 }
