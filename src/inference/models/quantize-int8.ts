@@ -22,12 +22,27 @@ export interface Int8Weight {
 const ZERO_POINT = 128;
 
 /**
- * The block size for an inner dimension k: the largest of 128, 64, 32, 16 that divides it
- * (MatMulNBits needs a power of two of at least 16); throws when none does.
+ * What `aitbc models build --weights int8` uses unless told otherwise:
+ * - blockSize: rows per scale. Smaller blocks follow the weights more closely (lower KL
+ *   divergence from float32) for 5 bytes of scale and zero point per block.
+ * - accuracyLevel: MatMulNBits' accuracy_level. 4 quantizes the activations to int8 per block
+ *   too, so the CPU runs integer dot products (VNNI/AMX); 0 and 1 dequantize to float32 and
+ *   decode many times slower for no measurable gain.
  */
-export function int8BlockSize(k: number): number {
-  for (const size of [128, 64, 32, 16]) if (k % size === 0) return size;
-  throw new Error(`an inner dimension of ${k} cannot be split into 8-bit blocks (it must be a multiple of 16)`);
+export const INT8_DEFAULTS = { blockSize: 128, accuracyLevel: 4 } as const;
+
+/** The block sizes MatMulNBits takes: powers of two from 16. */
+export const INT8_BLOCK_SIZES: readonly number[] = [16, 32, 64, 128, 256];
+
+/**
+ * The block size for an inner dimension k: the largest power of two from 16 up to `preferred`
+ * that divides it (MatMulNBits needs a power of two of at least 16), so that a narrow matmul
+ * still gets blocks; throws when none does.
+ */
+export function int8BlockSize(k: number, preferred: number = INT8_DEFAULTS.blockSize): number {
+  if (!INT8_BLOCK_SIZES.includes(preferred)) throw new Error(`a block size must be one of ${INT8_BLOCK_SIZES.join(", ")}, not ${preferred}`);
+  for (let size = preferred; size >= 16; size /= 2) if (k % size === 0) return size;
+  throw new Error(`an inner dimension of ${k} cannot be split into 8-bit blocks of at most ${preferred} (it must be a multiple of 16)`);
 }
 
 /**
