@@ -22,14 +22,16 @@ export interface Int8Weight {
 const ZERO_POINT = 128;
 
 /**
- * What `aitbc models build --weights int8` uses unless told otherwise:
- * - blockSize: rows per scale. Smaller blocks follow the weights more closely (lower KL
- *   divergence from float32) for 5 bytes of scale and zero point per block.
- * - accuracyLevel: MatMulNBits' accuracy_level. 4 quantizes the activations to int8 per block
- *   too, so the CPU runs integer dot products (VNNI/AMX); 0 and 1 dequantize to float32 and
- *   decode many times slower for no measurable gain.
+ * What `aitbc models build --weights int8` and `aitbc models quantize` use unless told
+ * otherwise, chosen by `npm run bench:int8` on gpt2-124m-random (README, "int8 weights"):
+ * - blockSize 32: rows per scale. Against float32, mean KL 2.37e-3 nats against 3.14e-3 for
+ *   64 and 3.68e-3 for 128, at decode speeds within the runs' noise of each other (the larger
+ *   scale share, 5 bytes per 32 weights, costs less than the load of a shared host varies).
+ * - accuracyLevel 4: activations are quantized to int8 per block too, so the CPU runs integer
+ *   dot products (VNNI/AMX); levels 0 and 1 dequantize to float32 and, though closer to
+ *   float32 (KL 1.2e-3 at block 32), decode 15 to 50 times slower than level 4.
  */
-export const INT8_DEFAULTS = { blockSize: 128, accuracyLevel: 4 } as const;
+export const INT8_DEFAULTS = { blockSize: 32, accuracyLevel: 4 } as const;
 
 /** The block sizes MatMulNBits takes: powers of two from 16. */
 export const INT8_BLOCK_SIZES: readonly number[] = [16, 32, 64, 128, 256];
