@@ -279,5 +279,8 @@ describe("aitbc models quantize", () => {
     expect(usage.stderr).toMatch(/the block size must be one of 16, 32, 64, 128, 256/);
     const level = await aitbc(["tiny-gpt2", "--models-dir", modelsDir, "--accuracy-level", "7"]);
     expect(level.code).toBe(64);
+    const itself = await aitbc(["tiny-gpt2", "--models-dir", modelsDir, "--out", path.join(modelsDir, "tiny-gpt2")]);
+    expect(itself.code).toBe(64);
+    expect(itself.stderr).toMatch(/--out names the model folder itself/);
   });
 });

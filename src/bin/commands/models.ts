@@ -88,6 +88,7 @@ export function registerModelsCommand(program: Command): void {
     .action(async (model: string, opts: { modelsDir: string; out?: string; force: boolean; blockSize: number; accuracyLevel: number }) => {
       const source = model.includes("/") || model.includes(path.sep) ? path.resolve(model) : path.resolve(opts.modelsDir, model);
       const out = opts.out ?? `${source}-int8`;
+      if (path.resolve(out) === source) throw new UsageError("--out names the model folder itself: the int8 variant needs a folder of its own", { out });
       const { quantizeModel } = await import("../../inference/models/quantize-model.js");
       const started = Date.now();
       const result = await quantizeModel(source, out, { force: opts.force, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel }).catch((err: unknown) => {
