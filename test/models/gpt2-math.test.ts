@@ -7,6 +7,7 @@ import { gpt2WeightBytesPerToken } from "../../src/inference/models/gpt2-graph.j
 import { NEW_KEY_VALUES } from "../../src/inference/models/model-io.js";
 import { gpt2ParameterCount, initGpt2Weights, type NamedTensor } from "../../src/inference/models/gpt2-weights.js";
 import { loadModelInfo } from "../../src/inference/models/model-info.js";
+import { INT8_DEFAULTS } from "../../src/inference/models/quantize-int8.js";
 import { RECIPES } from "../../src/inference/models/recipes.js";
 import { emptyKv, referenceForward, type RefKv } from "./gpt2-reference.js";
 import { buildTinyModel, TINY } from "./tiny-model.js";
@@ -300,6 +301,7 @@ describe("int8 weights (MatMulNBits)", () => {
     expect(gpt2WeightBytesPerToken(small, "float32")).toBe(4 * perToken);
     const matmulWeights = 12 * 12 * 768 * 768 + 50_257 * 768;
     const floats = perToken - matmulWeights;
-    expect(gpt2WeightBytesPerToken(small, "int8")).toBe(matmulWeights * (1 + 5 / 128) + 4 * floats);
+    // A float32 scale and a zero-point byte per block (every K of gpt2-small is a multiple of the default block).
+    expect(gpt2WeightBytesPerToken(small, "int8")).toBe(matmulWeights * (1 + 5 / INT8_DEFAULTS.blockSize) + 4 * floats);
   });
 });

@@ -1,7 +1,9 @@
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ONNX_MODEL_PATH } from "../../src/inference/models/build-model.js";
 import { floatsOf, readOnnxModel } from "../../src/inference/models/onnx-reader.js";
+import { rewriteOnnxModel } from "../../src/inference/models/onnx-rewrite.js";
 import { readOnnxSignature } from "../../src/inference/models/onnx-signature.js";
 import { initGpt2Weights } from "../../src/inference/models/gpt2-weights.js";
 import { buildTinyModel, TINY } from "./tiny-model.js";
@@ -47,6 +49,14 @@ describe("readOnnxModel", () => {
     expect(epsilon?.float).toBeCloseTo(1e-5, 10);
     const softmax = model.nodes.find((n) => n.op === "Softmax");
     expect(softmax?.attributes.find((a) => a.name === "axis")?.int).toBe(-1);
+  });
+
+  it("keeps what it does not decode, so that a model rewritten with no edit is the same bytes", () => {
+    const model = readOnnxModel(file);
+    expect(model.rest.filter((f) => f.field === 11)).toHaveLength(model.inputs.length);
+    expect(model.nodes[0]?.bytes.length).toBeGreaterThan(0);
+    const proto = rewriteOnnxModel(model, { replaceNodes: new Map(), dropInitializers: new Set(), addInitializers: [], addOpsets: new Map() });
+    expect(Buffer.concat(proto.parts).equals(readFileSync(file))).toBe(true);
   });
 
   it("refuses bytes that are not a model", () => {

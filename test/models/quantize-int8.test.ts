@@ -1,14 +1,18 @@
 import { describe, expect, it } from "vitest";
 import { Prng } from "../../src/common/prng.js";
-import { dequantizeInt8, int8BlockSize, quantizeInt8 } from "../../src/inference/models/quantize-int8.js";
+import { dequantizeInt8, INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "../../src/inference/models/quantize-int8.js";
 
 describe("block-wise int8 quantization (MatMulNBits layout)", () => {
-  it("picks the largest power-of-two block of 16 to 128 that divides the inner dimension", () => {
-    expect(int8BlockSize(768)).toBe(128);
-    expect(int8BlockSize(3072)).toBe(128);
-    expect(int8BlockSize(32)).toBe(32);
+  it("picks the default block (32, measured by bench:int8) or the largest smaller power of two from 16 that divides the inner dimension", () => {
+    expect(INT8_DEFAULTS).toEqual({ blockSize: 32, accuracyLevel: 4 });
+    expect(int8BlockSize(768)).toBe(32);
+    expect(int8BlockSize(3072)).toBe(32);
     expect(int8BlockSize(48)).toBe(16);
+    expect(int8BlockSize(768, 128)).toBe(128);
+    expect(int8BlockSize(96, 128)).toBe(32);
+    expect(int8BlockSize(16, 256)).toBe(16);
     expect(() => int8BlockSize(40)).toThrow(/multiple of 16/);
+    expect(() => int8BlockSize(768, 48)).toThrow(/must be one of 16, 32, 64, 128, 256/);
   });
 
   it("stores each column's blocks with scale max|w|/127 and bytes round(w/scale)+128 (hand-computed)", () => {
@@ -47,7 +51,7 @@ describe("block-wise int8 quantization (MatMulNBits layout)", () => {
     const prng = new Prng(11);
     // Two blocks per column, the first a hundred times smaller than the second: each gets its own scale.
     const w = Float32Array.from({ length: k * n }, (_, i) => (prng.next() - 0.5) * (Math.floor(i / n) < 128 ? 0.01 : 1));
-    const q = quantizeInt8(w, k, n, "kn");
+    const q = quantizeInt8(w, k, n, "kn", 128);
     const blocks = k / q.blockSize;
     expect(blocks).toBe(2);
     for (let col = 0; col < n; col++) expect(q.scales[col * 2]! * 20).toBeLessThan(q.scales[col * 2 + 1]!);

@@ -2,15 +2,17 @@ import { existsSync, readdirSync } from "node:fs";
 import path from "node:path";
 import cliProgress from "cli-progress";
 import { InvalidArgumentError, type Command } from "commander";
-import { toAppError } from "../../common/errors.js";
+import { ModelError, toAppError } from "../../common/errors.js";
 import { WEIGHT_FORMATS, weightFormatOf, type WeightFormat } from "../../inference/models/gpt2-graph.js";
 import type { PullProgress } from "../../inference/models/pull-model.js";
+import { INT8_BLOCK_SIZES, INT8_DEFAULTS } from "../../inference/models/quantize-int8.js";
 import { RECIPES, recipeNames } from "../../inference/models/recipes.js";
 import { UsageError } from "../exit-codes.js";
 
 /**
- * `aitbc models build|list|pull`: make the built-in random-weight GPT-2 models, show what a
- * models folder holds (and whether each folder is a valid layout), fetch real exports.
+ * `aitbc models build|list|pull|quantize`: make the built-in random-weight GPT-2 models, show
+ * what a models folder holds (and whether each folder is a valid layout), fetch real exports,
+ * write the int8 variant of any float32 one.
  */
 export function registerModelsCommand(program: Command): void {
   const models = program.command("models").description("build, list and pull GPT-2 models (Hugging Face optimum ONNX layout)");
@@ -72,6 +74,37 @@ export function registerModelsCommand(program: Command): void {
       } finally {
         progress.stop();
       }
+    });
+
+  models
+    .command("quantize")
+    .description("write the int8 variant of a float32 GPT-2 model folder (ours or a real export): its matmul weights as 8-bit blocks run by MatMulNBits")
+    .argument("<model>", "a model folder under --models-dir, or a path to one (anything with a /)")
+    .option("--models-dir <dir>", "folder that holds model folders", "models")
+    .option("--out <dir>", "output folder (default: the model's folder with -int8 appended, beside it)")
+    .option("--force", "replace an existing output folder", false)
+    .option("--block-size <n>", `weights per scale: ${INT8_BLOCK_SIZES.join(", ")} (smaller is closer to float32; a matmul it does not divide gets the largest smaller one)`, parseBlockSize, INT8_DEFAULTS.blockSize)
+    .option("--accuracy-level <n>", "MatMulNBits accuracy_level 0-4 (4: int8 activations too, integer dot products, fastest on CPU)", parseAccuracyLevel, INT8_DEFAULTS.accuracyLevel)
+    .action(async (model: string, opts: { modelsDir: string; out?: string; force: boolean; blockSize: number; accuracyLevel: number }) => {
+      const source = model.includes("/") || model.includes(path.sep) ? path.resolve(model) : path.resolve(opts.modelsDir, model);
+      const out = opts.out ?? `${source}-int8`;
+      if (path.resolve(out) === source) throw new UsageError("--out names the model folder itself: the int8 variant needs a folder of its own", { out });
+      const { quantizeModel } = await import("../../inference/models/quantize-model.js");
+      const started = Date.now();
+      const result = await quantizeModel(source, out, { force: opts.force, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel }).catch((err: unknown) => {
+        if (!(err instanceof ModelError)) throw err;
+        const cause = typeof err.details?.cause === "string" ? ` (${err.details.cause})` : "";
+        throw new ModelError(err.code, `cannot quantize ${source}: ${err.message}${cause}`, err.details);
+      });
+      const seconds = ((Date.now() - started) / 1000).toFixed(1);
+      const blocks = [...new Set(result.matmuls.map((m) => m.blockSize))].sort((a, b) => b - a).join("/");
+      // Optimum's merged decoder runs the same weights in both branches of its If.
+      const weights = new Set(result.matmuls.map((m) => m.weight)).size;
+      const shared = weights === result.matmuls.length ? "" : ` over ${weights} weights`;
+      process.stdout.write(
+        `quantized ${path.basename(source)} into ${result.dir}: ${result.matmuls.length} matmuls${shared} to int8 (block ${blocks}, accuracy level ${result.accuracyLevel}), ` +
+          `${formatBytes(result.sizeBeforeBytes)} → ${formatBytes(result.sizeAfterBytes)}, ${seconds} s\n`,
+      );
     });
 
   models
@@ -172,6 +205,18 @@ function parseWeights(value: string): WeightFormat {
   const format = weightFormatOf(value);
   if (format === undefined) throw new InvalidArgumentError(`the weights must be ${WEIGHT_FORMATS.join(" or ")}`);
   return format;
+}
+
+function parseBlockSize(value: string): number {
+  const n = Number(value);
+  if (!INT8_BLOCK_SIZES.includes(n)) throw new InvalidArgumentError(`the block size must be one of ${INT8_BLOCK_SIZES.join(", ")}`);
+  return n;
+}
+
+function parseAccuracyLevel(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 4) throw new InvalidArgumentError("the accuracy level must be an integer from 0 to 4");
+  return n;
 }
 
 function parseSeed(value: string): number {

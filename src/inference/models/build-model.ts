@@ -101,7 +101,7 @@ function hfConfig(c: Gpt2Config, name: string, seed: number, weights: WeightForm
 }
 
 /** Streams the encoded chunks to disk, gathering the many small ones into 1 MiB writes. */
-function writeChunks(file: string, message: ProtoWriter): void {
+export function writeChunks(file: string, message: ProtoWriter): void {
   const fd = openSync(file, "w");
   const buffer = new Uint8Array(1 << 20);
   let used = 0;

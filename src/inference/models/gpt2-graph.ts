@@ -1,7 +1,7 @@
 import { MS_DOMAIN, OnnxGraph, OnnxType } from "./onnx-graph.js";
 import type { Gpt2Config, NamedTensor } from "./gpt2-weights.js";
 import { ATTENTION_MASK, INPUT_IDS, kvName, LOGITS, NEW_KEY_VALUES, PAST, POSITION_IDS, PRESENT } from "./model-io.js";
-import { int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
+import { INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
 
 /**
  * How the matmul weights are stored: "float32", or "int8" (block-wise 8-bit, run by
@@ -14,12 +14,6 @@ export const WEIGHT_FORMATS: readonly WeightFormat[] = ["float32", "int8"];
 export function weightFormatOf(value: unknown): WeightFormat | undefined {
   return WEIGHT_FORMATS.find((f) => f === value);
 }
-
-/**
- * MatMulNBits' accuracy_level 4: activations are quantized to int8 per block as well, so the
- * CPU runs integer dot products (VNNI/AMX); lower levels dequantize to float and are many times slower.
- */
-const INT8_ACCURACY_LEVEL = 4;
 
 /**
  * The graph's outputs. "aitbc" (what we build): logits for the last position only, [B,1,V]
@@ -89,7 +83,7 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     ];
     // Inputs 4 and 5 are g_idx (unused: blocks are in order) and the bias.
     if (bias !== undefined) inputs.push("", w(bias));
-    const attributes = { K: k, N: n, bits: 8, block_size: q.blockSize, accuracy_level: INT8_ACCURACY_LEVEL };
+    const attributes = { K: k, N: n, bits: 8, block_size: q.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel };
     return g.node("MatMulNBits", inputs, { attributes, domain: MS_DOMAIN, ...(output === undefined ? {} : { outputs: [output] }) })[0] as string;
   };
   const e = c.nEmbd;

@@ -12,7 +12,8 @@ export type OnnxDim = number | string;
 
 export type OnnxAttribute = number | number[] | { float: number };
 
-interface OnnxNode {
+/** A node to encode (also used by rewriters that add nodes to a model they read). */
+export interface OnnxNode {
   op: string;
   inputs: string[];
   outputs: string[];
@@ -22,7 +23,7 @@ interface OnnxNode {
   domain: string;
 }
 
-interface OnnxInitializer {
+export interface OnnxInitializer {
   name: string;
   dims: number[];
   type: OnnxElemType;
@@ -120,7 +121,8 @@ export class OnnxGraph {
   }
 }
 
-function littleEndianBytes(data: Float32Array | BigInt64Array): Uint8Array {
+/** The little-endian bytes of a typed array (a view on little-endian hosts), as raw_data holds them. */
+export function littleEndianBytes(data: Float32Array | BigInt64Array): Uint8Array {
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   if (new Uint8Array(new Uint16Array([1]).buffer)[0] === 1) return bytes;
   // Big-endian host: swap each element so raw_data is little-endian as ONNX requires.
@@ -130,7 +132,7 @@ function littleEndianBytes(data: Float32Array | BigInt64Array): Uint8Array {
   return out;
 }
 
-function encodeNode(n: OnnxNode): ProtoWriter {
+export function encodeNode(n: OnnxNode): ProtoWriter {
   const w = new ProtoWriter();
   for (const i of n.inputs) w.string(1, i);
   for (const o of n.outputs) w.string(2, o);
@@ -150,7 +152,7 @@ function encodeNode(n: OnnxNode): ProtoWriter {
   return w;
 }
 
-function encodeInitializer(t: OnnxInitializer): ProtoWriter {
+export function encodeInitializer(t: OnnxInitializer): ProtoWriter {
   const w = new ProtoWriter();
   for (const d of t.dims) w.int(1, d);
   w.int(2, t.type);

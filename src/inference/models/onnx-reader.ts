@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { OnnxType } from "./onnx-graph.js";
-import { protoFields, protoVarints } from "./proto-reader.js";
+import { protoFields, protoVarints, type ProtoField } from "./proto-reader.js";
 
 /** An initializer as stored: its bytes are little-endian raw_data (float_data / int64_data are converted to it). */
 export interface ReadInitializer {
@@ -9,6 +9,8 @@ export interface ReadInitializer {
   /** ONNX TensorProto.DataType. */
   dataType: number;
   raw: Uint8Array;
+  /** The whole TensorProto as stored, for writing it back unchanged. */
+  bytes: Uint8Array;
 }
 
 /** An attribute with what the readers here need decoded; `bytes` is the whole AttributeProto, for re-encoding as it was. */
@@ -20,6 +22,10 @@ export interface ReadAttribute {
   ints?: number[];
   float?: number;
   string?: string;
+  /** A GRAPH attribute's subgraph (If's then_branch / else_branch, Loop's body). */
+  graph?: ReadGraph;
+  /** A GRAPHS attribute's subgraphs. */
+  graphs?: ReadGraph[];
   bytes: Uint8Array;
 }
 
@@ -30,35 +36,59 @@ export interface ReadNode {
   inputs: string[];
   outputs: string[];
   attributes: ReadAttribute[];
+  /** The whole NodeProto as stored, for writing it back unchanged. */
+  bytes: Uint8Array;
 }
 
-/** An ONNX ModelProto, decoded far enough to read its weights and walk its graph. */
-export interface ReadOnnxModel {
-  irVersion: number | undefined;
-  /** domain ("" for ai.onnx) → version. */
-  opsets: Map<string, number>;
-  graphName: string;
+/** A GraphProto: the model's main graph, or a subgraph held by a node's attribute. */
+export interface ReadGraph {
+  name: string;
   nodes: ReadNode[];
   initializers: Map<string, ReadInitializer>;
   /** Graph input and output names (their type info is onnx-signature's business). */
   inputs: string[];
   outputs: string[];
+  /**
+   * Every field of the GraphProto but its nodes (1), name (2) and initializers (5), as stored
+   * and in file order: inputs, outputs and value_info with their types, doc_string, sparse
+   * initializers, metadata. A rewriter writes them back unchanged.
+   */
+  rest: ProtoField[];
+}
+
+/** An ONNX ModelProto, decoded far enough to read its weights and walk its graph (the main graph's fields are the model's own). */
+export interface ReadOnnxModel extends Omit<ReadGraph, "name"> {
+  irVersion: number | undefined;
+  /** domain ("" for ai.onnx) → version. */
+  opsets: Map<string, number>;
+  graphName: string;
+  /** Every field of the ModelProto but its graph (7), as stored and in file order (ir_version, producer, opset imports, metadata, functions). */
+  modelRest: ProtoField[];
 }
 
 const text = new TextDecoder();
 
 /**
- * Reads an ONNX file's graph: nodes in order, initializers by name, graph I/O names. The whole
- * file is read into memory (a 500 MB gpt2 export takes 500 MB); initializer bytes are views of
- * it, not copies. Weights kept outside the file (external data, for models over 2 GB) are
+ * Reads an ONNX file's graph: nodes in order, initializers by name, graph I/O names, the
+ * subgraphs of nodes like If, and the stored bytes of every message and of the fields it does
+ * not decode, so that onnx-rewrite.ts can write back what an edit leaves alone unchanged. The
+ * whole file is read into memory (a 500 MB gpt2 export takes 500 MB); initializer and other
+ * bytes are views of it, not copies. Weights kept outside the file (external data, for models over 2 GB) are
  * refused with an Error naming the tensor. Throws an Error on a file that is not a ModelProto.
  */
 export function readOnnxModel(source: string | Uint8Array): ReadOnnxModel {
   const buf = typeof source === "string" ? new Uint8Array(readFileSync(source)) : source;
-  const model: ReadOnnxModel = { irVersion: undefined, opsets: new Map(), graphName: "", nodes: [], initializers: new Map(), inputs: [], outputs: [] };
-  let sawGraph = false;
+  let graph: ReadGraph | undefined;
+  let irVersion: number | undefined;
+  const opsets = new Map<string, number>();
+  const modelRest: ProtoField[] = [];
   for (const f of protoFields(buf)) {
-    if (f.field === 1 && f.value !== undefined) model.irVersion = f.value;
+    if (f.field === 7 && f.bytes) {
+      graph = readGraph(f.bytes);
+      continue;
+    }
+    modelRest.push(f);
+    if (f.field === 1 && f.value !== undefined) irVersion = f.value;
     else if (f.field === 8 && f.bytes) {
       let domain = "";
       let version = 0;
@@ -66,34 +96,36 @@ export function readOnnxModel(source: string | Uint8Array): ReadOnnxModel {
         if (o.field === 1 && o.bytes) domain = text.decode(o.bytes);
         if (o.field === 2 && o.value !== undefined) version = o.value;
       }
-      model.opsets.set(domain === "ai.onnx" ? "" : domain, version);
-    } else if (f.field === 7 && f.bytes) {
-      sawGraph = true;
-      readGraph(f.bytes, model);
+      opsets.set(domain === "ai.onnx" ? "" : domain, version);
     }
   }
-  if (!sawGraph) throw new Error("no graph in the ONNX file");
-  return model;
+  if (graph === undefined) throw new Error("no graph in the ONNX file");
+  const { name, ...rest } = graph;
+  return { irVersion, opsets, graphName: name, ...rest, modelRest };
 }
 
-function readGraph(buf: Uint8Array, model: ReadOnnxModel): void {
+function readGraph(buf: Uint8Array): ReadGraph {
+  const graph: ReadGraph = { name: "", nodes: [], initializers: new Map(), inputs: [], outputs: [], rest: [] };
   for (const g of protoFields(buf)) {
-    if (!g.bytes) continue;
-    if (g.field === 1) model.nodes.push(readNode(g.bytes));
-    else if (g.field === 2) model.graphName = text.decode(g.bytes);
-    else if (g.field === 5) {
+    if (g.field === 1 && g.bytes) graph.nodes.push(readNode(g.bytes));
+    else if (g.field === 2 && g.bytes) graph.name = text.decode(g.bytes);
+    else if (g.field === 5 && g.bytes) {
       const init = readTensor(g.bytes);
-      model.initializers.set(init.name, init);
-    } else if (g.field === 11 || g.field === 12) {
-      let name = "";
-      for (const v of protoFields(g.bytes)) if (v.field === 1 && v.bytes) name = text.decode(v.bytes);
-      (g.field === 11 ? model.inputs : model.outputs).push(name);
+      graph.initializers.set(init.name, init);
+    } else {
+      graph.rest.push(g);
+      if ((g.field === 11 || g.field === 12) && g.bytes) {
+        let name = "";
+        for (const v of protoFields(g.bytes)) if (v.field === 1 && v.bytes) name = text.decode(v.bytes);
+        (g.field === 11 ? graph.inputs : graph.outputs).push(name);
+      }
     }
   }
+  return graph;
 }
 
 function readNode(buf: Uint8Array): ReadNode {
-  const node: ReadNode = { op: "", domain: "", name: "", inputs: [], outputs: [], attributes: [] };
+  const node: ReadNode = { op: "", domain: "", name: "", inputs: [], outputs: [], attributes: [], bytes: buf };
   for (const f of protoFields(buf)) {
     if (!f.bytes) continue;
     if (f.field === 1) node.inputs.push(text.decode(f.bytes));
@@ -115,6 +147,8 @@ function readAttribute(buf: Uint8Array): ReadAttribute {
     else if (f.field === 3 && f.value !== undefined) a.int = f.value;
     else if (f.field === 4 && f.bytes) a.string = text.decode(f.bytes);
     else if (f.field === 8) (a.ints ??= []).push(...protoVarints(f));
+    else if (f.field === 6 && f.bytes) a.graph = readGraph(f.bytes);
+    else if (f.field === 11 && f.bytes) (a.graphs ??= []).push(readGraph(f.bytes));
   }
   if (a.type === 1) a.float = fixed32After(buf, 2);
   return a;
@@ -153,7 +187,7 @@ function fixed32After(buf: Uint8Array, field: number): number | undefined {
 }
 
 function readTensor(buf: Uint8Array): ReadInitializer {
-  const t: ReadInitializer = { name: "", dims: [], dataType: 0, raw: new Uint8Array() };
+  const t: ReadInitializer = { name: "", dims: [], dataType: 0, raw: new Uint8Array(), bytes: buf };
   let external = false;
   const int64s: number[] = [];
   let floatData: Uint8Array | undefined;

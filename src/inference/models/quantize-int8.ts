@@ -22,12 +22,29 @@ export interface Int8Weight {
 const ZERO_POINT = 128;
 
 /**
- * The block size for an inner dimension k: the largest of 128, 64, 32, 16 that divides it
- * (MatMulNBits needs a power of two of at least 16); throws when none does.
+ * What `aitbc models build --weights int8` and `aitbc models quantize` use unless told
+ * otherwise, chosen by `npm run bench:int8` on gpt2-124m-random (README, "int8 weights"):
+ * - blockSize 32: rows per scale. Against float32, mean KL 2.37e-3 nats against 3.14e-3 for
+ *   64 and 3.68e-3 for 128, at decode speeds within the runs' noise of each other (the larger
+ *   scale share, 5 bytes per 32 weights, costs less than the load of a shared host varies).
+ * - accuracyLevel 4: activations are quantized to int8 per block too, so the CPU runs integer
+ *   dot products (VNNI/AMX); levels 0 and 1 dequantize to float32 and, though closer to
+ *   float32 (KL 1.2e-3 at block 32), decode 15 to 50 times slower than level 4.
  */
-export function int8BlockSize(k: number): number {
-  for (const size of [128, 64, 32, 16]) if (k % size === 0) return size;
-  throw new Error(`an inner dimension of ${k} cannot be split into 8-bit blocks (it must be a multiple of 16)`);
+export const INT8_DEFAULTS = { blockSize: 32, accuracyLevel: 4 } as const;
+
+/** The block sizes MatMulNBits takes: powers of two from 16. */
+export const INT8_BLOCK_SIZES: readonly number[] = [16, 32, 64, 128, 256];
+
+/**
+ * The block size for an inner dimension k: the largest power of two from 16 up to `preferred`
+ * that divides it (MatMulNBits needs a power of two of at least 16), so that a narrow matmul
+ * still gets blocks; throws when none does.
+ */
+export function int8BlockSize(k: number, preferred: number = INT8_DEFAULTS.blockSize): number {
+  if (!INT8_BLOCK_SIZES.includes(preferred)) throw new Error(`a block size must be one of ${INT8_BLOCK_SIZES.join(", ")}, not ${preferred}`);
+  for (let size = preferred; size >= 16; size /= 2) if (k % size === 0) return size;
+  throw new Error(`an inner dimension of ${k} cannot be split into 8-bit blocks of at most ${preferred} (it must be a multiple of 16)`);
 }
 
 /**
