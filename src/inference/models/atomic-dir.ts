@@ -11,7 +11,7 @@ import { ModelError } from "../../common/errors.js";
 export async function writeDirAtomically(target: string, replace: boolean, fill: (tmpDir: string) => Promise<void>): Promise<void> {
   const abs = path.resolve(target);
   if (existsSync(abs) && !replace) {
-    throw new ModelError("model_exists", "the model folder already exists (use --force to replace it)", { dir: abs });
+    throw new ModelError("model_exists", `the model folder ${abs} already exists (use --force to replace it)`, { dir: abs });
   }
   mkdirSync(path.dirname(abs), { recursive: true });
   const tmp = `${abs}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
