@@ -20,14 +20,16 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): Promise<{ job
       }
     }
     const id = randomId("job_");
-    db.sql(
-      `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
-         priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
-         cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash, retry_of)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?, ?)`,
-    ).run(...newJobValues(job, id, now));
+    const row = db
+      .sql(
+        `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,
+           priority, priority_rank, timeout_seconds, parameters, status, progress, attempt, failures, max_attempts,
+           cancel_requested, created_at, not_before, estimated_cost, estimated_time_seconds, idempotency_key, request_hash, retry_of)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 0, ?, 0, ?, 0, ?, ?, ?, ?, ?) RETURNING *`,
+      )
+      .get(...newJobValues(job, id, now)) as JobRow;
     emit({ jobId: id, type: "queued", at: now, data: { model: job.model, priority: job.priority, ...(job.retryOf === undefined ? {} : { retry_of: job.retryOf }) } });
-    return { job: toJob(db.mustRow(id)), created: true };
+    return { job: toJob(row), created: true };
   });
 }
 

@@ -31,6 +31,12 @@ export class SqliteDb {
   /** data_version as last read, and whether it was read in this event-loop turn. */
   private dataVersion = -1;
   private dataVersionFresh = false;
+  /**
+   * Runs a function in a transaction (`.immediate` for BEGIN IMMEDIATE; called inside one, a
+   * savepoint). Made once: better-sqlite3 builds a wrapper per `transaction()` call, a measurable
+   * part of a grouped submit when made per job.
+   */
+  private readonly inTransaction: Database.Transaction<(fn: () => unknown) => unknown>;
   /** Grouped transactions waiting for the next turn's shared commit (txGrouped). */
   private readonly group: { fn: (emit: Emit) => unknown; resolve: (v: unknown) => void; reject: (err: unknown) => void }[] = [];
 
@@ -46,6 +52,10 @@ export class SqliteDb {
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
+    // Statement journals (every INSERT into jobs has one: its triggers keep queue_counts) in
+    // memory, not in a temporary file each: a submit's insert went from ~29 to ~15 µs.
+    this.db.pragma("temp_store = MEMORY");
+    this.inTransaction = this.db.transaction((fn: () => unknown) => fn());
     this.migrate();
   }
 
@@ -120,7 +130,7 @@ export class SqliteDb {
     const emit = this.emitter(pending);
     let out: T;
     try {
-      out = this.db.transaction(() => fn(emit)).immediate();
+      out = this.inTransaction.immediate(() => fn(emit)) as T;
     } catch (err) {
       throw storageError(err);
     }
@@ -161,20 +171,18 @@ export class SqliteDb {
     }
     const outcomes: ({ ok: true; value: unknown; events: JobEvent[] } | { ok: false; err: unknown })[] = [];
     try {
-      this.db
-        .transaction(() => {
-          for (const g of batch) {
-            const events: JobEvent[] = [];
-            try {
-              // Nested: a savepoint of its own, rolled back alone when fn throws.
-              const value = this.db.transaction(() => g.fn(this.emitter(events)))();
-              outcomes.push({ ok: true, value, events });
-            } catch (err) {
-              outcomes.push({ ok: false, err });
-            }
+      this.inTransaction.immediate(() => {
+        for (const g of batch) {
+          const events: JobEvent[] = [];
+          try {
+            // Nested: a savepoint of its own, rolled back alone when fn throws.
+            const value = this.inTransaction(() => g.fn(this.emitter(events)));
+            outcomes.push({ ok: true, value, events });
+          } catch (err) {
+            outcomes.push({ ok: false, err });
           }
-        })
-        .immediate();
+        }
+      });
     } catch (err) {
       for (const g of batch) g.reject(storageError(err));
       return;
