@@ -592,6 +592,9 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.queuePosition(c)).toBe(0);
         expect(await store.queuePosition(a)).toBe(1);
         expect(await store.queuePosition(b)).toBe(2);
+        // A submit's one read: the same counts (and the tenant's usage) at once.
+        expect(await store.submitCounts("acme", "gpt2")).toEqual({ usage: { fileBytes: 0, resultBytes: 0 }, queuedForTenant: 3, queuedForModel: 3 });
+        expect(await store.submitCounts("nobody", "gpt2-large")).toEqual({ usage: { fileBytes: 0, resultBytes: 0 }, queuedForTenant: 0, queuedForModel: 0 });
       });
     });
 
@@ -879,6 +882,7 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.commitResult(ref(a1), { ...result(a1.attempt), bytes: 30, location: "j1/attempt-1.txt" }, T0 + 3)).toBe("committed");
         expect(await store.commitResult(ref(a2), { ...result(a2.attempt), bytes: 12, location: "j2/attempt-1.txt" }, T0 + 1_000)).toBe("committed");
         expect(await store.usage("acme")).toEqual({ fileBytes: 0, resultBytes: 42 });
+        expect((await store.submitCounts("acme", "gpt2")).usage).toEqual({ fileBytes: 0, resultBytes: 42 });
         expect(await store.removeResult("globex", j1.id, "deleted", T0 + 4)).toBeNull();
         expect(await store.removeResult("acme", j1.id, "deleted", T0 + 4)).toEqual({ location: "j1/attempt-1.txt" });
         expect(await store.removeResult("acme", j1.id, "deleted", T0 + 5)).toBeNull();

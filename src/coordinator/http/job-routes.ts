@@ -140,7 +140,7 @@ export async function acceptJob(
     }
     const requirements = body.requirements ?? {};
     const parameters = resolveGenerationParameters(body.parameters, () => randomInt(0, GENERATION_BOUNDS.seed.max));
-    const usage = await ctx.store.usage(tenant);
+    const { usage, queuedForTenant: queued, queuedForModel } = await ctx.store.submitCounts(tenant, body.model);
     if (usage.resultBytes >= ctx.config.limits.maxResultBytesPerTenant) {
       throw new AppError(
         "storage_quota_exceeded",
@@ -148,7 +148,6 @@ export async function acceptJob(
         { status: 429, details: { quota: "results", limit_bytes: ctx.config.limits.maxResultBytesPerTenant, used_bytes: usage.resultBytes } },
       );
     }
-    const queued = await ctx.store.countQueued({ tenant });
     if (queued >= ctx.config.limits.maxQueuedPerTenant) {
       void reply.header("Retry-After", "10");
       throw new AppError("queue_full", `this tenant already has ${queued} queued jobs`, { status: 429, retryable: true });
@@ -163,7 +162,7 @@ export async function acceptJob(
     const estimate = estimateJob(
       ctx.config,
       { model: body.model, maxNewTokens: parameters.max_new_tokens, requirements },
-      { ahead: await ctx.store.countQueued({ model: body.model }), ...capacity },
+      { ahead: queuedForModel, ...capacity },
       observed,
     );
     // An Idempotency-Key reused with another body is the store's IdempotencyMismatchError: a 409.

@@ -179,6 +179,12 @@ export interface TenantUsage {
   resultBytes: number;
 }
 
+export interface SubmitCounts {
+  usage: TenantUsage;
+  queuedForTenant: number;
+  queuedForModel: number;
+}
+
 /** A miner as the whole fleet sees it (the miners table). */
 /** What a hello asks the store to record (see openMinerSession). */
 export interface MinerSessionOpening {
@@ -294,6 +300,11 @@ export interface JobStore {
   /** Deletes the tenant's file; false when there is none. Jobs that used it keep their own copy of the prompt. */
   deleteFile(tenant: string, fileId: string): Promise<boolean>;
   usage(tenant: string): Promise<TenantUsage>;
+  /**
+   * What a submit checks and estimates with, in one read: the tenant's stored bytes (usage), its
+   * queued jobs (countQueued({tenant})) and the model's (countQueued({model})).
+   */
+  submitCounts(tenant: string, model: string): Promise<SubmitCounts>;
   /**
    * Marks a completed job's stored output removed (the record stays) and returns where the
    * output was, for the caller to delete after this commit; null when there is nothing to remove

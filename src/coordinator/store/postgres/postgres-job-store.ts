@@ -24,6 +24,7 @@ import type {
   Page,
   ReapedJob,
   StoredResult,
+  SubmitCounts,
   TenantUsage,
 } from "../job-store.js";
 import { migrate } from "./migrations.js";
@@ -44,7 +45,7 @@ import { listHistory, listJobs } from "./verbs/list-jobs.js";
 import { listLeasedBy } from "./verbs/list-leased-by.js";
 import { markRunning } from "./verbs/mark-running.js";
 import { closeMinerSession, listConnectedMiners, openMinerSession, touchMiners } from "./verbs/miners.js";
-import { countByState, countQueued, queuePosition } from "./verbs/queue-counts.js";
+import { countByState, countQueued, queuePosition, submitCounts } from "./verbs/queue-counts.js";
 import { reapExpiredLeases } from "./verbs/reap-expired-leases.js";
 import { releaseLease } from "./verbs/release-lease.js";
 import { renewLease } from "./verbs/renew-lease.js";
@@ -155,6 +156,9 @@ export class PostgresJobStore implements JobStore {
   }
   usage(tenant: string): Promise<TenantUsage> {
     return usage(this.db, tenant);
+  }
+  submitCounts(tenant: string, model: string): Promise<SubmitCounts> {
+    return submitCounts(this.db, tenant, model);
   }
   removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null> {
     return removeResult(this.db, tenant, jobId, reason, now);

@@ -24,6 +24,7 @@ import type {
   Page,
   ReapedJob,
   StoredResult,
+  SubmitCounts,
   TenantUsage,
 } from "../job-store.js";
 import * as client from "./client-verbs.js";
@@ -93,6 +94,9 @@ export class SqliteJobStore implements JobStore {
   }
   usage(tenant: string): Promise<TenantUsage> {
     return settle(() => storage.usage(this.db, tenant));
+  }
+  submitCounts(tenant: string, model: string): Promise<SubmitCounts> {
+    return settle(() => client.submitCounts(this.db, tenant, model));
   }
   removeResult(tenant: string, jobId: string, reason: "deleted", now: number): Promise<{ location: string } | null> {
     return settle(() => storage.removeResult(this.db, tenant, jobId, reason, now));
