@@ -101,22 +101,23 @@ export class SqliteDb {
    * stream of writes the cache simply misses. `key` must name the read and its arguments.
    */
   cachedRead<T>(key: string, fn: () => T): T {
-    if (this.closed) throw new UnavailableError("the job store is closed");
-    const changes = this.sql("SELECT total_changes() AS n").get() as { n: number };
-    if (!this.dataVersionFresh) {
-      this.dataVersion = (this.sql("SELECT data_version AS v FROM pragma_data_version").get() as { v: number }).v;
-      this.dataVersionFresh = true;
-      setImmediate(() => (this.dataVersionFresh = false));
-    }
-    if (changes.n !== this.cachedAt.changes || this.dataVersion !== this.cachedAt.dataVersion) {
-      this.readCache.clear();
-      this.cachedAt = { changes: changes.n, dataVersion: this.dataVersion };
-    }
-    if (this.readCache.has(key)) return this.readCache.get(key) as T;
-    const value = this.read(fn);
-    if (this.readCache.size >= READ_CACHE_ENTRIES) this.readCache.clear();
-    this.readCache.set(key, value);
-    return value;
+    return this.read(() => {
+      const changes = this.sql("SELECT total_changes() AS n").get() as { n: number };
+      if (!this.dataVersionFresh) {
+        this.dataVersion = (this.sql("SELECT data_version AS v FROM pragma_data_version").get() as { v: number }).v;
+        this.dataVersionFresh = true;
+        setImmediate(() => (this.dataVersionFresh = false));
+      }
+      if (changes.n !== this.cachedAt.changes || this.dataVersion !== this.cachedAt.dataVersion) {
+        this.readCache.clear();
+        this.cachedAt = { changes: changes.n, dataVersion: this.dataVersion };
+      }
+      if (this.readCache.has(key)) return this.readCache.get(key) as T;
+      const value = fn();
+      if (this.readCache.size >= READ_CACHE_ENTRIES) this.readCache.clear();
+      this.readCache.set(key, value);
+      return value;
+    });
   }
 
   /**
