@@ -238,7 +238,9 @@ interface PromptCheck {
   maxDiff: number;
   /** Positions where the top-1 tokens differ within TIE_MARGIN. */
   nearTies: { position: number; gap: number }[];
-  /** The first position where they differ by more. */
+  /** Positions where they differ by more. */
+  failures: number;
+  /** The first of those. */
   failure?: { position: number; ours: Top2; llama: Top2; maxDiff: number };
   /** At the step where free-running decoding parts (when it does): both top-2 and the largest difference. */
   parting?: { position: number; ours: Top2; llama: Top2; maxDiff: number };
@@ -260,7 +262,7 @@ async function llamaCheck(file: string, prompts: number[][], ours: number[][], d
     let agree = 0;
     while (agree < cont.length && free[agree] === cont[agree]) agree++;
     const diffs = cont.map((_, j) => maxAbsDiff(oursDists[j]!, theirs[j]!));
-    const c: PromptCheck = { positions: cont.length, freeRunningAgree: agree, step1MaxDiff: diffs[0]!, maxDiff: Math.max(...diffs), nearTies: [] };
+    const c: PromptCheck = { positions: cont.length, freeRunningAgree: agree, step1MaxDiff: diffs[0]!, maxDiff: Math.max(...diffs), nearTies: [], failures: 0 };
     for (const [j, want] of cont.entries()) {
       const o = oursDists[j]!;
       const t = theirs[j]!;
@@ -269,6 +271,7 @@ async function llamaCheck(file: string, prompts: number[][], ours: number[][], d
       const gap = Math.max(o[want]! - o[got]!, t[got]! - t[want]!);
       if (gap < TIE_MARGIN) c.nearTies.push({ position: j, gap });
       else {
+        c.failures++;
         c.failure ??= { position: j, ours: top2(o), llama: top2(t), maxDiff: diffs[j]! };
       }
     }
@@ -426,7 +429,7 @@ async function checkConversion(env: NodeJS.ProcessEnv, f32File: string, prompts:
     for (const [i, c] of checks.entries()) {
       const ties = c.nearTies.length === 0 ? "no near-ties" : `near-ties at ${c.nearTies.map((t) => `${t.position} (gap ${t.gap.toExponential(1)})`).join(", ")}`;
       lines.push(
-        `  prompt ${i + 1}: top-1 ${c.failure === undefined ? "agrees" : "DIFFERS"} at ${c.positions - c.nearTies.length - (c.failure === undefined ? 0 : 1)}+ of ${c.positions} positions, ${ties}; ` +
+        `  prompt ${i + 1}: top-1 agrees at ${c.positions - c.nearTies.length - c.failures} of ${c.positions} positions, ${c.failures} differ, ${ties}; ` +
           `free-running greedy agrees on ${c.freeRunningAgree}/${c.positions}; max |Δ log p| step 1 ${c.step1MaxDiff.toExponential(1)}, all steps ${c.maxDiff.toExponential(1)}; ` +
           `our engine's ids ${ours.engineAgrees[i] === true ? "equal" : "DIFFER FROM"} the step loop's`,
       );
