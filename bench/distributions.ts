@@ -3,13 +3,19 @@
 /** Smallest probability taken from an engine that reports probabilities (its zeros are underflow). */
 const MIN_PROBABILITY = 1e-30;
 
-export function logSoftmax(logits: Float32Array): Float32Array {
+/** Log-probabilities in doubles (KL over many positions is summed from these). */
+export function logSoftmax64(logits: Float32Array): Float64Array {
   let max = -Infinity;
   for (const x of logits) max = Math.max(max, x);
   let sum = 0;
   for (const x of logits) sum += Math.exp(x - max);
   const lse = max + Math.log(sum);
-  return Float32Array.from(logits, (x) => x - lse);
+  return Float64Array.from(logits, (x) => x - lse);
+}
+
+/** Log-probabilities stored as floats (each rounded from its double, as computed). */
+export function logSoftmax(logits: Float32Array): Float32Array {
+  return Float32Array.from(logSoftmax64(logits));
 }
 
 /** Log-probabilities from a token → probability map (node-llama-cpp's), tokens it leaves out at the floor. */

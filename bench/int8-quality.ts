@@ -32,6 +32,7 @@ import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { decideThreadSpinning } from "../src/inference/session-factory.js";
 import { Tokenizer } from "../src/inference/tokenizer.js";
 import { benchSpin, ensureModel, median } from "./bench-support.js";
+import { argmax, logSoftmax64 as logSoftmax } from "./distributions.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const MODELS_DIR = path.join(ROOT, "models");
@@ -73,21 +74,6 @@ async function allLogits(session: ort.InferenceSession, ids: number[], layers: n
   }
   const out = await session.run(feeds, ["logits"]);
   return out.logits!.data as Float32Array;
-}
-
-function logSoftmax(row: Float32Array): Float64Array {
-  let max = -Infinity;
-  for (const v of row) max = Math.max(max, v);
-  let sum = 0;
-  for (const v of row) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return Float64Array.from(row, (v) => v - lse);
-}
-
-function argmax(row: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if ((row[i] as number) > (row[best] as number)) best = i;
-  return best;
 }
 
 /** Our engine on one model folder: decode tokens/s of each speed prompt, greedy. */
