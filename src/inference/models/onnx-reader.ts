@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { OnnxType } from "./onnx-graph.js";
-import { protoFields, protoVarints, type ProtoField } from "./proto-reader.js";
+import { protoFields, protoFloat, protoVarints, type ProtoField } from "./proto-reader.js";
 
 /** An initializer as stored: its bytes are little-endian raw_data (float_data / int64_data are converted to it). */
 export interface ReadInitializer {
@@ -149,41 +149,9 @@ function readAttribute(buf: Uint8Array): ReadAttribute {
     else if (f.field === 8) (a.ints ??= []).push(...protoVarints(f));
     else if (f.field === 6 && f.bytes) a.graph = readGraph(f.bytes);
     else if (f.field === 11 && f.bytes) (a.graphs ??= []).push(readGraph(f.bytes));
+    else if (f.field === 2) a.float ??= protoFloat(f);
   }
-  if (a.type === 1) a.float = fixed32After(buf, 2);
   return a;
-}
-
-/** The value of the first fixed32 field `field` in a message (protoFields skips fixed32 values). */
-function fixed32After(buf: Uint8Array, field: number): number | undefined {
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  let pos = 0;
-  const varint = (): number => {
-    let v = 0;
-    let shift = 0;
-    for (;;) {
-      const b = buf[pos++];
-      if (b === undefined) throw new Error("truncated ONNX file");
-      v += (b & 0x7f) * 2 ** shift;
-      if ((b & 0x80) === 0) return v;
-      shift += 7;
-    }
-  };
-  while (pos < buf.length) {
-    const tag = varint();
-    const wire = tag % 8;
-    if (wire === 5) {
-      if (Math.floor(tag / 8) === field) return view.getFloat32(pos, true);
-      pos += 4;
-    } else if (wire === 0) varint();
-    else if (wire === 1) pos += 8;
-    else if (wire === 2) {
-      const len = varint(); // read before adding: `pos += varint()` would add to the old pos
-      pos += len;
-    }
-    else throw new Error("not an ONNX protobuf");
-  }
-  return undefined;
 }
 
 function readTensor(buf: Uint8Array): ReadInitializer {
@@ -197,7 +165,7 @@ function readTensor(buf: Uint8Array): ReadInitializer {
     else if (f.field === 8 && f.bytes) t.name = text.decode(f.bytes);
     else if (f.field === 9 && f.bytes) t.raw = f.bytes;
     // float_data, packed: little-endian floats, the same bytes raw_data would hold.
-    else if (f.field === 4 && f.bytes) floatData = f.bytes;
+    else if (f.field === 4 && f.wire === 2 && f.bytes) floatData = f.bytes;
     else if (f.field === 7) int64s.push(...protoVarints(f));
     else if (f.field === 14 && f.value === 1) external = true;
   }

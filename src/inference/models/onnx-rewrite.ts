@@ -55,10 +55,7 @@ function graphsChanged(node: ReadNode, edit: OnnxEdit): boolean {
   return node.attributes.some((a) => (a.graph !== undefined && changed(a.graph)) || (a.graphs ?? []).some(changed));
 }
 
-/**
- * A NodeProto with its subgraph attributes re-encoded, every other field as stored. Node and
- * GRAPH/GRAPHS attribute messages hold no fixed-width fields, which protoFields would skip.
- */
+/** A NodeProto with its subgraph attributes re-encoded, every other field as stored. */
 function encodeNodeAround(node: ReadNode, edit: OnnxEdit): ProtoWriter {
   const w = new ProtoWriter();
   let attribute = 0;
@@ -93,6 +90,7 @@ function writeMessage(w: ProtoWriter, field: number, m: EncodedMessage): void {
 }
 
 function writeField(w: ProtoWriter, f: ProtoField): void {
-  if (f.bytes !== undefined) w.bytes(f.field, f.bytes);
+  if (f.wire === 1 || f.wire === 5) w.fixed(f.field, f.wire, f.bytes!);
+  else if (f.bytes !== undefined) w.bytes(f.field, f.bytes);
   else if (f.value !== undefined) w.int(f.field, f.value);
 }

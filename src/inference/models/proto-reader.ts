@@ -1,4 +1,7 @@
-/** One protobuf field as read: a varint's value, or a length-delimited field's bytes (a view, not a copy). */
+/**
+ * One protobuf field as read: a varint's value, or the bytes (a view, not a copy) of a
+ * length-delimited field (wire 2) or of a fixed-width one (wire 5: 4 bytes, wire 1: 8 bytes).
+ */
 export interface ProtoField {
   field: number;
   wire: number;
@@ -8,9 +11,8 @@ export interface ProtoField {
 
 /**
  * The fields of a protobuf message in order. Varints are numbers (int64 values beyond 2^53
- * lose precision, which no ONNX count or dimension reaches); fixed 32/64-bit fields are
- * skipped (the ONNX readers here need none: floats come as raw_data). Throws on bytes that
- * are not a protobuf message.
+ * lose precision, which no ONNX count or dimension reaches). Throws on bytes that are not a
+ * protobuf message.
  */
 export function* protoFields(buf: Uint8Array): Generator<ProtoField> {
   let pos = 0;
@@ -29,11 +31,19 @@ export function* protoFields(buf: Uint8Array): Generator<ProtoField> {
       if (pos + len.value > buf.length) throw new Error("malformed ONNX file");
       yield { field, wire, bytes: buf.subarray(pos, pos + len.value) };
       pos += len.value;
-    } else if (wire === 1) pos += 8;
-    else if (wire === 5) pos += 4;
-    else throw new Error("not an ONNX protobuf");
+    } else if (wire === 1 || wire === 5) {
+      const width = wire === 1 ? 8 : 4;
+      if (pos + width > buf.length) throw new Error("malformed ONNX file");
+      yield { field, wire, bytes: buf.subarray(pos, pos + width) };
+      pos += width;
+    } else throw new Error("not an ONNX protobuf");
   }
-  if (pos !== buf.length) throw new Error("malformed ONNX file");
+}
+
+/** A fixed32 field's float (AttributeProto.f). */
+export function protoFloat(f: ProtoField): number | undefined {
+  if (f.wire !== 5 || f.bytes === undefined) return undefined;
+  return new DataView(f.bytes.buffer, f.bytes.byteOffset, 4).getFloat32(0, true);
 }
 
 /** Packed or repeated varints (a repeated int64 field may come either way). */

@@ -28,6 +28,11 @@ export class ProtoWriter {
     return this.tag(field, 5).push(b);
   }
 
+  /** A fixed-width field's stored bytes (wire 5: 4 bytes, wire 1: 8), written back as read. */
+  fixed(field: number, wire: 1 | 5, bytes: Uint8Array): this {
+    return this.tag(field, wire).push(bytes);
+  }
+
   string(field: number, value: string): this {
     return this.bytes(field, new TextEncoder().encode(value));
   }
