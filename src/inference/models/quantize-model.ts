@@ -75,6 +75,7 @@ export async function quantizeModel(sourceDir: string, outDir: string, options: 
   if (matmuls.length === 0) {
     throw new ModelError("model_not_quantizable", "the ONNX graph has no MatMul or Gemm with a float32 weight to quantize", { dir: info.dir, file: ONNX_MODEL_PATH });
   }
+  let sizeAfterBytes = 0;
   await writeDirAtomically(out, options.force ?? false, (tmp) => {
     for (const entry of readdirSync(info.dir, { withFileTypes: true })) {
       if (entry.isFile() && entry.name !== "config.json") copyFileSync(path.join(info.dir, entry.name), path.join(tmp, entry.name));
@@ -86,10 +87,11 @@ export async function quantizeModel(sourceDir: string, outDir: string, options: 
     const onnxPath = path.join(tmp, ONNX_MODEL_PATH);
     mkdirSync(path.dirname(onnxPath), { recursive: true });
     writeChunks(onnxPath, proto);
-    loadModelInfo(tmp);
+    // Validated before it is moved into place; the move keeps every file, so its size is the result's.
+    sizeAfterBytes = loadModelInfo(tmp).sizeBytes;
     return Promise.resolve();
   });
-  return { dir: out, matmuls, blockSize, accuracyLevel, sizeBeforeBytes: info.sizeBytes, sizeAfterBytes: loadModelInfo(out).sizeBytes };
+  return { dir: out, matmuls, blockSize, accuracyLevel, sizeBeforeBytes: info.sizeBytes, sizeAfterBytes };
 }
 
 /** A matmul weight found in the graph: the initializer and how it is laid out ("kn": [K, N]; "nk": [N, K], read transposed). */
@@ -98,6 +100,16 @@ interface Weight {
   layout: "kn" | "nk";
   /** The Transpose node that turned an [N, K] initializer into the matmul's B, if that is how it came. */
   transpose?: ReadNode;
+}
+
+/** An 8-bit copy of a weight added to the model: its initializers' names and MatMulNBits' K, N and block size. */
+interface QuantizedCopy {
+  data: string;
+  scales: string;
+  zeroPoints: string;
+  k: number;
+  n: number;
+  blockSize: number;
 }
 
 /** What the graphs around a node hold: initializers and node outputs by name, innermost graph first. */
@@ -134,8 +146,8 @@ export function quantizeOnnxModel(model: ReadOnnxModel, options: Required<Quanti
     return name;
   };
   /** Quantized copies already added, by `${initializer}:${layout}`. */
-  const copies = new Map<string, { data: string; scales: string; zeroPoints: string; k: number; n: number; blockSize: number }>();
-  const quantizedCopy = (w: Weight): { data: string; scales: string; zeroPoints: string; k: number; n: number; blockSize: number } | undefined => {
+  const copies = new Map<string, QuantizedCopy>();
+  const quantizedCopy = (w: Weight): QuantizedCopy | undefined => {
     const key = `${w.init.name}:${w.layout}`;
     const known = copies.get(key);
     if (known !== undefined) return known;
