@@ -132,7 +132,8 @@ export function queuePosition(db: SqliteDb, job: JobRecord): number {
   // the model (one OR of both walked every queued row of it); one statement, kept until the
   // database changes, since a waiting client polls it.
   const rank = PRIORITY_RANK[job.priority];
-  return db.cachedRead(`queue position ${job.id} ${job.model} ${rank}`, () => {
+  // The id is the key: a job's model and priority never change.
+  return db.cachedRead(`queue position ${job.id}`, () => {
     const row = db
       .sql(
         `SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND model = @model AND priority_rank > @rank)

@@ -35,12 +35,14 @@ export function claimJobs(db: SqliteDb, miner: MinerCapabilities, now: number, l
         const attempt = r.attempt + 1;
         const leaseToken = newLeaseToken();
         const leaseExpiresAt = now + leaseTtlMs;
-        db.sql(
-          `UPDATE jobs SET status = 'assigned', attempt = ?, lease_token = ?, lease_expires_at = ?, miner_id = ?,
-             assigned_at = ?, progress = 0 WHERE id = ? AND status = 'queued'`,
-        ).run(attempt, leaseToken, leaseExpiresAt, miner.minerId, now, r.id);
+        const updated = db
+          .sql(
+            `UPDATE jobs SET status = 'assigned', attempt = ?, lease_token = ?, lease_expires_at = ?, miner_id = ?,
+               assigned_at = ?, progress = 0 WHERE id = ? AND status = 'queued' RETURNING *`,
+          )
+          .get(attempt, leaseToken, leaseExpiresAt, miner.minerId, now, r.id) as JobRow;
         emit({ jobId: r.id, type: "assigned", at: now, data: { attempt, miner_id: miner.minerId } });
-        taken.push({ job: toJob(db.mustRow(r.id)), attempt, leaseToken, leaseExpiresAt });
+        taken.push({ job: toJob(updated), attempt, leaseToken, leaseExpiresAt });
         if (taken.length === max) return taken;
       }
       const last = rows[rows.length - 1]!;
