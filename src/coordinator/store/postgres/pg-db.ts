@@ -28,16 +28,13 @@ export interface PgDbOptions {
 }
 
 /**
- * One event in one round trip: the job's counter (its row is locked by the verb), the log row, and
- * the NOTIFY (`{"j","s","t","o"}`, delivered at commit). Three statements cost three round trips
- * per event, and a job's life has several events: with a fleet under load the replicas spent more
- * time writing to PostgreSQL's socket than anything else (`npm run bench:fleet` profiles).
+ * Events in one round trip, one each for several jobs (distinct ids: a job's counter is bumped
+ * once per statement), or one: each job's counter (its row is locked by the verb), the log row,
+ * and the NOTIFY (`{"j","s","t","o"}`, delivered at commit). Three statements an event cost three
+ * round trips, and a job's life has several events: with a fleet under load the replicas spent
+ * more time writing to PostgreSQL's socket than anything else (`npm run bench:fleet` profiles).
+ * The jobs are joined through their primary key, also in the generic plan of a prepared one.
  */
-const EMIT_EVENT = `WITH bumped AS (UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq),
-  logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT $1, event_seq, $2, $3, $4 FROM bumped RETURNING seq)
-SELECT seq, pg_notify($5, json_build_object('j', $1::text, 's', seq, 't', $2::text, 'o', $6::text)::text) FROM logged`;
-
-/** EMIT_EVENT for one event on each of several jobs (distinct ids: a job's counter is bumped once per statement). */
 const EMIT_EVENTS = `WITH ev AS (SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[]) AS e(job_id, type, data, at)),
   bumped AS (UPDATE jobs j SET event_seq = j.event_seq + 1 FROM ev WHERE j.id = ev.job_id RETURNING j.id, j.event_seq),
   logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT ev.job_id, b.event_seq, ev.type, ev.data, ev.at FROM ev JOIN bumped b ON b.id = ev.job_id
@@ -121,32 +118,25 @@ export class PgDb {
     client.on("error", onError);
     const pending: JobEvent[] = [];
     const replica = this.options.replica ?? "";
-    const emit: PgEmit = Object.assign(
-      async (e: Omit<JobEvent, "seq">) => {
-        const r = await client.query<{ seq: number }>(EMIT_EVENT, [e.jobId, e.type, JSON.stringify(e.data), e.at, JOB_CHANNEL, replica]);
-        pending.push({ ...e, seq: r.rows[0]!.seq });
-      },
-      {
-        many: async (events: Omit<JobEvent, "seq">[]) => {
-          if (events.length === 0) return;
-          if (new Set(events.map((e) => e.jobId)).size !== events.length) throw new Error("emit.many takes one event per job");
-          const r = await client.query<{ job_id: string; seq: number }>(EMIT_EVENTS, [
-            events.map((e) => e.jobId),
-            events.map((e) => e.type),
-            events.map((e) => JSON.stringify(e.data)),
-            events.map((e) => e.at),
-            JOB_CHANNEL,
-            replica,
-          ]);
-          const seqs = new Map(r.rows.map((row) => [row.job_id, row.seq]));
-          for (const e of events) {
-            const seq = seqs.get(e.jobId);
-            if (seq === undefined) throw new Error(`job ${e.jobId} vanished while its event was written`);
-            pending.push({ ...e, seq });
-          }
-        },
-      },
-    );
+    const many = async (events: Omit<JobEvent, "seq">[]): Promise<void> => {
+      if (events.length === 0) return;
+      if (new Set(events.map((e) => e.jobId)).size !== events.length) throw new Error("emit.many takes one event per job");
+      const r = await client.query<{ job_id: string; seq: number }>(EMIT_EVENTS, [
+        events.map((e) => e.jobId),
+        events.map((e) => e.type),
+        events.map((e) => JSON.stringify(e.data)),
+        events.map((e) => e.at),
+        JOB_CHANNEL,
+        replica,
+      ]);
+      const seqs = new Map(r.rows.map((row) => [row.job_id, row.seq]));
+      for (const e of events) {
+        const seq = seqs.get(e.jobId);
+        if (seq === undefined) throw new Error(`job ${e.jobId} vanished while its event was written`);
+        pending.push({ ...e, seq });
+      }
+    };
+    const emit: PgEmit = Object.assign((e: Omit<JobEvent, "seq">) => many([e]), { many });
     let out: T;
     try {
       // A verb that begins itself sends BEGIN in one simple query with its first statement (one
