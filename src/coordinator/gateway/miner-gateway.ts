@@ -153,7 +153,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
   }
 
   connected(): Promise<readonly Pick<MinerRecord, "models" | "gpus" | "draining">[]> {
-    return Promise.resolve([...this.sessions.values()].map((s) => ({ models: s.models, gpus: s.gpus, draining: s.draining })));
+    return Promise.resolve([...this.sessions.values()]);
   }
 
   capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {

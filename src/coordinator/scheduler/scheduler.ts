@@ -227,7 +227,8 @@ export class Scheduler {
         }
         if (batch.length === 0) break;
         const now = this.ctx.now();
-        const asks = batch.map((s) => Math.max(1, Math.min(ask, s.credits)));
+        // Both at least 1: `ask` starts there, and a session that wants work has credits.
+        const asks = batch.map((s) => Math.min(ask, s.credits));
         const claims = await Promise.allSettled(
           batch.map((s, k) => this.ctx.store.claimJobs({ minerId: s.minerId, gpus: s.gpus, models: s.models }, now, leaseTtlMs, asks[k]!)),
         );
