@@ -1,18 +1,14 @@
 import * as ort from "onnxruntime-node";
 import { ModelError } from "../common/errors.js";
 import { Prng } from "../common/prng.js";
-import { createKvCache, emptyPast, pastFrom, type KvCache } from "./kv-cache.js";
+import { createKvCache, emptyPast, pastFrom, type CacheModel, type KvCache } from "./kv-cache.js";
 import { ATTENTION_MASK, INPUT_IDS, kvNames, LOGITS, POSITION_IDS, PRESENT, USE_CACHE_BRANCH } from "./models/model-io.js";
 import type { SamplingParams } from "./sampling.js";
 import { sampleNextToken } from "./sampling.js";
 
-/** A model's session and the shape its feeds need. */
-export interface DecodeModel {
-  name: string;
+/** A model's session and the shape its feeds need (its cache's shape is the KV cache's). */
+export interface DecodeModel extends CacheModel {
   session: ort.InferenceSession;
-  nLayer: number;
-  nHead: number;
-  headDim: number;
   vocabSize: number;
   eosTokenId: number;
   /** The graph's logits are [B,1,V], for the last position only: a prompt is then prefilled in one run. */
