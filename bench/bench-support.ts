@@ -7,6 +7,13 @@ import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model
 import { RECIPES } from "../src/inference/models/recipes.js";
 import { decideThreadSpinning } from "../src/inference/session-factory.js";
 
+/** The prompts the inference benches decode (bench:inference's three; bench:int8 adds one). */
+export const DECODE_PROMPTS: readonly string[] = [
+  "The history of the city begins in the early years of the",
+  "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley",
+  "def fibonacci(n):\n    if n < 2:\n        return n\n",
+];
+
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);

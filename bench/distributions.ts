@@ -46,7 +46,7 @@ export function argmax(xs: Float32Array): number {
 }
 
 /** KL(p ‖ q) in nats, from log-probabilities. */
-export function klDivergence(logP: Float32Array, logQ: Float32Array): number {
+export function klDivergence(logP: ArrayLike<number>, logQ: ArrayLike<number>): number {
   let kl = 0;
   for (let i = 0; i < logP.length; i++) {
     const lp = logP[i]!;

@@ -41,7 +41,7 @@ import { loadModelInfo } from "../src/inference/models/model-info.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { decideThreadSpinning } from "../src/inference/session-factory.js";
 import { Tokenizer } from "../src/inference/tokenizer.js";
-import { benchSpin, childEnv, ensureModel, median } from "./bench-support.js";
+import { benchSpin, childEnv, DECODE_PROMPTS, ensureModel, median } from "./bench-support.js";
 import { argmax, klDivergence, logSoftmax, maxAbsDiff, top2 } from "./distributions.js";
 import { ensureGguf } from "./gguf-export.js";
 import { createLlamaContext, llamaGreedy, llamaTeacherForced, loadLlamaModel, startLlama } from "./llama-peer.js";
@@ -71,14 +71,9 @@ const CONCURRENT = 8;
  */
 const TIE_MARGIN = 2e-2;
 
-const PROMPTS = [
-  "The history of the city begins in the early years of the",
-  "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley",
-  "def fibonacci(n):\n    if n < 2:\n        return n\n",
-];
 /** The batch8 section's prompts, one per generation. */
 const BATCH_PROMPTS = [
-  ...PROMPTS,
+  ...DECODE_PROMPTS,
   "Once upon a time there was",
   "The results of the experiment show that",
   "My favourite recipe for bread needs",
@@ -115,9 +110,9 @@ async function oursBatch1(model: string): Promise<SideResult> {
   const { spinning } = await decideThreadSpinning(benchSpin());
   const engine = oursEngine(model, spinning, 1);
   await engine.initialize();
-  await engine.generate({ model, prompt: PROMPTS[0]!, params: { ...GREEDY, max_new_tokens: 4 } });
+  await engine.generate({ model, prompt: DECODE_PROMPTS[0]!, params: { ...GREEDY, max_new_tokens: 4 } });
   const out: SideResult = { tokensPerSecond: [], ttftMs: [], rssPeakBytes: 0, spinning: [spinning] };
-  for (const prompt of PROMPTS) {
+  for (const prompt of DECODE_PROMPTS) {
     const res = await engine.generate({ model, prompt, params: { ...GREEDY, max_new_tokens: TOKENS } });
     out.tokensPerSecond.push(res.timing.tokens_per_second);
     out.ttftMs.push(res.timing.time_to_first_token_ms);
@@ -132,7 +127,7 @@ async function oursBatch8(model: string): Promise<number> {
   const { spinning } = await decideThreadSpinning(benchSpin());
   const engine = oursEngine(model, spinning, CONCURRENT);
   await engine.initialize();
-  await engine.generate({ model, prompt: PROMPTS[0]!, params: { ...GREEDY, max_new_tokens: 4 } });
+  await engine.generate({ model, prompt: DECODE_PROMPTS[0]!, params: { ...GREEDY, max_new_tokens: 4 } });
   const started = performance.now();
   const results = await Promise.all(BATCH_PROMPTS.map((prompt) => engine.generate({ model, prompt, params: { ...GREEDY, max_new_tokens: TOKENS } })));
   const seconds = (performance.now() - started) / 1000;
@@ -219,7 +214,7 @@ async function oursCheck(dumps: string[], prompts: number[][]): Promise<OursChec
   await steps.close();
   const engine = oursEngine(MODEL, spinning, 1);
   await engine.initialize();
-  for (const [i, prompt] of PROMPTS.entries()) {
+  for (const [i, prompt] of DECODE_PROMPTS.entries()) {
     const res = await engine.generate({ model: MODEL, prompt, params: { ...GREEDY, max_new_tokens: CHECK_TOKENS } });
     out.engineAgrees.push(res.token_ids.join() === out.ids[i]!.join());
   }
@@ -391,7 +386,7 @@ async function child<T>(req: ChildRequest, env: NodeJS.ProcessEnv): Promise<T> {
 
 async function xenova(): Promise<SideResult> {
   const script = path.join(ROOT, "test", "inference", "xenova-generate.mjs");
-  const cases = PROMPTS.map((prompt) => ({ prompt, max_new_tokens: TOKENS }));
+  const cases = DECODE_PROMPTS.map((prompt) => ({ prompt, max_new_tokens: TOKENS }));
   // Warm-up is the first pass, dropped below, as ours drops its warm-up generation.
   const input = { modelsDir: MODELS_DIR, model: MODEL, cases, repeat: 2, ids: false };
   const { stdout } = await run(process.execPath, [script, JSON.stringify(input)], { maxBuffer: 64 << 20 });
@@ -454,7 +449,7 @@ async function main(): Promise<void> {
   const f32File = ensureGguf(MODELS_DIR, MODEL, "F32");
   const q8File = ensureGguf(MODELS_DIR, MODEL, "Q8_0");
   const tokenizer = await Tokenizer.load(path.join(MODELS_DIR, MODEL));
-  const prompts = PROMPTS.map((p) => tokenizer.encode(p));
+  const prompts = DECODE_PROMPTS.map((p) => tokenizer.encode(p));
   const batchPrompts = BATCH_PROMPTS.map((p) => tokenizer.encode(p));
   const info = loadModelInfo(path.join(MODELS_DIR, MODEL));
   const load0 = loadavg()[0]!;

@@ -25,14 +25,17 @@ import os from "node:os";
 import path from "node:path";
 import * as ort from "onnxruntime-node";
 import { silentLogger } from "../src/common/logger.js";
+import { buildFeeds } from "../src/inference/batch-decoder.js";
+import { emptyPast, type CacheModel } from "../src/inference/kv-cache.js";
 import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
+import { LOGITS } from "../src/inference/models/model-io.js";
 import { quantizeModel } from "../src/inference/models/quantize-model.js";
 import { RECIPES } from "../src/inference/models/recipes.js";
 import { OnnxEngine } from "../src/inference/onnx-engine.js";
 import { decideThreadSpinning } from "../src/inference/session-factory.js";
 import { Tokenizer } from "../src/inference/tokenizer.js";
-import { benchSpin, ensureModel, median } from "./bench-support.js";
-import { argmax, logSoftmax64 as logSoftmax } from "./distributions.js";
+import { benchSpin, DECODE_PROMPTS, ensureModel, median } from "./bench-support.js";
+import { argmax, klDivergence, logSoftmax64 as logSoftmax } from "./distributions.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const MODELS_DIR = path.join(ROOT, "models");
@@ -44,12 +47,7 @@ const KL_TOKENS = Number(process.env.BENCH_KL_TOKENS ?? 64);
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 32);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const THREADS = Number(process.env.BENCH_THREADS ?? 0);
-const PROMPTS = [
-  "The history of the city begins in the early years of the",
-  "In a shocking finding, scientists discovered a herd of unicorns living in a remote valley",
-  "def fibonacci(n):\n    if n < 2:\n        return n\n",
-  "Once upon a time, in a small village by the sea, there lived an old fisherman who",
-];
+const PROMPTS = [...DECODE_PROMPTS, "Once upon a time, in a small village by the sea, there lived an old fisherman who"];
 /** Decode speed is measured on the first two prompts: the slow accuracy levels would otherwise take many minutes. */
 const SPEED_PROMPTS = PROMPTS.slice(0, 2);
 
@@ -65,15 +63,10 @@ interface Variant {
   tokensPerSecond: number[];
 }
 
-/** Logits [S, V] of one sequence, every position (optimum layout), no past. */
-async function allLogits(session: ort.InferenceSession, ids: number[], layers: number, heads: number, headDim: number): Promise<Float32Array> {
-  const int64 = (values: number[]): ort.Tensor => new ort.Tensor("int64", BigInt64Array.from(values.map(BigInt)), [1, values.length]);
-  const feeds: Record<string, ort.Tensor> = { input_ids: int64(ids), attention_mask: int64(ids.map(() => 1)), position_ids: int64(ids.map((_, i) => i)) };
-  for (let i = 0; i < layers; i++) {
-    for (const part of ["key", "value"]) feeds[`past_key_values.${i}.${part}`] = new ort.Tensor("float32", new Float32Array(0), [1, heads, 0, headDim]);
-  }
-  const out = await session.run(feeds, ["logits"]);
-  return out.logits!.data as Float32Array;
+/** Logits [S, V] of one sequence, every position (optimum layout), no past: the decoder's own feeds. */
+async function allLogits(session: ort.InferenceSession, ids: number[], model: CacheModel): Promise<Float32Array> {
+  const out = await session.run(buildFeeds(new Set(session.inputNames), ids, 0, emptyPast(model, 1)), [LOGITS]);
+  return out[LOGITS]!.data as Float32Array;
 }
 
 /** Our engine on one model folder: decode tokens/s of each speed prompt, greedy. */
@@ -98,7 +91,7 @@ async function decodeSpeed(modelsDir: string, model: string, spinning: boolean):
 async function main(): Promise<void> {
   const recipe = RECIPES[MODEL]!;
   const c = recipe.config;
-  const headDim = c.nEmbd / c.nHead;
+  const shape: CacheModel = { name: MODEL, nLayer: c.nLayer, nHead: c.nHead, headDim: c.nEmbd / c.nHead };
   await ensureModel(MODELS_DIR, MODEL);
   const scratch = mkdtempSync(path.join(os.tmpdir(), "aitbc-bench-int8-"));
   try {
@@ -124,12 +117,12 @@ async function main(): Promise<void> {
       const prompt = tokenizer.encode(text);
       const ids = [...prompt];
       for (let t = 0; t < KL_TOKENS; t++) {
-        const logits = await allLogits(fp32, ids, c.nLayer, c.nHead, headDim);
+        const logits = await allLogits(fp32, ids, shape);
         ids.push(argmax(logits.subarray((ids.length - 1) * c.vocabSize, ids.length * c.vocabSize)));
       }
       const continuation = ids.slice(prompt.length);
       // The teacher-forced run: prompt + continuation but its last token; row prompt.length − 1 + t predicts continuation[t].
-      const logits = await allLogits(fp32, ids.slice(0, -1), c.nLayer, c.nHead, headDim);
+      const logits = await allLogits(fp32, ids.slice(0, -1), shape);
       const logP = continuation.map((_, t) => logSoftmax(logits.subarray((prompt.length - 1 + t) * c.vocabSize, (prompt.length + t) * c.vocabSize)));
       sequences.push({ prompt, continuation, logP });
     }
@@ -143,13 +136,11 @@ async function main(): Promise<void> {
       let top1 = 0;
       for (const s of sequences) {
         const ids = [...s.prompt, ...s.continuation.slice(0, -1)];
-        const logits = await allLogits(session, ids, c.nLayer, c.nHead, headDim);
+        const logits = await allLogits(session, ids, shape);
         let leading = -1;
         s.continuation.forEach((token, t) => {
           const row = logits.subarray((s.prompt.length - 1 + t) * c.vocabSize, (s.prompt.length + t) * c.vocabSize);
-          const logQ = logSoftmax(row);
-          const logP = s.logP[t]!;
-          for (let i = 0; i < c.vocabSize; i++) kl += Math.exp(logP[i]!) * (logP[i]! - logQ[i]!);
+          kl += klDivergence(s.logP[t]!, logSoftmax(row));
           const agrees = argmax(row) === token;
           if (agrees) top1++;
           if (!agrees && leading < 0) leading = t;
