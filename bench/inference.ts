@@ -282,6 +282,12 @@ async function llamaCheck(file: string, prompts: number[][], ours: number[][], d
 interface Accuracy {
   /** Leading greedy tokens on which the 8-bit model agrees with the float32 one, per prompt. */
   agree: number[];
+  /**
+   * Per prompt, at the position where the 8-bit greedy tokens part from the float32 ones (null
+   * when they never do): how far float32 itself preferred its token over the 8-bit one's, log p
+   * difference in nats. A small margin is a near-tie that any rounding can flip.
+   */
+  partingMargin: (number | null)[];
   /** Mean KL(float32 ‖ 8-bit) over all positions, nats. */
   meanKl: number;
   positions: number;
@@ -293,10 +299,13 @@ function accuracyOf(f32: { ids: number[]; dists: Float32Array[] }[], q8Free: num
   let kl = 0;
   let positions = 0;
   let same = 0;
+  const partingMargin: (number | null)[] = [];
   const agree = f32.map((r, i) => {
     const free = q8Free[i]!;
     let n = 0;
     while (n < r.ids.length && free[n] === r.ids[n]) n++;
+    const d = r.dists[n];
+    partingMargin.push(n < r.ids.length && d !== undefined ? d[r.ids[n]!]! - d[free[n]!]! : null);
     for (const [j, d] of r.dists.entries()) {
       const q = q8Forced[i]![j]!;
       kl += klDivergence(d, q);
@@ -305,7 +314,7 @@ function accuracyOf(f32: { ids: number[]; dists: Float32Array[] }[], q8Free: num
     }
     return n;
   });
-  return { agree, meanKl: kl / positions, positions, top1: same / positions };
+  return { agree, partingMargin, meanKl: kl / positions, positions, top1: same / positions };
 }
 
 async function oursAccuracy(prompts: number[][]): Promise<Accuracy> {
@@ -549,6 +558,7 @@ async function main(): Promise<void> {
     process.stderr.write(`accuracy: ${ACCURACY_TOKENS} tokens per prompt…\n`);
     const ours = await child<Accuracy>({ kind: "ours-accuracy", prompts }, env);
     const theirs = await child<Accuracy>({ kind: "llama-accuracy", f32: f32File, q8: q8File, prompts, vocabSize: info.vocabSize }, env);
+    const margins = (a: Accuracy): string => a.partingMargin.map((m) => (m === null ? "—" : m.toFixed(3))).join(", ");
     const row = (name: string, a: Accuracy): string =>
       `  ${name.padEnd(26)} ${a.agree.map((n) => `${n}/${ACCURACY_TOKENS}`).join(" ").padStart(16)} ${a.meanKl.toExponential(2).padStart(10)} ${`${(100 * a.top1).toFixed(1)}%`.padStart(8)}`;
     out.push(
@@ -556,6 +566,7 @@ async function main(): Promise<void> {
       `  ${"".padEnd(26)} ${"leading agree".padStart(16)} ${"mean KL".padStart(10)} ${"top-1".padStart(8)}`,
       row("ours int8 vs float32", ours),
       row("llama.cpp Q8_0 vs F32", theirs),
+      `  float32's own margin (log p of its token − of the 8-bit one's, nats) where each parts: ours ${margins(ours)}; llama.cpp ${margins(theirs)}`,
       "",
     );
   }
