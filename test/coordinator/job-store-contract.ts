@@ -163,6 +163,16 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect((await store.listJobs("globex", { limit: 10 })).total).toBe(0);
       });
 
+      it("reads several jobs by id at once, any tenant's, leaving out unknown ids", async () => {
+        const a = await create();
+        const b = await create({ tenant: "globex" });
+        await create();
+        const got = await store.getJobsById([b.id, "job_doesnotexist", a.id]);
+        expect(got.map((j) => j.id).sort()).toEqual([a.id, b.id].sort());
+        expect(got.find((j) => j.id === b.id)).toMatchObject({ tenant: "globex", status: "queued" });
+        expect(await store.getJobsById([])).toEqual([]);
+      });
+
       it("pages through every job once, newest first, with a status filter and totals", async () => {
         const ids: string[] = [];
         // Two jobs share each timestamp so ties within a millisecond are paged too.
@@ -696,6 +706,16 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         await store.setMinerDrained("miner_a", false, T0 + 4);
         expect(await store.drainedAmong(["miner_a"])).toEqual([]);
         expect(await store.getMiner("miner_nosuch")).toBeNull();
+      });
+
+      it("reads several miners by id at once, leaving out unknown ids", async () => {
+        await store.openMinerSession(rig("miner_a", "rig-a"), T0, T0);
+        await store.openMinerSession(rig("miner_b", "rig-b"), T0, T0);
+        await store.openMinerSession(rig("miner_c", "rig-c"), T0, T0);
+        const got = await store.getMinersById(["miner_c", "miner_nosuch", "miner_a"]);
+        expect(got.map((m) => m.id).sort()).toEqual(["miner_a", "miner_c"]);
+        expect(got.find((m) => m.id === "miner_c")).toMatchObject({ name: "rig-c", gpus: [H200], slots: 2 });
+        expect(await store.getMinersById([])).toEqual([]);
       });
 
       it("counts each miner's results and failed attempts with its latest error and speed", async () => {

@@ -155,3 +155,55 @@ describe("scheduler with a fleet", () => {
     expect(asked.length).toBeLessThanOrEqual(8);
   });
 });
+
+describe("scheduler runs after an empty claim", () => {
+  let store: SqliteJobStore;
+  let ctx: CoordinatorContext;
+  let close: () => Promise<void>;
+
+  beforeEach(() => {
+    ({ store, ctx, close } = schedulerContext());
+  });
+
+  afterEach(async () => {
+    await close();
+  });
+
+  it("skip claiming until a job is queued: a pull after an empty claim costs the store nothing", async () => {
+    let claims = 0;
+    const claim = store.claimJobs.bind(store);
+    store.claimJobs = (...args: Parameters<SqliteJobStore["claimJobs"]>) => {
+      claims++;
+      return claim(...args);
+    };
+    const fleet = Array.from({ length: 20 }, (_, i) => fakeSession(`m${i}`, { open: true, sends: true }));
+    for (const s of fleet) s.setCredits(1);
+    const scheduler = new Scheduler(ctx, { targets: () => fleet, target: (id) => fleet.find((s) => s.minerId === id) });
+    scheduler.start();
+    const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 20));
+    try {
+      scheduler.dispatch();
+      await settle();
+      // Nothing queued: one claim for the capability, which finds nothing.
+      expect(claims).toBe(1);
+      // Pulls (dispatch runs) with nothing queued since: no claim at all.
+      scheduler.dispatch();
+      scheduler.dispatch();
+      await settle();
+      expect(claims).toBe(1);
+      // A job is queued (its event reaches the scheduler): claimed at once, without waiting for a tick.
+      const id = await queuedJob(store);
+      await settle();
+      expect((await store.getJobById(id))?.status).toBe("assigned");
+      expect(claims).toBeGreaterThan(1);
+      const afterJob = claims;
+      scheduler.dispatch();
+      await settle();
+      // The run after the job found the queue empty again, so this one claims nothing.
+      expect(claims).toBe(afterJob);
+    } finally {
+      await scheduler.stop();
+      store.claimJobs = claim;
+    }
+  });
+});

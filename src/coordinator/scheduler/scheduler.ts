@@ -80,6 +80,16 @@ export class Scheduler {
   private lastServed: string | undefined;
   /** Jobs that became queued (here or, by hint, on other replicas) since the last run began. */
   private newlyQueued = 0;
+  /**
+   * Capabilities whose latest claim found less than it asked for, with nothing queued since:
+   * claiming for them again would find nothing, so a run (a miner's pull after its result, most
+   * often) skips them. Forgotten on every sign that a job may have become claimable: a queued or
+   * requeued change here or by hint, a resync of the hints, a backoff ending, a lease handed
+   * back, and every reaper tick (the periodic cover for a lost hint).
+   */
+  private readonly knownEmpty = new Set<string>();
+  /** Bumped whenever knownEmpty is forgotten: a claim that began before may not mark it again. */
+  private queueEpoch = 0;
 
   constructor(
     private readonly ctx: CoordinatorContext,
@@ -106,8 +116,14 @@ export class Scheduler {
     // Changes committed by other replicas arrive as hints (NOTIFY): new work → dispatch here too;
     // a cancel, a reaped lease or an end → the miner holding it, if its session is here, is told.
     this.unsubscribe.push(this.ctx.events.onRemote((c) => void this.remoteChange(c)));
-    this.unsubscribe.push(this.ctx.events.onResync(() => this.dispatch()));
+    this.unsubscribe.push(
+      this.ctx.events.onResync(() => {
+        this.forgetEmpty();
+        this.dispatch();
+      }),
+    );
     this.timer = setInterval(() => {
+      this.forgetEmpty();
       this.reaping = this.reap().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "reaper pass failed"));
     }, this.ctx.config.scheduler.reapIntervalMs);
     this.timer.unref();
@@ -142,7 +158,14 @@ export class Scheduler {
   /** A job became queued: a dispatch run, which starts wider the more jobs came since the last. */
   private jobQueued(): void {
     this.newlyQueued += 1;
+    this.forgetEmpty();
     this.dispatch();
+  }
+
+  /** Something may have become claimable: the next run claims for every capability again. */
+  private forgetEmpty(): void {
+    this.queueEpoch += 1;
+    this.knownEmpty.clear();
   }
 
   private async remoteChange(c: RemoteChange): Promise<void> {
@@ -169,6 +192,7 @@ export class Scheduler {
       if (waitMs <= 0) return; // the dispatch asked for with the event can already claim it
       const t = setTimeout(() => {
         this.dueTimers.delete(t);
+        this.forgetEmpty();
         this.dispatch();
       }, waitMs + 1);
       t.unref();
@@ -197,8 +221,10 @@ export class Scheduler {
     this.newlyQueued = 0;
     // A claim depends only on the miner's models and GPUs: once one session of a capability found
     // nothing, every other one of it would too, so each run asks the store once per capability,
-    // not once per session (a fleet of idle miners cost one claim query each per job before).
-    const empty = new Set<string>();
+    // not once per session (a fleet of idle miners cost one claim query each per job before), and
+    // later runs not at all until something is queued (knownEmpty; bench:fleet: every miner's
+    // pull after its result claimed and found nothing, two round trips each).
+    const empty = this.knownEmpty;
     let progress = true;
     // Claims of one round go out CLAIM_WIDTH_MAX at a time once the queue proves deep (after two
     // batches that all found what they asked for, each such batch doubles the next; one that fell
@@ -227,6 +253,7 @@ export class Scheduler {
         }
         if (batch.length === 0) break;
         const now = this.ctx.now();
+        const epoch = this.queueEpoch;
         // Both at least 1: `ask` starts there, and a session that wants work has credits.
         const asks = batch.map((s) => Math.min(ask, s.credits));
         const claims = await Promise.allSettled(
@@ -244,9 +271,10 @@ export class Scheduler {
             filled = false;
             continue;
           }
-          // Fewer than asked: nothing more of this capability is free to take in this run.
+          // Fewer than asked: nothing more of this capability is free to take, until something
+          // is queued (unless something was while the claim ran: its look may have missed it).
           if (c.value.length < asks[k]!) {
-            empty.add(capabilityKey(s));
+            if (epoch === this.queueEpoch) empty.add(capabilityKey(s));
             filled = false;
           } else satisfied += 1;
           let handedBack = false;

@@ -319,6 +319,8 @@ export interface JobStore {
 
   // --- miner side (fenced by the lease triple)
   getJobById(jobId: string): Promise<JobRecord | null>;
+  /** The jobs among `jobIds` that exist, any tenant's, in no particular order (one read for many). */
+  getJobsById(jobIds: readonly string[]): Promise<JobRecord[]>;
   /** Leases the best queued job this miner can run (priority, then age), or null. */
   claimNextJob(miner: MinerCapabilities, now: number, leaseTtlMs: number): Promise<Assignment | null>;
   /**
@@ -388,6 +390,8 @@ export interface JobStore {
   /** Every miner connected now or seen since `seenSince`, connected first. */
   listMiners(seenSince: number): Promise<MinerRecord[]>;
   getMiner(id: string): Promise<MinerRecord | null>;
+  /** The miners among `ids` that are known, in no particular order (one read for many). */
+  getMinersById(ids: readonly string[]): Promise<MinerRecord[]>;
   /** An operator's drain (true) or undrain; false when no such miner. With replicas, the one holding it is told. */
   setMinerDrained(id: string, drained: boolean, now: number): Promise<boolean>;
   /** Which of these miners an operator has drained (each replica re-reads its sessions' drains every heartbeat). */

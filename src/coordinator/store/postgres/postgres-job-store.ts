@@ -37,7 +37,7 @@ import { createJob } from "./verbs/create-job.js";
 import { expireQueued } from "./verbs/expire-queued.js";
 import { failAttempt } from "./verbs/fail-attempt.js";
 import { createFile, deleteFile, expireFiles, getFile } from "./verbs/files.js";
-import { getJob } from "./verbs/get-job.js";
+import { getJob, getJobsById } from "./verbs/get-job.js";
 import { authenticate, createKey, getKey, listKeys, revokeKey, revokedAmong } from "./verbs/keys.js";
 import * as operator from "./verbs/operator.js";
 import { listEvents } from "./verbs/list-events.js";
@@ -122,6 +122,9 @@ export class PostgresJobStore implements JobStore {
   }
   getJobById(jobId: string): Promise<JobRecord | null> {
     return getJob(this.db, null, jobId);
+  }
+  getJobsById(jobIds: readonly string[]): Promise<JobRecord[]> {
+    return getJobsById(this.db, jobIds);
   }
   listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
     return listJobs(this.db, tenant, q);
@@ -258,6 +261,9 @@ export class PostgresJobStore implements JobStore {
   }
   getMiner(id: string): Promise<MinerRecord | null> {
     return operator.getMiner(this.db, id);
+  }
+  getMinersById(ids: readonly string[]): Promise<MinerRecord[]> {
+    return operator.getMinersById(this.db, ids);
   }
   setMinerDrained(id: string, drained: boolean, _now: number): Promise<boolean> {
     return operator.setMinerDrained(this.db, id, drained);

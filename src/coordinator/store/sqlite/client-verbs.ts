@@ -39,6 +39,10 @@ export function getJob(db: SqliteDb, tenant: string | null, jobId: string): JobR
   return r === undefined || (tenant !== null && r.tenant !== tenant) ? null : toJob(r);
 }
 
+export function getJobsById(db: SqliteDb, jobIds: readonly string[]): JobRecord[] {
+  return db.read(() => (db.sql("SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))").all(JSON.stringify(jobIds)) as JobRow[]).map(toJob));
+}
+
 function page(rows: JobRow[], limit: number, total: number, key: (r: JobRow) => number): Page<JobRecord> {
   const more = rows.length > limit;
   const items = rows.slice(0, limit);

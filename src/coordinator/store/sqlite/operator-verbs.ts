@@ -16,6 +16,10 @@ export function getMiner(db: SqliteDb, id: string): MinerRecord | null {
   return r === undefined ? null : toMiner(r);
 }
 
+export function getMinersById(db: SqliteDb, ids: readonly string[]): MinerRecord[] {
+  return db.read(() => (db.sql("SELECT * FROM miners WHERE id IN (SELECT value FROM json_each(?))").all(JSON.stringify(ids)) as MinerRow[]).map(toMiner));
+}
+
 export function setMinerDrained(db: SqliteDb, id: string, drained: boolean): boolean {
   return db.tx(() => db.sql("UPDATE miners SET drained = ? WHERE id = ?").run(drained ? 1 : 0, id).changes === 1);
 }

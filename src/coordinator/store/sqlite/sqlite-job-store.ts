@@ -61,6 +61,9 @@ export class SqliteJobStore implements JobStore {
   getJobById(jobId: string): Promise<JobRecord | null> {
     return settle(() => client.getJob(this.db, null, jobId));
   }
+  getJobsById(jobIds: readonly string[]): Promise<JobRecord[]> {
+    return settle(() => client.getJobsById(this.db, jobIds));
+  }
   listJobs(tenant: string, q: { status?: JobState; limit: number; cursor?: string }): Promise<Page<JobRecord>> {
     return settle(() => client.listJobs(this.db, tenant, q));
   }
@@ -175,6 +178,9 @@ export class SqliteJobStore implements JobStore {
   }
   getMiner(id: string): Promise<MinerRecord | null> {
     return settle(() => operator.getMiner(this.db, id));
+  }
+  getMinersById(ids: readonly string[]): Promise<MinerRecord[]> {
+    return settle(() => operator.getMinersById(this.db, ids));
   }
   setMinerDrained(id: string, drained: boolean, _now: number): Promise<boolean> {
     return settle(() => operator.setMinerDrained(this.db, id, drained));

@@ -7,3 +7,7 @@ export async function getJob(db: PgDb, tenant: string | null, jobId: string): Pr
   const r = (await db.query<JobRow>("SELECT * FROM jobs WHERE id = $1", [jobId]))[0];
   return r === undefined || (tenant !== null && r.tenant !== tenant) ? null : toJob(r);
 }
+
+export async function getJobsById(db: PgDb, jobIds: readonly string[]): Promise<JobRecord[]> {
+  return (await db.query<JobRow>("SELECT * FROM jobs WHERE id = ANY($1::text[])", [jobIds])).map(toJob);
+}

@@ -16,6 +16,10 @@ export async function getMiner(db: PgDb, id: string): Promise<MinerRecord | null
   return r === undefined ? null : toMiner(r);
 }
 
+export async function getMinersById(db: PgDb, ids: readonly string[]): Promise<MinerRecord[]> {
+  return (await db.query<MinerRow>("SELECT * FROM miners WHERE id = ANY($1::text[])", [ids])).map(toMiner);
+}
+
 /** The drain is the row's; the replica holding the miner hears of it in the same transaction (`{k: "drain"}`). */
 export function setMinerDrained(db: PgDb, id: string, drained: boolean): Promise<boolean> {
   return db.tx(async (c) => {
