@@ -154,20 +154,6 @@ describe("scheduler with a fleet", () => {
     expect(fleet.every((s) => s.leases.size === 5)).toBe(true);
     expect(asked.length).toBeLessThanOrEqual(8);
   });
-});
-
-describe("scheduler runs after an empty claim", () => {
-  let store: SqliteJobStore;
-  let ctx: CoordinatorContext;
-  let close: () => Promise<void>;
-
-  beforeEach(() => {
-    ({ store, ctx, close } = schedulerContext());
-  });
-
-  afterEach(async () => {
-    await close();
-  });
 
   it("skip claiming until a job is queued: a pull after an empty claim costs the store nothing", async () => {
     let claims = 0;
