@@ -74,12 +74,7 @@ export async function queuedJob(store: SqliteJobStore): Promise<string> {
  * only once the dispatcher stops running in microtasks); returns how many claims the store saw.
  */
 export async function dispatchTo(ctx: CoordinatorContext, store: SqliteJobStore, sessions: MinerSession[], settleMs = 0): Promise<number> {
-  // Each claim is counted; past 20 the store finds nothing, so a dispatcher that keeps
-  // offering the job ends here instead of spinning (and hanging the test's process).
-  let claims = 0;
-  const claim = store.claimJobs.bind(store);
-  store.claimJobs = (miner: MinerCapabilities, now: number, ttl: number, max: number): Promise<Assignment[]> =>
-    ++claims > 20 ? Promise.resolve([]) : claim(miner, now, ttl, max);
+  const claims = countClaims(store);
   const scheduler = new Scheduler(ctx, { targets: () => sessions, target: (id) => sessions.find((s) => s.minerId === id) });
   scheduler.start();
   try {
@@ -87,7 +82,26 @@ export async function dispatchTo(ctx: CoordinatorContext, store: SqliteJobStore,
     await new Promise((resolve) => setTimeout(resolve, settleMs));
   } finally {
     await scheduler.stop();
-    store.claimJobs = claim;
+    claims.restore();
   }
-  return claims;
+  return claims.count;
+}
+
+/**
+ * Counts the store's claims until `restore`. Past 20 the store finds nothing, so a dispatcher
+ * that keeps offering a job ends there instead of spinning (and hanging the test's process).
+ */
+export function countClaims(store: SqliteJobStore): { readonly count: number; restore(): void } {
+  let count = 0;
+  const claim = store.claimJobs.bind(store);
+  store.claimJobs = (miner: MinerCapabilities, now: number, ttl: number, max: number): Promise<Assignment[]> =>
+    ++count > 20 ? Promise.resolve([]) : claim(miner, now, ttl, max);
+  return {
+    get count() {
+      return count;
+    },
+    restore: () => {
+      store.claimJobs = claim;
+    },
+  };
 }
