@@ -58,8 +58,9 @@ function capabilityKey(t: DispatchTarget): string {
  *
  * Dispatch: whenever a miner pulls or a job becomes queued, every session with free slots
  * (credits) claims the best jobs it can run from the store (priority, then age; matching by
- * model and GPU requirements inside `claimJobs`) and gets an `assign` for each. Runs are
- * coalesced: a request during a run schedules one more run, never two at once.
+ * model and GPU requirements inside `claimJobs`) and gets an `assign` for each — except sessions
+ * of a capability whose last claim found nothing, until something is queued again (knownEmpty).
+ * Runs are coalesced: a request during a run schedules one more run, never two at once.
  *
  * Reaper (every `reap_interval`): expired leases → requeued (attempt+1 on the next claim) or
  * failed when the attempt budget is spent, or cancelled when a cancel was requested; runs past
@@ -116,12 +117,7 @@ export class Scheduler {
     // Changes committed by other replicas arrive as hints (NOTIFY): new work → dispatch here too;
     // a cancel, a reaped lease or an end → the miner holding it, if its session is here, is told.
     this.unsubscribe.push(this.ctx.events.onRemote((c) => void this.remoteChange(c)));
-    this.unsubscribe.push(
-      this.ctx.events.onResync(() => {
-        this.forgetEmpty();
-        this.dispatch();
-      }),
-    );
+    this.unsubscribe.push(this.ctx.events.onResync(() => this.wake()));
     this.timer = setInterval(() => {
       this.forgetEmpty();
       this.reaping = this.reap().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, "reaper pass failed"));
@@ -158,11 +154,15 @@ export class Scheduler {
   /** A job became queued: a dispatch run, which starts wider the more jobs came since the last. */
   private jobQueued(): void {
     this.newlyQueued += 1;
+    this.wake();
+  }
+
+  /** Something may have become claimable: a dispatch run that claims for every capability again. */
+  private wake(): void {
     this.forgetEmpty();
     this.dispatch();
   }
 
-  /** Something may have become claimable: the next run claims for every capability again. */
   private forgetEmpty(): void {
     this.queueEpoch += 1;
     this.knownEmpty.clear();
@@ -192,8 +192,7 @@ export class Scheduler {
       if (waitMs <= 0) return; // the dispatch asked for with the event can already claim it
       const t = setTimeout(() => {
         this.dueTimers.delete(t);
-        this.forgetEmpty();
-        this.dispatch();
+        this.wake();
       }, waitMs + 1);
       t.unref();
       this.dueTimers.add(t);
