@@ -305,7 +305,7 @@ function accuracyOf(f32: { ids: number[]; dists: Float32Array[] }[], q8Free: num
     let n = 0;
     while (n < r.ids.length && free[n] === r.ids[n]) n++;
     const d = r.dists[n];
-    partingMargin.push(n < r.ids.length && d !== undefined ? d[r.ids[n]!]! - d[free[n]!]! : null);
+    partingMargin.push(d === undefined ? null : d[r.ids[n]!]! - d[free[n]!]!);
     for (const [j, d] of r.dists.entries()) {
       const q = q8Forced[i]![j]!;
       kl += klDivergence(d, q);
