@@ -91,6 +91,8 @@ describe("[results] retention", () => {
     await expectProblem(await hh.call("GET", `/v1/jobs/${old}/download`), 410, "result_expired");
     // The sweep commits the removal first, then deletes the file.
     await waitFor("the old result file deleted", () => Promise.resolve(existsSync(path.join(hh.dir, "results", oldJob.result!.location))), (e) => !e, 15_000);
+    // Uploaded files expire after the results, in the same pass: wait for that step too.
+    await waitFor("the old upload expired", () => hh.coordinator.store.usage("acme"), (u) => u.fileBytes === 0, 15_000);
     await expectProblem(await hh.call("POST", "/v1/jobs", { json: { model: "gpt2", input: oldFile.file_id } }), 422, "file_not_found");
     expect((await hh.call("GET", `/v1/jobs/${fresh}/download`)).status).toBe(200);
   });

@@ -136,7 +136,7 @@ describe("failover", () => {
       const events = await fault.stream;
       expect(events.at(-1)?.event).toBe("completed");
       const done = await c.job(jobId);
-      expect(done).toMatchObject({ status: "completed", attempt: 2, miner_id: b.minerId, result: { usage: { completion_tokens: 1000 } } });
+      expect(done).toMatchObject({ status: "completed", attempt: 2, miner_id: b.minerId });
       const requeued = events.filter((e) => e.event === "requeued");
       expect(requeued.map((e) => e.data)).toMatchObject([{ attempt: 1, miner_id: a.minerId, reason: "lease_expired" }]);
 
@@ -144,9 +144,12 @@ describe("failover", () => {
       const reference = await sameJobWithoutFault(c, job, seed);
       expect(reference.job).toMatchObject({ attempt: 1, miner_id: b.minerId });
       expect(output).toBe(reference.output);
+      // Sampling may draw the end-of-text token before max_new_tokens: the count is the fault-free run's.
+      const tokens = completionTokens(done);
+      expect(tokens).toBe(completionTokens(reference.job));
       console.log(
         `real engine, miner SIGKILLed at ${progressAtKill}% of ${job.parameters.max_new_tokens} tokens: requeued once (lease_expired), ` +
-          `completed at attempt 2 by the other miner, output (${output.length} chars) equal to the fault-free run`,
+          `completed at attempt 2 by the other miner, ${tokens} tokens, output (${output.length} chars) equal to the fault-free run`,
       );
 
       await c.stop();
@@ -177,7 +180,7 @@ describe("failover", () => {
       expect(hello).toMatchObject({ resumed: 1, refused: 0, minerId: m.minerId });
 
       const done = await c.waitForJob(jobId, (j) => j.status === "completed", "completed", 40_000);
-      expect(done).toMatchObject({ attempt: 1, miner_id: m.minerId, result: { usage: { completion_tokens: 1000 } } });
+      expect(done).toMatchObject({ attempt: 1, miner_id: m.minerId });
       // The engine was still generating when the coordinator died: it finished after the kill.
       const finished = m.proc.logs().find((l) => l.msg === "job completed" && l.jobId === jobId);
       expect(finished?.time as number).toBeGreaterThan(killedAt);
@@ -189,6 +192,7 @@ describe("failover", () => {
       const reference = await sameJobWithoutFault(c, job, seed);
       expect(reference.job).toMatchObject({ attempt: 1, miner_id: m.minerId });
       expect(output).toBe(reference.output);
+      expect(completionTokens(done)).toBe(completionTokens(reference.job));
       console.log(
         `real engine, coordinator SIGKILLed at ${progressAtKill}% of ${job.parameters.max_new_tokens} tokens: the engine finished ${(finished!.time as number) - killedAt} ms after the kill, ` +
           `the lease resumed, completed at attempt 1, output (${output.length} chars) equal to the fault-free run`,
@@ -201,6 +205,13 @@ describe("failover", () => {
     });
   });
 });
+
+/** The completed job's generated token count (a positive integer). */
+function completionTokens(job: Record<string, unknown>): number {
+  const n = (job.result as { usage?: { completion_tokens?: unknown } } | null)?.usage?.completion_tokens;
+  expect(n).toSatisfy((v: unknown) => Number.isInteger(v) && (v as number) > 0);
+  return n as number;
+}
 
 async function downloadOutput(c: Cluster, jobId: string): Promise<string> {
   const download = await c.api<{ output: string }>("GET", `/v1/jobs/${jobId}/download`);
