@@ -1,6 +1,6 @@
 /** What the bench scripts share: medians, thread spinning, the built-in models they run, a coordinator child process. */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
 import { buildModel, ONNX_MODEL_PATH } from "../src/inference/models/build-model.js";
@@ -88,4 +88,47 @@ export async function stopChild(child: ChildProcess): Promise<void> {
   const exited = new Promise((resolve) => child.once("exit", resolve));
   child.kill("SIGTERM");
   await exited;
+}
+
+/** Clock ticks per second of /proc's CPU times. */
+export const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+
+/** CPU seconds (user + system) the process has used so far; 0 once it is gone. */
+export function cpuSeconds(pid: number): number {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return 0;
+  }
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // Fields after "(comm) ": state is [0]; utime is field 14 of the whole line, so [11]; stime [12].
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+/** The pids of every process on the host whose command name is `comm` (e.g. "postgres"). */
+export function pidsNamed(comm: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/comm`, "utf8").trim() === comm) out.push(Number(d));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return out;
+}
+
+/** Busy CPU seconds of the whole host so far (every process, anyone's). */
+export function hostBusySeconds(): number {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal
+  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / CLK_TCK;
+}
+
+/** This process's CPU seconds so far (user + system). */
+export function ownCpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
 }

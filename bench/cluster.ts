@@ -53,7 +53,7 @@ import { resolveGenerationParameters } from "../src/protocol/generation.js";
 import { PG_URL, freshSchema } from "../test/coordinator/pg-harness.js";
 import { ReplicaCluster } from "../test/cluster/replica-cluster.js";
 import { CLI, Proc, ROOT, assertBuilt, waitFor } from "../test/e2e/cluster.js";
-import { freePort, median, stopChild, tsx } from "./bench-support.js";
+import { cpuSeconds, freePort, hostBusySeconds, median, ownCpuSeconds, pidsNamed, stopChild, tsx } from "./bench-support.js";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const JOBS = Number(process.env.BENCH_JOBS ?? 200);
@@ -106,6 +106,8 @@ interface Running {
   check(expected: number): Promise<string>;
   /** Server-wide counters to difference over the measured run (PostgreSQL: commits, WAL flushes). */
   counters?: () => Promise<Record<string, number>>;
+  /** CPU seconds used so far by each group of this side's processes (differenced over the measured run). */
+  cpu: () => Record<string, number>;
   stop(): Promise<void>;
 }
 
@@ -189,6 +191,19 @@ function ourClient(urls: string[], clientKey: string): Pick<Running, "urls" | "s
   };
 }
 
+const sumCpu = (pids: (number | undefined)[]): number => pids.reduce<number>((a, p) => a + (p === undefined ? 0 : cpuSeconds(p)), 0);
+
+/** The CPU groups every side reports: its servers, its workers, its store's server, this process, and the whole host. */
+function cpuGroups(servers: (number | undefined)[], workers: (number | undefined)[], storeComm: string, storePids?: () => number[]): Record<string, number> {
+  return {
+    servers: sumCpu(servers),
+    workers: sumCpu(workers),
+    store: sumCpu(storePids?.() ?? pidsNamed(storeComm)),
+    "bench process": ownCpuSeconds(),
+    host: hostBusySeconds(),
+  };
+}
+
 function completedLine(counts: { status: string; n: number }[], expected: number): string {
   const completed = counts.find((c) => c.status === "completed")?.n ?? 0;
   const others = counts.filter((c) => c.status !== "completed");
@@ -237,6 +252,8 @@ const sqliteSide: Side = {
     await minersConnected(url, MINERS, procs);
     return {
       ...ourClient([url], clientKey),
+      // SQLite is in the coordinator's process: nothing counts as the store's server.
+      cpu: () => cpuGroups([coordinator.child.pid], procs.slice(1).map((p) => p.child.pid), "", () => []),
       check: async (expected) => {
         const db = new Database(databasePath(dataDir), { readonly: true });
         try {
@@ -278,6 +295,7 @@ function pgSide(replicas: number): Side {
           c.replicas.map((r) => r.url),
           c.clientKey,
         ),
+        cpu: () => cpuGroups(c.replicas.map((r) => r.proc.child.pid), miners.map((p) => p.child.pid), "postgres"),
         check: async (expected) => {
           const [sc] = await c.sql<{ setting: string }>("SELECT setting FROM pg_settings WHERE name = 'synchronous_commit'");
           const counts = await c.sql<{ status: string; n: number }>("SELECT status, COUNT(*)::int AS n FROM jobs GROUP BY status");
@@ -344,6 +362,7 @@ function bullSide(durable: boolean): Side {
       cleanups.add(stopLocal);
       try {
         let redisPort = 6379;
+        let redisPid: number | undefined;
         if (durable) {
           const dir = mkdtempSync(path.join(tmpdir(), "aitbc-bench-redis-"));
           local.push(async () => rmSync(dir, { recursive: true, force: true }));
@@ -351,6 +370,7 @@ function bullSide(durable: boolean): Side {
           const redis = track(
             spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--dir", dir], { stdio: "ignore" }),
           );
+          redisPid = redis.pid;
           local.push(() => stopChild(redis));
           await redisUp(redisPort);
         }
@@ -372,6 +392,8 @@ function bullSide(durable: boolean): Side {
         return {
           urls: [url],
           submit: (u, i) => postJob(u, i),
+          // The machine's Redis when it is not ours to start.
+          cpu: () => cpuGroups([procs[0].pid], procs.slice(1).map((p) => p.pid), "redis-server", redisPid === undefined ? undefined : () => [redisPid]),
           follow: async (u, id) => {
             const res = await fetch(`${u}/v1/jobs/${id}/wait`);
             const got = (await res.json()) as { status: string };
@@ -412,6 +434,8 @@ interface RunResult {
   check: string;
   /** Per measured job: the differences of Running.counters. */
   perJob: Record<string, number>;
+  /** CPU milliseconds per measured job, by group (Running.cpu). */
+  cpuPerJob: Record<string, number>;
   /** Medians, ms: submit answered, queued → assigned, assigned → running, running → completed, completed → seen by the client. */
   stages: number[] | undefined;
 }
@@ -448,10 +472,13 @@ async function runSide(side: Side): Promise<RunResult> {
   try {
     await drive(r, WARMUP, 0);
     const before = await r.counters?.();
+    const cpu0 = r.cpu();
     const { seconds, latencies, stages } = await drive(r, JOBS, WARMUP);
+    const cpu1 = r.cpu();
     const after = await r.counters?.();
+    const cpuPerJob = Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, ((v - (cpu0[k] ?? 0)) * 1000) / JOBS]));
     const perJob = Object.fromEntries(Object.entries(after ?? {}).map(([k, v]) => [k, (v - (before?.[k] ?? 0)) / JOBS]));
-    return { jobsPerSecond: JOBS / seconds, p50: median(latencies), check: await r.check(WARMUP + JOBS), perJob, stages: stages.length === 0 ? undefined : stages[0]!.map((_, k) => median(stages.map((x) => x[k]!))) };
+    return { jobsPerSecond: JOBS / seconds, p50: median(latencies), check: await r.check(WARMUP + JOBS), perJob, cpuPerJob, stages: stages.length === 0 ? undefined : stages[0]!.map((_, k) => median(stages.map((x) => x[k]!))) };
   } finally {
     await r.stop();
   }
@@ -662,6 +689,16 @@ async function main(): Promise<void> {
       const keys = Object.keys(results.get(s.key)![0]!.perJob);
       lines.push(`  ${s.label}: ${keys.map((k) => `${median(results.get(s.key)!.map((r) => r.perJob[k] ?? 0)).toFixed(1)} ${k}`).join(", ")}`);
     }
+  }
+  const groups = ["servers", "workers", "store", "bench process", "host"];
+  lines.push(
+    "CPU per job (ms, user + system, median over rounds): servers = coordinators or the BullMQ front, workers = miners or BullMQ workers,",
+    "store = PostgreSQL (every backend on the host) or Redis, bench process = the driver (and s3rver on the pg sides), host = every process on the machine:",
+    `  ${"".padEnd(28)}${groups.map((g) => g.padStart(15)).join("")}`,
+  );
+  for (const s of sides) {
+    const rs = results.get(s.key)!;
+    lines.push(`  ${s.label.padEnd(28)}${groups.map((g) => median(rs.map((r) => r.cpuPerJob[g] ?? 0)).toFixed(2).padStart(15)).join("")}`);
   }
   const staged = sides.filter((s) => results.get(s.key)![0]!.stages !== undefined);
   if (staged.length > 0) {

@@ -30,7 +30,7 @@ import path from "node:path";
 import { PostgresJobStore } from "../src/coordinator/store/postgres/postgres-job-store.js";
 import { PG_URL, freshSchema } from "../test/coordinator/pg-harness.js";
 import { startS3 } from "../test/s3/s3-server.js";
-import { freePort, median } from "./bench-support.js";
+import { CLK_TCK, cpuSeconds, freePort, hostBusySeconds, median } from "./bench-support.js";
 import type { ChildMessage, ParentMessage } from "./fleet-miners.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
@@ -44,7 +44,6 @@ const LOG_LEVEL = process.env.BENCH_LOG_LEVEL ?? "warn";
 const REPLICAS = 3;
 const BUCKET = "aitbc-results";
 const TARGET_P99_MS = 250;
-const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
 const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -60,21 +59,6 @@ interface Replica {
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m === null ? 0 : Number(m[1]) / 1024;
-}
-
-/** CPU seconds (user + system) the process has used so far. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // Fields after "(comm) ": state is [0]; utime is field 14 of the whole line, so [11]; stime [12].
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
-}
-
-/** Busy CPU seconds of the whole host so far (every process: PostgreSQL, the fleet, anyone else's). */
-function hostBusySeconds(): number {
-  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
-  // user nice system idle iowait irq softirq steal
-  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / CLK_TCK;
 }
 
 /** Cores the host was busy over the last window measured (for reading the figures on a shared host). */

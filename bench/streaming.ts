@@ -9,7 +9,7 @@
  * (p50/p99; both processes read the machine's clock), and the coordinator's CPU
  * per 1,000 deltas. BENCH_ROUNDS (default 6), BENCH_TOKENS (default 192) tune it.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { silentLogger } from "../src/common/logger.js";
@@ -19,7 +19,7 @@ import type { Engine, GenerateRequest, GenerateResult } from "../src/inference/e
 import { loadMinerConfig } from "../src/miner/config.js";
 import { createEngine } from "../src/miner/engine-factory.js";
 import { Miner } from "../src/miner/miner.js";
-import { ensureModel, median, startCoordinator, stopChild, tsx } from "./bench-support.js";
+import { cpuSeconds, ensureModel, median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 6);
@@ -53,12 +53,6 @@ function tracing(engine: Engine, samples: Samples, spans: { start: number; end: 
       return result;
     },
   };
-}
-
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  // utime and stime are fields 14 and 15 of the whole line (12 and 13 after "pid (comm) ").
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
 function percentile(xs: number[], p: number): number {
@@ -140,10 +134,10 @@ async function round(n: number, streaming: boolean, url: string, keys: { client:
   }
   const followers = clients(url, keys.client, ids);
   await followers.opened;
-  const cpuBefore = cpuMs(pid);
+  const cpuBefore = cpuSeconds(pid) * 1000;
   await miner.start();
   const lines = await followers.lines;
-  const cpu = cpuMs(pid) - cpuBefore;
+  const cpu = cpuSeconds(pid) * 1000 - cpuBefore;
   await miner.stop({ graceMs: 0 });
   const latencies: number[] = [];
   let deltas = 0;
