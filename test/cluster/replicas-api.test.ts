@@ -26,6 +26,8 @@ beforeAll(async () => {
     "results.prefix": "replicas/",
     "limits.requests_per_minute": 1_000,
     "scheduler.heartbeat": "300ms",
+    // Replicas keep key rows this long: only a revocation's NOTIFY can make them refuse a key sooner.
+    "limits.revocation_check": "60s",
   };
   a = await startApi({ ...settings, "storage.replica": "replica-a" });
   cleanups.push(() => a.stop());
@@ -168,6 +170,17 @@ describe("two replicas on PostgreSQL and S3", () => {
     expect(x.status).toBe(202);
     expect((await m.waitClosed()).code).toBe(4001);
     await waitFor("the lease handed back", async () => await a.coordinator.store.getJobById(id), (j) => j?.status === "queued" && j.attempt === assign.attempt);
+  });
+
+  it("a key revoked through one replica is refused at once on both, though each keeps the key rows it read", async () => {
+    const k = await a.newKey("revoked-elsewhere");
+    // Both replicas have read (and keep) the key's row.
+    expect((await a.call("GET", "/v1/jobs", { key: k.key })).status).toBe(200);
+    expect((await b.call("GET", "/v1/jobs", { key: k.key })).status).toBe(200);
+    expect(await a.coordinator.store.revokeKey(k.id, Date.now())).toBe(true);
+    await expectProblem(await a.call("GET", "/v1/jobs", { key: k.key }), 401, "unauthorized");
+    const refused = await waitFor("the other replica refuses the key", () => b.call("GET", "/v1/jobs", { key: k.key }), (r) => r.status === 401, 10_000);
+    await expectProblem(refused, 401, "unauthorized");
   });
 
   it("rate limits count once across the replicas", async () => {

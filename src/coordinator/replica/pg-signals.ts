@@ -42,7 +42,8 @@ interface TextPiece {
  * replica to re-read the store, never carries what it must not lose. Job-state changes (sent by
  * the store inside the committing transaction, `{j, s, t, o}`) become JobEvents remote changes;
  * miner sessions opened elsewhere (`{k: "miner"}`) and operators' drains and disconnects
- * (`{k: "drain" | "disconnect", id}`) go to the gateway; progress of running jobs
+ * (`{k: "drain" | "disconnect", id}`) go to the gateway; a key's revocation (`{k: "revoke", id}`)
+ * drops the key's row this replica keeps (PgDbOptions.keyCacheMs); progress of running jobs
  * goes out once a second per replica, batched (`{k: "progress", p: [...]}`), never per frame.
  *
  * The generated text of running jobs has its own channel (TEXT_CHANNEL): pieces from this
@@ -177,6 +178,8 @@ export class PgSignals {
       for (const fn of this.minerHandlers) fn({ minerId: m.id, epoch: m.e, replica: m.r });
     } else if (m.k === "drain" && typeof m.id === "string" && typeof m.d === "boolean") {
       for (const fn of this.controlHandlers) fn({ kind: "drain", minerId: m.id, drained: m.d });
+    } else if (m.k === "revoke" && typeof m.id === "string") {
+      this.deps.db.forgetKey(m.id);
     } else if (m.k === "disconnect" && typeof m.id === "string" && m.o !== this.deps.replica) {
       for (const fn of this.controlHandlers) fn({ kind: "disconnect", minerId: m.id });
     } else if (m.k === "progress" && m.o !== this.deps.replica && Array.isArray(m.p)) {

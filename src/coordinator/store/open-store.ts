@@ -29,7 +29,8 @@ export async function openJobStore(
         url: config.storage.url,
         schema: config.storage.schema,
         max: config.storage.poolSize,
-        ...(replica === undefined ? { applicationName: "aitbc" } : { applicationName: `aitbc-coordinator ${replica}`, replica }),
+        // A replica keeps key rows as long as a revocation may take to reach open connections.
+        ...(replica === undefined ? { applicationName: "aitbc" } : { applicationName: `aitbc-coordinator ${replica}`, replica, keyCacheMs: config.limits.revocationCheckMs }),
       },
       events,
       wait,

@@ -1,6 +1,7 @@
 import pg from "pg";
 import { UnavailableError } from "../../../common/errors.js";
 import type { JobEvents } from "../job-events.js";
+import type { KeyRow } from "../job-row.js";
 import type { JobEvent } from "../job-store.js";
 
 /** A statement runner: the pool (a read) or the client of a transaction. */
@@ -25,7 +26,17 @@ export interface PgDbOptions {
   applicationName?: string;
   /** This replica's name, sent with each notification so a replica can tell its own from others'. */
   replica?: string;
+  /**
+   * How long an API key's row, once read, answers authentication without another read (ms;
+   * default 0, always read). A coordinator replica keeps them for `[limits] revocation_check`, the
+   * time a revocation has to reach open connections too; a revocation's NOTIFY drops the row at
+   * once on every replica (PgSignals), the expiry covers a lost one.
+   */
+  keyCacheMs?: number;
 }
+
+/** Most key rows kept (KEY_CACHE_MAX distinct keys within one keyCacheMs is a flood: start over). */
+const KEY_CACHE_MAX = 10_000;
 
 /**
  * Events in one round trip, one each for several jobs (distinct ids: a job's counter is bumped
@@ -40,6 +51,20 @@ const EMIT_EVENTS = `WITH ev AS (SELECT * FROM unnest($1::text[], $2::text[], $3
   logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT ev.job_id, b.event_seq, ev.type, ev.data, ev.at FROM ev JOIN bumped b ON b.id = ev.job_id
     RETURNING job_id, seq, type)
 SELECT job_id, seq, pg_notify($5, json_build_object('j', job_id, 's', seq, 't', type, 'o', $6::text)::text) FROM logged`;
+
+/**
+ * The end of a one-statement write (PgDb.writeWithEvent) whose first CTE, `upd`, updated one job
+ * row, bumped its `event_seq` and returned `id, event_seq, attempt, miner_id`: the event's log row
+ * (`{attempt, miner_id}`, of `type`, at parameter `$at`) and its NOTIFY, as EMIT_EVENTS writes
+ * them. `$channel` and `$replica` are the parameters holding JOB_CHANNEL and the replica's name.
+ * The statement returns upd's row with the event's `seq`.
+ */
+export function loggedEvent(type: "running" | "completed", at: string, channel: string, replica: string): string {
+  return `logged AS (INSERT INTO job_events (job_id, seq, type, data, at)
+    SELECT id, event_seq, '${type}', jsonb_build_object('attempt', attempt, 'miner_id', miner_id), ${at}::bigint FROM upd RETURNING job_id, seq)
+SELECT upd.*, logged.seq AS seq, pg_notify(${channel}, json_build_object('j', logged.job_id, 's', logged.seq, 't', '${type}', 'o', ${replica}::text)::text)
+FROM upd JOIN logged ON logged.job_id = upd.id`;
+}
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
 const toNumber = (v: string): number => Number(v);
@@ -61,6 +86,8 @@ export class PgDb {
   private closed = false;
   /** Why the database cannot be used yet (not reached, or not migrated); undefined once it can. */
   notReady: string | undefined;
+  /** API key rows by id, each until its expiry (PgDbOptions.keyCacheMs). */
+  private readonly keyRows = new Map<string, { row: KeyRow; until: number }>();
 
   constructor(
     readonly options: PgDbOptions,
@@ -156,6 +183,44 @@ export class PgDb {
     client.release();
     for (const e of pending) this.events.publish(e);
     return out;
+  }
+
+  /**
+   * One autocommit statement (durable at its commit, synchronous_commit on) that changes a job and
+   * logs its event itself (a CTE ending in loggedEvent): a transaction's BEGIN, its separate event
+   * statement and its COMMIT were three round trips more, on the verbs every job passes through.
+   * `params` get JOB_CHANNEL and this replica's name appended (the statement's last two
+   * parameters); the event is published here after the commit. Undefined when nothing matched.
+   */
+  async writeWithEvent<R extends { id: string; seq: number; attempt: number; miner_id: string | null }>(
+    text: string,
+    params: unknown[],
+    event: { type: "running" | "completed"; at: number },
+  ): Promise<R | undefined> {
+    const row = (await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]))[0];
+    if (row !== undefined) this.events.publish({ jobId: row.id, seq: row.seq, type: event.type, at: event.at, data: { attempt: row.attempt, miner_id: row.miner_id } });
+    return row;
+  }
+
+  /** The key's row, read at most keyCacheMs ago, or undefined (read it). */
+  cachedKey(id: string): KeyRow | undefined {
+    const hit = this.keyRows.get(id);
+    if (hit === undefined) return undefined;
+    if (hit.until > performance.now()) return hit.row;
+    this.keyRows.delete(id);
+    return undefined;
+  }
+
+  rememberKey(row: KeyRow): void {
+    const ms = this.options.keyCacheMs ?? 0;
+    if (ms <= 0) return;
+    if (this.keyRows.size >= KEY_CACHE_MAX) this.keyRows.clear();
+    this.keyRows.set(row.id, { row, until: performance.now() + ms });
+  }
+
+  /** A key was revoked (here, or by another replica's NOTIFY): its row is read again. */
+  forgetKey(id: string): void {
+    this.keyRows.delete(id);
   }
 
   get isClosed(): boolean {

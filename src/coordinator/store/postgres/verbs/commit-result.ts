@@ -2,14 +2,38 @@ import { storedResult } from "../../job-row.js";
 import type { CommitOutcome, LeaseRef, StoredResult } from "../../job-store.js";
 import { CANCELLED_BY_CLIENT, decideCommit } from "../../transitions.js";
 import { addUsage, finish, lockJob } from "../job-writes.js";
-import type { PgDb } from "../pg-db.js";
+import { loggedEvent, type PgDb } from "../pg-db.js";
 
 /**
- * Compare-and-set of a result on the lease, behind the row's lock: a reaper that requeued the
- * job first has changed the attempt (this result is then stale), and one that comes after sees
- * a completed job. Exactly one of them wins.
+ * The common case in one statement: the lease is held (status, attempt, token, miner) and no
+ * cancel was accepted, which is exactly when decideCommit says "commit"; the row is completed
+ * as finish() completes it, the miner tallied (minerTally of a completion), the tenant's usage
+ * grown and the event logged, all at once (PgDb.writeWithEvent).
  */
-export function commitResult(db: PgDb, ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
+const COMMIT_HELD = `WITH upd AS (
+  UPDATE jobs SET status = 'completed', lease_token = NULL, lease_expires_at = NULL, completed_at = $1, progress = 100,
+    result = $2::jsonb, error_code = NULL, error_message = NULL, event_seq = event_seq + 1
+  WHERE id = $3 AND status IN ('assigned', 'running') AND attempt = $4 AND lease_token = $5 AND ($6::text IS NULL OR miner_id = $6) AND NOT cancel_requested
+  RETURNING id, event_seq, attempt, miner_id, tenant),
+tallied AS (UPDATE miners SET jobs_done = jobs_done + 1, tokens_per_s = COALESCE($7, tokens_per_s) WHERE id = (SELECT miner_id FROM upd)),
+used AS (INSERT INTO tenant_usage (tenant, file_bytes, result_bytes) SELECT tenant, 0, GREATEST(0, $8::bigint) FROM upd
+  ON CONFLICT (tenant) DO UPDATE SET result_bytes = GREATEST(0, tenant_usage.result_bytes + $8::bigint)),
+${loggedEvent("completed", "$1", "$9", "$10")}`;
+
+/**
+ * Compare-and-set of a result on the lease. Held: the one statement above. Otherwise behind the
+ * row's lock, as transitions.ts decides: a reaper that requeued the job first has changed the
+ * attempt (this result is then stale), and one that comes after sees a completed job; a cancel
+ * accepted first wins. Exactly one of them wins.
+ */
+export async function commitResult(db: PgDb, ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
+  const stored = { ...result, attempt: ref.attempt };
+  const held = await db.writeWithEvent(
+    COMMIT_HELD,
+    [now, JSON.stringify(stored), ref.jobId, ref.attempt, ref.leaseToken, ref.minerId ?? null, result.tokensPerSecond, result.bytes],
+    { type: "completed", at: now },
+  );
+  if (held !== undefined) return "committed";
   return db.tx(async (c, emit): Promise<CommitOutcome> => {
     const r = await lockJob(c, ref.jobId);
     if (r === undefined) return "stale";
@@ -22,7 +46,7 @@ export function commitResult(db: PgDb, ref: LeaseRef, result: StoredResult, now:
         await finish(c, r, "cancelled", now, emit, { error: CANCELLED_BY_CLIENT });
         return "stale";
       case "commit":
-        await finish(c, r, "completed", now, emit, { result: { ...result, attempt: ref.attempt } });
+        await finish(c, r, "completed", now, emit, { result: stored });
         await addUsage(c, r.tenant, 0, result.bytes);
         return "committed";
     }
