@@ -28,6 +28,7 @@ beforeAll(async () => {
     "scheduler.heartbeat": "300ms",
     // Replicas keep key rows this long: only a revocation's NOTIFY can make them refuse a key sooner.
     "limits.revocation_check": "60s",
+    tenants: { acme: { s3_buckets: ["aitbc-results"] } },
   };
   a = await startApi({ ...settings, "storage.replica": "replica-a" });
   cleanups.push(() => a.stop());
@@ -181,6 +182,16 @@ describe("two replicas on PostgreSQL and S3", () => {
     await expectProblem(await a.call("GET", "/v1/jobs", { key: k.key }), 401, "unauthorized");
     const refused = await waitFor("the other replica refuses the key", () => b.call("GET", "/v1/jobs", { key: k.key }), (r) => r.status === 401, 10_000);
     await expectProblem(refused, 401, "unauthorized");
+  });
+
+  it("a result committed on a replica is uploaded to the job's s3:// destination by that replica", async () => {
+    const res = await b.call("POST", "/v1/jobs", { json: { model: "gpt2-upload", input: "deliver me", output_config: { destination: "s3://aitbc-results/exports", format: "text" } } });
+    expect(res.status).toBe(201);
+    const { job_id: id } = (await res.json()) as { job_id: string };
+    await a.complete(id, "delivered text");
+    await a.coordinator.uploader.idle();
+    const st = (await (await b.call("GET", `/v1/jobs/${id}`)).json()) as { status: string; result: { upload?: { state: string; uri?: string } } };
+    expect(st).toMatchObject({ status: "completed", result: { upload: { state: "uploaded", uri: `s3://aitbc-results/exports/${id}.txt` } } });
   });
 
   it("rate limits count once across the replicas", async () => {

@@ -54,7 +54,8 @@ export class S3Uploader {
   /** Listens for completed jobs and re-drives the uploads a previous run did not finish. */
   async start(): Promise<void> {
     this.unsubscribe = this.deps.events.onChange((e) => {
-      if (e.type === "completed") this.kick(e.jobId);
+      // A completion whose writer says its destination is not S3 needs no read of the job.
+      if (e.type === "completed" && (e.destination === undefined || e.destination.startsWith("s3://"))) this.kick(e.jobId);
     });
     await this.redrive();
     // Not only at start: uploads a crashed replica left behind are claimed by a live one.

@@ -146,6 +146,12 @@ export interface JobEvent {
   type: string;
   data: Record<string, unknown>;
   at: number;
+  /**
+   * Where the job's result goes ("" or s3://…), when the writer publishing the event in its own
+   * process knows it (a PostgreSQL result commit does); never stored nor in the log. Lets the
+   * S3 uploader pass over a completion without reading the job.
+   */
+  destination?: string;
 }
 
 export interface Page<T> {

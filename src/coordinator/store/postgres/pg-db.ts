@@ -192,13 +192,16 @@ export class PgDb {
    * `params` get JOB_CHANNEL and this replica's name appended (the statement's last two
    * parameters); the event is published here after the commit. Undefined when nothing matched.
    */
-  async writeWithEvent<R extends { id: string; seq: number; attempt: number; miner_id: string | null }>(
+  async writeWithEvent<R extends { id: string; seq: number; attempt: number; miner_id: string | null; destination?: string }>(
     text: string,
     params: unknown[],
     event: { type: "running" | "completed"; at: number },
   ): Promise<R | undefined> {
     const row = (await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]))[0];
-    if (row !== undefined) this.events.publish({ jobId: row.id, seq: row.seq, type: event.type, at: event.at, data: { attempt: row.attempt, miner_id: row.miner_id } });
+    if (row !== undefined) {
+      const { destination } = row;
+      this.events.publish({ jobId: row.id, seq: row.seq, type: event.type, at: event.at, data: { attempt: row.attempt, miner_id: row.miner_id }, ...(destination === undefined ? {} : { destination }) });
+    }
     return row;
   }
 

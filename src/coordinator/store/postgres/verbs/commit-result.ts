@@ -14,7 +14,7 @@ const COMMIT_HELD = `WITH upd AS (
   UPDATE jobs SET status = 'completed', lease_token = NULL, lease_expires_at = NULL, completed_at = $1, progress = 100,
     result = $2::jsonb, error_code = NULL, error_message = NULL, event_seq = event_seq + 1
   WHERE id = $3 AND status IN ('assigned', 'running') AND attempt = $4 AND lease_token = $5 AND ($6::text IS NULL OR miner_id = $6) AND NOT cancel_requested
-  RETURNING id, event_seq, attempt, miner_id, tenant),
+  RETURNING id, event_seq, attempt, miner_id, tenant, destination),
 tallied AS (UPDATE miners SET jobs_done = jobs_done + 1, tokens_per_s = COALESCE($7, tokens_per_s) WHERE id = (SELECT miner_id FROM upd)),
 used AS (INSERT INTO tenant_usage (tenant, file_bytes, result_bytes) SELECT tenant, 0, GREATEST(0, $8::bigint) FROM upd
   ON CONFLICT (tenant) DO UPDATE SET result_bytes = GREATEST(0, tenant_usage.result_bytes + $8::bigint)),
@@ -28,7 +28,7 @@ ${loggedEvent("completed", "$1", "$9", "$10")}`;
  */
 export async function commitResult(db: PgDb, ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
   const stored = { ...result, attempt: ref.attempt };
-  const held = await db.writeWithEvent(
+  const held = await db.writeWithEvent<{ id: string; seq: number; attempt: number; miner_id: string | null; destination: string }>(
     COMMIT_HELD,
     [now, JSON.stringify(stored), ref.jobId, ref.attempt, ref.leaseToken, ref.minerId ?? null, result.tokensPerSecond, result.bytes],
     { type: "completed", at: now },
