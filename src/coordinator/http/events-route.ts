@@ -247,15 +247,33 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   const unsubscribeText = ctx.events.onJobText(job.id, (t) => {
     if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
   });
-  // Changes another replica commits arrive as hints: re-read the log past what was sent.
-  let rereading: Promise<void> = Promise.resolve();
-  const unsubscribeRemote = ctx.events.onJobRemote(job.id, () => {
-    rereading = rereading
-      .then(async () => {
-        if (ended || replaying) return;
+  // Changes another replica commits arrive as hints: re-read the log past what was sent. A hint
+  // of an event already sent (the replay had it) needs no read; hints that come while a read is
+  // in flight share one more read after it.
+  let reading = false;
+  let again = false;
+  const reread = async (): Promise<void> => {
+    // During the replay (its read may have come before the change) or another read: once more after it.
+    if (reading || replaying) {
+      again = true;
+      return;
+    }
+    reading = true;
+    try {
+      do {
+        again = false;
+        if (ended) return;
         for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
-      })
-      .catch(() => undefined);
+      } while (again);
+    } catch {
+      // The next hint, or the periodic resync, reads again.
+    } finally {
+      reading = false;
+    }
+  };
+  const unsubscribeRemote = ctx.events.onJobRemote(job.id, (change) => {
+    if (change !== undefined && change.seq <= after) return;
+    void reread();
   });
   const stream: OpenStream = { keyId, end };
   ctx.streams.add(stream);
@@ -273,6 +291,7 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   }
   replaying = false;
   for (const e of buffered) sendChange(e);
+  if (again) void reread();
   if (!ended && isTerminal(job.status)) {
     const current = await opts.lookup(job.id);
     if (current !== null && isTerminal(current.status)) serial(() => end());

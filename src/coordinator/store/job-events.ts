@@ -99,13 +99,14 @@ export class JobEvents {
     return () => this.emitter.off("remote", fn);
   }
 
-  /** Remote changes of one job, and resyncs; returns the unsubscribe function. */
-  onJobRemote(jobId: string, fn: () => void): () => void {
+  /** Remote changes of one job (with the change), and resyncs (without); returns the unsubscribe function. */
+  onJobRemote(jobId: string, fn: (change?: RemoteChange) => void): () => void {
+    const onResync = (): void => fn();
     this.emitter.on(`remote:${jobId}`, fn);
-    this.emitter.on("resync", fn);
+    this.emitter.on("resync", onResync);
     return () => {
       this.emitter.off(`remote:${jobId}`, fn);
-      this.emitter.off("resync", fn);
+      this.emitter.off("resync", onResync);
     };
   }
 
