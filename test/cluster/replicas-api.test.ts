@@ -194,6 +194,62 @@ describe("two replicas on PostgreSQL and S3", () => {
     expect(st).toMatchObject({ status: "completed", result: { upload: { state: "uploaded", uri: `s3://aitbc-results/exports/${id}.txt` } } });
   });
 
+  it("an event stream does not lose a change whose hint arrives while it replays the log", async () => {
+    const events = b.coordinator.context.events;
+    const store = b.coordinator.store;
+    // Resyncs re-read every stream (a cover for lost hints): the change must arrive without one.
+    let resyncs = 0;
+    const offResync = events.onResync(() => (resyncs += 1));
+    try {
+      for (let tries = 1; ; tries++) {
+        const res = await a.call("POST", "/v1/jobs", { json: { model: `gpt2-replay-${tries}`, input: "replayed" } });
+        const { job_id: id } = (await res.json()) as { job_id: string };
+        // B's replay reads the log (only "queued"), then A commits "assigned" and "running" and
+        // B gets their hints, all before the replay's read answers.
+        const original = store.listEvents.bind(store);
+        let replayed = false;
+        let lease: { jobId: string; attempt: number; leaseToken: string } | undefined;
+        store.listEvents = async (jobId, after) => {
+          const got = await original(jobId, after);
+          if (jobId !== id || replayed) return got;
+          replayed = true;
+          const hinted = new Promise<void>((resolve) => {
+            const off = events.onRemote((c) => {
+              if (c.jobId === id && c.type === "running") {
+                off();
+                resolve();
+              }
+            });
+          });
+          lease = await a.run(id);
+          await hinted;
+          return got;
+        };
+        const before = resyncs;
+        const stream = sse(b, id);
+        try {
+          await waitFor("the stream shows running", () => Promise.resolve(stream.events().map((e) => e.event)), (seen) => seen.includes("running"), 10_000);
+        } finally {
+          store.listEvents = original;
+        }
+        expect(stream.events().map((e) => e.event)).toEqual(["snapshot", "queued", "assigned", "running"]);
+        const put = await a.coordinator.context.results.put(id, lease!.attempt, Buffer.from("done", "utf8"));
+        const outcome = await a.coordinator.store.commitResult(
+          lease!,
+          { sha256: put.sha256, bytes: put.bytes, location: put.location, finishReason: "length", usage: { prompt_tokens: 1, completion_tokens: 1 }, tokensPerSecond: 10, attempt: lease!.attempt },
+          Date.now(),
+        );
+        expect(outcome).toBe("committed");
+        expect((await stream.done).at(-1)?.event).toBe("completed");
+        // A resync in the window would have delivered it too: only a run without one proves the point.
+        if (resyncs === before) break;
+        expect(tries).toBeLessThan(3);
+      }
+    } finally {
+      offResync();
+    }
+  });
+
   it("rate limits count once across the replicas", async () => {
     const limited = await a.newKey("ratelimited");
     const hh = a; // the key is in the shared store; both replicas see it
