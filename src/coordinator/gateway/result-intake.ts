@@ -62,23 +62,18 @@ export class ResultIntake {
       this.ctx.metrics.results.inc({ outcome: status });
       s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status, ...(message === undefined ? {} : { message }) });
     };
-    // A lease this connection holds (no ack of a result has dropped it) names the job's
-    // max_new_tokens; the commit's compare-and-set decides the rest. Any other result (a resend
-    // after a reconnect, a stale attempt) reads the job first, so a duplicate of a committed
-    // output is acked without being stored again.
-    const lease = s.held(f.job_id, f.attempt, f.lease_token);
-    let maxTokens = lease?.maxTokens;
-    if (maxTokens === undefined) {
-      const current = await this.ctx.store.getJobById(f.job_id);
-      if (current === null) return ack("stale", "unknown job");
-      if (current.status === "completed") {
-        const outcome = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256 ? "duplicate" : "stale";
-        ack(outcome);
-        s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
-        return;
-      }
-      maxTokens = current.parameters.max_new_tokens;
+    // Read first even for a lease this connection holds: another connection of the same miner
+    // (a reconnect) may hold it too and have committed already, and storing this copy would
+    // write over the committed file, which has the same name (test/reliability/races.test.ts).
+    const current = await this.ctx.store.getJobById(f.job_id);
+    if (current === null) return ack("stale", "unknown job");
+    if (current.status === "completed") {
+      const outcome = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256 ? "duplicate" : "stale";
+      ack(outcome);
+      s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
+      return;
     }
+    const maxTokens = current.parameters.max_new_tokens;
     const stored = await this.ctx.results.put(f.job_id, f.attempt, bytes);
     let outcome: CommitOutcome;
     try {
