@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
+import { coalesced } from "../../common/coalesced.js";
 import { AppError, NotFoundError, errorMessage } from "../../common/errors.js";
 import { JobIdParamsSchema, ProblemSchema } from "../../protocol/jobs.js";
 import { JOB_STATES, isTerminal, type JobState } from "../../protocol/version.js";
@@ -249,31 +250,19 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   });
   // Changes another replica commits arrive as hints: re-read the log past what was sent. A hint
   // of an event already sent (the replay had it) needs no read; hints that come while a read is
-  // in flight share one more read after it.
-  let reading = false;
-  let again = false;
-  const reread = async (): Promise<void> => {
-    // During the replay (its read may have come before the change) or another read: once more after it.
-    if (reading || replaying) {
-      again = true;
-      return;
-    }
-    reading = true;
-    try {
-      do {
-        again = false;
-        if (ended) return;
-        for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
-      } while (again);
-    } catch {
-      // The next hint, or the periodic resync, reads again.
-    } finally {
-      reading = false;
-    }
-  };
+  // in flight share one more read after it; a hint during the replay (whose read may have come
+  // before the change) gets one read after it.
+  let hintedDuringReplay = false;
+  const reread = coalesced(async () => {
+    if (ended) return true;
+    for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
+  });
+  // A failed read: the next hint, or the periodic resync, reads again.
+  const rereadQuietly = (): void => void reread().catch(() => undefined);
   const unsubscribeRemote = ctx.events.onJobRemote(job.id, (change) => {
     if (change !== undefined && change.seq <= after) return;
-    void reread();
+    if (replaying) hintedDuringReplay = true;
+    else rereadQuietly();
   });
   const stream: OpenStream = { keyId, end };
   ctx.streams.add(stream);
@@ -291,7 +280,7 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   }
   replaying = false;
   for (const e of buffered) sendChange(e);
-  if (again) void reread();
+  if (hintedDuringReplay) rereadQuietly();
   if (!ended && isTerminal(job.status)) {
     const current = await opts.lookup(job.id);
     if (current !== null && isTerminal(current.status)) serial(() => end());

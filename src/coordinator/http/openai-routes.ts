@@ -1,6 +1,7 @@
 import { randomInt } from "node:crypto";
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type, type Static } from "@sinclair/typebox";
+import { coalesced } from "../../common/coalesced.js";
 import { AppError, NotFoundError, ValidationError, errorMessage } from "../../common/errors.js";
 import { GENERATION_BOUNDS } from "../../protocol/generation.js";
 import { IdempotencyHeadersSchema, type SubmitJobBody } from "../../protocol/jobs.js";
@@ -187,25 +188,19 @@ function notCompleted(job: JobRecord): AppError {
  */
 function untilTerminal(ctx: CoordinatorContext, tenant: string, jobId: string, signal: AbortSignal): Promise<JobRecord | null> {
   return new Promise((resolve, reject) => {
-    let reading = false;
-    let again = false;
-    const check = async (): Promise<void> => {
-      if (reading) {
-        again = true;
-        return;
+    const read = coalesced(async () => {
+      const job = await ctx.store.getJob(tenant, jobId);
+      if (job === null || isTerminal(job.status)) {
+        done(job);
+        return true;
       }
-      reading = true;
+    });
+    const check = async (): Promise<void> => {
       try {
-        do {
-          again = false;
-          const job = await ctx.store.getJob(tenant, jobId);
-          if (job === null || isTerminal(job.status)) return done(job);
-        } while (again);
+        await read();
       } catch (err) {
         cleanup();
         reject(err instanceof Error ? err : new Error(errorMessage(err)));
-      } finally {
-        reading = false;
       }
     };
     const unsubscribe = ctx.events.onJob(jobId, (e) => (isTerminal(e.type as JobRecord["status"]) ? void check() : undefined), () => undefined);
