@@ -1,6 +1,9 @@
 import { createHash } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FormatRegistry } from "@sinclair/typebox";
+import { Value } from "@sinclair/typebox/value";
 import { GENERATION_DEFAULTS } from "../../src/protocol/generation.js";
+import { JobStatusSchema } from "../../src/protocol/jobs.js";
 import { expectProblem, startApi, submit, uniqueModel, type ApiHarness } from "./api-harness.js";
 
 /**
@@ -250,6 +253,26 @@ describe("GET /v1/jobs/{id}", () => {
       },
     });
     expect(done.completed_at).not.toBeNull();
+  });
+
+  it("answers exactly the documented shape in every state (the route writes it with JSON.stringify, not the schema's serializer)", async () => {
+    const queued = await submit(h, { model: uniqueModel() });
+    const running = await submit(h);
+    const ref = await h.run(running);
+    const completed = await submit(h);
+    await h.complete(completed, "shaped");
+    const failed = await submit(h);
+    const failRef = await h.run(failed);
+    expect(await h.coordinator.store.failAttempt(failRef, { code: "engine_error", message: "broke", retryable: false }, Date.now(), 0)).toBe("failed");
+    const seen: string[] = [];
+    for (const id of [queued, running, completed, failed]) {
+      const body = (await (await h.call("GET", `/v1/jobs/${id}`)).json()) as Record<string, unknown>;
+      seen.push(body.status as string);
+      expect([...Value.Errors(JobStatusSchema, body)].map((e) => `${e.path}: ${e.message}`)).toEqual([]);
+      expect(undocumentedKeys(JobStatusSchema, body)).toEqual([]);
+    }
+    expect(seen).toEqual(["queued", "running", "completed", "failed"]);
+    expect(ref.attempt).toBe(1);
   });
 
   it("answers 404 problem+json for an unknown, a malformed and another tenant's job id", async () => {
@@ -524,3 +547,19 @@ describe("authentication", () => {
     await expectProblem(res, 401);
   });
 });
+
+// The times the API writes: ISO 8601 in UTC, as toISOString() gives them.
+if (!FormatRegistry.Has("date-time")) FormatRegistry.Set("date-time", (v) => !Number.isNaN(Date.parse(v)) && new Date(v).toISOString() === v);
+
+/** Paths in `value` that `schema` does not name (objects with `properties`; records and unknowns take any key). */
+function undocumentedKeys(schema: unknown, value: unknown, at = ""): string[] {
+  const s = schema as { anyOf?: unknown[]; properties?: Record<string, unknown>; items?: unknown };
+  if (s.anyOf !== undefined) {
+    const branch = s.anyOf.find((b) => Value.Check(b as Parameters<typeof Value.Check>[0], value));
+    return branch === undefined ? [at] : undocumentedKeys(branch, value, at);
+  }
+  if (Array.isArray(value)) return s.items === undefined ? [] : value.flatMap((v, i) => undocumentedKeys(s.items, v, `${at}[${i}]`));
+  if (typeof value !== "object" || value === null || s.properties === undefined) return [];
+  const props = s.properties;
+  return Object.entries(value).flatMap(([k, v]) => (k in props ? undocumentedKeys(props[k], v, `${at}.${k}`) : [`${at}.${k}`]));
+}

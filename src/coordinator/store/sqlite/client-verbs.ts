@@ -34,9 +34,21 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): Promise<{ job
 }
 
 export function getJob(db: SqliteDb, tenant: string | null, jobId: string): JobRecord | null {
-  // A polled status is the hottest read: kept until the database changes (SqliteDb.cachedRead).
-  const r = db.cachedRead(`job ${jobId}`, () => db.row(jobId));
-  return r === undefined || (tenant !== null && r.tenant !== tenant) ? null : toJob(r);
+  // A polled status is the hottest read: the record (its JSON columns parsed once) is kept until
+  // the database changes (SqliteDb.cachedRead). Frozen: every caller until then shares it.
+  const job = db.cachedRead(`job ${jobId}`, () => {
+    const r = db.row(jobId);
+    return r === undefined ? undefined : deepFreeze(toJob(r));
+  });
+  return job === undefined || (tenant !== null && job.tenant !== tenant) ? null : job;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
 }
 
 export function getJobsById(db: SqliteDb, jobIds: readonly string[]): JobRecord[] {
