@@ -148,7 +148,7 @@ export interface JobEvent {
   at: number;
   /**
    * Where the job's result goes ("" or s3://…), when the writer publishing the event in its own
-   * process knows it (a PostgreSQL result commit does); never stored nor in the log. Lets the
+   * process knows it (PostgreSQL's one-statement result commit does); never stored nor in the log. Lets the
    * S3 uploader pass over a completion without reading the job.
    */
   destination?: string;

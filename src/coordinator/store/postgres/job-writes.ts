@@ -8,6 +8,12 @@ import type { PgEmit } from "./pg-db.js";
 
 export type TerminalStatus = "completed" | "failed" | "cancelled" | "timed_out" | "expired";
 
+/** The data of an attempt's events, `{attempt, miner_id}`: as SQL over a job row (loggedEvent) and from a row read. */
+export const ATTEMPT_DATA = "jsonb_build_object('attempt', attempt, 'miner_id', miner_id)";
+export function attemptData(r: { attempt: number; miner_id: string | null }): { attempt: number; miner_id: string | null } {
+  return { attempt: r.attempt, miner_id: r.miner_id };
+}
+
 /** The job's row, locked until the transaction ends (the fence every lease verb stands behind). */
 export async function lockJob(c: pg.PoolClient, jobId: string): Promise<JobRow | undefined> {
   return (await c.query<JobRow>("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", [jobId])).rows[0];
@@ -29,7 +35,7 @@ export async function finish(
     [status, now, extra.result === undefined ? null : JSON.stringify(extra.result), extra.error?.code ?? null, extra.error?.message ?? null, r.id],
   );
   await tally(c, r.miner_id, minerTally({ status }, { now, ...(extra.error === undefined ? {} : { error: extra.error }), ...(extra.result === undefined ? {} : { tokensPerSecond: extra.result.tokensPerSecond }) }));
-  await emit({ jobId: r.id, type: status, at: now, data: { attempt: r.attempt, miner_id: r.miner_id, ...(extra.error === undefined ? {} : { error: extra.error }) } });
+  await emit({ jobId: r.id, type: status, at: now, data: { ...attemptData(r), ...(extra.error === undefined ? {} : { error: extra.error }) } });
 }
 
 export async function requeue(
@@ -49,7 +55,7 @@ export async function requeue(
     [notBefore, countsAsFailure ? 1 : 0, r.id],
   );
   await tally(c, r.miner_id, minerTally({ status: "requeued", countsAsFailure }, { now, error: { code: reason, message } }));
-  await emit({ jobId: r.id, type: "requeued", at: now, data: { attempt: r.attempt, miner_id: r.miner_id, reason } });
+  await emit({ jobId: r.id, type: "requeued", at: now, data: { ...attemptData(r), reason } });
 }
 
 /** Adds an attempt's end to its miner's figures (a miner with no row is left alone). */

@@ -38,6 +38,11 @@ export interface PgDbOptions {
 /** Most key rows kept (KEY_CACHE_MAX distinct keys within one keyCacheMs is a flood: start over). */
 const KEY_CACHE_MAX = 10_000;
 
+/** A job-state notification, `{"j","s","t","o"}` (the parameters given as SQL: columns or `$n`). */
+function notifyJob(job: string, seq: string, type: string, channel: string, replica: string): string {
+  return `pg_notify(${channel}, json_build_object('j', ${job}, 's', ${seq}, 't', ${type}, 'o', ${replica}::text)::text)`;
+}
+
 /**
  * Events in one round trip, one each for several jobs (distinct ids: a job's counter is bumped
  * once per statement), or one: each job's counter (its row is locked by the verb), the log row,
@@ -50,21 +55,21 @@ const EMIT_EVENTS = `WITH ev AS (SELECT * FROM unnest($1::text[], $2::text[], $3
   bumped AS (UPDATE jobs j SET event_seq = j.event_seq + 1 FROM ev WHERE j.id = ev.job_id RETURNING j.id, j.event_seq),
   logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT ev.job_id, b.event_seq, ev.type, ev.data, ev.at FROM ev JOIN bumped b ON b.id = ev.job_id
     RETURNING job_id, seq, type)
-SELECT job_id, seq, pg_notify($5, json_build_object('j', job_id, 's', seq, 't', type, 'o', $6::text)::text) FROM logged`;
+SELECT job_id, seq, ${notifyJob("job_id", "seq", "type", "$5", "$6")} FROM logged`;
 
 /**
- * The end of a one-statement write (PgDb.writeWithEvent) whose first CTE, `upd`, updated one job
- * row, bumped its `event_seq` and returned `id, event_seq, attempt, miner_id`: the event's log row
- * (`{attempt, miner_id}`, of `type`, at parameter `$at`) and its NOTIFY, as EMIT_EVENTS writes
- * them. `$channel` and `$replica` are the parameters holding JOB_CHANNEL and the replica's name.
- * The statement returns upd's row with the event's `seq`.
+ * The end of a one-statement write (PgDb.writeWithEvent) whose first CTE, `upd`, wrote one job
+ * row with its new `event_seq` and returned at least `id` and `event_seq`: the event's log row
+ * (of `type`, its data the SQL `data`, at the SQL `at`) and its NOTIFY, as EMIT_EVENTS writes
+ * them. `channel` and `replica` are the parameters writeWithEvent appends. Returns upd's row.
  */
-export function loggedEvent(type: "running" | "completed", at: string, channel: string, replica: string): string {
-  return `logged AS (INSERT INTO job_events (job_id, seq, type, data, at)
-    SELECT id, event_seq, '${type}', jsonb_build_object('attempt', attempt, 'miner_id', miner_id), ${at}::bigint FROM upd RETURNING job_id, seq)
-SELECT upd.*, logged.seq AS seq, pg_notify(${channel}, json_build_object('j', logged.job_id, 's', logged.seq, 't', '${type}', 'o', ${replica}::text)::text)
-FROM upd JOIN logged ON logged.job_id = upd.id`;
+export function loggedEvent(e: { type: JobEventType; data: string; at: string; channel: string; replica: string }): string {
+  return `logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, '${e.type}', ${e.data}, ${e.at}::bigint FROM upd RETURNING job_id)
+SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", `'${e.type}'`, e.channel, e.replica)} AS notified FROM upd JOIN logged ON logged.job_id = upd.id`;
 }
+
+/** The events written in one statement with the job's row (writeWithEvent). */
+export type JobEventType = "queued" | "running" | "completed";
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
 const toNumber = (v: string): number => Number(v);
@@ -186,21 +191,28 @@ export class PgDb {
   }
 
   /**
-   * One autocommit statement (durable at its commit, synchronous_commit on) that changes a job and
+   * One autocommit statement (durable at its commit, synchronous_commit on) that writes a job and
    * logs its event itself (a CTE ending in loggedEvent): a transaction's BEGIN, its separate event
    * statement and its COMMIT were three round trips more, on the verbs every job passes through.
    * `params` get JOB_CHANNEL and this replica's name appended (the statement's last two
-   * parameters); the event is published here after the commit. Undefined when nothing matched.
+   * parameters); the event (`data` from the row written, and JobEvent.destination when
+   * `destination` says it) is published here after the commit. Undefined when nothing was written.
    */
-  async writeWithEvent<R extends { id: string; seq: number; attempt: number; miner_id: string | null; destination?: string }>(
+  async writeWithEvent<R extends { id: string; event_seq: number }>(
     text: string,
     params: unknown[],
-    event: { type: "running" | "completed"; at: number },
+    event: { type: JobEventType; at: number; data: (row: R) => Record<string, unknown>; destination?: (row: R) => string },
   ): Promise<R | undefined> {
     const row = (await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]))[0];
     if (row !== undefined) {
-      const { destination } = row;
-      this.events.publish({ jobId: row.id, seq: row.seq, type: event.type, at: event.at, data: { attempt: row.attempt, miner_id: row.miner_id }, ...(destination === undefined ? {} : { destination }) });
+      this.events.publish({
+        jobId: row.id,
+        seq: row.event_seq,
+        type: event.type,
+        at: event.at,
+        data: event.data(row),
+        ...(event.destination === undefined ? {} : { destination: event.destination(row) }),
+      });
     }
     return row;
   }

@@ -1,7 +1,7 @@
 import { storedResult } from "../../job-row.js";
 import type { CommitOutcome, LeaseRef, StoredResult } from "../../job-store.js";
 import { CANCELLED_BY_CLIENT, decideCommit } from "../../transitions.js";
-import { addUsage, finish, lockJob } from "../job-writes.js";
+import { ATTEMPT_DATA, addUsage, attemptData, finish, lockJob } from "../job-writes.js";
 import { loggedEvent, type PgDb } from "../pg-db.js";
 
 /**
@@ -18,7 +18,7 @@ const COMMIT_HELD = `WITH upd AS (
 tallied AS (UPDATE miners SET jobs_done = jobs_done + 1, tokens_per_s = COALESCE($7, tokens_per_s) WHERE id = (SELECT miner_id FROM upd)),
 used AS (INSERT INTO tenant_usage (tenant, file_bytes, result_bytes) SELECT tenant, 0, GREATEST(0, $8::bigint) FROM upd
   ON CONFLICT (tenant) DO UPDATE SET result_bytes = GREATEST(0, tenant_usage.result_bytes + $8::bigint)),
-${loggedEvent("completed", "$1", "$9", "$10")}`;
+${loggedEvent({ type: "completed", data: ATTEMPT_DATA, at: "$1", channel: "$9", replica: "$10" })}`;
 
 /**
  * Compare-and-set of a result on the lease. Held: the one statement above. Otherwise behind the
@@ -28,10 +28,11 @@ ${loggedEvent("completed", "$1", "$9", "$10")}`;
  */
 export async function commitResult(db: PgDb, ref: LeaseRef, result: StoredResult, now: number): Promise<CommitOutcome> {
   const stored = { ...result, attempt: ref.attempt };
-  const held = await db.writeWithEvent<{ id: string; seq: number; attempt: number; miner_id: string | null; destination: string }>(
+  const held = await db.writeWithEvent<{ id: string; event_seq: number; attempt: number; miner_id: string | null; destination: string }>(
     COMMIT_HELD,
     [now, JSON.stringify(stored), ref.jobId, ref.attempt, ref.leaseToken, ref.minerId ?? null, result.tokensPerSecond, result.bytes],
-    { type: "completed", at: now },
+    // The S3 uploader reads only the completions bound for S3.
+    { type: "completed", at: now, data: attemptData, destination: (r) => r.destination },
   );
   if (held !== undefined) return "committed";
   return db.tx(async (c, emit): Promise<CommitOutcome> => {

@@ -31,7 +31,6 @@ export async function listKeys(db: PgDb): Promise<ApiKeyRecord[]> {
 
 /** Revokes the key and tells every replica (a NOTIFY sent with the commit) to stop trusting the row it may keep. */
 export async function revokeKey(db: PgDb, id: string, now: number): Promise<boolean> {
-  db.forgetKey(id);
   const revoked = await db.query<{ id: string }>(
     `WITH r AS (UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING id)
      SELECT id, pg_notify($3, json_build_object('k', 'revoke', 'id', id)::text) FROM r`,
