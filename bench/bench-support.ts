@@ -1,4 +1,4 @@
-/** What the bench scripts share: medians, thread spinning, the built-in models they run, a coordinator child process. */
+/** What the bench scripts share: medians, thread spinning, the built-in models they run, a coordinator child process, CPU times from /proc. */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { createServer } from "node:net";

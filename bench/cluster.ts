@@ -193,12 +193,12 @@ function ourClient(urls: string[], clientKey: string): Pick<Running, "urls" | "s
 
 const sumCpu = (pids: (number | undefined)[]): number => pids.reduce<number>((a, p) => a + (p === undefined ? 0 : cpuSeconds(p)), 0);
 
-/** The CPU groups every side reports: its servers, its workers, its store's server, this process, and the whole host. */
-function cpuGroups(servers: (number | undefined)[], workers: (number | undefined)[], storeComm: string, storePids?: () => number[]): Record<string, number> {
+/** The CPU groups every side reports: its servers, its workers, its store's server (pids found at each call), this process, and the whole host. */
+function cpuGroups(servers: (number | undefined)[], workers: (number | undefined)[], store: () => number[]): Record<string, number> {
   return {
     servers: sumCpu(servers),
     workers: sumCpu(workers),
-    store: sumCpu(storePids?.() ?? pidsNamed(storeComm)),
+    store: sumCpu(store()),
     "bench process": ownCpuSeconds(),
     host: hostBusySeconds(),
   };
@@ -253,7 +253,7 @@ const sqliteSide: Side = {
     return {
       ...ourClient([url], clientKey),
       // SQLite is in the coordinator's process: nothing counts as the store's server.
-      cpu: () => cpuGroups([coordinator.child.pid], procs.slice(1).map((p) => p.child.pid), "", () => []),
+      cpu: () => cpuGroups([coordinator.child.pid], procs.slice(1).map((p) => p.child.pid), () => []),
       check: async (expected) => {
         const db = new Database(databasePath(dataDir), { readonly: true });
         try {
@@ -295,7 +295,7 @@ function pgSide(replicas: number): Side {
           c.replicas.map((r) => r.url),
           c.clientKey,
         ),
-        cpu: () => cpuGroups(c.replicas.map((r) => r.proc.child.pid), miners.map((p) => p.child.pid), "postgres"),
+        cpu: () => cpuGroups(c.replicas.map((r) => r.proc.child.pid), miners.map((p) => p.child.pid), () => pidsNamed("postgres")),
         check: async (expected) => {
           const [sc] = await c.sql<{ setting: string }>("SELECT setting FROM pg_settings WHERE name = 'synchronous_commit'");
           const counts = await c.sql<{ status: string; n: number }>("SELECT status, COUNT(*)::int AS n FROM jobs GROUP BY status");
@@ -393,7 +393,7 @@ function bullSide(durable: boolean): Side {
           urls: [url],
           submit: (u, i) => postJob(u, i),
           // The machine's Redis when it is not ours to start.
-          cpu: () => cpuGroups([procs[0].pid], procs.slice(1).map((p) => p.pid), "redis-server", redisPid === undefined ? undefined : () => [redisPid]),
+          cpu: () => cpuGroups([procs[0].pid], procs.slice(1).map((p) => p.pid), () => (redisPid === undefined ? pidsNamed("redis-server") : [redisPid])),
           follow: async (u, id) => {
             const res = await fetch(`${u}/v1/jobs/${id}/wait`);
             const got = (await res.json()) as { status: string };
