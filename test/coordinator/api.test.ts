@@ -258,7 +258,7 @@ describe("GET /v1/jobs/{id}", () => {
   it("answers exactly the documented shape in every state (the route writes it with JSON.stringify, not the schema's serializer)", async () => {
     const queued = await submit(h, { model: uniqueModel() });
     const running = await submit(h);
-    const ref = await h.run(running);
+    await h.run(running);
     const completed = await submit(h);
     await h.complete(completed, "shaped");
     const failed = await submit(h);
@@ -272,7 +272,6 @@ describe("GET /v1/jobs/{id}", () => {
       expect(undocumentedKeys(JobStatusSchema, body)).toEqual([]);
     }
     expect(seen).toEqual(["queued", "running", "completed", "failed"]);
-    expect(ref.attempt).toBe(1);
   });
 
   it("answers 404 problem+json for an unknown, a malformed and another tenant's job id", async () => {
