@@ -114,4 +114,26 @@ describe("MinerLink frame order", () => {
     await waitUntil(() => handled.length === 2);
     expect(handled).toEqual(["pull", "started:job_a"]);
   });
+
+  it("invalid frames after a valid one close the connection although its handling ends after them", async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const l = await linked(async (f) => {
+      if (f.type === "pull") await held;
+    });
+    close = l.close;
+    const closed = new Promise<number>((resolve) => l.client.once("close", (code) => resolve(code)));
+    const errors: { fatal: boolean }[] = [];
+    l.client.on("message", (d: Buffer) => errors.push(JSON.parse(d.toString()) as { fatal: boolean }));
+    l.client.send(JSON.stringify({ type: "pull", free_slots: 1 }));
+    l.client.send("not a frame");
+    await waitUntil(() => errors.length === 1);
+    // The pull was sent before the invalid frame: its handling, ending now, does not end their row.
+    release();
+    await l.link.drained();
+    l.client.send("not a frame");
+    l.client.send("not a frame");
+    expect(await closed).toBe(1008);
+    expect(errors.map((e) => e.fatal)).toEqual([false, false, true]);
+  });
 });

@@ -39,6 +39,8 @@ function frameSize(data: Buffer | ArrayBuffer | Buffer[]): number {
  */
 export class MinerLink {
   private badFrames = 0;
+  /** Frames refused as they arrived (unparsable, binary), ever: which of them came after a given frame. */
+  private refusedOnArrival = 0;
   private queued = 0;
   /** The tail of the frames that name no job (hello, pull, heartbeat, error). */
   private queue: Promise<void> = Promise.resolve();
@@ -102,9 +104,9 @@ export class MinerLink {
       this.fatal("rate_limited", "more frames or bytes than the coordinator's frame budget allows ([gateway] frame_rate, frame_burst, byte_rate, byte_burst)");
       return;
     }
-    if (isBinary) return this.refuse("frame_invalid", "frames are JSON text");
+    if (isBinary) return this.refuseOnArrival("frame_invalid", "frames are JSON text");
     const parsed = parseMinerFrame(data);
-    if (!parsed.ok) return this.refuse(parsed.error.code, parsed.error.message);
+    if (!parsed.ok) return this.refuseOnArrival(parsed.error.code, parsed.error.message);
     this.badFrames = 0;
     if (this.queued >= this.o.maxQueued) {
       this.fatal("rate_limited", "too many frames waiting to be handled");
@@ -118,13 +120,15 @@ export class MinerLink {
     // hello above all); frames that name no job do not wait for jobs' frames.
     const jobId = "job_id" in frame ? frame.job_id : undefined;
     const after = jobId === undefined ? this.queue : (this.lanes.get(jobId) ?? this.queue);
+    const refusedBefore = this.refusedOnArrival;
     const tail = after
       .then(async () => {
         if (this.closing && frame.type === "hello") return;
-        // A frame its handler refuses (a second hello) counts as invalid; one it handles ends the row.
+        // A frame its handler refuses (a second hello) counts as invalid; one it handles ends the
+        // row, unless invalid frames arrived after it (its handling may end after theirs began).
         const before = this.badFrames;
         await this.o.onFrame(frame);
-        if (this.badFrames === before) this.badFrames = 0;
+        if (this.badFrames === before && this.refusedOnArrival === refusedBefore) this.badFrames = 0;
       })
       .catch((err: unknown) => this.o.onFailure(err, frame))
       .finally(() => {
@@ -143,6 +147,11 @@ export class MinerLink {
   /** Waits until every frame accepted so far has been handled. */
   async drained(): Promise<void> {
     await Promise.all([this.queue, ...this.lanes.values()]);
+  }
+
+  private refuseOnArrival(code: string, message: string): void {
+    this.refusedOnArrival += 1;
+    this.refuse(code, message);
   }
 
   /** Refuses a frame: an error frame, and after MAX_BAD_FRAMES in a row a close. */
