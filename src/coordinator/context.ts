@@ -17,6 +17,11 @@ export interface MinerDirectory {
   connected(): Promise<readonly Pick<MinerRecord, "models" | "gpus" | "draining">[]>;
   /** Slots of the miners that could run the job (not draining or drained), and how many of them hold a lease. */
   capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }>;
+  /**
+   * A number that changes whenever eligibleMiners, connected or the advertised models may answer
+   * differently, for a caller that keeps copies of answers; undefined when it cannot tell.
+   */
+  version(): number | undefined;
 }
 
 /** An empty directory: no miner connected (the coordinator before its gateway starts). */
@@ -25,6 +30,7 @@ export const NO_MINERS: MinerDirectory = {
   connectedMiners: () => Promise.resolve(0),
   connected: () => Promise.resolve([]),
   capacity: () => Promise.resolve({ slots: 0, busy: 0 }),
+  version: () => undefined,
 };
 
 /** What operator actions need of this replica's gateway. */

@@ -67,7 +67,12 @@ interface Connection {
  * final frames not yet acknowledged, so the same attempt is committed when the cause goes.
  */
 export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
-  private readonly sessions = new Map<string, MinerSession>();
+  /** The directory's version (see version()): bumped by every change to what it answers. */
+  private directoryVersion = 1;
+  private readonly bumpVersion = (): void => {
+    this.directoryVersion += 1;
+  };
+  private readonly sessions = new SessionTable(this.bumpVersion);
   private readonly connections = new Set<Connection>();
   private readonly perKey = new Map<string, number>();
   /** Keys whose connection was closed for its frame budget, until when their new ones are refused. */
@@ -154,6 +159,11 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
 
   connected(): Promise<readonly Pick<MinerRecord, "models" | "gpus" | "draining">[]> {
     return Promise.resolve([...this.sessions.values()]);
+  }
+
+  /** Sessions coming and going, their draining flags and new advertised models change it. */
+  version(): number {
+    return this.directoryVersion;
   }
 
   capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {
@@ -405,7 +415,10 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const clamped = clampHello(hello, this.ctx.config.gateway);
     if (clamped.notes.length > 0) slog.warn({ clamped: clamped.notes }, "implausible hello figures clamped");
     // For waiting reasons: a model no miner ever advertised here is "unknown" (bounded set).
-    for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000) this.ctx.advertisedModels.add(m);
+    for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000 && !this.ctx.advertisedModels.has(m)) {
+      this.ctx.advertisedModels.add(m);
+      this.bumpVersion();
+    }
     // The fleet learns of the session first (its epoch fences older sessions out, on every replica).
     const now = this.ctx.now();
     const opening = { id: minerId, keyId: key.id, name: hello.miner_name, replica: this.ctx.replica, instanceId: hello.instance_id ?? null, gpus: clamped.value.gpus, models: hello.models, slots: clamped.value.slots };
@@ -430,6 +443,7 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       link,
       new ChunkBuffer(this.pool, this.ctx.config.gateway.maxBufferedBytesPerConnection),
       slog,
+      this.bumpVersion,
     );
     session.operatorDrained = drained;
     this.sessions.set(minerId, session);
@@ -528,5 +542,28 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
       },
       "miner connected",
     );
+  }
+}
+
+/** The sessions by miner id; each set or delete is a change of the directory. */
+class SessionTable extends Map<string, MinerSession> {
+  constructor(private readonly changed: () => void) {
+    super();
+  }
+
+  override set(minerId: string, session: MinerSession): this {
+    this.changed();
+    return super.set(minerId, session);
+  }
+
+  override delete(minerId: string): boolean {
+    const had = super.delete(minerId);
+    if (had) this.changed();
+    return had;
+  }
+
+  override clear(): void {
+    if (this.size > 0) this.changed();
+    super.clear();
   }
 }

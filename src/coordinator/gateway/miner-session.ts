@@ -41,9 +41,8 @@ export class MinerSession implements DispatchTarget {
   credits = 0;
   /** Pulls received: a pull applied again later is applied only while it is still the latest. */
   pulls = 0;
-  draining = false;
-  /** An operator drained this miner (the miners table keeps it across reconnects): no new jobs. */
-  operatorDrained = false;
+  private drainingNow = false;
+  private operatorDrainedNow = false;
   /** Its GPUs' load from the latest heartbeat that carried one (protocol 5), for the miners table. */
   gpuLoad: GpuLoad[] | undefined;
   readonly leases = new Map<string, HeldLease>();
@@ -55,8 +54,32 @@ export class MinerSession implements DispatchTarget {
     private readonly link: MinerLink,
     readonly chunks: ChunkBuffer,
     log: Logger,
+    /** Told when draining or operatorDrained changes (the gateway's directory version). */
+    private readonly changed: () => void = () => undefined,
   ) {
     this.log = log;
+  }
+
+  /** The miner said it is draining (a job handed back for a drain or shutdown) until its next pull. */
+  get draining(): boolean {
+    return this.drainingNow;
+  }
+
+  set draining(value: boolean) {
+    if (value === this.drainingNow) return;
+    this.drainingNow = value;
+    this.changed();
+  }
+
+  /** An operator drained this miner (the miners table keeps it across reconnects): no new jobs. */
+  get operatorDrained(): boolean {
+    return this.operatorDrainedNow;
+  }
+
+  set operatorDrained(value: boolean) {
+    if (value === this.operatorDrainedNow) return;
+    this.operatorDrainedNow = value;
+    this.changed();
   }
 
   get minerId(): string {

@@ -48,6 +48,11 @@ export class FleetDirectory implements MinerDirectory {
     return this.miners();
   }
 
+  /** Not known without reading the table (other replicas' miners come and go). */
+  version(): undefined {
+    return undefined;
+  }
+
   async capacity(job: { model: string; requirements: Requirements }): Promise<{ slots: number; busy: number }> {
     const [miners, held] = await Promise.all([this.miners(), this.leaseCounts()]);
     let slots = 0;

@@ -300,6 +300,13 @@ export interface JobStore {
   countByState(): Promise<Partial<Record<JobState, number>>>;
   /** Queued jobs created before this one that would be picked first (same or higher priority). */
   queuePosition(job: JobRecord): Promise<number>;
+  /**
+   * A number that changes whenever a read of this store may answer differently (a write by this
+   * process at once, another process's commit from the next event-loop turn on), for a caller
+   * that keeps copies of answers; undefined when the store cannot tell without a query
+   * (PostgreSQL: other replicas write).
+   */
+  readVersion(): number | undefined;
   /** Stores an uploaded file's text; `upload` describes the bytes as they were uploaded. */
   createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord>;
   getFile(tenant: string, fileId: string): Promise<FileRecord | null>;

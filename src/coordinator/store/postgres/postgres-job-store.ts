@@ -120,6 +120,9 @@ export class PostgresJobStore implements JobStore {
   getJob(tenant: string, jobId: string): Promise<JobRecord | null> {
     return getJob(this.db, tenant, jobId);
   }
+  readVersion(): undefined {
+    return undefined;
+  }
   getJobById(jobId: string): Promise<JobRecord | null> {
     return getJob(this.db, null, jobId);
   }

@@ -34,6 +34,8 @@ export class SqliteDb {
    */
   private ownWrites = 0;
   private cachedAt = { changes: -1, dataVersion: -1 };
+  /** Bumped with each new cachedAt pair (readGeneration). */
+  private generation = 0;
   /** data_version as last read, and whether it was read in this event-loop turn. */
   private dataVersion = -1;
   private dataVersionFresh = false;
@@ -111,6 +113,29 @@ export class SqliteDb {
   }
 
   /**
+   * A number that changes whenever anything in the database may have changed, by the rule
+   * cachedRead keeps its reads by: what a caller may key its own copies of read results on.
+   */
+  readGeneration(): number {
+    return this.read(() => this.checkGeneration());
+  }
+
+  /** Reads data_version once per event-loop turn; a new (own writes, data version) pair starts a new generation and empties the read cache. */
+  private checkGeneration(): number {
+    if (!this.dataVersionFresh) {
+      this.dataVersion = (this.sql("SELECT data_version AS v FROM pragma_data_version").get() as { v: number }).v;
+      this.dataVersionFresh = true;
+      setImmediate(() => (this.dataVersionFresh = false));
+    }
+    if (this.ownWrites !== this.cachedAt.changes || this.dataVersion !== this.cachedAt.dataVersion) {
+      this.readCache.clear();
+      this.cachedAt = { changes: this.ownWrites, dataVersion: this.dataVersion };
+      this.generation += 1;
+    }
+    return this.generation;
+  }
+
+  /**
    * A read whose result is kept until anything in the database may have changed: a writing
    * statement run on this connection (counted by sql(), see ownWrites) or a commit by another
    * process (`PRAGMA data_version`, e.g. `aitbc keys revoke`). data_version costs as much as the row read it saves, so it is read
@@ -120,15 +145,7 @@ export class SqliteDb {
    */
   cachedRead<T>(key: string, fn: () => T): T {
     return this.read(() => {
-      if (!this.dataVersionFresh) {
-        this.dataVersion = (this.sql("SELECT data_version AS v FROM pragma_data_version").get() as { v: number }).v;
-        this.dataVersionFresh = true;
-        setImmediate(() => (this.dataVersionFresh = false));
-      }
-      if (this.ownWrites !== this.cachedAt.changes || this.dataVersion !== this.cachedAt.dataVersion) {
-        this.readCache.clear();
-        this.cachedAt = { changes: this.ownWrites, dataVersion: this.dataVersion };
-      }
+      this.checkGeneration();
       if (this.readCache.has(key)) return this.readCache.get(key) as T;
       const value = fn();
       if (this.readCache.size >= READ_CACHE_ENTRIES) this.readCache.clear();

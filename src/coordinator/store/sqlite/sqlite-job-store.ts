@@ -58,6 +58,9 @@ export class SqliteJobStore implements JobStore {
   getJob(tenant: string, jobId: string): Promise<JobRecord | null> {
     return settle(() => client.getJob(this.db, tenant, jobId));
   }
+  readVersion(): number {
+    return this.db.readGeneration();
+  }
   getJobById(jobId: string): Promise<JobRecord | null> {
     return settle(() => client.getJob(this.db, null, jobId));
   }
