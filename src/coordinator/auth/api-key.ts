@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { hash, randomBytes, timingSafeEqual } from "node:crypto";
 import { randomId } from "../store/ids.js";
 
 /**
@@ -15,7 +15,8 @@ const PREFIX: Record<KeyKind, string> = { client: "ck", miner: "mk", operator: "
 const KEY_FORMAT = /^aitbc_(ck|mk|ok)_([a-z0-9]{12})_([A-Za-z0-9_-]{32})$/;
 
 export function hashSecret(secret: string): Buffer {
-  return createHash("sha256").update(secret).digest();
+  // One-shot: every authenticated request hashes its key's secret (crypto.hash is ~40% cheaper than a Hash object).
+  return hash("sha256", secret, "buffer");
 }
 
 /** A new key: what to store (id, hash) and what to show once (key). */

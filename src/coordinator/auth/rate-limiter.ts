@@ -48,39 +48,58 @@ export class MemoryRateLimiter implements RateLimiter {
     return Promise.resolve(this.checkNow(key, now));
   }
 
+  // Every client request passes here: plain loops, no per-call arrays.
   private checkNow(key: string, now: number): RateDecision {
+    const windows = this.windows;
     let counters = this.counters.get(key);
-    if (counters === undefined || counters.length !== this.windows.length) {
-      counters = this.windows.map(() => ({ windowStart: now, count: 0 }));
+    if (counters === undefined || counters.length !== windows.length) {
+      counters = windows.map(() => ({ windowStart: now, count: 0 }));
       this.counters.set(key, counters);
     }
-    const states = this.windows.map((w, i) => {
+    // A full window refuses; the one that resets last says when to retry.
+    let worst = -1;
+    let worstResetMs = -1;
+    for (let i = 0; i < windows.length; i++) {
+      const w = windows[i]!;
       const c = counters[i]!;
       if (now - c.windowStart >= w.windowMs) {
         c.windowStart = now - ((now - c.windowStart) % w.windowMs);
         c.count = 0;
       }
-      return { w, c, resetMs: c.windowStart + w.windowMs - now };
-    });
-    const full = states.filter((s) => s.c.count >= s.w.limit);
-    if (full.length > 0) {
-      const wait = Math.max(...full.map((s) => s.resetMs));
-      const worst = full.reduce((a, b) => (a.resetMs >= b.resetMs ? a : b));
+      const resetMs = c.windowStart + w.windowMs - now;
+      if (c.count >= w.limit && resetMs > worstResetMs) {
+        worst = i;
+        worstResetMs = resetMs;
+      }
+    }
+    if (worst >= 0) {
       return {
         allowed: false,
-        limit: worst.w.limit,
+        limit: windows[worst]!.limit,
         remaining: 0,
-        resetSeconds: Math.ceil(worst.resetMs / 1000),
-        retryAfterSeconds: Math.max(1, Math.ceil(wait / 1000)),
+        resetSeconds: Math.ceil(worstResetMs / 1000),
+        retryAfterSeconds: Math.max(1, Math.ceil(worstResetMs / 1000)),
       };
     }
-    for (const s of states) s.c.count += 1;
-    const tightest = states.reduce((a, b) => (a.w.limit - a.c.count <= b.w.limit - b.c.count ? a : b));
+    // Counted against every window; the headers describe the one with the fewest left (the first of equals).
+    let tightest = -1;
+    let fewest = Infinity;
+    for (let i = 0; i < windows.length; i++) {
+      const c = counters[i]!;
+      c.count += 1;
+      const left = windows[i]!.limit - c.count;
+      if (left < fewest) {
+        tightest = i;
+        fewest = left;
+      }
+    }
+    if (tightest < 0) return { allowed: true, limit: 0, remaining: 0, resetSeconds: 0, retryAfterSeconds: 0 };
+    const c = counters[tightest]!;
     return {
       allowed: true,
-      limit: tightest.w.limit,
-      remaining: tightest.w.limit - tightest.c.count,
-      resetSeconds: Math.ceil(tightest.resetMs / 1000),
+      limit: windows[tightest]!.limit,
+      remaining: fewest,
+      resetSeconds: Math.ceil((c.windowStart + windows[tightest]!.windowMs - now) / 1000),
       retryAfterSeconds: 0,
     };
   }
