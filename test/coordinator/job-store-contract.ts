@@ -606,6 +606,24 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.submitCounts("acme", "gpt2")).toEqual({ usage: { fileBytes: 0, resultBytes: 0 }, queuedForTenant: 3, queuedForModel: 3 });
         expect(await store.submitCounts("nobody", "gpt2-large")).toEqual({ usage: { fileBytes: 0, resultBytes: 0 }, queuedForTenant: 0, queuedForModel: 0 });
       });
+
+      it("readVersion stays while only reads happen and grows with each write, or is undefined throughout", async () => {
+        const v0 = store.readVersion();
+        const job = await create();
+        const v1 = store.readVersion();
+        await store.getJobById(job.id);
+        await store.queuePosition(job);
+        await store.countQueued({});
+        expect(store.readVersion()).toBe(v1);
+        await claim(job.id, T0 + 1);
+        const v2 = store.readVersion();
+        if (v0 === undefined) {
+          expect([v1, v2]).toEqual([undefined, undefined]);
+          return;
+        }
+        expect(v1).toBeGreaterThan(v0);
+        expect(v2).toBeGreaterThan(v1!);
+      });
     });
 
     describe("events", () => {
