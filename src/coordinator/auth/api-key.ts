@@ -1,5 +1,6 @@
 import { hash, randomBytes, timingSafeEqual } from "node:crypto";
 import { randomId } from "../store/ids.js";
+import type { ApiKeyRecord } from "../store/job-store.js";
 
 /**
  * API keys: `aitbc_<ck|mk|ok>_<12-char id>_<32-char secret>` (client, miner, operator). Only the
@@ -44,4 +45,23 @@ export function keyKindOf(raw: string): KeyKind | null {
 export function secretMatches(storedHash: Buffer, secret: string): boolean {
   const h = hashSecret(secret);
   return storedHash.length === h.length && timingSafeEqual(storedHash, h);
+}
+
+/** For each key row object a store keeps: the secret that matched its hash, and its record. */
+const verified = new WeakMap<object, { secret: Buffer; record: ApiKeyRecord }>();
+
+/**
+ * The key's record when the presented secret matches the row's hash, else null. A store keeps
+ * a key's row between requests (until the database changes); while it does, a secret that
+ * matched it once is compared with the presented one directly (constant time, both the format's
+ * 32 characters) instead of hashing again, and the same frozen record is returned.
+ */
+export function verifiedKey(row: { secret_hash: Buffer }, secret: string, record: () => ApiKeyRecord): ApiKeyRecord | null {
+  const presented = Buffer.from(secret, "utf8");
+  const known = verified.get(row);
+  if (known !== undefined && known.secret.length === presented.length && timingSafeEqual(known.secret, presented)) return known.record;
+  if (!secretMatches(row.secret_hash, secret)) return null;
+  const r = Object.freeze(record());
+  verified.set(row, { secret: presented, record: r });
+  return r;
 }

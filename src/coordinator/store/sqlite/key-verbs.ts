@@ -1,4 +1,4 @@
-import { newApiKey, parseApiKey, secretMatches, type KeyKind } from "../../auth/api-key.js";
+import { newApiKey, parseApiKey, verifiedKey, type KeyKind } from "../../auth/api-key.js";
 import { toKey, type KeyRow } from "../job-row.js";
 import type { ApiKeyRecord } from "../job-store.js";
 import type { SqliteDb } from "./sqlite-db.js";
@@ -20,7 +20,7 @@ export function authenticate(db: SqliteDb, rawKey: string, kind: KeyKind): ApiKe
   // revoke` is another process's commit, seen from the next event-loop turn on).
   const row = db.cachedRead(`key ${parsed.id}`, () => db.sql("SELECT * FROM api_keys WHERE id = ?").get(parsed.id) as KeyRow | undefined);
   if (row === undefined || row.kind !== kind || row.revoked_at !== null) return null;
-  return secretMatches(row.secret_hash, parsed.secret) ? toKey(row) : null;
+  return verifiedKey(row, parsed.secret, () => toKey(row));
 }
 
 export function listKeys(db: SqliteDb): ApiKeyRecord[] {

@@ -1,4 +1,4 @@
-import { newApiKey, parseApiKey, secretMatches, type KeyKind } from "../../../auth/api-key.js";
+import { newApiKey, parseApiKey, verifiedKey, type KeyKind } from "../../../auth/api-key.js";
 import { toKey, type KeyRow } from "../../job-row.js";
 import type { ApiKeyRecord } from "../../job-store.js";
 import type { PgDb } from "../pg-db.js";
@@ -22,7 +22,7 @@ export async function authenticate(db: PgDb, rawKey: string, kind: KeyKind): Pro
     if (row !== undefined) db.rememberKey(row);
   }
   if (row === undefined || row.kind !== kind || row.revoked_at !== null) return null;
-  return secretMatches(row.secret_hash, parsed.secret) ? toKey(row) : null;
+  return verifiedKey(row, parsed.secret, () => toKey(row));
 }
 
 export async function listKeys(db: PgDb): Promise<ApiKeyRecord[]> {
