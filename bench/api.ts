@@ -12,7 +12,10 @@
  * Scenarios: GET status (ours: GET /v1/jobs/{id} with auth, store read, rate limiter; peer:
  * constant JSON) and POST submit (ours: POST /v1/jobs, validated, estimated, committed; peer:
  * constant 201). Rounds alternate peer and ours so load from other processes falls on both
- * alike; the table shows the median over rounds, and ends with the ratio ours/peer.
+ * alike; the table shows the median over rounds, and ends with the ratio ours/peer. It also
+ * shows the server process's CPU per request (user + system from /proc over the run, divided
+ * by the requests answered): a figure that moves less with the host than req/s does, since
+ * autocannon and other processes share the cores.
  *
  * Both servers log at "warn" (the coordinator's per-request info lines would otherwise measure
  * pino's stdout). Environment: BENCH_SECONDS (per run, default 5), BENCH_ROUNDS (default 3),
@@ -26,10 +29,10 @@ import { createRequire } from "node:module";
 import { createInterface } from "node:readline";
 import { databasePath } from "../src/coordinator/coordinator.js";
 import { SqliteJobStore } from "../src/coordinator/store/sqlite/sqlite-job-store.js";
-import { median, startCoordinator, stopChild, tsx } from "./bench-support.js";
+import { cpuSeconds, median, startCoordinator, stopChild, tsx } from "./bench-support.js";
 
 interface CannonResult {
-  requests: { average: number };
+  requests: { average: number; total: number };
   latency: { p50: number; p99: number };
   non2xx: number;
   errors: number;
@@ -70,12 +73,15 @@ function startOurs(dataDir: string): Promise<{ child: ChildProcess; url: string 
   });
 }
 
-async function load(url: string, method: "GET" | "POST", headers: Record<string, string>, body?: string): Promise<CannonResult> {
+/** One run against a server; `cpuUs` is that server's CPU per request answered. */
+async function load(server: ChildProcess, url: string, method: "GET" | "POST", headers: Record<string, string>, body?: string): Promise<CannonResult & { cpuUs: number }> {
+  const cpu0 = cpuSeconds(server.pid!);
   const r = await autocannon({ url, method, headers, connections: CONNECTIONS, duration: SECONDS, ...(body === undefined ? {} : { body }) });
+  const cpuUs = ((cpuSeconds(server.pid!) - cpu0) * 1e6) / Math.max(1, r.requests.total);
   if (r.non2xx > 0 || r.errors > 0 || r.timeouts > 0) {
     throw new Error(`${method} ${url}: ${r.non2xx} non-2xx, ${r.errors} errors, ${r.timeouts} timeouts`);
   }
-  return r;
+  return { ...r, cpuUs };
 }
 
 async function main(): Promise<void> {
@@ -88,7 +94,7 @@ async function main(): Promise<void> {
   const peer = await startPeer();
   const ours = await startOurs(dataDir);
   const auth = { authorization: `Bearer ${key}`, "content-type": "application/json" };
-  const results: Record<string, CannonResult[]> = { "status peer": [], "status ours": [], "submit peer": [], "submit ours": [] };
+  const results: Record<string, (CannonResult & { cpuUs: number })[]> = { "status peer": [], "status ours": [], "submit peer": [], "submit ours": [] };
   try {
     const first = await fetch(`${ours.url}/v1/jobs`, { method: "POST", headers: auth, body: SUBMIT_BODY });
     const { job_id: jobId } = (await first.json()) as { job_id: string };
@@ -97,10 +103,10 @@ async function main(): Promise<void> {
     await autocannon({ url: `${peer.url}/peer/${jobId}`, connections: CONNECTIONS, duration: 1 });
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`round ${round}/${ROUNDS}\n`);
-      results["status peer"]!.push(await load(`${peer.url}/peer/${jobId}`, "GET", {}));
-      results["status ours"]!.push(await load(`${ours.url}/v1/jobs/${jobId}`, "GET", auth));
-      results["submit peer"]!.push(await load(`${peer.url}/peer`, "POST", { "content-type": "application/json" }, SUBMIT_BODY));
-      results["submit ours"]!.push(await load(`${ours.url}/v1/jobs`, "POST", auth, SUBMIT_BODY));
+      results["status peer"]!.push(await load(peer.child, `${peer.url}/peer/${jobId}`, "GET", {}));
+      results["status ours"]!.push(await load(ours.child, `${ours.url}/v1/jobs/${jobId}`, "GET", auth));
+      results["submit peer"]!.push(await load(peer.child, `${peer.url}/peer`, "POST", { "content-type": "application/json" }, SUBMIT_BODY));
+      results["submit ours"]!.push(await load(ours.child, `${ours.url}/v1/jobs`, "POST", auth, SUBMIT_BODY));
     }
   } finally {
     await stopChild(ours.child);
@@ -108,21 +114,31 @@ async function main(): Promise<void> {
     await rm(dataDir, { recursive: true, force: true });
   }
 
-  const row = (name: string): { rps: number; p50: number; p99: number } => {
+  const row = (name: string): { rps: number; p50: number; p99: number; cpuUs: number } => {
     const rs = results[name]!;
-    return { rps: median(rs.map((r) => r.requests.average)), p50: median(rs.map((r) => r.latency.p50)), p99: median(rs.map((r) => r.latency.p99)) };
+    return {
+      rps: median(rs.map((r) => r.requests.average)),
+      p50: median(rs.map((r) => r.latency.p50)),
+      p99: median(rs.map((r) => r.latency.p99)),
+      cpuUs: median(rs.map((r) => r.cpuUs)),
+    };
   };
   const lines = [
     `client API under load: ${CONNECTIONS} connections, ${SECONDS}s per run, median of ${ROUNDS} rounds (node ${process.version})`,
     "",
-    `${"scenario".padEnd(14)}${"req/s".padStart(10)}${"p50 ms".padStart(9)}${"p99 ms".padStart(9)}`,
+    `${"scenario".padEnd(14)}${"req/s".padStart(10)}${"p50 ms".padStart(9)}${"p99 ms".padStart(9)}${"server CPU µs/req".padStart(19)}`,
   ];
   for (const name of Object.keys(results)) {
     const r = row(name);
-    lines.push(`${name.padEnd(14)}${r.rps.toFixed(0).padStart(10)}${r.p50.toFixed(1).padStart(9)}${r.p99.toFixed(1).padStart(9)}`);
+    lines.push(`${name.padEnd(14)}${r.rps.toFixed(0).padStart(10)}${r.p50.toFixed(1).padStart(9)}${r.p99.toFixed(1).padStart(9)}${r.cpuUs.toFixed(1).padStart(19)}`);
   }
   const ratio = (kind: string): string => (row(`${kind} ours`).rps / row(`${kind} peer`).rps).toFixed(2);
-  lines.push("", `ratio ours/peer (req/s): status ${ratio("status")}, submit ${ratio("submit")}`);
+  const cpuRatio = (kind: string): string => (row(`${kind} peer`).cpuUs / row(`${kind} ours`).cpuUs).toFixed(2);
+  lines.push(
+    "",
+    `server CPU per request, peer/ours: status ${cpuRatio("status")}, submit ${cpuRatio("submit")}`,
+    `ratio ours/peer (req/s): status ${ratio("status")}, submit ${ratio("submit")}`,
+  );
   process.stdout.write(`${lines.join("\n")}\n`);
 }
 
