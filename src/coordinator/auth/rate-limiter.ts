@@ -82,7 +82,7 @@ export class MemoryRateLimiter implements RateLimiter {
       };
     }
     // Counted against every window; the headers describe the one with the fewest left (the first of equals).
-    let tightest = -1;
+    let tightest = 0;
     let fewest = Infinity;
     for (let i = 0; i < windows.length; i++) {
       const c = counters[i]!;
@@ -93,7 +93,6 @@ export class MemoryRateLimiter implements RateLimiter {
         fewest = left;
       }
     }
-    if (tightest < 0) return { allowed: true, limit: 0, remaining: 0, resetSeconds: 0, retryAfterSeconds: 0 };
     const c = counters[tightest]!;
     return {
       allowed: true,

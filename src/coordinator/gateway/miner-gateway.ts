@@ -415,7 +415,8 @@ export class MinerGateway implements MinerDirectory, Fleet, RevocationHolder {
     const clamped = clampHello(hello, this.ctx.config.gateway);
     if (clamped.notes.length > 0) slog.warn({ clamped: clamped.notes }, "implausible hello figures clamped");
     // For waiting reasons: a model no miner ever advertised here is "unknown" (bounded set).
-    for (const m of hello.models) if (this.ctx.advertisedModels.size < 10_000 && !this.ctx.advertisedModels.has(m)) {
+    for (const m of hello.models) {
+      if (this.ctx.advertisedModels.size >= 10_000 || this.ctx.advertisedModels.has(m)) continue;
       this.ctx.advertisedModels.add(m);
       this.bumpVersion();
     }
