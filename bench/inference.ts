@@ -14,10 +14,12 @@
  * - accuracy: int8 against float32 on the same prompts, for ours (int8 vs float32) and for
  *   llama.cpp (Q8_0 vs F32): how many leading greedy tokens agree, and the mean KL divergence
  *   KL(float32 ‖ 8-bit) of the next-token distributions, teacher-forced on the float32
- *   continuation (BENCH_ACCURACY_TOKENS per prompt, default 96: 288 positions), on the first
- *   BENCH_ACCURACY_PROMPTS (default 3, at most 8) of the batch8 section's prompts (the first 3
- *   are the decode prompts). Where each parts rests on the first near-tie it meets, so more
- *   prompts give a steadier comparison of the leading counts (their sums and medians are printed).
+ *   continuation (BENCH_ACCURACY_TOKENS per prompt, default 96), on the first
+ *   BENCH_ACCURACY_PROMPTS (default all 32: 3,072 positions) of ACCURACY_PROMPT_SET (the batch8
+ *   section's 8 prompts, the first 3 of them the decode prompts, then 24 more). Where each
+ *   parts rests on the first near-tie it meets, so a leading count over a few prompts is mostly
+ *   luck: the sums and medians over many are the figures to compare. BENCH_MODEL_INT8 names
+ *   another int8 folder under models/ to compare (default gpt2-124m-random-int8).
  *
  * Before any timing the bench checks the conversion: llama.cpp F32, teacher-forced on our
  * float32 greedy continuation (BENCH_TOKENS, at least 16 tokens per prompt), must pick our
@@ -55,7 +57,7 @@ const run = promisify(execFile);
 const ROOT = path.resolve(import.meta.dirname, "..");
 const MODELS_DIR = path.join(ROOT, "models");
 const MODEL = process.env.BENCH_MODEL ?? "gpt2-124m-random";
-const MODEL_INT8 = `${MODEL}-int8`;
+const MODEL_INT8 = process.env.BENCH_MODEL_INT8 ?? `${MODEL}-int8`;
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 64);
 const CHECK_TOKENS = Math.max(16, TOKENS);
 const ACCURACY_TOKENS = Number(process.env.BENCH_ACCURACY_TOKENS ?? 96);
@@ -84,7 +86,39 @@ const BATCH_PROMPTS = [
   "Dear committee, I am writing to",
 ];
 
-const ACCURACY_PROMPTS = Math.min(BATCH_PROMPTS.length, Math.max(1, Number(process.env.BENCH_ACCURACY_PROMPTS ?? DECODE_PROMPTS.length)));
+/**
+ * The accuracy section's prompts: the batch8 prompts, then 24 written before any of them was
+ * measured (none is dropped or picked by its result).
+ */
+const ACCURACY_PROMPT_SET = [
+  ...BATCH_PROMPTS,
+  "The weather today is",
+  "According to the latest report, the company",
+  "She opened the door and saw",
+  "import numpy as np\nimport",
+  "The best way to learn a language is",
+  "In 1492, Columbus",
+  "The meeting was postponed because",
+  "Here is a list of things to do:",
+  "The mountain village was quiet until",
+  "To install the package, run",
+  "Breaking news: the city council voted",
+  "My grandmother always told me that",
+  "The function returns a value when",
+  "During the second world war, the",
+  "Scientists have long wondered why",
+  "The recipe calls for two cups of",
+  "At the edge of the forest stood",
+  "The stock market fell sharply after",
+  "He picked up the phone and said",
+  "The main character of the novel is",
+  "Water boils at a temperature of",
+  "The team scored in the final minute",
+  "Our hotel room overlooked the",
+  "The old map showed a path leading to",
+];
+
+const ACCURACY_PROMPTS = Math.min(ACCURACY_PROMPT_SET.length, Math.max(1, Number(process.env.BENCH_ACCURACY_PROMPTS ?? ACCURACY_PROMPT_SET.length)));
 
 interface SideResult {
   tokensPerSecond: number[];
@@ -561,20 +595,24 @@ async function main(): Promise<void> {
 
   if (SECTIONS.has("accuracy")) {
     process.stderr.write(`accuracy: ${ACCURACY_PROMPTS} prompts, ${ACCURACY_TOKENS} tokens each…\n`);
-    const accuracyPrompts = BATCH_PROMPTS.slice(0, ACCURACY_PROMPTS).map((p) => tokenizer.encode(p));
+    const accuracyPrompts = ACCURACY_PROMPT_SET.slice(0, ACCURACY_PROMPTS).map((p) => tokenizer.encode(p));
     const ours = await child<Accuracy>({ kind: "ours-accuracy", prompts: accuracyPrompts }, env);
     const theirs = await child<Accuracy>({ kind: "llama-accuracy", f32: f32File, q8: q8File, prompts: accuracyPrompts, vocabSize: info.vocabSize }, env);
     const sum = (a: Accuracy): number => a.agree.reduce((x, y) => x + y, 0);
     const margins = (a: Accuracy): string => a.partingMargin.map((m) => (m === null ? "—" : m.toFixed(3))).join(", ");
     const row = (name: string, a: Accuracy): string =>
-      `  ${name.padEnd(26)} ${a.agree.map((n) => `${n}/${ACCURACY_TOKENS}`).join(" ").padStart(16)} ${a.meanKl.toExponential(2).padStart(10)} ${`${(100 * a.top1).toFixed(1)}%`.padStart(8)}`;
+      `  ${name.padEnd(24)} ${String(sum(a)).padStart(8)} ${String(median(a.agree)).padStart(8)} ${a.meanKl.toExponential(2).padStart(10)} ${`${(100 * a.top1).toFixed(1)}%`.padStart(8)}`;
+    const closer = sum(ours) >= sum(theirs) && ours.meanKl <= theirs.meanKl;
     out.push(
-      `accuracy, 8-bit against float32 (${ours.positions} positions, teacher-forced on the float32 greedy continuation):`,
-      `  ${"".padEnd(26)} ${"leading agree".padStart(16)} ${"mean KL".padStart(10)} ${"top-1".padStart(8)}`,
+      `accuracy, 8-bit against float32 (${ACCURACY_PROMPTS} prompts, ${ours.positions} positions, teacher-forced on the float32 greedy continuation; leading greedy tokens that agree, of ${ACCURACY_TOKENS} a prompt):`,
+      `  ${"".padEnd(24)} ${"lead sum".padStart(8)} ${"median".padStart(8)} ${"mean KL".padStart(10)} ${"top-1".padStart(8)}`,
       row("ours int8 vs float32", ours),
       row("llama.cpp Q8_0 vs F32", theirs),
+      `  leading agree per prompt: ours ${ours.agree.join(", ")}`,
+      `                       llama.cpp ${theirs.agree.join(", ")}`,
       `  float32's own margin (log p of its token − of the 8-bit one's, nats) where each parts: ours ${margins(ours)}; llama.cpp ${margins(theirs)}`,
-      `  leading agree over the ${ACCURACY_PROMPTS} prompts: sum ours ${sum(ours)}, llama.cpp ${sum(theirs)}; median ours ${median(ours.agree)}, llama.cpp ${median(theirs.agree)}; ratio of sums ours/llama.cpp ${(sum(ours) / Math.max(1, sum(theirs))).toFixed(2)}`,
+      `  ratio of leading sums ours/llama.cpp ${(sum(ours) / Math.max(1, sum(theirs))).toFixed(2)}, of mean KL ${(ours.meanKl / theirs.meanKl).toFixed(2)}: ` +
+        `${closer ? "at least as close as Q8_0 on both" : "not as close as Q8_0 on both"} (target: sum ≥ and KL ≤ llama.cpp's)`,
       "",
     );
   }

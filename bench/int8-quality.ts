@@ -1,6 +1,6 @@
 /**
  * `npm run bench:int8`: how close int8 weights stay to float32, and how fast they decode, over
- * a grid of block sizes and MatMulNBits accuracy levels, each made by `aitbc models quantize`'s
+ * a grid of block sizes, MatMulNBits accuracy levels and first layers kept float32, each made by `aitbc models quantize`'s
  * code from gpt2-124m-random (built once when missing). Against float32, on the same prompts:
  *
  * - leading greedy tokens that agree: float32 decodes each prompt greedily; an int8 variant's
@@ -16,7 +16,7 @@
  *
  * The quality figures come from a twin of the model in optimum's layout (same seed, same
  * weights, logits for every position), quantized the same way. Environment: BENCH_BLOCKS
- * (default 32,64,128), BENCH_LEVELS (default 0,4), BENCH_KL_TOKENS (64), BENCH_TOKENS (decode
+ * (default 32,64,128), BENCH_LEVELS (default 0,4), BENCH_FLOAT32_LAYERS (default 0,1), BENCH_KL_TOKENS (64), BENCH_TOKENS (decode
  * tokens per generation, 32), BENCH_REPEAT (3), BENCH_THREADS (intra-op threads, 0 = one per
  * CPU), BENCH_SPIN=0|1 (as in bench:inference).
  */
@@ -43,6 +43,7 @@ const MODEL = "gpt2-124m-random";
 const list = (value: string | undefined, fallback: number[]): number[] => (value === undefined ? fallback : value.split(",").map(Number));
 const BLOCKS = list(process.env.BENCH_BLOCKS, [32, 64, 128]);
 const LEVELS = list(process.env.BENCH_LEVELS, [0, 4]);
+const FLOAT32_LAYERS = list(process.env.BENCH_FLOAT32_LAYERS, [0, 1]);
 const KL_TOKENS = Number(process.env.BENCH_KL_TOKENS ?? 64);
 const TOKENS = Number(process.env.BENCH_TOKENS ?? 32);
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
@@ -55,6 +56,7 @@ interface Variant {
   name: string;
   blockSize: number;
   accuracyLevel: number;
+  float32Layers: number;
   /** Optimum-layout twin, for the quality figures. */
   optimumDir: string;
   leadingAgree: number[];
@@ -95,16 +97,19 @@ async function main(): Promise<void> {
   await ensureModel(MODELS_DIR, MODEL);
   const scratch = mkdtempSync(path.join(os.tmpdir(), "aitbc-bench-int8-"));
   try {
-    process.stderr.write(`building the optimum-layout twin of ${MODEL} and ${BLOCKS.length * LEVELS.length} × 2 int8 variants in ${scratch}…\n`);
+    process.stderr.write(`building the optimum-layout twin of ${MODEL} and ${BLOCKS.length * LEVELS.length * FLOAT32_LAYERS.length} × 2 int8 variants in ${scratch}…\n`);
     const optimumDir = path.join(scratch, "optimum", MODEL);
     await buildModel(recipe, optimumDir, { layout: "optimum" });
     const variants: Variant[] = [];
     for (const blockSize of BLOCKS) {
       for (const accuracyLevel of LEVELS) {
-        const name = `${MODEL}-int8-b${blockSize}-l${accuracyLevel}`;
-        await quantizeModel(path.join(MODELS_DIR, MODEL), path.join(scratch, "ours", name), { blockSize, accuracyLevel });
-        await quantizeModel(optimumDir, path.join(scratch, "optimum", name), { blockSize, accuracyLevel });
-        variants.push({ name, blockSize, accuracyLevel, optimumDir: path.join(scratch, "optimum", name), leadingAgree: [], top1: 0, meanKl: 0, tokensPerSecond: [] });
+        for (const float32Layers of FLOAT32_LAYERS) {
+          const name = `${MODEL}-int8-b${blockSize}-l${accuracyLevel}-f${float32Layers}`;
+          const options = { blockSize, accuracyLevel, float32Layers };
+          await quantizeModel(path.join(MODELS_DIR, MODEL), path.join(scratch, "ours", name), options);
+          await quantizeModel(optimumDir, path.join(scratch, "optimum", name), options);
+          variants.push({ name, ...options, optimumDir: path.join(scratch, "optimum", name), leadingAgree: [], top1: 0, meanKl: 0, tokensPerSecond: [] });
+        }
       }
     }
 
@@ -165,13 +170,14 @@ async function main(): Promise<void> {
     }
 
     const base = median(fp32Speed);
-    const header = ["block", "accuracy", `leading agree (of ${KL_TOKENS} per prompt)`, "top-1", "mean KL (nats)", "tokens/s", "× float32"];
+    const header = ["block", "accuracy", "float32 layers", `leading agree (of ${KL_TOKENS} per prompt)`, "top-1", "mean KL (nats)", "tokens/s", "× float32"];
     const leading = (counts: number[]): string => `${counts.join(", ")} (${counts.reduce((a, b) => a + b, 0)}/${positions})`;
     const rows = [
-      ["float32", "-", leading(sequences.map(() => KL_TOKENS)), "100.0%", "0", base.toFixed(1), "1.00"],
+      ["float32", "-", "all", leading(sequences.map(() => KL_TOKENS)), "100.0%", "0", base.toFixed(1), "1.00"],
       ...variants.map((v) => [
         String(v.blockSize),
         String(v.accuracyLevel),
+        String(v.float32Layers),
         leading(v.leadingAgree),
         `${(100 * v.top1).toFixed(1)}%`,
         v.meanKl.toExponential(2),
@@ -180,7 +186,7 @@ async function main(): Promise<void> {
       ]),
     ];
     const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-    const line = (r: string[]): string => r.map((cell, i) => (i < 2 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ");
+    const line = (r: string[]): string => r.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ");
     process.stdout.write(
       `${MODEL}: ${sequences.length} prompts × ${KL_TOKENS} greedy float32 tokens (${positions} positions, teacher-forced); ` +
         `decode ${TOKENS} tokens × ${SPEED_PROMPTS.length} prompts × ${REPEAT} rounds, medians, ${spinning ? "spinning" : "no spinning"}, batch 1\n`,

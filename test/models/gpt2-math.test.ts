@@ -302,6 +302,9 @@ describe("int8 weights (MatMulNBits)", () => {
     const matmulWeights = 12 * 12 * 768 * 768 + 50_257 * 768;
     const floats = perToken - matmulWeights;
     // A float32 scale and a zero-point byte per block (every K of gpt2-small is a multiple of the default block).
-    expect(gpt2WeightBytesPerToken(small, "int8")).toBe(matmulWeights * (1 + 5 / INT8_DEFAULTS.blockSize) + 4 * floats);
+    expect(gpt2WeightBytesPerToken(small, "int8", 0)).toBe(matmulWeights * (1 + 5 / INT8_DEFAULTS.blockSize) + 4 * floats);
+    // By default the first layer's matmuls stay float32: 4 bytes a weight there.
+    const layer0 = 12 * 768 * 768;
+    expect(gpt2WeightBytesPerToken(small, "int8")).toBe((matmulWeights - layer0) * (1 + 5 / INT8_DEFAULTS.blockSize) + 4 * layer0 + 4 * floats);
   });
 });

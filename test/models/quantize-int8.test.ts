@@ -1,10 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { Prng } from "../../src/common/prng.js";
-import { dequantizeInt8, INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "../../src/inference/models/quantize-int8.js";
+import { dequantizeInt8, gpt2LayerOf, INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "../../src/inference/models/quantize-int8.js";
 
 describe("block-wise int8 quantization (MatMulNBits layout)", () => {
   it("picks the default block (32, measured by bench:int8) or the largest smaller power of two from 16 that divides the inner dimension", () => {
-    expect(INT8_DEFAULTS).toEqual({ blockSize: 32, accuracyLevel: 4 });
+    expect(INT8_DEFAULTS).toEqual({ blockSize: 32, accuracyLevel: 4, float32Layers: 1 });
     expect(int8BlockSize(768)).toBe(32);
     expect(int8BlockSize(3072)).toBe(32);
     expect(int8BlockSize(48)).toBe(16);
@@ -64,5 +64,18 @@ describe("block-wise int8 quantization (MatMulNBits layout)", () => {
     }
     expect(worst).toBeLessThanOrEqual(0.5 + 1e-6);
     expect(Math.min(...q.data)).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("gpt2LayerOf", () => {
+  it("reads the block from Hugging Face's parameter names and torch's node names, and nothing from other names", () => {
+    expect(gpt2LayerOf("transformer.h.0.attn.c_attn.weight")).toBe(0);
+    expect(gpt2LayerOf("transformer.h.11.mlp.c_proj.weight")).toBe(11);
+    expect(gpt2LayerOf("h.3.mlp.c_fc.weight")).toBe(3);
+    expect(gpt2LayerOf("/transformer/h.7/mlp/c_fc/MatMul")).toBe(7);
+    expect(gpt2LayerOf("/transformer/h.2")).toBe(2);
+    for (const name of ["transformer.wte.weight", "transformer.ln_f.weight", "onnx::MatMul_1234", "/lm_head/MatMul", "graph.h.x.weight", "transformer.hh.1.weight", "transformer.h.1x.weight", ""]) {
+      expect(gpt2LayerOf(name), name).toBeUndefined();
+    }
   });
 });

@@ -16,6 +16,8 @@ import { mergedDecoderOf } from "./merged-decoder.js";
 import { buildTinyModel, TINY } from "./tiny-model.js";
 
 const C = TINY.config;
+/** The matmuls int8 takes by default: four per layer and the lm_head, less the first layer's four (INT8_DEFAULTS.float32Layers). */
+const QUANTIZED = 4 * (C.nLayer - 1) + 1;
 const D = C.nEmbd / C.nHead;
 /** `npm test` builds dist/ first; run `npm run build` before running this file alone. */
 const CLI = path.resolve("dist/bin/aitbc.js");
@@ -100,8 +102,12 @@ describe("quantizeModel", () => {
   it("turns float32 tiny-gpt2 into what --weights int8 builds: the same int8 bytes, the same logits", async () => {
     const out = path.join(scratch, "tiny-gpt2-int8");
     const result = await quantizeModel(float32.modelDir, out);
-    // Four Conv1D matmuls per layer and the lm_head (a MatMul against Transpose(wte)).
-    expect(result.matmuls).toHaveLength(4 * C.nLayer + 1);
+    // Four Conv1D matmuls per layer and the lm_head (a MatMul against Transpose(wte)), but those of the first layer.
+    expect(INT8_DEFAULTS.float32Layers).toBe(1);
+    expect(result.matmuls).toHaveLength(QUANTIZED);
+    expect(result.matmuls.some((m) => m.weight.startsWith("transformer.h.0."))).toBe(false);
+    expect(result.keptFloat32).toHaveLength(4);
+    expect(result.float32Layers).toBe(1);
     expect(result.matmuls.at(-1)).toMatchObject({ weight: "transformer.wte.weight", k: C.nEmbd, n: C.vocabSize });
     // The default block size, or the largest smaller one that divides K, as --weights int8 picks it.
     for (const m of result.matmuls) expect(m.blockSize, m.node).toBe(int8BlockSize(m.k));
@@ -111,7 +117,7 @@ describe("quantizeModel", () => {
     expect(info.weights).toBe("int8");
     expect(info.newKeyValues).toBe(true);
     const config = JSON.parse(readFileSync(path.join(out, "config.json"), "utf8")) as Record<string, unknown>;
-    expect(config.aitbc).toMatchObject({ recipe: "tiny-gpt2", weights: "int8", int8: { block_size: INT8_DEFAULTS.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel, quantized_from: "tiny-gpt2" } });
+    expect(config.aitbc).toMatchObject({ recipe: "tiny-gpt2", weights: "int8", int8: { block_size: INT8_DEFAULTS.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel, float32_layers: 1, quantized_from: "tiny-gpt2" } });
     for (const file of ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]) {
       expect(readFileSync(path.join(out, file)).equals(readFileSync(path.join(float32.modelDir, file))), file).toBe(true);
     }
@@ -119,10 +125,13 @@ describe("quantizeModel", () => {
     const ours = readOnnxModel(path.join(out, ONNX_MODEL_PATH));
     const theirs = readOnnxModel(path.join(int8.modelDir, ONNX_MODEL_PATH));
     expect(ours.opsets.get(MS_DOMAIN)).toBe(1);
-    expect(ours.nodes.filter((n) => n.op === "MatMulNBits")).toHaveLength(4 * C.nLayer + 1);
-    // No float matmul weight is left, nor the lm_head's Transpose; wte stays for the embedding lookup.
+    expect(ours.nodes.filter((n) => n.op === "MatMulNBits")).toHaveLength(QUANTIZED);
+    // Only the first layer's float matmul weights are left, not the lm_head's Transpose; wte stays for the embedding lookup.
     expect(ours.nodes.some((n) => n.op === "Transpose" && n.inputs[0] === "transformer.wte.weight")).toBe(false);
-    expect(ours.initializers.has("transformer.h.0.attn.c_attn.weight")).toBe(false);
+    expect(ours.initializers.has("transformer.h.1.attn.c_attn.weight")).toBe(false);
+    expect(ours.initializers.has("transformer.h.0.attn.c_attn.weight")).toBe(true);
+    expect(ours.initializers.has("transformer.h.0.attn.c_attn.weight.int8")).toBe(false);
+    expect(ours.nodes.filter((n) => n.op === "MatMul" && n.inputs[1]?.startsWith("transformer.h.0."))).toHaveLength(4);
     expect(ours.initializers.has("transformer.wte.weight")).toBe(true);
     for (const [name, init] of theirs.initializers) {
       if (!/\.(int8|scales|zero_points)$/.test(name)) continue;
@@ -138,7 +147,7 @@ describe("quantizeModel", () => {
   it("quantizes optimum's layout (logits for every position) and the result runs", async () => {
     const out = path.join(scratch, "optimum-int8");
     const result = await quantizeModel(optimum.modelDir, out);
-    expect(result.matmuls).toHaveLength(4 * C.nLayer + 1);
+    expect(result.matmuls).toHaveLength(QUANTIZED);
     const info = loadModelInfo(out);
     expect(info).toMatchObject({ weights: "int8", lastLogitsOnly: false, newKeyValues: false });
     expect(info.outputNames.some((n) => n.startsWith(NEW_KEY_VALUES))).toBe(false);
@@ -155,13 +164,14 @@ describe("quantizeModel", () => {
 
     const out = path.join(scratch, "merged-int8");
     const result = await quantizeModel(merged, out);
-    expect(result.matmuls).toHaveLength(2 * (4 * C.nLayer + 1));
-    expect(new Set(result.matmuls.map((m) => m.weight)).size).toBe(4 * C.nLayer + 1);
+    expect(result.matmuls).toHaveLength(2 * QUANTIZED);
+    expect(new Set(result.matmuls.map((m) => m.weight)).size).toBe(QUANTIZED);
+    expect(result.keptFloat32).toHaveLength(2 * 4);
     const model = readOnnxModel(path.join(out, ONNX_MODEL_PATH));
     expect(model.nodes.map((n) => n.op)).toEqual(["If"]);
     for (const branch of model.nodes[0]!.attributes) {
       const nodes = branch.graph?.nodes ?? [];
-      expect(nodes.filter((n) => n.op === "MatMulNBits"), branch.name).toHaveLength(4 * C.nLayer + 1);
+      expect(nodes.filter((n) => n.op === "MatMulNBits"), branch.name).toHaveLength(QUANTIZED);
       expect(nodes.some((n) => n.op === "Transpose" && n.inputs[0] === "transformer.wte.weight")).toBe(false);
     }
     expect(model.initializers.has("transformer.h.1.mlp.c_fc.weight")).toBe(false);
@@ -178,6 +188,19 @@ describe("quantizeModel", () => {
     expect(JSON.parse(readFileSync(path.join(out, "config.json"), "utf8"))).toMatchObject({ aitbc: { int8: { block_size: 16 } } });
     await quantizeModel(float32.modelDir, out, { force: true, blockSize: 32, accuracyLevel: 0 });
     expect(JSON.parse(readFileSync(path.join(out, "config.json"), "utf8"))).toMatchObject({ aitbc: { int8: { block_size: 32, accuracy_level: 0 } } });
+  });
+
+  it("quantizes every matmul with float32Layers 0, and keeps as many layers as asked", async () => {
+    const all = await quantizeModel(float32.modelDir, path.join(scratch, "all-int8"), { float32Layers: 0 });
+    expect(all.matmuls).toHaveLength(4 * C.nLayer + 1);
+    expect(all.keptFloat32).toEqual([]);
+    expect(JSON.parse(readFileSync(path.join(all.dir, "config.json"), "utf8"))).toMatchObject({ aitbc: { int8: { float32_layers: 0 } } });
+    const model = readOnnxModel(path.join(all.dir, ONNX_MODEL_PATH));
+    expect(model.nodes.filter((n) => n.op === "MatMulNBits")).toHaveLength(4 * C.nLayer + 1);
+    expect(model.initializers.has("transformer.h.0.attn.c_attn.weight")).toBe(false);
+    const two = await quantizeModel(float32.modelDir, path.join(scratch, "two-float32"), { float32Layers: 2 });
+    expect(two.matmuls.map((m) => m.weight)).toEqual(["transformer.wte.weight"]);
+    expect(two.keptFloat32).toHaveLength(8);
   });
 });
 
@@ -196,7 +219,7 @@ describe("quantizeOnnxModel on Gemm and MatMul", () => {
     const bytes = Buffer.concat(g.encode({ name: "test", version: "0" }).parts);
 
     // Level 0 dequantizes to float32, so the result is x · dequantized W (+ bias) up to float rounding.
-    const { proto, matmuls } = quantizeOnnxModel(readOnnxModel(bytes), { blockSize: 32, accuracyLevel: 0 });
+    const { proto, matmuls } = quantizeOnnxModel(readOnnxModel(bytes), { blockSize: 32, accuracyLevel: 0, float32Layers: 1 });
     expect(matmuls.map((q) => [q.op, q.weight, q.k, q.n, q.blockSize])).toEqual([
       ["Gemm", "w_kn", k, n, 32],
       ["Gemm", "w_nk", k, n, 32],
@@ -225,6 +248,26 @@ describe("quantizeOnnxModel on Gemm and MatMul", () => {
     const model = readOnnxModel(Buffer.concat(proto.parts));
     expect([...model.initializers.keys()].sort()).toEqual(["bias", "w_kn.int8", "w_kn.scales", "w_kn.zero_points", "w_nk.int8", "w_nk.scales", "w_nk.zero_points"]);
   });
+
+  it("keeps a first-layer matmul float32 by its node's name when its weight's name does not say (torch's exports)", () => {
+    const [k, n] = [64, 8];
+    const g = new OnnxGraph("exported", 17);
+    g.input("x", OnnxType.FLOAT, [1, k]);
+    g.output("h0", OnnxType.FLOAT, [1, n]);
+    g.output("h1", OnnxType.FLOAT, [1, n]);
+    const weight = Float32Array.from({ length: k * n }, (_, i) => Math.sin(i));
+    g.node("MatMul", ["x", g.floatInit("onnx::MatMul_101", [k, n], weight)], { outputs: ["h0"], name: "/transformer/h.0/attn/c_attn/MatMul" });
+    g.node("MatMul", ["x", g.floatInit("onnx::MatMul_102", [k, n], weight)], { outputs: ["h1"], name: "/transformer/h.1/attn/c_attn/MatMul" });
+    const model = readOnnxModel(Buffer.concat(g.encode({ name: "test", version: "0" }).parts));
+    const kept = quantizeOnnxModel(model, { blockSize: 32, accuracyLevel: 4, float32Layers: 1 });
+    expect(kept.keptFloat32).toEqual(["/transformer/h.0/attn/c_attn/MatMul"]);
+    expect(kept.matmuls.map((m) => m.weight)).toEqual(["onnx::MatMul_102"]);
+    const none = quantizeOnnxModel(model, { blockSize: 32, accuracyLevel: 4, float32Layers: 0 });
+    expect(none.keptFloat32).toEqual([]);
+    expect(none.matmuls.map((m) => m.weight)).toEqual(["onnx::MatMul_101", "onnx::MatMul_102"]);
+    const both = quantizeOnnxModel(model, { blockSize: 32, accuracyLevel: 4, float32Layers: 2 });
+    expect(both.matmuls).toEqual([]);
+  });
 });
 
 describe("aitbc models quantize", () => {
@@ -246,15 +289,18 @@ describe("aitbc models quantize", () => {
     const first = await aitbc(["tiny-gpt2", "--models-dir", modelsDir]);
     expect(first.code, first.stderr).toBe(0);
     const blocks = [...new Set([int8BlockSize(4 * C.nEmbd), int8BlockSize(C.nEmbd)])].join("/");
-    expect(first.stdout).toMatch(new RegExp(`^quantized tiny-gpt2 into .*tiny-gpt2-int8: 9 matmuls to int8 \\(block ${blocks}, accuracy level ${INT8_DEFAULTS.accuracyLevel}\\), [\\d.]+ MiB → [\\d.]+ MiB, [\\d.]+ s\\n$`));
+    expect(first.stdout).toMatch(new RegExp(`^quantized tiny-gpt2 into .*tiny-gpt2-int8: 5 matmuls to int8 \\(block ${blocks}, accuracy level ${INT8_DEFAULTS.accuracyLevel}, 4 of the first layer kept float32\\), [\\d.]+ MiB → [\\d.]+ MiB, [\\d.]+ s\\n$`));
     expect(loadModelInfo(path.join(modelsDir, "tiny-gpt2-int8")).weights).toBe("int8");
 
     const again = await aitbc(["tiny-gpt2", "--models-dir", modelsDir]);
     expect(again.code).toBe(1);
     expect(again.stderr).toMatch(/already exists \(use --force to replace it\)/);
-    const forced = await aitbc([path.join(modelsDir, "tiny-gpt2"), "--force", "--block-size", "16", "--accuracy-level", "0"]);
+    const forced = await aitbc([path.join(modelsDir, "tiny-gpt2"), "--force", "--block-size", "16", "--accuracy-level", "0", "--float32-layers", "0"]);
     expect(forced.code, forced.stderr).toBe(0);
-    expect(forced.stdout).toMatch(/\(block 16, accuracy level 0\)/);
+    expect(forced.stdout).toMatch(/: 9 matmuls to int8 \(block 16, accuracy level 0\)/);
+    const bad = await aitbc([path.join(modelsDir, "tiny-gpt2"), "--force", "--float32-layers", "-1"]);
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toMatch(/the float32 layers must be a whole number from 0/);
   });
 
   it("refuses a folder that is not a float32 GPT-2 export with a clear message and no stack trace", async () => {

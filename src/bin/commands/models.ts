@@ -85,13 +85,14 @@ export function registerModelsCommand(program: Command): void {
     .option("--force", "replace an existing output folder", false)
     .option("--block-size <n>", `weights per scale: ${INT8_BLOCK_SIZES.join(", ")} (smaller is closer to float32; a matmul it does not divide gets the largest smaller one)`, parseBlockSize, INT8_DEFAULTS.blockSize)
     .option("--accuracy-level <n>", "MatMulNBits accuracy_level 0-4 (4: int8 activations too, integer dot products, fastest on CPU)", parseAccuracyLevel, INT8_DEFAULTS.accuracyLevel)
-    .action(async (model: string, opts: { modelsDir: string; out?: string; force: boolean; blockSize: number; accuracyLevel: number }) => {
+    .option("--float32-layers <n>", "keep the matmuls of the first n transformer blocks float32 (the first carries half of int8's error; 0: quantize every one)", parseFloat32Layers, INT8_DEFAULTS.float32Layers)
+    .action(async (model: string, opts: { modelsDir: string; out?: string; force: boolean; blockSize: number; accuracyLevel: number; float32Layers: number }) => {
       const source = model.includes("/") || model.includes(path.sep) ? path.resolve(model) : path.resolve(opts.modelsDir, model);
       const out = opts.out ?? `${source}-int8`;
       if (path.resolve(out) === source) throw new UsageError("--out names the model folder itself: the int8 variant needs a folder of its own", { out });
       const { quantizeModel } = await import("../../inference/models/quantize-model.js");
       const started = Date.now();
-      const result = await quantizeModel(source, out, { force: opts.force, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel }).catch((err: unknown) => {
+      const result = await quantizeModel(source, out, { force: opts.force, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, float32Layers: opts.float32Layers }).catch((err: unknown) => {
         if (!(err instanceof ModelError)) throw err;
         const cause = typeof err.details?.cause === "string" ? ` (${err.details.cause})` : "";
         throw new ModelError(err.code, `cannot quantize ${source}: ${err.message}${cause}`, err.details);
@@ -101,8 +102,9 @@ export function registerModelsCommand(program: Command): void {
       // Optimum's merged decoder runs the same weights in both branches of its If.
       const weights = new Set(result.matmuls.map((m) => m.weight)).size;
       const shared = weights === result.matmuls.length ? "" : ` over ${weights} weights`;
+      const kept = result.float32Layers === 0 ? "" : `, ${result.keptFloat32.length} of the first ${result.float32Layers === 1 ? "layer" : `${result.float32Layers} layers`} kept float32`;
       process.stdout.write(
-        `quantized ${path.basename(source)} into ${result.dir}: ${result.matmuls.length} matmuls${shared} to int8 (block ${blocks}, accuracy level ${result.accuracyLevel}), ` +
+        `quantized ${path.basename(source)} into ${result.dir}: ${result.matmuls.length} matmuls${shared} to int8 (block ${blocks}, accuracy level ${result.accuracyLevel}${kept}), ` +
           `${formatBytes(result.sizeBeforeBytes)} → ${formatBytes(result.sizeAfterBytes)}, ${seconds} s\n`,
       );
     });
@@ -216,6 +218,12 @@ function parseBlockSize(value: string): number {
 function parseAccuracyLevel(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 4) throw new InvalidArgumentError("the accuracy level must be an integer from 0 to 4");
+  return n;
+}
+
+function parseFloat32Layers(value: string): number {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError("the float32 layers must be a whole number from 0");
   return n;
 }
 

@@ -6,6 +6,7 @@ import { buildGpt2Graph, type GraphLayout, type Gpt2GraphOptions, type WeightFor
 import { GPT2_TOKENIZER_NOTICE, GPT2_TOKENIZER_NOTICE_FILE } from "./gpt2-notice.js";
 import { GPT2_EOS_TOKEN, gpt2TokenizerJson } from "./gpt2-tokenizer-json.js";
 import { gpt2ParameterCount, initGpt2Weights, type Gpt2Config } from "./gpt2-weights.js";
+import { INT8_DEFAULTS } from "./quantize-int8.js";
 import type { ModelRecipe } from "./recipes.js";
 import type { ProtoWriter } from "./proto-writer.js";
 
@@ -41,7 +42,7 @@ export async function buildModel(recipe: ModelRecipe, outDir: string, options: B
   const weights = options.weights ?? "float32";
   const dir = path.resolve(outDir);
   await writeDirAtomically(dir, options.force ?? false, (tmp) => {
-    writeModelFiles(recipe, seed, { format: weights, layout: options.layout ?? "aitbc" }, tmp);
+    writeModelFiles(recipe, seed, { format: weights, layout: options.layout ?? "aitbc", float32Layers: INT8_DEFAULTS.float32Layers }, tmp);
     return Promise.resolve();
   });
   return { dir, seed, weights, parameters: gpt2ParameterCount(recipe.config), sizeBytes: folderBytes(dir) };
@@ -96,7 +97,12 @@ function hfConfig(c: Gpt2Config, name: string, seed: number, weights: WeightForm
     use_cache: true,
     vocab_size: c.vocabSize,
     // Float32 folders keep the key set they always had, so their config.json bytes do not change.
-    aitbc: { recipe: name, seed, random_weights: true, ...(weights === "float32" ? {} : { weights }) },
+    aitbc: {
+      recipe: name,
+      seed,
+      random_weights: true,
+      ...(weights === "float32" ? {} : { weights, int8: { block_size: INT8_DEFAULTS.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel, float32_layers: INT8_DEFAULTS.float32Layers } }),
+    },
   };
 }
 

@@ -29,6 +29,8 @@ export interface Gpt2GraphOptions {
   format?: WeightFormat;
   /** Default "aitbc". */
   layout?: GraphLayout;
+  /** With format "int8": the first this many blocks keep float32 matmuls. Default INT8_DEFAULTS.float32Layers. */
+  float32Layers?: number;
 }
 
 
@@ -55,12 +57,13 @@ const MASK_VALUE = -3.4028234663852886e38;
  * final ln_f and an lm_head tied to wte.
  *
  * With `format` "int8" each Conv1D matmul and the lm_head are MatMulNBits nodes over 8-bit
- * copies of their weights (quantize-int8.ts; the bias is the node's own input); wte stays
- * float32 for the embedding lookup. Everything else is identical.
+ * copies of their weights (quantize-int8.ts; the bias is the node's own input), but those of
+ * the first `float32Layers` blocks; wte stays float32 for the embedding lookup. Everything else is identical.
  */
 export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: Gpt2GraphOptions = {}): OnnxGraph {
   const format = options.format ?? "float32";
   const optimum = options.layout === "optimum";
+  const float32Layers = options.float32Layers ?? INT8_DEFAULTS.float32Layers;
   const g = new OnnxGraph("gpt2", GPT2_OPSET);
   const byName = new Map(weights.map((w) => [w.name, w]));
   const tensor = (name: string): NamedTensor => {
@@ -142,15 +145,15 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
 
   const layerNorm = (input: string, prefix: string): string =>
     g.op("LayerNormalization", [input, w(`${prefix}.weight`), w(`${prefix}.bias`)], { axis: -1, epsilon: { float: 1e-5 } });
-  const conv1d = (input: string, prefix: string): string =>
-    format === "int8"
+  const conv1d = (input: string, prefix: string, layer: number): string =>
+    format === "int8" && layer >= float32Layers
       ? int8MatMul(input, `${prefix}.weight`, "kn", `${prefix}.bias`)
       : g.op("Add", [g.op("MatMul", [input, w(`${prefix}.weight`)]), w(`${prefix}.bias`)]);
   const splitHeads = (t: string, output?: string): string => g.op("Transpose", [g.op("Reshape", [t, headsShape])], { perm: [0, 2, 1, 3] }, output);
 
   for (let i = 0; i < c.nLayer; i++) {
     const p = `transformer.h.${i}`;
-    const qkv = conv1d(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`);
+    const qkv = conv1d(layerNorm(x, `${p}.ln_1`), `${p}.attn.c_attn`, i);
     const [qs, ks, vs] = g.node("Split", [qkv], { count: 3, attributes: { axis: 2 } }) as [string, string, string];
     const q = splitHeads(qs);
     const k = splitHeads(ks, optimum ? undefined : kvName(NEW_KEY_VALUES, i, "key"));
@@ -160,13 +163,13 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
     const scores = g.op("Div", [g.op("MatMul", [q, g.op("Transpose", [key], { perm: [0, 1, 3, 2] })]), sqrtD]);
     const probs = g.op("Softmax", [g.op("Where", [allowed, scores, maskValue])], { axis: -1 });
     const context = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [probs, value])], { perm: [0, 2, 1, 3] }), mergeShape]);
-    x = g.op("Add", [x, conv1d(context, `${p}.attn.c_proj`)]);
+    x = g.op("Add", [x, conv1d(context, `${p}.attn.c_proj`, i)]);
 
-    const fc = conv1d(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`);
+    const fc = conv1d(layerNorm(x, `${p}.ln_2`), `${p}.mlp.c_fc`, i);
     // gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
     const inner = g.op("Mul", [geluK, g.op("Add", [fc, g.op("Mul", [geluC, g.op("Pow", [fc, three])])])]);
     const gelu = g.op("Mul", [g.op("Mul", [half, fc]), g.op("Add", [onef, g.op("Tanh", [inner])])]);
-    x = g.op("Add", [x, conv1d(gelu, `${p}.mlp.c_proj`)]);
+    x = g.op("Add", [x, conv1d(gelu, `${p}.mlp.c_proj`, i)]);
   }
   const normed = layerNorm(x, "transformer.ln_f");
   // [B,1,E]: Gather with a 1-D index keeps the axis.
@@ -183,14 +186,21 @@ export function buildGpt2Graph(c: Gpt2Config, weights: NamedTensor[], options: G
  * LayerNorms, plus one row each of wte and wpe for the embedding. Decoding is bound by this
  * traffic, so it is what a memory-bandwidth bound divides by.
  */
-export function gpt2WeightBytesPerToken(c: Pick<Gpt2Config, "nLayer" | "nEmbd" | "vocabSize">, format: WeightFormat): number {
+export function gpt2WeightBytesPerToken(
+  c: Pick<Gpt2Config, "nLayer" | "nEmbd" | "vocabSize">,
+  format: WeightFormat,
+  float32Layers: number = INT8_DEFAULTS.float32Layers,
+): number {
   const e = c.nEmbd;
-  // [k, n] of each matmul: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj per layer, then the lm_head.
-  const matmuls: [number, number][] = [];
-  for (let i = 0; i < c.nLayer; i++) matmuls.push([e, 3 * e], [e, e], [e, 4 * e], [4 * e, e]);
-  matmuls.push([e, c.vocabSize]);
+  // [k, n, int8?] of each matmul: c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj per layer, then the lm_head.
+  const matmuls: [number, number, boolean][] = [];
+  for (let i = 0; i < c.nLayer; i++) {
+    const int8 = format === "int8" && i >= float32Layers;
+    matmuls.push([e, 3 * e, int8], [e, e, int8], [e, 4 * e, int8], [4 * e, e, int8]);
+  }
+  matmuls.push([e, c.vocabSize, format === "int8"]);
   // Per int8 block: a float32 scale and a one-byte zero point.
-  const matmulBytes = (k: number, n: number): number => (format === "int8" ? k * n + (n * k * 5) / int8BlockSize(k) : 4 * k * n);
+  const matmulBytes = (k: number, n: number, int8: boolean): number => (int8 ? k * n + (n * k * 5) / int8BlockSize(k) : 4 * k * n);
   const floats = c.nLayer * (9 * e + 4 * e) + 2 * e + 2 * e;
-  return matmuls.reduce((sum, [k, n]) => sum + matmulBytes(k, n), 0) + 4 * floats;
+  return matmuls.reduce((sum, [k, n, int8]) => sum + matmulBytes(k, n, int8), 0) + 4 * floats;
 }

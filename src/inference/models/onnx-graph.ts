@@ -87,11 +87,11 @@ export class OnnxGraph {
   node(
     op: string,
     inputs: string[],
-    options: { outputs?: string[]; count?: number; attributes?: Record<string, OnnxAttribute>; domain?: string } = {},
+    options: { outputs?: string[]; count?: number; attributes?: Record<string, OnnxAttribute>; domain?: string; name?: string } = {},
   ): string[] {
     const id = this.counter++;
     const outputs = options.outputs ?? Array.from({ length: options.count ?? 1 }, (_, i) => `/${op}_${id}_output_${i}`);
-    this.nodes.push({ op, inputs, outputs, name: `/${op}_${id}`, attributes: Object.entries(options.attributes ?? {}), domain: options.domain ?? "" });
+    this.nodes.push({ op, inputs, outputs, name: options.name ?? `/${op}_${id}`, attributes: Object.entries(options.attributes ?? {}), domain: options.domain ?? "" });
     return outputs;
   }
 

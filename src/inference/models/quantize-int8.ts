@@ -30,8 +30,23 @@ const ZERO_POINT = 128;
  * - accuracyLevel 4: activations are quantized to int8 per block too, so the CPU runs integer
  *   dot products (VNNI/AMX); levels 0 and 1 dequantize to float32 and, though closer to
  *   float32 (KL 1.2e-3 at block 32), decode 15 to 50 times slower than level 4.
+ * - float32Layers 1: the first transformer block's four matmuls stay float32. Of the 49
+ *   matmuls, those four carry half of int8's distance from float32 (mean KL 1.31e-3 instead of
+ *   2.50e-3 over 768 positions; its attn.c_attn alone 1.91e-3, any one later layer at most
+ *   0.25e-3 less), for 8% of the layer weights: a decode step reads about 14% more bytes.
  */
-export const INT8_DEFAULTS = { blockSize: 32, accuracyLevel: 4 } as const;
+export const INT8_DEFAULTS = { blockSize: 32, accuracyLevel: 4, float32Layers: 1 } as const;
+
+/**
+ * The transformer block a GPT-2 weight or node belongs to, from its name: `h.<i>` between dots
+ * or slashes, as both Hugging Face's parameter names (`transformer.h.3.mlp.c_fc.weight`) and
+ * torch's exported node names (`/transformer/h.3/mlp/c_fc/MatMul`) have it; undefined for a
+ * name outside the blocks (wte, wpe, ln_f) or one that does not say.
+ */
+export function gpt2LayerOf(name: string): number | undefined {
+  const m = /(?:^|[./])h\.(\d+)(?:[./]|$)/.exec(name);
+  return m === null ? undefined : Number(m[1]);
+}
 
 /** The block sizes MatMulNBits takes: powers of two from 16. */
 export const INT8_BLOCK_SIZES: readonly number[] = [16, 32, 64, 128, 256];

@@ -8,7 +8,7 @@ import { encodeInitializer, encodeNode, littleEndianBytes, MS_DOMAIN, OnnxType, 
 import { floatsOf, readOnnxModel, type ReadAttribute, type ReadGraph, type ReadInitializer, type ReadNode, type ReadOnnxModel } from "./onnx-reader.js";
 import { rewriteOnnxModel, type OnnxEdit } from "./onnx-rewrite.js";
 import type { ProtoWriter } from "./proto-writer.js";
-import { INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
+import { gpt2LayerOf, INT8_DEFAULTS, int8BlockSize, quantizeInt8 } from "./quantize-int8.js";
 
 export interface QuantizeOptions {
   /**
@@ -19,6 +19,12 @@ export interface QuantizeOptions {
   blockSize?: number;
   /** MatMulNBits' accuracy_level, 0 to 4 (quantize-int8.ts says what 4 does). Default INT8_DEFAULTS.accuracyLevel. */
   accuracyLevel?: number;
+  /**
+   * The first this many transformer blocks keep their float32 matmuls (quantize-int8.ts says
+   * why 1), a matmul's block read from its weight's or its node's name (gpt2LayerOf); 0
+   * quantizes every one. Default INT8_DEFAULTS.float32Layers.
+   */
+  float32Layers?: number;
 }
 
 export interface QuantizeModelOptions extends QuantizeOptions {
@@ -43,6 +49,9 @@ export interface QuantizeModelResult {
   matmuls: QuantizedMatMul[];
   blockSize: number;
   accuracyLevel: number;
+  float32Layers: number;
+  /** The matmuls left float32 for float32Layers, by node name. */
+  keptFloat32: string[];
   /** Bytes of the source folder and of the new one. */
   sizeBeforeBytes: number;
   sizeAfterBytes: number;
@@ -71,9 +80,11 @@ export async function quantizeModel(sourceDir: string, outDir: string, options: 
   }
   const blockSize = options.blockSize ?? INT8_DEFAULTS.blockSize;
   const accuracyLevel = options.accuracyLevel ?? INT8_DEFAULTS.accuracyLevel;
-  const { proto, matmuls } = quantizeOnnxModel(model, { blockSize, accuracyLevel });
+  const float32Layers = options.float32Layers ?? INT8_DEFAULTS.float32Layers;
+  const { proto, matmuls, keptFloat32 } = quantizeOnnxModel(model, { blockSize, accuracyLevel, float32Layers });
   if (matmuls.length === 0) {
-    throw new ModelError("model_not_quantizable", "the ONNX graph has no MatMul or Gemm with a float32 weight to quantize", { dir: info.dir, file: ONNX_MODEL_PATH });
+    const why = keptFloat32.length === 0 ? "the ONNX graph has no MatMul or Gemm with a float32 weight to quantize" : `every matmul with a float32 weight is in the first ${float32Layers} layers, which stay float32`;
+    throw new ModelError("model_not_quantizable", why, { dir: info.dir, file: ONNX_MODEL_PATH });
   }
   let sizeAfterBytes = 0;
   await writeDirAtomically(out, options.force ?? false, (tmp) => {
@@ -82,7 +93,7 @@ export async function quantizeModel(sourceDir: string, outDir: string, options: 
     }
     const config = JSON.parse(readFileSync(path.join(info.dir, "config.json"), "utf8")) as Record<string, unknown>;
     const ours = typeof config.aitbc === "object" && config.aitbc !== null ? (config.aitbc as Record<string, unknown>) : {};
-    config.aitbc = { ...ours, weights: "int8", int8: { block_size: blockSize, accuracy_level: accuracyLevel, quantized_from: info.name } };
+    config.aitbc = { ...ours, weights: "int8", int8: { block_size: blockSize, accuracy_level: accuracyLevel, float32_layers: float32Layers, quantized_from: info.name } };
     writeFileSync(path.join(tmp, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
     const onnxPath = path.join(tmp, ONNX_MODEL_PATH);
     mkdirSync(path.dirname(onnxPath), { recursive: true });
@@ -91,7 +102,7 @@ export async function quantizeModel(sourceDir: string, outDir: string, options: 
     sizeAfterBytes = loadModelInfo(tmp).sizeBytes;
     return Promise.resolve();
   });
-  return { dir: out, matmuls, blockSize, accuracyLevel, sizeBeforeBytes: info.sizeBytes, sizeAfterBytes };
+  return { dir: out, matmuls, blockSize, accuracyLevel, float32Layers, keptFloat32, sizeBeforeBytes: info.sizeBytes, sizeAfterBytes };
 }
 
 /** A matmul weight found in the graph: the initializer and how it is laid out ("kn": [K, N]; "nk": [N, K], read transposed). */
@@ -128,11 +139,13 @@ interface Scope {
  * subgraphs (optimum's If branches) are replaced too; the quantized initializers go to the main
  * graph, once per weight. Transposes and float initializers that nothing reads any more are
  * dropped; every other node, initializer and field is written back as stored. Inner
- * dimensions that are not a multiple of 16 stay float32.
+ * dimensions that are not a multiple of 16 stay float32, and so do the matmuls of the first
+ * `float32Layers` transformer blocks (named in `keptFloat32`).
  */
-export function quantizeOnnxModel(model: ReadOnnxModel, options: Required<QuantizeOptions>): { proto: ProtoWriter; matmuls: QuantizedMatMul[] } {
+export function quantizeOnnxModel(model: ReadOnnxModel, options: Required<QuantizeOptions>): { proto: ProtoWriter; matmuls: QuantizedMatMul[]; keptFloat32: string[] } {
   const edit: OnnxEdit = { replaceNodes: new Map(), dropInitializers: new Set(), addInitializers: [], addOpsets: new Map([[MS_DOMAIN, 1]]) };
   const matmuls: QuantizedMatMul[] = [];
+  const keptFloat32: string[] = [];
   const graphs = allGraphs({ ...model, name: model.graphName });
   const taken = new Set<string>();
   for (const g of graphs) {
@@ -175,8 +188,13 @@ export function quantizeOnnxModel(model: ReadOnnxModel, options: Required<Quanti
     const scope: Scope = { initializers: graph.initializers, producers: new Map(), ...(outer === undefined ? {} : { outer }) };
     for (const node of graph.nodes) {
       for (const g of subgraphs(node.attributes)) visit(g, scope);
-      const plan = planMatMul(node, scope);
+      let plan = planMatMul(node, scope);
       for (const o of node.outputs) scope.producers.set(o, node);
+      const layer = plan === undefined ? undefined : (gpt2LayerOf(plan.weight.init.name) ?? gpt2LayerOf(node.name));
+      if (layer !== undefined && layer < options.float32Layers) {
+        keptFloat32.push(node.name === "" ? (node.outputs[0] ?? "") : node.name);
+        plan = undefined;
+      }
       const copy = plan === undefined ? undefined : quantizedCopy(plan.weight);
       if (plan !== undefined && copy !== undefined) {
         const inputs = [node.inputs[0] as string, copy.data, copy.scales, copy.zeroPoints, ...(plan.bias === undefined ? [] : ["", plan.bias])];
@@ -215,7 +233,7 @@ export function quantizeOnnxModel(model: ReadOnnxModel, options: Required<Quanti
       if (quantizedWeights.has(name) && !afterTransposes.has(name) && !g.inputs.includes(name)) edit.dropInitializers.add(name);
     }
   }
-  return { proto: rewriteOnnxModel(model, edit), matmuls };
+  return { proto: rewriteOnnxModel(model, edit), matmuls, keptFloat32 };
 }
 
 /** The main graph and every subgraph under it, main first. */
