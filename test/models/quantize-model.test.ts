@@ -201,6 +201,22 @@ describe("quantizeModel", () => {
     const two = await quantizeModel(float32.modelDir, path.join(scratch, "two-float32"), { float32Layers: 2 });
     expect(two.matmuls.map((m) => m.weight)).toEqual(["transformer.wte.weight"]);
     expect(two.keptFloat32).toHaveLength(8);
+
+    // Each layer kept in float32 brings the logits closer to the float32 model's.
+    const one = await quantizeModel(float32.modelDir, path.join(scratch, "one-float32"), { float32Layers: 1 });
+    const distance = async (dir: string): Promise<number> => {
+      const [q, f] = await Promise.all([ort.InferenceSession.create(path.join(dir, ONNX_MODEL_PATH)), ort.InferenceSession.create(path.join(float32.modelDir, ONNX_MODEL_PATH))]);
+      try {
+        let sum = 0;
+        for (const prompt of PROMPTS) sum += relDiff((await run(q, prompt, null)).logits, (await run(f, prompt, null)).logits);
+        return sum;
+      } finally {
+        await Promise.all([q.release(), f.release()]);
+      }
+    };
+    const [d0, d1, d2] = [await distance(all.dir), await distance(one.dir), await distance(two.dir)];
+    expect(d1).toBeLessThan(d0);
+    expect(d2).toBeLessThan(d1);
   });
 });
 
