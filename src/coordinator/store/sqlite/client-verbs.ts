@@ -1,6 +1,6 @@
 import type { JobState } from "../../../protocol/version.js";
 import { decodeCursor, encodeCursor } from "../cursor.js";
-import { randomId } from "../ids.js";
+import { timeOrderedId } from "../ids.js";
 import { PRIORITY_RANK, newJobValues, toEvent, toJob, type EventRow, type JobRow } from "../job-row.js";
 import type { CancelOutcome, JobEvent, JobRecord, NewJob, Page, SubmitCounts } from "../job-store.js";
 import { IdempotencyMismatchError } from "../store-errors.js";
@@ -19,7 +19,7 @@ export function createJob(db: SqliteDb, job: NewJob, now: number): Promise<{ job
         return { job: toJob(existing), created: false };
       }
     }
-    const id = randomId("job_");
+    const id = timeOrderedId("job_", now);
     const row = db
       .sql(
         `INSERT INTO jobs (id, tenant, model, input, input_file_id, output_format, destination, requirements,

@@ -1,4 +1,4 @@
-import { randomId } from "../../ids.js";
+import { timeOrderedId } from "../../ids.js";
 import { newJobValues, toJob, type JobRow } from "../../job-row.js";
 import type { JobRecord, NewJob } from "../../job-store.js";
 import { IdempotencyMismatchError } from "../../store-errors.js";
@@ -21,7 +21,7 @@ ${loggedEvent({ type: "queued", data: "$20::jsonb", at: "$14", channel: "$21", r
  * job, never a 500.
  */
 export async function createJob(db: PgDb, job: NewJob, now: number): Promise<{ job: JobRecord; created: boolean }> {
-  const id = randomId("job_");
+  const id = timeOrderedId("job_", now);
   const data = { model: job.model, priority: job.priority, ...(job.retryOf === undefined ? {} : { retry_of: job.retryOf }) };
   const row = await db.writeWithEvent<JobRow & { event_seq: number }>(INSERT_QUEUED, [...newJobValues(job, id, now), JSON.stringify(data)], { type: "queued", at: now, data: () => data });
   if (row === undefined) {
