@@ -215,23 +215,22 @@ function parseBlockSize(value: string): number {
   return n;
 }
 
-function parseAccuracyLevel(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 4) throw new InvalidArgumentError("the accuracy level must be an integer from 0 to 4");
-  return n;
+/**
+ * A commander parser for an integer option from `min` (up to `max` when given): anything else,
+ * an empty value included, is refused with a message naming the option.
+ */
+function integerOption(what: string, min: number, max?: number): (value: string) => number {
+  const range = max === undefined ? `a whole number from ${min}` : `an integer from ${min} to ${max}`;
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === "" || !Number.isInteger(n) || n < min || (max !== undefined && n > max)) throw new InvalidArgumentError(`${what} must be ${range}`);
+    return n;
+  };
 }
 
-function parseFloat32Layers(value: string): number {
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isInteger(n) || n < 0) throw new InvalidArgumentError("the float32 layers must be a whole number from 0");
-  return n;
-}
-
-function parseSeed(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError("the seed must be an integer from 0 to 4294967295");
-  return n;
-}
+const parseAccuracyLevel = integerOption("the accuracy level", 0, 4);
+const parseFloat32Layers = integerOption("the float32 layers", 0);
+const parseSeed = integerOption("the seed", 0, 0xffffffff);
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
