@@ -51,7 +51,7 @@ export async function buildModel(recipe: ModelRecipe, outDir: string, options: B
 function writeModelFiles(recipe: ModelRecipe, seed: number, graphOptions: Required<Gpt2GraphOptions>, dir: string): void {
   const c = recipe.config;
   const json = (name: string, value: unknown): void => writeFileSync(path.join(dir, name), `${JSON.stringify(value, null, 2)}\n`);
-  json("config.json", hfConfig(c, recipe.name, seed, graphOptions.format));
+  json("config.json", hfConfig(c, recipe.name, seed, graphOptions));
   json("generation_config.json", { _from_model_config: true, bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId });
   json("tokenizer_config.json", {
     add_prefix_space: false,
@@ -73,7 +73,7 @@ function writeModelFiles(recipe: ModelRecipe, seed: number, graphOptions: Requir
 }
 
 /** config.json as transformers (and transformers.js) expect it for model_type gpt2. */
-function hfConfig(c: Gpt2Config, name: string, seed: number, weights: WeightFormat): Record<string, unknown> {
+function hfConfig(c: Gpt2Config, name: string, seed: number, graph: Required<Gpt2GraphOptions>): Record<string, unknown> {
   return {
     _name_or_path: name,
     activation_function: "gelu_new",
@@ -101,7 +101,9 @@ function hfConfig(c: Gpt2Config, name: string, seed: number, weights: WeightForm
       recipe: name,
       seed,
       random_weights: true,
-      ...(weights === "float32" ? {} : { weights, int8: { block_size: INT8_DEFAULTS.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel, float32_layers: INT8_DEFAULTS.float32Layers } }),
+      ...(graph.format === "float32"
+        ? {}
+        : { weights: graph.format, int8: { block_size: INT8_DEFAULTS.blockSize, accuracy_level: INT8_DEFAULTS.accuracyLevel, float32_layers: graph.float32Layers } }),
     },
   };
 }
