@@ -30,6 +30,13 @@ describe("PostgreSQL statements", () => {
     expect(statements).toContain("SELECT $1::text || 'b' AS m");
   });
 
+  it("past a few hundred texts, more run unnamed instead of growing the connection's prepared statements", async () => {
+    for (let i = 0; i < 600; i++) expect(await db.query<{ n: number }>(`SELECT $1::int + ${i} AS n`, [1])).toEqual([{ n: i + 1 }]);
+    const count = (await prepared()).length;
+    expect(count).toBeGreaterThan(400);
+    expect(count).toBeLessThanOrEqual(500);
+  });
+
   it("statements without parameters still run as given, several commands in one string included", async () => {
     const before = (await prepared()).length;
     const r = await db.tx(async (c) => {
