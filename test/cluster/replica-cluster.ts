@@ -10,7 +10,7 @@ import { CLI, Proc, ROOT, freePort, waitFor } from "../e2e/cluster.js";
 import { FaultProxy } from "../reliability/fault-proxy.js";
 import { checkRecords, type InvariantReport, type JobRow } from "../reliability/invariants.js";
 import type { LoggedEvent } from "../reliability/event-log.js";
-import { startS3 } from "../s3/s3-server.js";
+import { startS3, startS3Child } from "../s3/s3-server.js";
 
 /**
  * Several coordinator replicas as real child processes (`node dist/bin/aitbc.js coordinator`) on
@@ -49,16 +49,19 @@ export class ReplicaCluster {
     readonly dir: string,
     readonly schema: string,
     readonly s3Endpoint: string,
+    /** The S3 server's own process, when it runs in one (ClusterOptions.s3InChild). */
+    readonly s3Pid: number | undefined,
     private readonly cleanups: (() => Promise<void>)[],
   ) {}
 
-  static async start(replicas: number, env: Record<string, string> = {}): Promise<ReplicaCluster> {
+  /** `s3InChild`: the S3 server in a process of its own (bench:cluster counts its CPU apart), not in this one. */
+  static async start(replicas: number, env: Record<string, string> = {}, opts: { s3InChild?: boolean } = {}): Promise<ReplicaCluster> {
     const dir = mkdtempSync(path.join(tmpdir(), "aitbc-replicas-"));
     writeFileSync(path.join(dir, "coordinator.toml"), "");
     writeFileSync(path.join(dir, "miner.toml"), "");
-    const s3 = await startS3([BUCKET]);
+    const s3 = opts.s3InChild === true ? await startS3Child([BUCKET]) : { ...(await startS3([BUCKET])), pid: undefined };
     const { schema, drop } = await freshSchema("cl");
-    const c = new ReplicaCluster(dir, schema, s3.endpoint, [s3.close, drop, async () => rmSync(dir, { recursive: true, force: true })]);
+    const c = new ReplicaCluster(dir, schema, s3.endpoint, s3.pid, [s3.close, drop, async () => rmSync(dir, { recursive: true, force: true })]);
     const store = await PostgresJobStore.open({ url: PG_URL, schema });
     try {
       c.clientKey = (await store.createKey("client", "cluster-client", "acme", Date.now())).key;

@@ -1,7 +1,10 @@
+import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
 
 interface S3rverInstance {
   run(): Promise<{ address: string; port: number }>;
@@ -22,6 +25,26 @@ export async function startS3(buckets: string[]): Promise<{ endpoint: string; di
     close: async () => {
       await server.close();
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The same server in a child process (s3-server-child.ts), so its CPU counts apart from the caller's; `pid` is the child's. */
+export async function startS3Child(buckets: string[]): Promise<{ endpoint: string; pid: number; close: () => Promise<void> }> {
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "s3-server-child.ts");
+  const child = spawn(process.execPath, ["--import", "tsx", script, ...buckets], { stdio: ["ignore", "pipe", "inherit"] });
+  const endpoint = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once("line", (l) => (l.startsWith("endpoint ") ? resolve(l.slice("endpoint ".length)) : reject(new Error(`s3-server-child said ${l}`))));
+    child.once("exit", (code) => reject(new Error(`s3-server-child exited with ${code}`)));
+  });
+  return {
+    endpoint,
+    pid: child.pid!,
+    close: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await exited;
     },
   };
 }
