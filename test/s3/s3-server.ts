@@ -34,7 +34,7 @@ export async function startS3Child(buckets: string[]): Promise<{ endpoint: strin
   const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "s3-server-child.ts");
   const child = spawn(process.execPath, ["--import", "tsx", script, ...buckets], { stdio: ["ignore", "pipe", "inherit"] });
   const endpoint = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once("line", (l) => (l.startsWith("endpoint ") ? resolve(l.slice("endpoint ".length)) : reject(new Error(`s3-server-child said ${l}`))));
+    createInterface({ input: child.stdout }).once("line", (l) => (l.startsWith("endpoint ") ? resolve(l.slice("endpoint ".length)) : reject(new Error(`s3-server-child said ${l}`))));
     child.once("exit", (code) => reject(new Error(`s3-server-child exited with ${code}`)));
   });
   return {
