@@ -204,12 +204,12 @@ describe("two replicas on PostgreSQL and S3", () => {
       for (let tries = 1; ; tries++) {
         const res = await a.call("POST", "/v1/jobs", { json: { model: `gpt2-replay-${tries}`, input: "replayed" } });
         const { job_id: id } = (await res.json()) as { job_id: string };
-        // B's replay reads the log (only "queued"), then A commits "assigned" and "running" and
-        // B gets their hints, all before the replay's read answers.
-        const original = store.listEvents.bind(store);
+        // B's stream opens with one read of the job and its log (only "queued"), then A commits
+        // "assigned" and "running" and B gets their hints, all before that read answers.
+        const original = store.jobWithEvents.bind(store);
         let replayed = false;
         let lease: { jobId: string; attempt: number; leaseToken: string } | undefined;
-        store.listEvents = async (jobId, after) => {
+        store.jobWithEvents = async (jobId, after) => {
           const got = await original(jobId, after);
           if (jobId !== id || replayed) return got;
           replayed = true;
@@ -230,7 +230,7 @@ describe("two replicas on PostgreSQL and S3", () => {
         try {
           await waitFor("the stream shows running", () => Promise.resolve(stream.events().map((e) => e.event)), (seen) => seen.includes("running"), 10_000);
         } finally {
-          store.listEvents = original;
+          store.jobWithEvents = original;
         }
         expect(stream.events().map((e) => e.event)).toEqual(["snapshot", "queued", "assigned", "running"]);
         const put = await a.coordinator.context.results.put(id, lease!.attempt, Buffer.from("done", "utf8"));

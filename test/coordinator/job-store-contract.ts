@@ -642,6 +642,21 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.listEvents("job_doesnotexist", 0)).toEqual([]);
       });
 
+      it("reads a job with its events after a seq, as getJobById and listEvents answer apart", async () => {
+        const job = await create({ tenant: "globex", input: "a prompt with 'quotes', \"JSON\" and ünïcode" });
+        const a = await claim(job.id, T0 + 1);
+        await store.markRunning(ref(a), T0 + 2, TTL);
+        await store.commitResult(ref(a), result(1), T0 + 4);
+        const both = await store.jobWithEvents(job.id, 0);
+        expect(both.job).toEqual(await store.getJobById(job.id));
+        expect(both.job).toMatchObject({ tenant: "globex", status: "completed", result: { sha256: result(1).sha256 } });
+        expect(both.events).toEqual(await store.listEvents(job.id, 0));
+        expect(both.events.map((e) => [e.seq, e.type])).toEqual([[1, "queued"], [2, "assigned"], [3, "running"], [4, "completed"]]);
+        expect((await store.jobWithEvents(job.id, 3)).events).toEqual(await store.listEvents(job.id, 3));
+        expect((await store.jobWithEvents(job.id, 4)).events).toEqual([]);
+        expect(await store.jobWithEvents("job_doesnotexist", 0)).toEqual({ job: null, events: [] });
+      });
+
       it("publishes each change after it is committed, and nothing for a refused verb", async () => {
         expect(h.events, "the harness must pass the store's JobEvents").toBeDefined();
         const seen: { event: JobEvent; stored: JobState | undefined }[] = [];

@@ -372,9 +372,8 @@ export function adminRoutes(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         },
       },
       async (request, reply) => {
-        const job = await anyJob(request.params.job_id);
         const after = request.query.after;
-        await followJob(ctx, request, reply, job, { lookup: (id) => ctx.store.getJobById(id), text: show(), ...(after === undefined ? {} : { after }) });
+        await followJob(ctx, request, reply, request.params.job_id, { tenant: null, text: show(), ...(after === undefined ? {} : { after }) });
       },
     );
 

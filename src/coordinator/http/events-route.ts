@@ -105,20 +105,17 @@ export function eventsRoute(ctx: CoordinatorContext): FastifyPluginAsyncTypebox 
         },
       },
       async (request, reply) => {
-        const tenant = tenantOf(request);
-        const job = await ctx.store.getJob(tenant, request.params.job_id);
-        if (job === null) throw new NotFoundError("job_not_found", "no such job");
         const after = request.query.after;
-        await followJob(ctx, request, reply, job, { lookup: (id) => ctx.store.getJob(tenant, id), text: true, ...(after === undefined ? {} : { after }) });
+        await followJob(ctx, request, reply, request.params.job_id, { tenant: tenantOf(request), text: true, ...(after === undefined ? {} : { after }) });
       },
     );
   };
 }
 
-/** How a stream reads its job and whether it carries the generated text. */
+/** Whose job a stream may follow and whether it carries the generated text. */
 export interface FollowOptions {
-  /** The job as this caller may see it (the tenant's, or any for an operator). */
-  lookup: (jobId: string) => Promise<JobRecord | null>;
+  /** The tenant whose job it must be (another's is 404, as if it did not exist), or null for any (an operator). */
+  tenant: string | null;
   /** Token events and the completion text (false: state changes and progress only). */
   text: boolean;
   after?: number;
@@ -128,17 +125,67 @@ export interface FollowOptions {
  * Streams one job's changes over SSE (see eventsRoute for the events): the client's stream and
  * the operator's (GET /v1/admin/jobs/{id}/events, all tenants, text only with [admin] show_outputs).
  */
-export async function followJob(ctx: CoordinatorContext, request: FastifyRequest, reply: FastifyReply, job: JobRecord, opts: FollowOptions): Promise<void> {
+export async function followJob(ctx: CoordinatorContext, request: FastifyRequest, reply: FastifyReply, jobId: string, opts: FollowOptions): Promise<void> {
   const keyId = request.apiKey!.id;
+  const lastId = Number(request.headers["last-event-id"] ?? opts.after ?? 0);
+  let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
+  // Subscribe first, then read the job with its log (one round trip), so nothing falls between
+  // the two: what comes before the stream is open waits in `buffered` or is re-read after.
+  const buffered: JobEvent[] = [];
+  let replaying = true;
+  let opened = false;
+  let hintedDuringReplay = false;
+  // Hints of a completion ask for the job with the log: the completed event's result summary is then read with it.
+  let hintedCompletion = false;
+  const unsubscribe = ctx.events.onJob(
+    jobId,
+    (e) => (replaying ? buffered.push(e) : sendChange(e)),
+    // Progress before the stream is open is in the snapshot (its live progress).
+    (p) => {
+      if (opened) sendProgress(p);
+    },
+  );
+  // Pieces during the replay are in the text-so-far sent after it.
+  const unsubscribeText = ctx.events.onJobText(jobId, (t) => {
+    if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
+  });
+  // Changes another replica commits arrive as hints: re-read the log past what was sent. A hint
+  // of an event already sent (the replay had it) needs no read; hints that come while a read is
+  // in flight share one more read after it; a hint during the replay (whose read may have come
+  // before the change) gets one read after it.
+  const unsubscribeRemote = ctx.events.onJobRemote(jobId, (change) => {
+    if (change !== undefined && change.seq <= after) return;
+    if (change?.type === "completed") hintedCompletion = true;
+    if (replaying) hintedDuringReplay = true;
+    else rereadQuietly();
+  });
+  const unsubscribeAll = (): void => {
+    unsubscribe();
+    unsubscribeText();
+    unsubscribeRemote();
+  };
+  let opening: { job: JobRecord | null; events: JobEvent[] };
+  try {
+    opening = await ctx.store.jobWithEvents(jobId, after);
+  } catch (err) {
+    unsubscribeAll();
+    throw err;
+  }
+  const job = opening.job;
+  if (job === null || (opts.tenant !== null && job.tenant !== opts.tenant)) {
+    unsubscribeAll();
+    throw new NotFoundError("job_not_found", "no such job");
+  }
   if (!ctx.streams.hasRoom(keyId)) {
+    unsubscribeAll();
     void reply.header("Retry-After", "5");
     throw new AppError("too_many_streams", `this API key already has ${ctx.config.limits.maxStreamsPerKey} event streams open ([limits] max_streams_per_key)`, {
       status: 429,
       retryable: true,
     });
   }
-  const lastId = Number(request.headers["last-event-id"] ?? opts.after ?? 0);
-  let after = Number.isInteger(lastId) && lastId > 0 ? lastId : 0;
+  /** The job as last read with its log: a completed one carries the result the completed event sums up. */
+  let latest: JobRecord = job;
 
   reply.hijack();
   const raw = reply.raw;
@@ -150,9 +197,11 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   });
   // HEAD gets the stream's headers only: Node sends them at end(), so an open stream would hang.
   if (request.method === "HEAD") {
+    unsubscribeAll();
     raw.end();
     return;
   }
+  opened = true;
   const write = (event: string, data: unknown, id?: number): void => {
     raw.write(`${id === undefined ? "" : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
   };
@@ -161,9 +210,7 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
     if (ended) return;
     ended = true;
     ctx.streams.remove(stream);
-    unsubscribe();
-    unsubscribeText();
-    unsubscribeRemote();
+    unsubscribeAll();
     clearInterval(keepalive);
     raw.end();
   };
@@ -194,7 +241,7 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
    * output exactly. Returns the result summary for the completed event.
    */
   const finishText = async (): Promise<Record<string, unknown>> => {
-    const current = await opts.lookup(job.id);
+    const current = latest.status === "completed" ? latest : await ctx.store.getJobById(job.id);
     if (current === null) return {};
     const result = current.result;
     // A client that already holds exactly the output (its sha256) is sent nothing more: the
@@ -236,41 +283,28 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
       tokens_per_second: Math.round(p.tokensPerSecond * 10) / 10,
     });
   };
-  // Subscribe first, then replay the log, so nothing falls between the two.
-  const buffered: JobEvent[] = [];
-  let replaying = true;
-  const unsubscribe = ctx.events.onJob(
-    job.id,
-    (e) => (replaying ? buffered.push(e) : sendChange(e)),
-    sendProgress,
-  );
-  // Pieces during the replay are in the text-so-far sent after it.
-  const unsubscribeText = ctx.events.onJobText(job.id, (t) => {
-    if (!replaying) serial(() => (ended ? undefined : sendText(t.attempt, t.index, t.delta)));
-  });
-  // Changes another replica commits arrive as hints: re-read the log past what was sent. A hint
-  // of an event already sent (the replay had it) needs no read; hints that come while a read is
-  // in flight share one more read after it; a hint during the replay (whose read may have come
-  // before the change) gets one read after it.
-  let hintedDuringReplay = false;
   const reread = coalesced(async () => {
     if (ended) return true;
+    if (hintedCompletion) {
+      hintedCompletion = false;
+      const r = await ctx.store.jobWithEvents(job.id, after);
+      if (r.job !== null) latest = r.job;
+      for (const e of r.events) sendChange(e);
+      return;
+    }
     for (const e of await ctx.store.listEvents(job.id, after)) sendChange(e);
   });
   // A failed read: the next hint, or the periodic resync, reads again.
-  const rereadQuietly = (): void => void reread().catch(() => undefined);
-  const unsubscribeRemote = ctx.events.onJobRemote(job.id, (change) => {
-    if (change !== undefined && change.seq <= after) return;
-    if (replaying) hintedDuringReplay = true;
-    else rereadQuietly();
-  });
+  function rereadQuietly(): void {
+    void reread().catch(() => undefined);
+  }
   const stream: OpenStream = { keyId, end };
   ctx.streams.add(stream);
   const keepalive = setInterval(() => raw.write(": keepalive\n\n"), KEEPALIVE_MS);
   request.raw.on("close", end);
 
   write("snapshot", jobView(withLiveProgress(job, ctx.events)));
-  const replayed = await ctx.store.listEvents(job.id, after);
+  const replayed = opening.events;
   for (const e of replayed) sendChange(e);
   // Then the text so far, in one event, unless the log already ends the job (completed sends it whole).
   if (!replayed.some((e) => isTerminal(e.type as JobState))) {
@@ -281,8 +315,6 @@ export async function followJob(ctx: CoordinatorContext, request: FastifyRequest
   replaying = false;
   for (const e of buffered) sendChange(e);
   if (hintedDuringReplay) rereadQuietly();
-  if (!ended && isTerminal(job.status)) {
-    const current = await opts.lookup(job.id);
-    if (current !== null && isTerminal(current.status)) serial(() => end());
-  }
+  // A job already ended when read (its terminal event at or before `after`): nothing more will come.
+  if (isTerminal(job.status)) serial(() => end());
 }

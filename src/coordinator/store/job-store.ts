@@ -329,6 +329,13 @@ export interface JobStore {
   /** Retention: deletes files uploaded before `before` (at most `limit`); returns how many. */
   expireFiles(before: number, limit: number): Promise<number>;
   listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]>;
+  /**
+   * A job (any tenant's; null when there is none, with no events) and its events after
+   * `afterSeq`, read together: what a job's event stream opens with and re-reads on a hint of
+   * another replica's change — one round trip on PostgreSQL (one statement, so the row and the
+   * events are of one moment), where getJobById then listEvents were two.
+   */
+  jobWithEvents(jobId: string, afterSeq: number): Promise<{ job: JobRecord | null; events: JobEvent[] }>;
 
   // --- miner side (fenced by the lease triple)
   getJobById(jobId: string): Promise<JobRecord | null>;

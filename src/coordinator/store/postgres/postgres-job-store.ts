@@ -40,7 +40,7 @@ import { createFile, deleteFile, expireFiles, getFile } from "./verbs/files.js";
 import { getJob, getJobsById } from "./verbs/get-job.js";
 import { authenticate, createKey, getKey, listKeys, revokeKey, revokedAmong } from "./verbs/keys.js";
 import * as operator from "./verbs/operator.js";
-import { listEvents } from "./verbs/list-events.js";
+import { jobWithEvents, listEvents } from "./verbs/list-events.js";
 import { listHistory, listJobs } from "./verbs/list-jobs.js";
 import { listLeasedBy } from "./verbs/list-leased-by.js";
 import { markRunning } from "./verbs/mark-running.js";
@@ -149,6 +149,9 @@ export class PostgresJobStore implements JobStore {
   }
   listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]> {
     return listEvents(this.db, jobId, afterSeq);
+  }
+  jobWithEvents(jobId: string, afterSeq: number): Promise<{ job: JobRecord | null; events: JobEvent[] }> {
+    return jobWithEvents(this.db, jobId, afterSeq);
   }
 
   createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord> {

@@ -165,3 +165,9 @@ export function listEvents(db: SqliteDb, jobId: string, afterSeq: number): JobEv
   const rows = db.read(() => db.sql("SELECT job_id, seq, type, data, at FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq").all(jobId, afterSeq) as EventRow[]);
   return rows.map(toEvent);
 }
+
+/** The job, then its events, in one synchronous turn (nothing of this process writes between the two; SQLite reads cost no round trip). */
+export function jobWithEvents(db: SqliteDb, jobId: string, afterSeq: number): { job: JobRecord | null; events: JobEvent[] } {
+  const job = getJob(db, null, jobId);
+  return { job, events: job === null ? [] : listEvents(db, jobId, afterSeq) };
+}

@@ -88,6 +88,9 @@ export class SqliteJobStore implements JobStore {
   listEvents(jobId: string, afterSeq: number): Promise<JobEvent[]> {
     return settle(() => client.listEvents(this.db, jobId, afterSeq));
   }
+  jobWithEvents(jobId: string, afterSeq: number): Promise<{ job: JobRecord | null; events: JobEvent[] }> {
+    return settle(() => client.jobWithEvents(this.db, jobId, afterSeq));
+  }
 
   createFile(tenant: string, content: string, upload: { sha256: string; bytes: number }, now: number): Promise<FileRecord> {
     return settle(() => storage.createFile(this.db, tenant, content, upload, now));
