@@ -1,3 +1,4 @@
+import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AckFrame, AssignFrame, CancelFrame, WelcomeFrame } from "../../src/protocol/frames.js";
 import { expectProblem, startApi, type ApiHarness } from "../coordinator/api-harness.js";
@@ -13,12 +14,14 @@ import { replicaSettings, startS3 } from "../s3/s3-server.js";
 let a: ApiHarness & { key: string };
 let b: ApiHarness & { key: string };
 let minerKey = "";
+let s3Endpoint = "";
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   await requirePostgres();
   const s3 = await startS3(["aitbc-results"]);
   cleanups.push(s3.close);
+  s3Endpoint = s3.endpoint;
   const { schema, drop } = await freshSchema("api");
   cleanups.push(drop);
   const settings = {
@@ -114,15 +117,30 @@ describe("two replicas on PostgreSQL and S3", () => {
     await waitFor("the late joiner's first token", () => Promise.resolve(late.events().filter((e) => e.event === "token").length), (n) => n >= 1);
     const firstLate = late.events().find((e) => e.event === "token")!;
     expect(firstLate.data).toMatchObject({ index: 0, text });
-    m.send({ type: "text", ...lease, index: text.length, delta: " end", tokens: 5, tokens_per_s: 10 });
-    text += " end";
-    m.send(resultFrame(assign, text));
-    expect(await m.next<AckFrame>(isAck(id, assign.attempt))).toMatchObject({ status: "committed" });
-    for (const stream of [early, late]) {
-      const events = await stream.done;
-      expect(events.at(-1)?.event).toBe("completed");
-      expect(rebuild(events)).toBe(text);
+    // The last piece, then at once the result: B sends the piece before the completion, so A's
+    // clients have the whole output when `completed` comes and A reads nothing back from S3.
+    const results = a.coordinator.context.results;
+    const read = results.read.bind(results);
+    let readBack = 0;
+    results.read = (location) => {
+      if (location.includes(id)) readBack += 1;
+      return read(location);
+    };
+    try {
+      m.send({ type: "text", ...lease, index: text.length, delta: " end", tokens: 5, tokens_per_s: 10 });
+      text += " end";
+      m.send(resultFrame(assign, text));
+      expect(await m.next<AckFrame>(isAck(id, assign.attempt))).toMatchObject({ status: "committed" });
+      for (const stream of [early, late]) {
+        const events = await stream.done;
+        expect(events.at(-1)?.event).toBe("completed");
+        expect(rebuild(events.slice(0, -1))).toBe(text);
+        expect(rebuild(events)).toBe(text);
+      }
+    } finally {
+      results.read = read;
     }
+    expect(readBack).toBe(0);
     m.close();
   });
 
@@ -182,6 +200,45 @@ describe("two replicas on PostgreSQL and S3", () => {
     await expectProblem(await a.call("GET", "/v1/jobs", { key: k.key }), 401, "unauthorized");
     const refused = await waitFor("the other replica refuses the key", () => b.call("GET", "/v1/jobs", { key: k.key }), (r) => r.status === 401, 10_000);
     await expectProblem(refused, 401, "unauthorized");
+  });
+
+  it("a result for a job cancelled meanwhile is stored without a read first (every S3 put is a new object), refused, and its copy removed", async () => {
+    const model = "gpt2-cancelled-result";
+    const m = await RawMiner.open(wsUrl(b), minerKey);
+    m.send({ ...helloFrame("cancelled-result"), models: [model] });
+    await m.next<WelcomeFrame>((f) => f.type === "welcome");
+    const id = ((await (await a.call("POST", "/v1/jobs", { json: { model, input: "cancel me before my result" } })).json()) as { job_id: string }).job_id;
+    m.send({ type: "pull", free_slots: 1 });
+    const assign = await m.next<AssignFrame>((f) => f.type === "assign" && f.job.job_id === id);
+    m.send({ type: "started", job_id: id, attempt: assign.attempt, lease_token: assign.lease_token });
+    await waitFor("running", async () => (await b.coordinator.store.getJobById(id))?.status, (s) => s === "running");
+    expect((await a.call("DELETE", `/v1/jobs/${id}`)).status).toBe(202);
+    await m.next<CancelFrame>((f) => f.type === "cancel" && f.job_id === id);
+    // The miner's session still holds the lease: its result is stored, then the commit refuses it.
+    const store = b.coordinator.store;
+    const original = store.getJobById.bind(store);
+    let reads = 0;
+    store.getJobById = (jobId) => {
+      if (jobId === id) reads += 1;
+      return original(jobId);
+    };
+    try {
+      m.send(resultFrame(assign, "too late"));
+      expect(await m.next<AckFrame>(isAck(id, assign.attempt))).toMatchObject({ of: "result", status: "stale" });
+    } finally {
+      store.getJobById = original;
+    }
+    // One read, after the refused commit (whether the committed result is another's file); none before the put.
+    expect(reads).toBe(1);
+    expect(await original(id)).toMatchObject({ status: "cancelled", result: null });
+    const s3 = new S3Client({ endpoint: s3Endpoint, region: "us-east-1", forcePathStyle: true, credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } });
+    try {
+      const listed = await s3.send(new ListObjectsV2Command({ Bucket: "aitbc-results", Prefix: `replicas/results/${id}/` }));
+      expect(listed.KeyCount ?? 0).toBe(0);
+    } finally {
+      s3.destroy();
+    }
+    m.close();
   });
 
   it("a result committed on a replica is uploaded to the job's s3:// destination by that replica", async () => {

@@ -62,19 +62,30 @@ export class ResultIntake {
       this.ctx.metrics.results.inc({ outcome: status });
       s.send({ type: "ack", job_id: f.job_id, attempt: f.attempt, of: "result", status, ...(message === undefined ? {} : { message }) });
     };
-    // Read first even for a lease this connection holds: another connection of the same miner
-    // (a reconnect) may hold it too and have committed already, and storing this copy would
-    // write over the committed file, which has the same name (test/reliability/races.test.ts).
-    const current = await this.ctx.store.getJobById(f.job_id);
-    if (current === null) return ack("stale", "unknown job");
-    if (current.status === "completed") {
-      const outcome = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256 ? "duplicate" : "stale";
-      ack(outcome);
-      s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
-      return;
+    // Read first, even for a lease this connection holds, where a store reuses a name: another
+    // connection of the same miner (a reconnect) may hold the lease too and have committed
+    // already, and storing this copy would write over the committed file, which has the same
+    // name (test/reliability/races.test.ts). Where every put is a new object and this connection
+    // holds the lease, nothing is read: the commit's compare-and-set answers committed, duplicate
+    // or stale by itself, and a copy not committed is removed below.
+    const held = s.held(f.job_id, f.attempt, f.lease_token);
+    let maxTokens: number;
+    if (held !== undefined && this.ctx.results.uniqueLocations) {
+      maxTokens = held.maxTokens;
+    } else {
+      const current = await this.ctx.store.getJobById(f.job_id);
+      if (current === null) return ack("stale", "unknown job");
+      if (current.status === "completed") {
+        const outcome = current.result?.attempt === f.attempt && current.result.sha256 === f.sha256 ? "duplicate" : "stale";
+        ack(outcome);
+        s.log.info({ jobId: f.job_id, attempt: f.attempt, outcome }, "result received");
+        return;
+      }
+      maxTokens = current.parameters.max_new_tokens;
     }
-    const maxTokens = current.parameters.max_new_tokens;
     const stored = await this.ctx.results.put(f.job_id, f.attempt, bytes);
+    // The text still waiting to go to other replicas goes before the completion does.
+    if (this.ctx.events.liveText(f.job_id)?.local === true) await this.ctx.events.sendPendingText();
     let outcome: CommitOutcome;
     try {
       outcome = await this.ctx.store.commitResult(

@@ -88,6 +88,7 @@ export class PgSignals {
     this.unsubscribeText = [
       this.deps.events.onLocalText((t) => this.queueText(t)),
       this.deps.events.onWantText((jobId) => this.want(jobId)),
+      this.deps.events.onSendPendingText(() => this.flushText()),
     ];
     await this.connect();
     this.resyncTimer = setInterval(() => this.deps.events.publishResync(), this.deps.resyncMs);
@@ -233,6 +234,7 @@ export class PgSignals {
   }
 
   private async flushText(): Promise<void> {
+    clearTimeout(this.textTimer);
     this.textTimer = undefined;
     const pieces = this.textOutbox;
     this.textOutbox = [];

@@ -11,6 +11,12 @@ import { UnavailableError } from "../../common/errors.js";
  * UnavailableError, so the miner is asked to send the result again later.
  */
 export interface ResultStore {
+  /**
+   * Whether every put writes a location never used before (S3: a random suffix), so no put can
+   * write over a committed result: result intake then needs no read of the job before it stores
+   * (the commit's compare-and-set decides alone). Local files are one name per attempt.
+   */
+  readonly uniqueLocations: boolean;
   put(jobId: string, attempt: number, output: Buffer): Promise<{ location: string; sha256: string; bytes: number }>;
   read(location: string): Promise<Buffer>;
   remove(location: string): Promise<void>;
@@ -31,6 +37,7 @@ export interface SweepCounts {
 }
 
 export class LocalResultStore implements ResultStore {
+  readonly uniqueLocations = false;
   constructor(private readonly root: string) {}
 
   async put(jobId: string, attempt: number, output: Buffer): Promise<{ location: string; sha256: string; bytes: number }> {

@@ -16,6 +16,7 @@ export const SWEEP_MIN_AGE_MS = 10 * 60_000;
  * job store commits, so a committed result always has its bytes.
  */
 export class S3ResultStore implements ResultStore {
+  readonly uniqueLocations = true;
   private sdk: Promise<S3Connection> | undefined;
 
   constructor(

@@ -49,6 +49,7 @@ export interface RemoteChange {
  * coalesced lease renewals), until the job's next state change.
  */
 export class JobEvents {
+  private readonly textSenders = new Set<() => Promise<void>>();
   private readonly emitter = new EventEmitter();
   private readonly live = new Map<string, ProgressEvent>();
   private readonly texts = new Map<string, LiveText>();
@@ -155,6 +156,22 @@ export class JobEvents {
   onLocalText(fn: (e: TextEvent) => void): () => void {
     this.emitter.on("text", fn);
     return () => this.emitter.off("text", fn);
+  }
+
+  /**
+   * Sends now the text of this replica's miners that waits to go to the other replicas (PgSignals
+   * coalesces it for a few ms): result intake awaits it before a commit, so the text is out before
+   * the completion's hint and a stream elsewhere has the whole output when `completed` comes,
+   * instead of reading it back from the result store. Nothing to do on one node.
+   */
+  async sendPendingText(): Promise<void> {
+    await Promise.all([...this.textSenders].map((send) => send()));
+  }
+
+  /** Registers what sendPendingText calls (PgSignals); returns the unregister function. */
+  onSendPendingText(send: () => Promise<void>): () => void {
+    this.textSenders.add(send);
+    return () => this.textSenders.delete(send);
   }
 
   /** Someone here follows a job whose text this replica lacks (the replica holding its miner has it). */
