@@ -11,7 +11,11 @@ export type Queryable = Pick<pg.PoolClient, "query">;
  * Appends an event to the job's log inside the current transaction (published after commit);
  * `many` appends one event to each of several jobs in one statement.
  */
-export type PgEmit = ((e: Omit<JobEvent, "seq">) => Promise<void>) & { many: (events: Omit<JobEvent, "seq">[]) => Promise<void> };
+export type PgEmit = ((e: Omit<JobEvent, "seq">) => Promise<void>) & {
+  many: (events: Omit<JobEvent, "seq">[]) => Promise<void>;
+  /** Events the verb's own statement logged and notified (a CTE ending in loggedEvent): published after the commit, like the others. */
+  logged: (events: JobEvent[]) => void;
+};
 
 /** The channel job-state notifications go out on: `{"j": job id, "s": seq, "t": type, "o": replica}`, nothing more. */
 export const JOB_CHANNEL = "aitbc_jobs";
@@ -107,8 +111,8 @@ export function loggedEvent(e: { type: JobEventType; data: string; at: string; c
 SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", `'${e.type}'`, e.channel, e.replica)} AS notified FROM upd JOIN logged ON logged.job_id = upd.id`;
 }
 
-/** The events written in one statement with the job's row (writeWithEvent). */
-export type JobEventType = "queued" | "running" | "completed";
+/** The events written in one statement with the job's row (writeWithEvent, and a claim's assignments). */
+export type JobEventType = "queued" | "assigned" | "running" | "completed";
 
 /** int8 and numeric as numbers, not strings: times are epoch ms in bigint columns. */
 const toNumber = (v: string): number => Number(v);
@@ -208,7 +212,8 @@ export class PgDb {
         pending.push({ ...e, seq });
       }
     };
-    const emit: PgEmit = Object.assign((e: Omit<JobEvent, "seq">) => many([e]), { many });
+    const logged = (events: JobEvent[]): void => void pending.push(...events);
+    const emit: PgEmit = Object.assign((e: Omit<JobEvent, "seq">) => many([e]), { many, logged });
     let out: T;
     try {
       // A verb that begins itself sends BEGIN in one simple query with its first statement (one
