@@ -376,6 +376,38 @@ export function jobStoreContract(name: string, makeStore: () => Promise<StoreHar
         expect(await store.markRunning({ jobId: high.id, attempt: 1, leaseToken: first[0]!.leaseToken }, T0 + 11, TTL)).toBe(true);
       });
 
+      it("claimJobs of jobs without GPU requirements: best first, each lease the one stored, each event logged", async () => {
+        const normal1 = await create({ priority: "normal" }, T0);
+        const low = await create({ priority: "low" }, T0 + 1);
+        const high = await create({ priority: "high" }, T0 + 2);
+        const normal2 = await create({ priority: "normal" }, T0 + 3);
+        const later = await create({ priority: "normal", requirements: { gpu_type: "H200" } }, T0 + 4);
+        const got = await store.claimJobs(cpuMiner("p"), T0 + 10, TTL, 3);
+        expect(got.map((x) => x.job.id)).toEqual([high.id, normal1.id, normal2.id]);
+        for (const x of got) {
+          expect(x.job).toMatchObject({ status: "assigned", minerId: "p", attempt: 1, leaseToken: x.leaseToken, assignedAt: T0 + 10 });
+          expect(await store.getJobById(x.job.id)).toMatchObject({ status: "assigned", leaseToken: x.leaseToken });
+          expect((await store.listEvents(x.job.id, 0)).map((e) => [e.seq, e.type, e.data])).toEqual([
+            [1, "queued", expect.anything()],
+            [2, "assigned", { attempt: 1, miner_id: "p" }],
+          ]);
+          expect(await store.markRunning({ jobId: x.job.id, attempt: 1, leaseToken: x.leaseToken, minerId: "p" }, T0 + 11, TTL)).toBe(true);
+        }
+        // Then the one left that it can run, passing over the GPU job behind it.
+        expect((await store.claimJobs(cpuMiner("p"), T0 + 12, TTL, 4)).map((x) => x.job.id)).toEqual([low.id]);
+        expect(await status(later.id)).toBe("queued");
+      });
+
+      it("a miner of several models claims across them, best first, and none of a model it does not serve", async () => {
+        const a = await create({ model: "gpt2" }, T0);
+        const b = await create({ model: "gpt2-medium", priority: "high" }, T0 + 1);
+        await create({ model: "gpt2-xl", priority: "high" }, T0 + 2);
+        const c = await create({ model: "gpt2-medium" }, T0 + 3);
+        const got = await store.claimJobs(cpuMiner("multi", ["gpt2", "gpt2-medium"]), T0 + 10, TTL, 8);
+        expect(got.map((x) => x.job.id)).toEqual([b.id, a.id, c.id]);
+        expect(new Set(got.map((x) => x.leaseToken)).size).toBe(3);
+      });
+
       it("gives each claim a new attempt and a fresh lease token, and respects the requeue backoff", async () => {
         const job = await create();
         const a1 = await claim(job.id, T0);

@@ -82,7 +82,7 @@ function namePreparedStatements(client: pg.PoolClient): void {
 }
 
 /** A job-state notification, `{"j","s","t","o"}` (the parameters given as SQL: columns or `$n`). */
-function notifyJob(job: string, seq: string, type: string, channel: string, replica: string): string {
+export function notifyJob(job: string, seq: string, type: string, channel: string, replica: string): string {
   return `pg_notify(${channel}, json_build_object('j', ${job}, 's', ${seq}, 't', ${type}, 'o', ${replica}::text)::text)`;
 }
 
@@ -260,6 +260,17 @@ export class PgDb {
       });
     }
     return row;
+  }
+
+  /**
+   * writeWithEvent for a statement that may write several jobs, each with its event (its CTEs
+   * end in loggedEvent too): the rows it returns, and the events `events` makes of them
+   * published here after the commit.
+   */
+  async writeWithEvents<R extends pg.QueryResultRow>(text: string, params: unknown[], events: (rows: R[]) => JobEvent[]): Promise<R[]> {
+    const rows = await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]);
+    for (const e of events(rows)) this.events.publish(e);
+    return rows;
   }
 
   /** The key's row, read at most keyCacheMs ago, or undefined (read it). */

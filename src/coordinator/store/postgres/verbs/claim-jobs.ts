@@ -4,7 +4,7 @@ import { toJob, type JobRow } from "../../job-row.js";
 import type { Assignment, MinerCapabilities } from "../../job-store.js";
 import type pg from "pg";
 import { ATTEMPT_DATA } from "../job-writes.js";
-import { JOB_CHANNEL, loggedEvent, type PgDb } from "../pg-db.js";
+import { JOB_CHANNEL, loggedEvent, notifyJob, type PgDb } from "../pg-db.js";
 
 /** Rows locked per look after the first (when the first look's rows did not all fit the miner). */
 const CLAIM_BATCH = 32;
@@ -37,10 +37,12 @@ ${loggedEvent({ type: "assigned", data: ATTEMPT_DATA, at: "$5", channel: "$6", r
  * under `= ANY(array)` it reads and sorts every queued row of the models instead (a seq scan and
  * an on-disk sort with 10,000 queued: ~50 ms a claim against ~0.2 ms; `npm run bench:cluster`).
  */
-export function claimJobs(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
-  if (miner.models.length === 0 || max < 1) return Promise.resolve([]);
+export async function claimJobs(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
+  if (miner.models.length === 0 || max < 1) return [];
   const oneModel = miner.models.length === 1;
   const models = oneModel ? miner.models[0] : miner.models;
+  const quick = await claimPlain(db, miner, now, leaseTtlMs, max);
+  if (quick !== undefined) return quick;
   return db.tx(async (c, emit) => {
     let rank = 3;
     let seq = 0;
@@ -80,6 +82,43 @@ export function claimJobs(db: PgDb, miner: MinerCapabilities, now: number, lease
     emit.logged(taken.map((a) => ({ jobId: a.job.id, seq: a.seq, type: "assigned", at: now, data: { attempt: a.attempt, miner_id: miner.minerId } })));
     return taken.map(({ seq: _seq, ...a }) => a);
   }, { beginsItself: true });
+}
+
+/** A requirement only JS can check (minerCanRun: loose GPU names, VRAM, counts): a job with none runs on any miner of its model. */
+const GPU_KEYS = "ARRAY['gpu_type', 'gpu_count', 'min_vram_gb']";
+
+/**
+ * The claim in one autocommit statement when the best `max` queued jobs of the miner's models
+ * (SKIP LOCKED, as the first look) have no GPU requirements, which is when the transaction below
+ * would take them all: they are leased, logged and notified at once (one round trip, where BEGIN
+ * with the first look, the lease with the events, and COMMIT were three; an empty claim, which
+ * every replica but one makes on each new job's hint, was two). Undefined when one of them has
+ * a GPU requirement (nothing was written; the transaction decides), else the jobs, best first.
+ */
+async function claimPlain(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[] | undefined> {
+  const oneModel = miner.models.length === 1;
+  const leaseExpiresAt = now + leaseTtlMs;
+  const tokens = Array.from({ length: max }, () => newLeaseToken());
+  // One row at least (the LEFT JOIN): whether the jobs looked at were plain, and each job taken.
+  const rows = await db.writeWithEvents<{ plain: boolean } & ({ id: null } | (JobRow & { event_seq: number; n: number }))>(
+    `WITH picked AS (
+       SELECT id, requirements ?| ${GPU_KEYS} AS gpu, row_number() OVER (ORDER BY priority_rank DESC, seq) AS n FROM (
+         SELECT id, requirements, priority_rank, seq FROM jobs WHERE status = 'queued' AND not_before <= $1 AND ${oneModel ? "model = $2::text" : "model = ANY($2::text[])"}
+         ORDER BY priority_rank DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED) q),
+     plain AS (SELECT NOT EXISTS (SELECT 1 FROM picked WHERE gpu) AS ok),
+     upd AS (
+       UPDATE jobs j SET status = 'assigned', attempt = j.attempt + 1, lease_token = t.token, lease_expires_at = $5, miner_id = $6,
+         assigned_at = $1, progress = 0, event_seq = j.event_seq + 1
+       FROM picked p JOIN unnest($4::text[]) WITH ORDINALITY AS t(token, n) ON t.n = p.n
+       WHERE j.id = p.id AND j.status = 'queued' AND (SELECT ok FROM plain) RETURNING j.*, p.n),
+     logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, 'assigned', ${ATTEMPT_DATA}, $1 FROM upd RETURNING job_id),
+     taken AS (SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", "'assigned'", "$7", "$8")} AS notified FROM upd JOIN logged ON logged.job_id = upd.id)
+     SELECT plain.ok AS plain, taken.* FROM plain LEFT JOIN taken ON true ORDER BY taken.n`,
+    [now, oneModel ? miner.models[0] : miner.models, max, tokens, leaseExpiresAt, miner.minerId],
+    (got) => got.flatMap((r) => (r.id === null ? [] : [{ jobId: r.id, seq: r.event_seq, type: "assigned", at: now, data: { attempt: r.attempt, miner_id: miner.minerId } }])),
+  );
+  if (rows[0]?.plain !== true) return undefined;
+  return rows.flatMap((r) => (r.id === null ? [] : [{ job: toJob(r), attempt: r.attempt, leaseToken: tokens[r.n - 1]!, leaseExpiresAt }]));
 }
 
 /**
