@@ -20,11 +20,13 @@ const ASSIGN = `WITH upd AS (
 ${loggedEvent({ type: "assigned", data: ATTEMPT_DATA, at: "$5", channel: "$6", replica: "$7" })}`;
 
 /**
- * Leases up to `max` of the best queued jobs this miner can run. One transaction on the replica
- * that holds the miner's session: the queued jobs of its models, best first, locked with SKIP
- * LOCKED (another claim never waits on these nor takes them: never one job to two miners), cheap
- * filters in SQL, GPU requirements checked in JS, then one statement for all the jobs taken that
- * also logs and notifies their `assigned` events (ASSIGN); rows not taken are unlocked at commit.
+ * Leases up to `max` of the best queued jobs this miner can run, on the replica that holds the
+ * miner's session. First as one statement (claimPlain), which answers whenever none of the best
+ * `max` has a GPU requirement; otherwise one transaction: the queued jobs of its models, best
+ * first, locked with SKIP LOCKED (another claim never waits on these nor takes them: never one
+ * job to two miners), cheap filters in SQL, GPU requirements checked in JS, then one statement
+ * for all the jobs taken that also logs and notifies their `assigned` events (ASSIGN); rows not
+ * taken are unlocked at commit.
  *
  * The first look locks only `max` rows: a claim holds every row it looked at until it commits,
  * and with a batch of 32 a second claim at the same moment found the first's 32 locked and
@@ -39,10 +41,10 @@ ${loggedEvent({ type: "assigned", data: ATTEMPT_DATA, at: "$5", channel: "$6", r
  */
 export async function claimJobs(db: PgDb, miner: MinerCapabilities, now: number, leaseTtlMs: number, max: number): Promise<Assignment[]> {
   if (miner.models.length === 0 || max < 1) return [];
-  const oneModel = miner.models.length === 1;
-  const models = oneModel ? miner.models[0] : miner.models;
   const quick = await claimPlain(db, miner, now, leaseTtlMs, max);
   if (quick !== undefined) return quick;
+  const oneModel = miner.models.length === 1;
+  const models = oneModel ? miner.models[0] : miner.models;
   return db.tx(async (c, emit) => {
     let rank = 3;
     let seq = 0;
@@ -114,7 +116,7 @@ async function claimPlain(db: PgDb, miner: MinerCapabilities, now: number, lease
      logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, 'assigned', ${ATTEMPT_DATA}, $1 FROM upd RETURNING job_id),
      taken AS (SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", "'assigned'", "$7", "$8")} AS notified FROM upd JOIN logged ON logged.job_id = upd.id)
      SELECT plain.ok AS plain, taken.* FROM plain LEFT JOIN taken ON true ORDER BY taken.n`,
-    [now, oneModel ? miner.models[0] : miner.models, max, tokens, leaseExpiresAt, miner.minerId],
+    [now, oneModel ? miner.models[0]! : miner.models, max, tokens, leaseExpiresAt, miner.minerId],
     (got) => got.flatMap((r) => (r.id === null ? [] : [{ jobId: r.id, seq: r.event_seq, type: "assigned", at: now, data: { attempt: r.attempt, miner_id: miner.minerId } }])),
   );
   if (rows[0]?.plain !== true) return undefined;
