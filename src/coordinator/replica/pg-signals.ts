@@ -66,6 +66,8 @@ export class PgSignals {
   private readonly outbox = new Map<string, ProgressEvent>();
   private textOutbox: TextPiece[] = [];
   private textTimer: NodeJS.Timeout | undefined;
+  /** The last text flush (see flushText). */
+  private textSent: Promise<void> = Promise.resolve();
   private readonly wanted = new Map<string, number>();
   private unsubscribeText: (() => void)[] = [];
   private readonly minerHandlers = new Set<(h: MinerSessionHint) => void>();
@@ -233,12 +235,24 @@ export class PgSignals {
     }
   }
 
-  private async flushText(): Promise<void> {
+  /**
+   * Sends the text outbox now. Flushes go out one after another (each after the one before it
+   * is done), so pieces reach other replicas in the order they came, and a caller that awaits
+   * one (sendPendingText, before a result's commit) knows every piece before it is out too.
+   */
+  private flushText(): Promise<void> {
     clearTimeout(this.textTimer);
     this.textTimer = undefined;
     const pieces = this.textOutbox;
     this.textOutbox = [];
-    if (pieces.length === 0 || !this.connected) return;
+    const payloads = this.packText(pieces);
+    // notify() never rejects: a failed send is logged and dropped (text is a hint too).
+    this.textSent = this.textSent.then(() => (payloads.length === 0 ? undefined : this.notify(TEXT_CHANNEL, payloads)));
+    return this.textSent;
+  }
+
+  /** Pieces as NOTIFY payloads under MAX_PAYLOAD bytes each. */
+  private packText(pieces: TextPiece[]): string[] {
     const payloads: string[] = [];
     let batch: TextPiece[] = [];
     const pack = (b: TextPiece[]): string => JSON.stringify({ o: this.deps.replica, p: b });
@@ -252,7 +266,7 @@ export class PgSignals {
       }
     }
     if (batch.length > 0) payloads.push(pack(batch));
-    await this.notify(TEXT_CHANNEL, payloads);
+    return payloads;
   }
 
   private async notify(channel: string, payloads: string[]): Promise<void> {
