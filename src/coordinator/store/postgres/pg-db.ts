@@ -82,7 +82,7 @@ function namePreparedStatements(client: pg.PoolClient): void {
 }
 
 /** A job-state notification, `{"j","s","t","o"}` (the parameters given as SQL: columns or `$n`). */
-export function notifyJob(job: string, seq: string, type: string, channel: string, replica: string): string {
+function notifyJob(job: string, seq: string, type: string, channel: string, replica: string): string {
   return `pg_notify(${channel}, json_build_object('j', ${job}, 's', ${seq}, 't', ${type}, 'o', ${replica}::text)::text)`;
 }
 
@@ -100,15 +100,30 @@ const EMIT_EVENTS = `WITH ev AS (SELECT * FROM unnest($1::text[], $2::text[], $3
     RETURNING job_id, seq, type)
 SELECT job_id, seq, ${notifyJob("job_id", "seq", "type", "$5", "$6")} FROM logged`;
 
+/** What loggedEvent and loggedEventCtes write the event from (SQL: `data` and `at` over upd's columns or `$n`; `channel`, `replica` the parameters PgDb.eventParams gives). */
+interface LoggedEventSql {
+  type: JobEventType;
+  data: string;
+  at: string;
+  channel: string;
+  replica: string;
+}
+
 /**
- * The end of a one-statement write (PgDb.writeWithEvent) whose first CTE, `upd`, wrote one job
- * row with its new `event_seq` and returned at least `id` and `event_seq`: the event's log row
- * (of `type`, its data the SQL `data`, at the SQL `at`) and its NOTIFY, as EMIT_EVENTS writes
- * them. `channel` and `replica` are the parameters writeWithEvent appends. Returns upd's row.
+ * The CTEs that end a one-statement write whose first CTE, `upd`, wrote job rows with their new
+ * `event_seq` and returned at least `id` and `event_seq`: `logged`, each row's event in the log
+ * (of `type`, its data the SQL `data`, at the SQL `at`), and `written`, upd's rows with their
+ * NOTIFY sent, as EMIT_EVENTS writes them. For a statement that selects from `written` itself.
  */
-export function loggedEvent(e: { type: JobEventType; data: string; at: string; channel: string; replica: string }): string {
-  return `logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, '${e.type}', ${e.data}, ${e.at}::bigint FROM upd RETURNING job_id)
-SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", `'${e.type}'`, e.channel, e.replica)} AS notified FROM upd JOIN logged ON logged.job_id = upd.id`;
+export function loggedEventCtes(e: LoggedEventSql): string {
+  return `logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, '${e.type}', ${e.data}, ${e.at}::bigint FROM upd RETURNING job_id),
+written AS (SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", `'${e.type}'`, e.channel, e.replica)} AS notified FROM upd JOIN logged ON logged.job_id = upd.id)`;
+}
+
+/** loggedEventCtes and their rows: the end of a writeWithEvent statement. Returns upd's rows. */
+export function loggedEvent(e: LoggedEventSql): string {
+  return `${loggedEventCtes(e)}
+SELECT * FROM written`;
 }
 
 /** The events written in one statement with the job's row (writeWithEvent, and a claim's assignments). */
@@ -193,7 +208,6 @@ export class PgDb {
     const onError = (): void => undefined;
     client.on("error", onError);
     const pending: JobEvent[] = [];
-    const replica = this.options.replica ?? "";
     const many = async (events: Omit<JobEvent, "seq">[]): Promise<void> => {
       if (events.length === 0) return;
       if (new Set(events.map((e) => e.jobId)).size !== events.length) throw new Error("emit.many takes one event per job");
@@ -202,8 +216,7 @@ export class PgDb {
         events.map((e) => e.type),
         events.map((e) => JSON.stringify(e.data)),
         events.map((e) => e.at),
-        JOB_CHANNEL,
-        replica,
+        ...this.eventParams(),
       ]);
       const seqs = new Map(r.rows.map((row) => [row.job_id, row.seq]));
       for (const e of events) {
@@ -248,18 +261,22 @@ export class PgDb {
     params: unknown[],
     event: { type: JobEventType; at: number; data: (row: R) => Record<string, unknown>; destination?: (row: R) => string },
   ): Promise<R | undefined> {
-    const row = (await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]))[0];
-    if (row !== undefined) {
-      this.events.publish({
+    const rows = await this.writeWithEvents<R>(text, params, (written) =>
+      written.slice(0, 1).map((row) => ({
         jobId: row.id,
         seq: row.event_seq,
         type: event.type,
         at: event.at,
         data: event.data(row),
         ...(event.destination === undefined ? {} : { destination: event.destination(row) }),
-      });
-    }
-    return row;
+      })),
+    );
+    return rows[0];
+  }
+
+  /** The two parameters an event-writing statement ends with: the NOTIFY channel and this replica's name. */
+  eventParams(): [string, string] {
+    return [JOB_CHANNEL, this.options.replica ?? ""];
   }
 
   /**
@@ -268,7 +285,7 @@ export class PgDb {
    * published here after the commit.
    */
   async writeWithEvents<R extends pg.QueryResultRow>(text: string, params: unknown[], events: (rows: R[]) => JobEvent[]): Promise<R[]> {
-    const rows = await this.query<R>(text, [...params, JOB_CHANNEL, this.options.replica ?? ""]);
+    const rows = await this.query<R>(text, [...params, ...this.eventParams()]);
     for (const e of events(rows)) this.events.publish(e);
     return rows;
   }

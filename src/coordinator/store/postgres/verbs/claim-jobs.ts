@@ -4,7 +4,7 @@ import { toJob, type JobRow } from "../../job-row.js";
 import type { Assignment, MinerCapabilities } from "../../job-store.js";
 import type pg from "pg";
 import { ATTEMPT_DATA } from "../job-writes.js";
-import { JOB_CHANNEL, loggedEvent, notifyJob, type PgDb } from "../pg-db.js";
+import { loggedEvent, loggedEventCtes, type PgDb } from "../pg-db.js";
 
 /** Rows locked per look after the first (when the first look's rows did not all fit the miner). */
 const CLAIM_BATCH = 32;
@@ -13,9 +13,14 @@ const CLAIM_BATCH = 32;
  * The jobs taken, leased, with their events (counter, log row, NOTIFY) in the same statement: a
  * separate event statement was one round trip more on every claim that took something.
  */
+/** What a lease sets on a queued job `j` (SQL for the token; `$n` for the rest), its event counter bumped for the `assigned` event. */
+function leaseSet(token: string, expiresAt: string, minerId: string, now: string): string {
+  return `status = 'assigned', attempt = j.attempt + 1, lease_token = ${token}, lease_expires_at = ${expiresAt}, miner_id = ${minerId},
+    assigned_at = ${now}, progress = 0, event_seq = j.event_seq + 1`;
+}
+
 const ASSIGN = `WITH upd AS (
-  UPDATE jobs j SET status = 'assigned', attempt = j.attempt + 1, lease_token = u.token, lease_expires_at = $3, miner_id = $4,
-    assigned_at = $5, progress = 0, event_seq = j.event_seq + 1
+  UPDATE jobs j SET ${leaseSet("u.token", "$3", "$4", "$5")}
   FROM unnest($1::text[], $2::text[]) AS u(id, token) WHERE j.id = u.id AND j.status = 'queued' RETURNING j.*),
 ${loggedEvent({ type: "assigned", data: ATTEMPT_DATA, at: "$5", channel: "$6", replica: "$7" })}`;
 
@@ -73,16 +78,16 @@ export async function claimJobs(db: PgDb, miner: MinerCapabilities, now: number,
     const leaseExpiresAt = now + leaseTtlMs;
     const tokens = new Map(picked.map((r) => [r.id, newLeaseToken()]));
     const updated = (
-      await c.query<JobRow & { event_seq: number }>(ASSIGN, [[...tokens.keys()], [...tokens.values()], leaseExpiresAt, miner.minerId, now, JOB_CHANNEL, db.options.replica ?? ""])
+      await c.query<JobRow & { event_seq: number }>(ASSIGN, [[...tokens.keys()], [...tokens.values()], leaseExpiresAt, miner.minerId, now, ...db.eventParams()])
     ).rows;
     // Best first, as they were picked (RETURNING has no order).
     const byId = new Map(updated.map((r) => [r.id, r]));
     const taken = picked.flatMap((r) => {
       const u = byId.get(r.id);
-      return u === undefined ? [] : [{ job: toJob(u), attempt: u.attempt, leaseToken: tokens.get(r.id)!, leaseExpiresAt, seq: u.event_seq }];
+      return u === undefined ? [] : [{ job: toJob(u), attempt: u.attempt, leaseToken: tokens.get(r.id)!, leaseExpiresAt }];
     });
-    emit.logged(taken.map((a) => ({ jobId: a.job.id, seq: a.seq, type: "assigned", at: now, data: { attempt: a.attempt, miner_id: miner.minerId } })));
-    return taken.map(({ seq: _seq, ...a }) => a);
+    emit.logged(taken.map((a) => ({ jobId: a.job.id, seq: byId.get(a.job.id)!.event_seq, type: "assigned", at: now, data: { attempt: a.attempt, miner_id: miner.minerId } })));
+    return taken;
   }, { beginsItself: true });
 }
 
@@ -109,13 +114,11 @@ async function claimPlain(db: PgDb, miner: MinerCapabilities, now: number, lease
          ORDER BY priority_rank DESC, seq LIMIT $3 FOR UPDATE SKIP LOCKED) q),
      plain AS (SELECT NOT EXISTS (SELECT 1 FROM picked WHERE gpu) AS ok),
      upd AS (
-       UPDATE jobs j SET status = 'assigned', attempt = j.attempt + 1, lease_token = t.token, lease_expires_at = $5, miner_id = $6,
-         assigned_at = $1, progress = 0, event_seq = j.event_seq + 1
+       UPDATE jobs j SET ${leaseSet("t.token", "$5", "$6", "$1")}
        FROM picked p JOIN unnest($4::text[]) WITH ORDINALITY AS t(token, n) ON t.n = p.n
        WHERE j.id = p.id AND j.status = 'queued' AND (SELECT ok FROM plain) RETURNING j.*, p.n),
-     logged AS (INSERT INTO job_events (job_id, seq, type, data, at) SELECT id, event_seq, 'assigned', ${ATTEMPT_DATA}, $1 FROM upd RETURNING job_id),
-     taken AS (SELECT upd.*, ${notifyJob("upd.id", "upd.event_seq", "'assigned'", "$7", "$8")} AS notified FROM upd JOIN logged ON logged.job_id = upd.id)
-     SELECT plain.ok AS plain, taken.* FROM plain LEFT JOIN taken ON true ORDER BY taken.n`,
+     ${loggedEventCtes({ type: "assigned", data: ATTEMPT_DATA, at: "$1", channel: "$7", replica: "$8" })}
+     SELECT plain.ok AS plain, written.* FROM plain LEFT JOIN written ON true ORDER BY written.n`,
     [now, oneModel ? miner.models[0]! : miner.models, max, tokens, leaseExpiresAt, miner.minerId],
     (got) => got.flatMap((r) => (r.id === null ? [] : [{ jobId: r.id, seq: r.event_seq, type: "assigned", at: now, data: { attempt: r.attempt, miner_id: miner.minerId } }])),
   );
