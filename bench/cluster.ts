@@ -531,14 +531,14 @@ const pgClaims: ClaimBackend = {
         await sql.query(`INSERT INTO jobs (${cols.join(", ")}) SELECT ${pick} FROM jobs j, generate_series(1, $3::int) g WHERE j.id = $1 ORDER BY g`, [id, model, n, `${++clones}`]);
         await sql.query("ANALYZE jobs");
       },
-      // The claim's SELECT as claim-jobs.ts sends it for a miner of one model, and for several.
+      // The claim's look (claim-jobs.ts, claimPlain's inner SELECT) for a miner of one model, and for several.
       explain: async () => {
         const plans: string[] = [];
         for (const cond of [`model = '${MODEL}'`, `model = ANY(ARRAY['${MODEL}', 'other']::text[])`]) {
           const rows = (
             await sql.query<{ "QUERY PLAN": string }>(
-              `EXPLAIN SELECT * FROM jobs WHERE status = 'queued' AND not_before <= ${Date.now()} AND ${cond}
-                 AND (priority_rank < 3 OR (priority_rank = 3 AND seq > 0)) ORDER BY priority_rank DESC, seq LIMIT 32 FOR UPDATE SKIP LOCKED`,
+              `EXPLAIN SELECT id, requirements, priority_rank, seq FROM jobs WHERE status = 'queued' AND not_before <= ${Date.now()} AND ${cond}
+                 ORDER BY priority_rank DESC, seq LIMIT 32 FOR UPDATE SKIP LOCKED`,
             )
           ).rows;
           plans.push(`${cond.startsWith("model = ANY") ? "several models" : "one model"}: ${rows.map((r) => r["QUERY PLAN"].replace(/\s+\(cost=[^)]*\)/, "").trim()).filter((l) => /Scan|Index Cond|Sort Key/.test(l)).join(" ")}`);

@@ -49,7 +49,7 @@ export class ReplicaCluster {
     readonly dir: string,
     readonly schema: string,
     readonly s3Endpoint: string,
-    /** The S3 server's own process, when it runs in one (ClusterOptions.s3InChild). */
+    /** The S3 server's own process, when it runs in one (start's `s3InChild`). */
     readonly s3Pid: number | undefined,
     private readonly cleanups: (() => Promise<void>)[],
   ) {}
