@@ -128,8 +128,8 @@ async function claimPlain(db: PgDb, miner: MinerCapabilities, now: number, lease
 
 /**
  * BEGIN and the first look in one simple query (values as escaped literals: the simple protocol
- * takes no parameters). Every replica claims on every new job's hint and all but one find
- * nothing, so a claim that finds nothing costs two round trips (this and COMMIT), not three.
+ * takes no parameters): the transaction runs only after claimPlain saw a GPU requirement among
+ * the best jobs, and with this it costs three round trips (this, ASSIGN, COMMIT), not four.
  */
 async function firstLook(c: pg.PoolClient, now: number, models: readonly string[], limit: number): Promise<JobRow[]> {
   const escape = (v: string): string => c.escapeLiteral(v);
